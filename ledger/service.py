@@ -1,0 +1,420 @@
+"""The ledger's public API: teams, limits, holds, captures, releases, the billing section.
+
+Every method validates its input first (nothing is written on bad input),
+then runs one statement or one visible transaction. The arithmetic on
+balances happens in sql/functions.sql, on locked rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any, TypeVar
+
+import asyncpg
+import structlog
+
+from ledger import validate
+from ledger.catalog import Catalog
+from ledger.errors import (
+    NotAdmin,
+    NotMigrated,
+    TokensError,
+    TrialNoAdditional,
+    UnknownTeam,
+    translate,
+)
+from ledger.models import Charge, LimitChange, Team
+from ledger.queries import q
+
+log = structlog.get_logger("tokens.ledger")
+
+T = TypeVar("T")
+CENT = Decimal("0.01")
+
+
+def usd(tokens: int, unit_price: Decimal) -> Decimal:
+    """Exact USD for a token count, rounded half-up to the cent."""
+    return (Decimal(tokens) * unit_price).quantize(CENT, rounding=ROUND_HALF_UP)
+
+
+@dataclass(frozen=True)
+class HoldResult:
+    """What a hold (or a replay of its key) returned. `state` is 'refused' when it did not fit."""
+
+    team: str
+    key: str
+    action: str
+    quantity: int
+    charge_id: int | None
+    state: str
+    replayed: bool
+    tokens: int
+    free_tokens: int
+    additional_tokens: int
+    period_start: datetime
+    period_end: datetime
+    held_at: datetime | None
+    free_available: int | None
+    additional_available: int | None
+
+    @property
+    def refused(self) -> bool:
+        return self.state == "refused"
+
+
+@dataclass(frozen=True)
+class Settlement:
+    charge: Charge
+    changed: bool
+    unbilled_additional: int
+    threshold_reached: bool
+
+
+@dataclass(frozen=True)
+class BillingSection:
+    """SPEC section 5, read from the month's running totals."""
+
+    team: str
+    plan: str
+    seats: int
+    interval: str
+    stripe_customer: str | None
+    period_start: datetime
+    period_end: datetime
+    free_granted: int
+    free_spent: int
+    free_held: int
+    free_available: int
+    additional_limit: int
+    additional_limit_usd: Decimal
+    additional_spent: int
+    additional_held: int
+    additional_available: int
+    additional_spent_usd: Decimal
+    additional_billed: int
+    unit_price: Decimal
+    currency: str
+    recent_charges: list[Charge]
+
+    @property
+    def held(self) -> int:
+        return self.free_held + self.additional_held
+
+
+class Ledger:
+    """Tokens of every team, in Postgres. One instance per process; safe to share."""
+
+    def __init__(self, pool: asyncpg.Pool, catalog: Catalog) -> None:
+        self.pool = pool
+        self.catalog = catalog
+
+    async def _run(self, call: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await call()
+        except asyncpg.UndefinedTableError as exc:
+            raise NotMigrated("the database is not migrated: run `tokens migrate`") from exc
+        except asyncpg.UndefinedFunctionError as exc:
+            raise NotMigrated("the database is not migrated: run `tokens migrate`") from exc
+        except asyncpg.PostgresError as exc:
+            mine = translate(exc)
+            if mine is None:
+                raise
+            raise mine from exc
+
+    async def sync_catalog(self) -> None:
+        """Write the catalog's plans where the money functions can read them."""
+        rows = [
+            (
+                name,
+                plan.free_tokens,
+                plan.per_seat,
+                plan.once,
+                plan.additional_allowed,
+                self.catalog.additional_token_price,
+                self.catalog.threshold_for(name),
+                self.catalog.currency,
+            )
+            for name, plan in sorted(self.catalog.plans.items())
+        ]
+        await self._run(lambda: self.pool.executemany(q("upsert_plan"), rows))
+
+    # -- teams ---------------------------------------------------------------
+
+    async def set_team(
+        self,
+        team: str,
+        *,
+        plan: str,
+        seats: int,
+        interval: str,
+        anchor: datetime,
+        at: datetime,
+        stripe_customer: str | None = None,
+    ) -> tuple[Team, bool]:
+        """Create or update a team; returns (team, created)."""
+        validate.team_id(team)
+        self.catalog.plan(plan)
+        validate.seats(seats)
+        validate.interval(interval)
+        anchor, at = validate.moment(anchor), validate.moment(at)
+        if stripe_customer is not None and not stripe_customer.strip():
+            raise validate.BadInput("stripe customer id cannot be empty")
+        row = await self._run(
+            lambda: self.pool.fetchrow(
+                q("set_team"), team, plan, seats, interval, anchor, stripe_customer, at
+            )
+        )
+        assert row is not None
+        created = bool(row["created"])
+        result = Team.model_validate({k: v for k, v in row.items() if k != "created"})
+        log.info(
+            "team_set", team=team, plan=plan, seats=seats, interval=interval,
+            anchor=anchor.isoformat(), created=created,
+        )
+        return result, created
+
+    async def get_team(self, team: str) -> Team:
+        row = await self._run(lambda: self.pool.fetchrow(q("get_team"), team))
+        if row is None:
+            raise UnknownTeam(team)
+        return Team.model_validate(dict(row))
+
+    async def set_limit(
+        self, team: str, tokens: int, *, actor: str, role: str, at: datetime
+    ) -> LimitChange:
+        """Change the monthly additional-token limit: admins only, every change recorded."""
+        validate.team_id(team)
+        validate.limit(tokens)
+        validate.actor(actor)
+        validate.role(role)
+        at = validate.moment(at)
+        if role != "admin":
+            log.warning("limit_refused", team=team, actor=actor, role=role, requested=tokens)
+            raise NotAdmin(actor, role)
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await self._run(lambda: conn.fetchrow(q("lock_team"), team))
+            if row is None:
+                raise UnknownTeam(team)
+            plan = self.catalog.plan(row["plan"])
+            if tokens > 0 and not plan.additional_allowed:
+                raise TrialNoAdditional(team)
+            await conn.execute(q("set_limit"), team, tokens, at)
+            change = await conn.fetchrow(
+                q("record_limit_change"), team, actor, role, row["additional_limit"], tokens, at
+            )
+        assert change is not None
+        log.info(
+            "limit_set", team=team, actor=actor, old=row["additional_limit"], new=tokens
+        )
+        return LimitChange.model_validate(dict(change))
+
+    async def limit_changes(self, team: str) -> list[LimitChange]:
+        await self.get_team(team)
+        rows = await self._run(lambda: self.pool.fetch(q("limit_changes"), team))
+        return [LimitChange.model_validate(dict(r)) for r in rows]
+
+    # -- the money path ------------------------------------------------------
+
+    def _hold_args(
+        self, team: str, action: str, quantity: int, key: str, at: datetime
+    ) -> tuple[int, datetime]:
+        validate.team_id(team)
+        validate.quantity(quantity)
+        validate.key(key)
+        return self.catalog.tokens_for(action, quantity), validate.moment(at)
+
+    async def hold(
+        self,
+        team: str,
+        action: str,
+        quantity: int,
+        *,
+        key: str,
+        at: datetime,
+        job_id: str | None = None,
+        lead_id: str | None = None,
+    ) -> HoldResult:
+        """Hold the tokens of one search before it runs (one round trip)."""
+        tokens, at = self._hold_args(team, action, quantity, key, at)
+        row = await self._run(
+            lambda: self.pool.fetchrow(
+                q("hold"), team, key, action, quantity, tokens, at, job_id, lead_id
+            )
+        )
+        result = _hold_result(team, key, action, quantity, row)
+        _log_hold(result, job_id)
+        return result
+
+    async def capture(self, charge_id: int, *, at: datetime) -> Settlement:
+        """The search happened: the held tokens are spent, whatever its result."""
+        return await self._settle(charge_id, "captured", at)
+
+    async def release(self, charge_id: int, *, at: datetime) -> Settlement:
+        """The search never happened: the held tokens come back."""
+        return await self._settle(charge_id, "released", at)
+
+    async def _settle(self, charge_id: int, state: str, at: datetime) -> Settlement:
+        at = validate.moment(at)
+        row = await self._run(lambda: self.pool.fetchrow(q("settle"), charge_id, state, at))
+        settlement = _settlement(row)
+        c = settlement.charge
+        if settlement.changed:
+            log.info(
+                "capture" if state == "captured" else "release",
+                team=c.team_id, charge_id=c.id, key=c.idempotency_key, job_id=c.job_id,
+                tokens=c.tokens, free_tokens=c.free_tokens,
+                additional_tokens=c.additional_tokens,
+            )
+        return settlement
+
+    async def charge(
+        self, team: str, action: str, quantity: int, *, key: str, at: datetime
+    ) -> tuple[HoldResult, Settlement | None]:
+        """Hold and capture at once, as a search that already happened (one transaction).
+
+        A replayed key returns the existing charge untouched.
+        """
+        tokens, at = self._hold_args(team, action, quantity, key, at)
+
+        async def run() -> tuple[HoldResult, Settlement | None]:
+            async with self.pool.acquire() as conn, conn.transaction():
+                row = await conn.fetchrow(
+                    q("hold"), team, key, action, quantity, tokens, at, None, None
+                )
+                held = _hold_result(team, key, action, quantity, row)
+                if held.refused or held.replayed:
+                    return held, None
+                settled = await conn.fetchrow(q("settle"), held.charge_id, "captured", at)
+                return held, _settlement(settled)
+
+        held, settlement = await self._run(run)
+        _log_hold(held, None)
+        return held, settlement
+
+    async def expire_holds(self, *, older_than: datetime, at: datetime) -> list[Charge]:
+        """Release holds left behind by dead workers."""
+        older_than, at = validate.moment(older_than), validate.moment(at)
+        rows = await self._run(lambda: self.pool.fetch(q("expire_holds"), older_than, at))
+        expired = [Charge.model_validate(dict(r)) for r in rows]
+        for c in expired:
+            log.warning(
+                "hold_expired", team=c.team_id, charge_id=c.id, key=c.idempotency_key,
+                job_id=c.job_id, tokens=c.tokens, held_at=c.held_at.isoformat(),
+            )
+        return expired
+
+    async def get_charge(self, charge_id: int) -> Charge | None:
+        row = await self._run(lambda: self.pool.fetchrow(q("get_charge"), charge_id))
+        return None if row is None else Charge.model_validate(dict(row))
+
+    # -- reading -------------------------------------------------------------
+
+    async def billing(self, team: str, *, at: datetime, recent: int = 20) -> BillingSection:
+        """The billing section of the month containing `at` (opened if it was not yet)."""
+        validate.team_id(team)
+        at = validate.moment(at)
+        row = await self._run(lambda: self.pool.fetchrow(q("billing_section"), team, at))
+        assert row is not None
+        charges = await self.pool.fetch(q("month_charges"), team, row["period_start"], recent)
+        limit = int(row["effective_limit"])
+        unit_price = Decimal(row["unit_price"]).normalize()
+        additional_used = row["additional_held"] + row["additional_spent"]
+        return BillingSection(
+            team=row["team"],
+            plan=row["plan"],
+            seats=row["seats"],
+            interval=row["billing_interval"],
+            stripe_customer=row["stripe_customer"],
+            period_start=row["period_start"],
+            period_end=row["period_end"],
+            free_granted=row["free_granted"],
+            free_spent=row["free_spent"],
+            free_held=row["free_held"],
+            free_available=row["free_granted"] - row["free_held"] - row["free_spent"],
+            additional_limit=limit,
+            additional_limit_usd=usd(limit, unit_price),
+            additional_spent=row["additional_spent"],
+            additional_held=row["additional_held"],
+            additional_available=max(limit - additional_used, 0),
+            additional_spent_usd=usd(row["additional_spent"], unit_price),
+            additional_billed=row["additional_billed"],
+            unit_price=unit_price,
+            currency=row["currency"],
+            recent_charges=[Charge.model_validate(dict(c)) for c in charges],
+        )
+
+    async def history(self, team: str) -> list[Charge]:
+        """Every charge of the team, oldest first."""
+        validate.team_id(team)
+        await self.get_team(team)
+        rows = await self._run(lambda: self.pool.fetch(q("history"), team))
+        return [
+            Charge.model_validate({k: v for k, v in r.items() if k != "period_end"})
+            for r in rows
+        ]
+
+    async def drift(self) -> list[dict[str, Any]]:
+        """Months whose running totals differ from their charges (always empty)."""
+        return [dict(r) for r in await self.pool.fetch(q("ledger_drift"))]
+
+
+def _hold_result(
+    team: str, key: str, action: str, quantity: int, row: asyncpg.Record | None
+) -> HoldResult:
+    assert row is not None
+    return HoldResult(
+        team=team, key=key, action=action, quantity=quantity,
+        charge_id=row["charge_id"], state=row["state"], replayed=row["replayed"],
+        tokens=row["tokens"], free_tokens=row["free_tokens"],
+        additional_tokens=row["additional_tokens"],
+        period_start=row["period_start"], period_end=row["period_end"],
+        held_at=row["held_at"], free_available=row["free_available"],
+        additional_available=row["additional_available"],
+    )
+
+
+def _settlement(row: asyncpg.Record | None) -> Settlement:
+    assert row is not None
+    extra = ("changed", "unbilled_additional", "threshold_reached")
+    return Settlement(
+        charge=Charge.model_validate({k: v for k, v in row.items() if k not in extra}),
+        changed=row["changed"],
+        unbilled_additional=row["unbilled_additional"],
+        threshold_reached=row["threshold_reached"],
+    )
+
+
+def _log_hold(result: HoldResult, job_id: str | None) -> None:
+    fields = dict(
+        team=result.team, key=result.key, action=result.action, quantity=result.quantity,
+        tokens=result.tokens, job_id=job_id,
+    )
+    if result.refused:
+        log.info(
+            "hold_refused", **fields, free_available=result.free_available,
+            additional_available=result.additional_available,
+        )
+    elif result.replayed:
+        log.info("hold_replayed", **fields, charge_id=result.charge_id, state=result.state)
+    else:
+        log.info(
+            "hold", **fields, charge_id=result.charge_id, free_tokens=result.free_tokens,
+            additional_tokens=result.additional_tokens,
+        )
+
+
+class NotEnoughTokens(TokensError):
+    """A charge that does not fit in free + available additional tokens, refused whole."""
+
+    code = "not_enough_tokens"
+
+    def __init__(self, result: HoldResult) -> None:
+        super().__init__(
+            f"not enough tokens for team {result.team!r}: {result.action} x{result.quantity} "
+            f"needs {result.tokens}, available {result.free_available} free + "
+            f"{result.additional_available} additional"
+        )
+        self.result = result

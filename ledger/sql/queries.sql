@@ -1,0 +1,97 @@
+-- Every statement the ledger sends, by name. Parsed once by ledger/queries.py.
+-- The state changes themselves are the functions in functions.sql.
+
+-- upsert_plan --
+INSERT INTO plans (name, free_tokens, per_seat, once, additional_allowed, unit_price,
+                   threshold_cents, currency)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+ON CONFLICT (name) DO UPDATE
+SET free_tokens = EXCLUDED.free_tokens, per_seat = EXCLUDED.per_seat, once = EXCLUDED.once,
+    additional_allowed = EXCLUDED.additional_allowed, unit_price = EXCLUDED.unit_price,
+    threshold_cents = EXCLUDED.threshold_cents, currency = EXCLUDED.currency
+WHERE (plans.free_tokens, plans.per_seat, plans.once, plans.additional_allowed,
+       plans.unit_price, plans.threshold_cents, plans.currency)
+   IS DISTINCT FROM
+      (EXCLUDED.free_tokens, EXCLUDED.per_seat, EXCLUDED.once, EXCLUDED.additional_allowed,
+       EXCLUDED.unit_price, EXCLUDED.threshold_cents, EXCLUDED.currency)
+
+-- set_team --
+SELECT (r.team).*, r.created FROM tokens_set_team($1, $2, $3, $4, $5, $6, $7) r
+
+-- get_team --
+SELECT * FROM teams WHERE id = $1
+
+-- lock_team --
+SELECT * FROM teams WHERE id = $1 FOR UPDATE
+
+-- set_limit --
+UPDATE teams SET additional_limit = $2, updated_at = $3 WHERE id = $1
+
+-- record_limit_change --
+INSERT INTO limit_changes (team_id, actor, role, old_limit, new_limit, changed_at)
+VALUES ($1, $2, $3, $4, $5, $6)
+RETURNING *
+
+-- limit_changes --
+SELECT * FROM limit_changes WHERE team_id = $1 ORDER BY id
+
+-- hold --
+SELECT * FROM tokens_hold($1, $2, $3, $4, $5, $6, $7, $8)
+
+-- settle --
+SELECT (s.charge).*, s.changed, s.unbilled_additional, s.threshold_reached
+FROM tokens_settle($1, $2, $3) s
+
+-- expire_holds --
+SELECT * FROM tokens_expire_holds($1, $2)
+
+-- open_month --
+SELECT * FROM tokens_open_month($1, $2)
+
+-- billing_section --
+SELECT t.id AS team, t.plan, t.seats, t.billing_interval, t.stripe_customer,
+       t.additional_limit,
+       CASE WHEN p.additional_allowed THEN t.additional_limit ELSE 0 END AS effective_limit,
+       p.unit_price, p.currency,
+       m.period_start, m.period_end, m.free_granted, m.free_held, m.free_spent,
+       m.additional_held, m.additional_spent, m.additional_billed
+FROM tokens_open_month($1, $2) m
+JOIN teams t ON t.id = m.team_id
+JOIN plans p ON p.name = t.plan
+
+-- month_charges --
+SELECT * FROM charges
+WHERE team_id = $1 AND period_start = $2
+ORDER BY id DESC
+LIMIT $3
+
+-- history --
+SELECT c.*, b.period_end
+FROM charges c
+JOIN billing_months b ON b.team_id = c.team_id AND b.period_start = c.period_start
+WHERE c.team_id = $1
+ORDER BY c.id
+
+-- get_charge --
+SELECT * FROM charges WHERE id = $1
+
+-- ledger_drift --
+-- Running totals that differ from the sum of their month's charges: must be empty.
+SELECT b.team_id, b.period_start,
+       b.free_held, b.free_spent, b.additional_held, b.additional_spent,
+       coalesce(s.free_held, 0) AS sum_free_held, coalesce(s.free_spent, 0) AS sum_free_spent,
+       coalesce(s.additional_held, 0) AS sum_additional_held,
+       coalesce(s.additional_spent, 0) AS sum_additional_spent
+FROM billing_months b
+LEFT JOIN (
+    SELECT team_id, period_start,
+           sum(free_tokens) FILTER (WHERE state = 'held') AS free_held,
+           sum(free_tokens) FILTER (WHERE state = 'captured') AS free_spent,
+           sum(additional_tokens) FILTER (WHERE state = 'held') AS additional_held,
+           sum(additional_tokens) FILTER (WHERE state = 'captured') AS additional_spent
+    FROM charges GROUP BY team_id, period_start
+) s USING (team_id, period_start)
+WHERE (b.free_held, b.free_spent, b.additional_held, b.additional_spent)
+      IS DISTINCT FROM
+      (coalesce(s.free_held, 0), coalesce(s.free_spent, 0),
+       coalesce(s.additional_held, 0), coalesce(s.additional_spent, 0))

@@ -1,0 +1,104 @@
+"""Input checks shared by the Python API and the CLI: refuse before writing anything."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+from ledger.errors import BadInput
+
+INTERVALS = ("month", "year")
+ROLES = ("admin", "member")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/+-]{0,199}$")
+_MAX_QUANTITY = 1_000_000
+_MAX_SEATS = 1_000_000
+_MAX_LIMIT = 10**12
+
+
+def team_id(value: str) -> str:
+    if not _ID.match(value):
+        raise BadInput(
+            f"invalid team id {value!r}: 1-200 characters, letters, digits and _.:@/+- "
+            "(starting with a letter or digit)"
+        )
+    return value
+
+
+def quantity(value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadInput(f"quantity must be a whole number, got {value!r}")
+    if value <= 0:
+        raise BadInput(f"quantity must be positive, got {value}")
+    if value > _MAX_QUANTITY:
+        raise BadInput(f"quantity {value} is above the maximum of {_MAX_QUANTITY}")
+    return value
+
+
+def seats(value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadInput(f"seats must be a whole number, got {value!r}")
+    if value < 0:
+        raise BadInput(f"seats cannot be negative, got {value}")
+    if value > _MAX_SEATS:
+        raise BadInput(f"seats {value} is above the maximum of {_MAX_SEATS}")
+    return value
+
+
+def interval(value: str) -> str:
+    if value not in INTERVALS:
+        raise BadInput(f"interval must be month or year, got {value!r}")
+    return value
+
+
+def role(value: str) -> str:
+    if value not in ROLES:
+        raise BadInput(f"role must be admin or member, got {value!r}")
+    return value
+
+
+def limit(value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadInput(f"limit must be a whole number of tokens, got {value!r}")
+    if value < 0:
+        raise BadInput(f"limit cannot be negative, got {value}")
+    if value > _MAX_LIMIT:
+        raise BadInput(f"limit {value} is above the maximum of {_MAX_LIMIT}")
+    return value
+
+
+def key(value: str) -> str:
+    if not value or len(value) > 255 or not value.isprintable():
+        raise BadInput("idempotency key must be 1-255 printable characters")
+    return value
+
+
+def actor(value: str) -> str:
+    if not value.strip():
+        raise BadInput("actor must name the user making the change")
+    return value
+
+
+def moment(value: datetime) -> datetime:
+    """A timezone-aware instant, normalised to UTC."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise BadInput(f"timestamp {value.isoformat()} has no timezone")
+    return value.astimezone(UTC)
+
+
+def parse_moment(text: str, what: str = "timestamp") -> datetime:
+    """ISO 8601 text to an aware UTC datetime; no offset means UTC."""
+    try:
+        parsed = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise BadInput(f"{what} {text!r} is not an ISO 8601 timestamp") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def parse_whole(text: str, what: str) -> int:
+    """A CLI integer argument, with a message that names it."""
+    try:
+        return int(text.strip(), 10)
+    except ValueError:
+        raise BadInput(f"{what} must be a whole number, got {text!r}") from None

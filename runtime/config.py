@@ -1,0 +1,54 @@
+"""Process configuration, read once from the environment (SPEC section 7 names)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything a `tokens` process can be told from outside.
+
+    Unset URLs mean "use the embedded server under `data_dir`".
+    """
+
+    model_config = SettingsConfigDict(env_prefix="TOKENS_", extra="ignore")
+
+    database_url: str | None = None
+    redis_url: str | None = None
+    data_dir: Path = Path(".tokens")
+    catalog: Path | None = None
+
+    stripe_api_key: str | None = Field(
+        default=None, validation_alias=AliasChoices("STRIPE_API_KEY", "TOKENS_STRIPE_API_KEY")
+    )
+    stripe_api_base: str = "https://api.stripe.com"
+    stripe_max_network_retries: int = Field(default=2, ge=0, le=10)
+
+    # A hold older than this is presumed abandoned by a dead worker and released.
+    # It must exceed the worker's job timeout, or a slow search would lose its hold.
+    hold_ttl_seconds: int = Field(default=900, gt=0)
+    job_timeout_seconds: int = Field(default=300, gt=0)
+    job_max_tries: int = Field(default=5, ge=1)
+    reconcile_interval_seconds: int = Field(default=300, gt=0)
+    worker_concurrency: int = Field(default=32, ge=1)
+    metrics_port: int | None = None
+
+    log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
+    log_level: str = "INFO"
+
+    # Providers: unset base URLs mean the offline sandbox providers.
+    ai_base_url: str | None = None
+    ai_api_key: str | None = None
+    ai_model: str = "gpt-4o-mini"
+    enrich_base_url: str | None = None
+    enrich_api_key: str | None = None
+    verify_base_url: str | None = None
+    verify_api_key: str | None = None
+    provider_timeout_seconds: float = Field(default=20.0, gt=0)
+
+
+def load_settings() -> Settings:
+    return Settings()

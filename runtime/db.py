@@ -1,0 +1,16 @@
+"""Postgres connections: one pool per process, UTC sessions."""
+
+from __future__ import annotations
+
+import asyncpg
+
+
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        server_settings={"timezone": "UTC", "application_name": "tokens"},
+    )
+    assert pool is not None
+    return pool

@@ -1,0 +1,145 @@
+"""Holds, captures, releases and the billing section on a real Postgres."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+
+from ledger.errors import ChargeAlreadySettled, IdempotencyMismatch, UnknownTeam
+from ledger.service import Ledger
+from tests.conftest import at
+
+T0 = at("2026-03-10T12:00:00")
+
+
+async def paid_team(ledger: Ledger, team: str = "acme", seats: int = 2, limit: int = 0) -> None:
+    await ledger.set_team(
+        team, plan="email_outreach", seats=seats, interval="month",
+        anchor=at("2026-01-15T00:00:00"), at=T0,
+    )
+    if limit:
+        await ledger.set_limit(team, limit, actor="ann", role="admin", at=T0)
+
+
+async def test_free_tokens_are_per_team_plan_times_seats(ledger: Ledger) -> None:
+    await paid_team(ledger, seats=2)
+    section = await ledger.billing("acme", at=T0)
+    assert section.free_granted == 500
+    assert (section.period_start, section.period_end) == (
+        at("2026-02-15T00:00:00"), at("2026-03-15T00:00:00")
+    )
+    assert section.free_available == 500 and section.additional_available == 0
+
+
+async def test_free_first_then_additional_in_one_charge(ledger: Ledger) -> None:
+    await paid_team(ledger, seats=1, limit=100)
+    held, _ = await ledger.charge("acme", "ai_icebreaker", 24, key="k1", at=T0)  # 240 tokens
+    assert (held.free_tokens, held.additional_tokens) == (240, 0)
+    held, settled = await ledger.charge("acme", "ai_icebreaker", 2, key="k2", at=T0)  # 20
+    assert (held.free_tokens, held.additional_tokens) == (10, 10)
+    assert settled is not None and settled.charge.state == "captured"
+    section = await ledger.billing("acme", at=T0)
+    assert section.free_spent == 250 and section.free_available == 0
+    assert section.additional_spent == 10 and section.additional_available == 90
+    assert section.additional_spent_usd == Decimal("0.10")
+    assert section.additional_limit_usd == Decimal("1.00")
+
+
+async def test_a_charge_that_does_not_fit_is_refused_whole(ledger: Ledger) -> None:
+    await paid_team(ledger, seats=1, limit=5)  # 250 free + 5 additional
+    await ledger.charge("acme", "ai_sequence", 5, key="k1", at=T0)  # 250
+    held, settled = await ledger.charge("acme", "ai_icebreaker", 1, key="k2", at=T0)  # 10 > 5
+    assert held.refused and settled is None
+    assert (held.free_available, held.additional_available) == (0, 5)
+    section = await ledger.billing("acme", at=T0)
+    assert section.free_spent == 250 and section.additional_spent == 0 and section.held == 0
+    assert [c.idempotency_key for c in await ledger.history("acme")] == ["k1"]
+
+
+async def test_hold_counts_at_once_and_release_gives_back(ledger: Ledger) -> None:
+    await paid_team(ledger, seats=1)
+    held = await ledger.hold("acme", "ai_sequence", 4, key="job1", at=T0, job_id="job1")
+    assert held.state == "held" and held.tokens == 200
+    refused = await ledger.hold("acme", "ai_sequence", 2, key="job2", at=T0)
+    assert refused.refused and refused.free_available == 50
+    section = await ledger.billing("acme", at=T0)
+    assert section.held == 200 and section.free_available == 50
+    assert held.charge_id is not None
+    released = await ledger.release(held.charge_id, at=T0)
+    assert released.changed and released.charge.state == "released"
+    section = await ledger.billing("acme", at=T0)
+    assert section.held == 0 and section.free_available == 250 and section.free_spent == 0
+
+
+async def test_capture_and_release_happen_exactly_once(ledger: Ledger) -> None:
+    await paid_team(ledger)
+    held = await ledger.hold("acme", "enrich", 1, key="job:lead", at=T0)
+    assert held.charge_id is not None
+    first = await ledger.capture(held.charge_id, at=T0)
+    again = await ledger.capture(held.charge_id, at=T0)
+    assert first.changed and not again.changed
+    with pytest.raises(ChargeAlreadySettled, match="already captured"):
+        await ledger.release(held.charge_id, at=T0)
+    other = await ledger.hold("acme", "enrich", 1, key="job:lead2", at=T0)
+    assert other.charge_id is not None
+    await ledger.release(other.charge_id, at=T0)
+    with pytest.raises(ChargeAlreadySettled, match="already released"):
+        await ledger.capture(other.charge_id, at=T0)
+    assert (await ledger.billing("acme", at=T0)).free_spent == 10
+
+
+async def test_same_key_returns_same_charge_whatever_the_clock(ledger: Ledger) -> None:
+    await paid_team(ledger)
+    first = await ledger.hold("acme", "debounce", 1, key="job7:lead3", at=T0)
+    later = await ledger.hold(
+        "acme", "debounce", 1, key="job7:lead3", at=T0 + timedelta(days=40)
+    )
+    assert later.replayed and later.charge_id == first.charge_id
+    assert later.period_start == first.period_start
+    with pytest.raises(IdempotencyMismatch, match="job7:lead3"):
+        await ledger.hold("acme", "debounce", 2, key="job7:lead3", at=T0)
+    with pytest.raises(IdempotencyMismatch):
+        await ledger.hold("acme", "enrich", 1, key="job7:lead3", at=T0)
+    assert len(await ledger.history("acme")) == 1
+
+
+async def test_capture_after_month_end_stays_in_the_hold_month(ledger: Ledger) -> None:
+    await paid_team(ledger, seats=1)
+    late = at("2026-03-14T23:59:59")
+    held = await ledger.hold("acme", "ai_sequence", 1, key="j", at=late)
+    assert held.charge_id is not None
+    await ledger.capture(held.charge_id, at=at("2026-03-15T00:00:05"))
+    march = await ledger.billing("acme", at=at("2026-03-15T00:00:06"))
+    assert march.period_start == at("2026-03-15T00:00:00") and march.free_spent == 0
+    february = await ledger.billing("acme", at=late)
+    assert february.free_spent == 50 and february.held == 0
+
+
+async def test_free_tokens_do_not_roll_over(ledger: Ledger) -> None:
+    await paid_team(ledger, seats=1)
+    await ledger.charge("acme", "ai_icebreaker", 1, key="a", at=T0)
+    nxt = await ledger.billing("acme", at=at("2026-04-01T00:00:00"))
+    assert nxt.free_granted == 250 and nxt.free_spent == 0 and nxt.free_available == 250
+
+
+async def test_unknown_team_is_refused(ledger: Ledger) -> None:
+    with pytest.raises(UnknownTeam, match="ghost"):
+        await ledger.hold("ghost", "debounce", 1, key="k", at=T0)
+    with pytest.raises(UnknownTeam):
+        await ledger.billing("ghost", at=T0)
+
+
+async def test_expire_holds_releases_only_old_holds(ledger: Ledger) -> None:
+    await paid_team(ledger)
+    old = await ledger.hold("acme", "enrich", 1, key="old", at=T0)
+    new = await ledger.hold("acme", "enrich", 1, key="new", at=T0 + timedelta(minutes=30))
+    expired = await ledger.expire_holds(older_than=T0 + timedelta(minutes=1), at=T0)
+    assert [c.id for c in expired] == [old.charge_id]
+    assert expired[0].state == "expired"
+    assert new.charge_id is not None
+    with pytest.raises(ChargeAlreadySettled, match="already expired"):
+        await ledger.capture(old.charge_id or 0, at=T0)
+    section = await ledger.billing("acme", at=T0)
+    assert section.held == 10
