@@ -192,7 +192,7 @@ class Ledger:
         validate.role(role)
         at = validate.moment(at)
         if role != "admin":
-            log.warning("limit_refused", team=team, actor=actor, role=role, requested=tokens)
+            log.info("limit_refused", team=team, actor=actor, role=role, requested=tokens)
             raise NotAdmin(actor, role)
         async with self.pool.acquire() as conn, conn.transaction():
             row = await self._run(lambda: conn.fetchrow(q("lock_team"), team))

