@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import warnings
 import uuid
+import warnings
 from collections.abc import Coroutine
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
@@ -113,14 +113,23 @@ def team_set(
     async def go() -> dict[str, Any]:
         async with open_ledger(settings) as ledger:
             team_row, created = await ledger.set_team(
-                team, plan=plan, seats=n_seats, interval=interval, anchor=anchor_at, at=now,
+                team,
+                plan=plan,
+                seats=n_seats,
+                interval=interval,
+                anchor=anchor_at,
+                at=now,
                 stripe_customer=stripe_customer,
             )
             section = await ledger.billing(team, at=now)
         return {
-            "team": team_row.id, "created": created, "plan": team_row.plan,
-            "seats": team_row.seats, "interval": team_row.billing_interval,
-            "anchor": render.iso(team_row.anchor), "stripe_customer": team_row.stripe_customer,
+            "team": team_row.id,
+            "created": created,
+            "plan": team_row.plan,
+            "seats": team_row.seats,
+            "interval": team_row.billing_interval,
+            "anchor": render.iso(team_row.anchor),
+            "stripe_customer": team_row.stripe_customer,
             "additional_limit": team_row.additional_limit,
             "period_start": render.iso(section.period_start),
             "period_end": render.iso(section.period_end),
@@ -162,8 +171,11 @@ def team_limit(
             change = await ledger.set_limit(team, limit, actor=actor, role=role, at=now)
             section = await ledger.billing(team, at=now)
         return {
-            "team": change.team_id, "actor": change.actor, "role": change.role,
-            "old_limit": change.old_limit, "new_limit": change.new_limit,
+            "team": change.team_id,
+            "actor": change.actor,
+            "role": change.role,
+            "old_limit": change.old_limit,
+            "new_limit": change.new_limit,
             "changed_at": render.iso(change.changed_at),
             "additional_limit_usd": str(section.additional_limit_usd),
             "additional_available": section.additional_available,

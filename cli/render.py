@@ -55,8 +55,19 @@ def charge_dict(c: Charge) -> dict[str, Any]:
 
 
 HISTORY_COLUMNS = [
-    "charge_id", "time", "action", "quantity", "tokens", "free_tokens", "additional_tokens",
-    "state", "job_id", "lead_id", "key", "period_start", "settled_at",
+    "charge_id",
+    "time",
+    "action",
+    "quantity",
+    "tokens",
+    "free_tokens",
+    "additional_tokens",
+    "state",
+    "job_id",
+    "lead_id",
+    "key",
+    "period_start",
+    "settled_at",
 ]
 
 
@@ -113,12 +124,17 @@ def print_billing(s: BillingSection) -> None:
     for col in ("", "available", "spent", "held", "limit / granted"):
         table.add_column(col, justify="right")
     table.add_row(
-        "Free tokens", str(s.free_available), str(s.free_spent), str(s.free_held),
+        "Free tokens",
+        str(s.free_available),
+        str(s.free_spent),
+        str(s.free_held),
         str(s.free_granted),
     )
     table.add_row(
-        "Additional tokens", str(s.additional_available),
-        f"{s.additional_spent} (${s.additional_spent_usd})", str(s.additional_held),
+        "Additional tokens",
+        str(s.additional_available),
+        f"{s.additional_spent} (${s.additional_spent_usd})",
+        str(s.additional_held),
         f"{s.additional_limit} (max ${s.additional_limit_usd})",
     )
     console.print(table)
@@ -133,8 +149,15 @@ def print_history(charges: list[Charge], title: str = "History") -> None:
         table.add_column(col)
     for c in charges:
         table.add_row(
-            iso(c.held_at), c.action, str(c.quantity), str(c.tokens), str(c.free_tokens),
-            str(c.additional_tokens), c.state, c.job_id or "", c.lead_id or "",
+            iso(c.held_at),
+            c.action,
+            str(c.quantity),
+            str(c.tokens),
+            str(c.free_tokens),
+            str(c.additional_tokens),
+            c.state,
+            c.job_id or "",
+            c.lead_id or "",
         )
     console.print(table)
 

@@ -118,4 +118,4 @@ def translate(exc: asyncpg.PostgresError) -> TokensError | None:
         return UnknownTeam(detail)
     if kind is UnknownCharge:
         return UnknownCharge(int(detail))
-    return kind(str(getattr(exc, "message", exc)))  # type: ignore[call-arg]
+    return kind(str(getattr(exc, "message", exc)))

@@ -12,7 +12,7 @@ import hashlib
 from dataclasses import dataclass
 from importlib import resources
 
-import asyncpg
+from runtime.db import Conn
 
 MIGRATIONS_PACKAGE = "ledger.migrations"
 # Re-applied, in this order, after the versioned migrations whenever they change.
@@ -52,7 +52,7 @@ def _checksum(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-async def migrate(conn: asyncpg.Connection) -> MigrationResult:
+async def migrate(conn: Conn) -> MigrationResult:
     """Bring the database to head; a no-op when it is there already."""
     applied: list[str] = []
     async with conn.transaction():
@@ -93,7 +93,7 @@ async def migrate(conn: asyncpg.Connection) -> MigrationResult:
     return MigrationResult(applied=applied, head=head())
 
 
-async def pending(conn: asyncpg.Connection) -> list[str]:
+async def pending(conn: Conn) -> list[str]:
     """What `migrate` would apply; empty when the schema is at head."""
     exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
     done: dict[str, str] = {}

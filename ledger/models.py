@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -68,14 +69,12 @@ class Team(SQLModel, table=True):
     additional_limit: int = Field(
         default=0, sa_column=Column(BigInteger, nullable=False, server_default=text("0"))
     )
-    trial_granted: bool = Field(
-        default=False, sa_column_kwargs={"server_default": text("false")}
-    )
+    trial_granted: bool = Field(default=False, sa_column_kwargs={"server_default": text("false")})
     created_at: datetime = Field(sa_column=_ts())
     updated_at: datetime = Field(sa_column=_ts())
 
 
-def _total(name: str) -> int:
+def _total(name: str) -> Any:
     return Field(
         default=0,
         sa_column=Column(name, BigInteger, nullable=False, server_default=text("0")),
@@ -124,9 +123,7 @@ class Charge(SQLModel, table=True):
         CheckConstraint(
             "state IN ('held', 'captured', 'released', 'expired')", name="charges_state_valid"
         ),
-        CheckConstraint(
-            "free_tokens + additional_tokens = tokens", name="charges_split_adds_up"
-        ),
+        CheckConstraint("free_tokens + additional_tokens = tokens", name="charges_split_adds_up"),
         CheckConstraint(
             "(state = 'held') = (settled_at IS NULL)", name="charges_settled_iff_not_held"
         ),

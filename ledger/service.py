@@ -19,6 +19,7 @@ import structlog
 from ledger import validate
 from ledger.catalog import Catalog
 from ledger.errors import (
+    BadInput,
     NotAdmin,
     NotMigrated,
     TokensError,
@@ -161,7 +162,7 @@ class Ledger:
         validate.interval(interval)
         anchor, at = validate.moment(anchor), validate.moment(at)
         if stripe_customer is not None and not stripe_customer.strip():
-            raise validate.BadInput("stripe customer id cannot be empty")
+            raise BadInput("stripe customer id cannot be empty")
         row = await self._run(
             lambda: self.pool.fetchrow(
                 q("set_team"), team, plan, seats, interval, anchor, stripe_customer, at
@@ -171,8 +172,13 @@ class Ledger:
         created = bool(row["created"])
         result = Team.model_validate({k: v for k, v in row.items() if k != "created"})
         log.info(
-            "team_set", team=team, plan=plan, seats=seats, interval=interval,
-            anchor=anchor.isoformat(), created=created,
+            "team_set",
+            team=team,
+            plan=plan,
+            seats=seats,
+            interval=interval,
+            anchor=anchor.isoformat(),
+            created=created,
         )
         return result, created
 
@@ -206,9 +212,7 @@ class Ledger:
                 q("record_limit_change"), team, actor, role, row["additional_limit"], tokens, at
             )
         assert change is not None
-        log.info(
-            "limit_set", team=team, actor=actor, old=row["additional_limit"], new=tokens
-        )
+        log.info("limit_set", team=team, actor=actor, old=row["additional_limit"], new=tokens)
         return LimitChange.model_validate(dict(change))
 
     async def limit_changes(self, team: str) -> list[LimitChange]:
@@ -264,8 +268,12 @@ class Ledger:
         if settlement.changed:
             log.info(
                 "capture" if state == "captured" else "release",
-                team=c.team_id, charge_id=c.id, key=c.idempotency_key, job_id=c.job_id,
-                tokens=c.tokens, free_tokens=c.free_tokens,
+                team=c.team_id,
+                charge_id=c.id,
+                key=c.idempotency_key,
+                job_id=c.job_id,
+                tokens=c.tokens,
+                free_tokens=c.free_tokens,
                 additional_tokens=c.additional_tokens,
             )
         return settlement
@@ -301,8 +309,13 @@ class Ledger:
         expired = [Charge.model_validate(dict(r)) for r in rows]
         for c in expired:
             log.warning(
-                "hold_expired", team=c.team_id, charge_id=c.id, key=c.idempotency_key,
-                job_id=c.job_id, tokens=c.tokens, held_at=c.held_at.isoformat(),
+                "hold_expired",
+                team=c.team_id,
+                charge_id=c.id,
+                key=c.idempotency_key,
+                job_id=c.job_id,
+                tokens=c.tokens,
+                held_at=c.held_at.isoformat(),
             )
         return expired
 
@@ -352,8 +365,7 @@ class Ledger:
         await self.get_team(team)
         rows = await self._run(lambda: self.pool.fetch(q("history"), team))
         return [
-            Charge.model_validate({k: v for k, v in r.items() if k != "period_end"})
-            for r in rows
+            Charge.model_validate({k: v for k, v in r.items() if k != "period_end"}) for r in rows
         ]
 
     async def drift(self) -> list[dict[str, Any]]:
@@ -366,12 +378,20 @@ def _hold_result(
 ) -> HoldResult:
     assert row is not None
     return HoldResult(
-        team=team, key=key, action=action, quantity=quantity,
-        charge_id=row["charge_id"], state=row["state"], replayed=row["replayed"],
-        tokens=row["tokens"], free_tokens=row["free_tokens"],
+        team=team,
+        key=key,
+        action=action,
+        quantity=quantity,
+        charge_id=row["charge_id"],
+        state=row["state"],
+        replayed=row["replayed"],
+        tokens=row["tokens"],
+        free_tokens=row["free_tokens"],
         additional_tokens=row["additional_tokens"],
-        period_start=row["period_start"], period_end=row["period_end"],
-        held_at=row["held_at"], free_available=row["free_available"],
+        period_start=row["period_start"],
+        period_end=row["period_end"],
+        held_at=row["held_at"],
+        free_available=row["free_available"],
         additional_available=row["additional_available"],
     )
 
@@ -389,19 +409,28 @@ def _settlement(row: asyncpg.Record | None) -> Settlement:
 
 def _log_hold(result: HoldResult, job_id: str | None) -> None:
     fields = dict(
-        team=result.team, key=result.key, action=result.action, quantity=result.quantity,
-        tokens=result.tokens, job_id=job_id,
+        team=result.team,
+        key=result.key,
+        action=result.action,
+        quantity=result.quantity,
+        tokens=result.tokens,
+        job_id=job_id,
     )
     if result.refused:
         log.info(
-            "hold_refused", **fields, free_available=result.free_available,
+            "hold_refused",
+            **fields,
+            free_available=result.free_available,
             additional_available=result.additional_available,
         )
     elif result.replayed:
         log.info("hold_replayed", **fields, charge_id=result.charge_id, state=result.state)
     else:
         log.info(
-            "hold", **fields, charge_id=result.charge_id, free_tokens=result.free_tokens,
+            "hold",
+            **fields,
+            charge_id=result.charge_id,
+            free_tokens=result.free_tokens,
             additional_tokens=result.additional_tokens,
         )
 

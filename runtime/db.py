@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any, TypeAlias
+
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+# A plain connection or one borrowed from a pool: both run the same queries.
+Conn: TypeAlias = asyncpg.Connection[Any] | PoolConnectionProxy[Any]
 
 
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:

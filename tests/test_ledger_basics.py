@@ -16,8 +16,12 @@ T0 = at("2026-03-10T12:00:00")
 
 async def paid_team(ledger: Ledger, team: str = "acme", seats: int = 2, limit: int = 0) -> None:
     await ledger.set_team(
-        team, plan="email_outreach", seats=seats, interval="month",
-        anchor=at("2026-01-15T00:00:00"), at=T0,
+        team,
+        plan="email_outreach",
+        seats=seats,
+        interval="month",
+        anchor=at("2026-01-15T00:00:00"),
+        at=T0,
     )
     if limit:
         await ledger.set_limit(team, limit, actor="ann", role="admin", at=T0)
@@ -28,7 +32,8 @@ async def test_free_tokens_are_per_team_plan_times_seats(ledger: Ledger) -> None
     section = await ledger.billing("acme", at=T0)
     assert section.free_granted == 500
     assert (section.period_start, section.period_end) == (
-        at("2026-02-15T00:00:00"), at("2026-03-15T00:00:00")
+        at("2026-02-15T00:00:00"),
+        at("2026-03-15T00:00:00"),
     )
     assert section.free_available == 500 and section.additional_available == 0
 
@@ -93,9 +98,7 @@ async def test_capture_and_release_happen_exactly_once(ledger: Ledger) -> None:
 async def test_same_key_returns_same_charge_whatever_the_clock(ledger: Ledger) -> None:
     await paid_team(ledger)
     first = await ledger.hold("acme", "debounce", 1, key="job7:lead3", at=T0)
-    later = await ledger.hold(
-        "acme", "debounce", 1, key="job7:lead3", at=T0 + timedelta(days=40)
-    )
+    later = await ledger.hold("acme", "debounce", 1, key="job7:lead3", at=T0 + timedelta(days=40))
     assert later.replayed and later.charge_id == first.charge_id
     assert later.period_start == first.period_start
     with pytest.raises(IdempotencyMismatch, match="job7:lead3"):

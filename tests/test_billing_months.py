@@ -1,0 +1,97 @@
+"""Billing-month arithmetic (Stripe's anchor rule, UTC) in the database function itself."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ledger.service import Ledger
+from tests.conftest import at
+
+
+async def period(pool: asyncpg.Pool, anchor: datetime, when: datetime) -> tuple[datetime, datetime]:
+    row = await pool.fetchrow("SELECT * FROM tokens_period($1, $2)", anchor, when)
+    assert row is not None
+    return row["period_start"], row["period_end"]
+
+
+@pytest.mark.parametrize(
+    ("anchor", "when", "start", "end"),
+    [
+        # Anchor on the 31st: clamp to each month's last day, never drift.
+        ("2026-01-31", "2026-02-15", "2026-01-31", "2026-02-28"),
+        ("2026-01-31", "2026-02-28", "2026-02-28", "2026-03-31"),
+        ("2026-01-31", "2026-03-31", "2026-03-31", "2026-04-30"),
+        ("2026-01-31", "2026-05-01", "2026-04-30", "2026-05-31"),
+        # Leap year.
+        ("2028-01-31", "2028-02-29T12:00:00", "2028-02-29", "2028-03-31"),
+        ("2028-01-29", "2028-02-28", "2028-01-29", "2028-02-29"),
+        ("2028-02-29", "2029-02-28T01:00:00", "2029-02-28", "2029-03-29"),
+        ("2026-01-30", "2026-02-28", "2026-02-28", "2026-03-30"),
+        ("2026-01-28", "2026-02-28", "2026-02-28", "2026-03-28"),
+        # Exactly at a boundary: the new month starts there (start inclusive).
+        (
+            "2026-01-15T09:30:00",
+            "2026-03-15T09:30:00",
+            "2026-03-15T09:30:00",
+            "2026-04-15T09:30:00",
+        ),
+        (
+            "2026-01-15T09:30:00",
+            "2026-03-15T09:29:59",
+            "2026-02-15T09:30:00",
+            "2026-03-15T09:30:00",
+        ),
+        # Before the anchor (a future subscription start) and across years.
+        ("2026-05-10", "2026-03-01", "2026-02-10", "2026-03-10"),
+        ("2025-12-31", "2026-12-31T23:59:59", "2026-12-31", "2027-01-31"),
+    ],
+)
+async def test_known_periods(
+    pool: asyncpg.Pool, anchor: str, when: str, start: str, end: str
+) -> None:
+    assert await period(pool, at(anchor), at(when)) == (at(start), at(end))
+
+
+instants = st.datetimes(
+    min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
+)
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(anchor=instants, when=instants)
+async def test_periods_tile_time(pool: asyncpg.Pool, anchor: datetime, when: datetime) -> None:
+    """The month containing `when` contains it; its neighbours touch it exactly;
+    its start is the anchor's day of month, clamped to the month's length."""
+    start, end = await period(pool, anchor, when)
+    assert start <= when < end
+    assert timedelta(days=28) <= end - start <= timedelta(days=31)
+    assert await period(pool, anchor, end) == (end, (await period(pool, anchor, end))[1])
+    assert (await period(pool, anchor, start - timedelta(microseconds=1)))[1] == start
+    assert start.time() == anchor.time()
+    assert start.day == anchor.day or (
+        start.day < anchor.day and (start + timedelta(days=1)).day == 1
+    )
+
+
+async def test_yearly_subscriptions_have_monthly_billing_months(ledger: Ledger) -> None:
+    await ledger.set_team(
+        "y",
+        plan="sales_engagement",
+        seats=1,
+        interval="year",
+        anchor=at("2026-01-31"),
+        at=at("2026-01-31"),
+    )
+    starts = []
+    for when in ("2026-02-10", "2026-03-10", "2026-04-10", "2026-12-31"):
+        section = await ledger.billing("y", at=at(when))
+        starts.append(section.period_start)
+        assert section.free_granted == 500
+    assert starts == [at("2026-01-31"), at("2026-02-28"), at("2026-03-31"), at("2026-12-31")]
