@@ -22,9 +22,8 @@ from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageErro
 
 from cli import render
 from ledger import validate
-from ledger.errors import TokensError
+from ledger.errors import NotEnoughTokens, TokensError
 from ledger.migrate import migrate as run_migrations
-from ledger.service import NotEnoughTokens
 from runtime.app import database_url, open_ledger
 from runtime.config import Settings, load_settings
 from runtime.db import create_pool

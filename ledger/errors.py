@@ -6,7 +6,12 @@ functions in sql/functions.sql) or by constraint name.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import asyncpg
+
+if TYPE_CHECKING:
+    from ledger.service import HoldResult
 
 
 class TokensError(Exception):
@@ -92,6 +97,20 @@ class AnchorConflict(TokensError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
+
+
+class NotEnoughTokens(TokensError):
+    """A charge that does not fit in free + available additional tokens, refused whole."""
+
+    code = "not_enough_tokens"
+
+    def __init__(self, result: HoldResult) -> None:
+        super().__init__(
+            f"not enough tokens for team {result.team!r}: {result.action} x{result.quantity} "
+            f"needs {result.tokens}, available {result.free_available} free + "
+            f"{result.additional_available} additional"
+        )
+        self.result = result
 
 
 class NotMigrated(TokensError):

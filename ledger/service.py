@@ -22,7 +22,6 @@ from ledger.errors import (
     BadInput,
     NotAdmin,
     NotMigrated,
-    TokensError,
     TrialNoAdditional,
     UnknownTeam,
     translate,
@@ -433,17 +432,3 @@ def _log_hold(result: HoldResult, job_id: str | None) -> None:
             free_tokens=result.free_tokens,
             additional_tokens=result.additional_tokens,
         )
-
-
-class NotEnoughTokens(TokensError):
-    """A charge that does not fit in free + available additional tokens, refused whole."""
-
-    code = "not_enough_tokens"
-
-    def __init__(self, result: HoldResult) -> None:
-        super().__init__(
-            f"not enough tokens for team {result.team!r}: {result.action} x{result.quantity} "
-            f"needs {result.tokens}, available {result.free_available} free + "
-            f"{result.additional_available} additional"
-        )
-        self.result = result
