@@ -96,6 +96,12 @@ class BillingMonth(SQLModel, table=True):
         CheckConstraint(
             "additional_billed <= additional_spent", name="billing_months_billed_within_spent"
         ),
+        Index(
+            "billing_months_unbilled_idx",
+            "period_end",
+            postgresql_where=text("additional_spent > additional_billed"),
+        ),
+        Index("billing_months_open_idx", "period_end", postgresql_where=text("closed_at IS NULL")),
     )
 
     team_id: str = Field(sa_column=Column(Text, ForeignKey("teams.id"), primary_key=True))

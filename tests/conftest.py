@@ -25,6 +25,7 @@ from ledger.migrate import migrate
 from ledger.service import Ledger
 from runtime.db import create_pool
 from tests.cli_helpers import Cli
+from tests.stripe_fake import StripeFake, stripe_fake  # noqa: F401  (fixture)
 
 TEMPLATE = "tokens_template"
 _counter = itertools.count()

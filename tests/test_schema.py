@@ -9,7 +9,8 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import CreateIndex, CreateTable
 from sqlmodel import SQLModel
 
-import ledger.models  # noqa: F401  (registers the tables)
+import billing.models  # noqa: F401  (registers the tables)
+import ledger.models  # noqa: F401
 from ledger.migrate import migrate, pending
 from tests.conftest import with_database
 

@@ -21,9 +21,7 @@ class Lead(BaseModel):
 
     @model_validator(mode="after")
     def _something_to_search(self) -> Lead:
-        if not any(
-            (self.email, self.linkedin_url, self.company_domain and self.last_name)
-        ):
+        if not any((self.email, self.linkedin_url, self.company_domain and self.last_name)):
             raise ValueError(
                 "a lead needs an email, a linkedin_url, or a last_name with a company_domain"
             )

@@ -1,0 +1,104 @@
+"""One metered search: hold, search, then capture or release.
+
+"Charged on search, not on success": once the provider has performed the
+search the tokens are spent, whatever it found. They come back only when the
+search never happened: a provider that could not be reached or failed on
+every try, or a request it refused. A cancelled job keeps its hold: arq runs
+it again and the same key finds the same hold; if it never runs again the
+hold-expiry sweep releases it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+import structlog
+from arq.worker import Retry
+
+from ledger.service import Ledger, Settlement
+from worker.providers import ProviderFailure, SearchResult
+
+log = structlog.get_logger("tokens.worker")
+
+Search = Callable[[], Awaitable[SearchResult]]
+OnThreshold = Callable[[Settlement], Awaitable[None]]
+
+
+def charge_key(job_id: str, lead_id: str | None) -> str:
+    """The idempotency key of a job's charge: the job id and the lead."""
+    return f"{job_id}:{lead_id}" if lead_id else job_id
+
+
+def backoff_seconds(job_try: int) -> float:
+    """5 s, 10 s, 20 s, ... capped at 5 minutes."""
+    return float(min(5 * 2 ** (job_try - 1), 300))
+
+
+async def metered(
+    ledger: Ledger,
+    *,
+    team: str,
+    action: str,
+    job_id: str,
+    job_try: int,
+    max_tries: int,
+    lead_id: str | None,
+    clock: Callable[[], datetime],
+    search: Search,
+    on_threshold: OnThreshold | None = None,
+) -> dict[str, Any]:
+    key = charge_key(job_id, lead_id)
+    base: dict[str, Any] = {"team": team, "action": action, "job_id": job_id, "lead_id": lead_id}
+    held = await ledger.hold(team, action, 1, key=key, at=clock(), job_id=job_id, lead_id=lead_id)
+    base |= {"charge_id": held.charge_id, "tokens": held.tokens}
+    if held.refused:
+        return base | {
+            "status": "refused",
+            "reason": "not enough tokens",
+            "free_available": held.free_available,
+            "additional_available": held.additional_available,
+        }
+    if held.state == "captured":
+        # An earlier run searched and captured, then died before arq stored its result.
+        return base | {"status": "already_charged", "reason": "this job's search was charged"}
+    if held.state in ("released", "expired"):
+        return base | {"status": "released", "reason": f"the hold was {held.state} earlier"}
+    assert held.charge_id is not None
+
+    try:
+        result = await search()
+    except ProviderFailure as failure:
+        if failure.retryable and job_try < max_tries:
+            delay = backoff_seconds(job_try)
+            log.info(
+                "provider_retry",
+                **base,
+                key=key,
+                reason=failure.reason,
+                job_try=job_try,
+                retry_in_s=delay,
+            )
+            raise Retry(defer=delay) from failure
+        await ledger.release(held.charge_id, at=clock())
+        log.warning("provider_failed", **base, key=key, reason=failure.reason, job_try=job_try)
+        return base | {
+            "status": "failed",
+            "reason": f"{failure.provider}: {failure.reason}",
+            "charged": False,
+        }
+
+    settlement = await ledger.capture(held.charge_id, at=clock())
+    if settlement.threshold_reached and on_threshold is not None:
+        await on_threshold(settlement)
+    return base | {
+        "status": "captured",
+        "charged": True,
+        "free_tokens": held.free_tokens,
+        "additional_tokens": held.additional_tokens,
+        "outcome": str(result.outcome),
+        "provider": result.provider,
+        "sandbox": result.sandbox,
+        "data": result.data,
+    }
