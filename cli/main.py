@@ -22,9 +22,9 @@ from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageErro
 
 from cli import render
 from ledger import validate
-from ledger.errors import NotEnoughTokens, TokensError
+from ledger.errors import BadInput, NotEnoughTokens, TokensError
 from ledger.migrate import migrate as run_migrations
-from runtime.app import database_url, open_ledger
+from runtime.app import database_url, open_ledger, redis_url
 from runtime.config import Settings, load_settings
 from runtime.db import create_pool
 from runtime.logs import configure_logging
@@ -265,6 +265,141 @@ def history(
         render.print_json([render.charge_dict(c) for c in charges])
     else:
         render.print_history(charges)
+
+
+@app.command()
+def enqueue(
+    team: str,
+    action: str,
+    quantity: Annotated[
+        str | None, typer.Option("--quantity", help="Generations (AI actions only)")
+    ] = None,
+    payload: Annotated[str | None, typer.Option("--payload", help="Job payload, JSON")] = None,
+    job_id: Annotated[str | None, typer.Option("--job-id", help="Base job id")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Queue metered jobs: one per lead for enrich/debounce, one per generation for AI."""
+    settings = _settings()
+    qty = validate.parse_whole(quantity, "--quantity") if quantity is not None else None
+    data = _json_payload(payload)
+
+    async def go() -> list[dict[str, Any]]:
+        from arq.connections import RedisSettings, create_pool
+
+        from worker.client import enqueue as enqueue_jobs
+        from worker.client import plan_jobs
+
+        async with open_ledger(settings) as ledger:
+            plan_jobs(ledger.catalog, team, action, quantity=qty, payload=data, job_id=job_id)
+            await ledger.get_team(team)
+            redis = await create_pool(RedisSettings.from_dsn(redis_url(settings)))
+            try:
+                jobs = await enqueue_jobs(
+                    redis,
+                    ledger.catalog,
+                    team,
+                    action,
+                    quantity=qty,
+                    payload=data,
+                    job_id=job_id,
+                )
+            finally:
+                await redis.aclose()
+        return [
+            {"job_id": j.job_id, "action": j.action, "lead_id": j.lead_id, "queued": j.queued}
+            for j in jobs
+        ]
+
+    jobs = _run(go())
+    if json_out:
+        render.print_json({"team": team, "action": action, "jobs": jobs})
+    else:
+        new = sum(j["queued"] for j in jobs)
+        print(
+            f"queued {new} {action} job(s) for team {team}"
+            + (f" ({len(jobs) - new} already queued)" if new < len(jobs) else "")
+        )
+        for j in jobs[:10]:
+            print(f"  {j['job_id']}")
+        if len(jobs) > 10:
+            print(f"  ... and {len(jobs) - 10} more")
+
+
+def _json_payload(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    import json
+
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadInput(f"--payload is not valid JSON: {exc.msg} at position {exc.pos}") from None
+    if not isinstance(data, dict):
+        raise BadInput("--payload must be a JSON object")
+    return data
+
+
+@app.command()
+def worker(
+    burst: Annotated[bool, typer.Option("--burst", help="Run the queued jobs, then exit.")] = False,
+) -> None:
+    """Run the arq worker: metered jobs, the periodic reconcile and the hold-expiry sweep."""
+    settings = _settings(service=True)
+    from arq.worker import Worker
+
+    from worker.settings import worker_kwargs
+
+    async def go() -> None:
+        w = Worker(**worker_kwargs(settings, redis_url(settings), burst=burst))
+        try:
+            await w.main()
+        finally:
+            await w.close()
+
+    if settings.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.metrics_port)
+    _run(go())
+
+
+@app.command()
+def reconcile(
+    team: Annotated[str | None, typer.Option("--team", help="Only this team")] = None,
+    at: AtOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Bill what is due and send unsent bills to Stripe (one run, for cron)."""
+    settings = _settings(service=True)
+    now = _now(at)
+
+    async def go() -> dict[str, Any]:
+        from billing.reconcile import reconcile as run_reconcile
+        from billing.sender import StripeSender
+        from billing.stripe_client import make_stripe_client
+
+        async with open_ledger(settings) as ledger:
+            sender = StripeSender(ledger.pool, make_stripe_client(settings), lambda: now)
+            with render.progress_bar("sending bills", enabled=not json_out) as advance:
+                report = await run_reconcile(
+                    ledger.pool, sender, team=team, at=now, progress=advance
+                )
+        return report.as_dict()
+
+    out = _run(go())
+    if json_out:
+        render.print_json(out)
+    else:
+        render.print_reconcile(out)
+    if out["bills_failed"]:
+        raise ReconcileFailed(out["bills_failed"])
+
+
+class ReconcileFailed(TokensError):
+    code = "bills_failed"
+
+    def __init__(self, failed: int) -> None:
+        super().__init__(f"{failed} bill(s) could not be sent to Stripe; they are kept and retried")
 
 
 @app.command()

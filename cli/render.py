@@ -5,11 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from rich.console import Console
+from rich.progress import Progress
 from rich.table import Table
 
 from ledger.models import Charge
@@ -158,6 +161,45 @@ def print_history(charges: list[Charge], title: str = "History") -> None:
             c.state,
             c.job_id or "",
             c.lead_id or "",
+        )
+    console.print(table)
+
+
+@contextmanager
+def progress_bar(label: str, *, enabled: bool) -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar on a terminal; a no-op elsewhere (cron, pipes, --json)."""
+    if not enabled or not console.is_terminal:
+        yield lambda done, total: None
+        return
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task(label, total=None)
+
+        def advance(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield advance
+
+
+def print_reconcile(out: dict[str, Any]) -> None:
+    console.print(
+        f"bills created {out['bills_created']}, sent {out['bills_sent']}, "
+        f"failed {out['bills_failed']}, unsent {out['bills_unsent']} ({out['seconds']} s)"
+    )
+    if not out["bills"]:
+        return
+    table = Table(show_header=True, header_style="bold")
+    for col in ("bill", "team", "reason", "tokens", "amount", "status", "invoice", "error"):
+        table.add_column(col)
+    for b in out["bills"]:
+        table.add_row(
+            str(b["bill_id"]),
+            b["team"],
+            b["reason"],
+            str(b["tokens"]),
+            f"${Decimal(b['amount_cents']) / 100:.2f}",
+            b["status"],
+            b["stripe_invoice_id"] or "",
+            b["error"] or "",
         )
     console.print(table)
 

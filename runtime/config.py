@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     hold_ttl_seconds: int = Field(default=900, gt=0)
     job_timeout_seconds: int = Field(default=300, gt=0)
     job_max_tries: int = Field(default=5, ge=1)
+    # First retry delay after a provider failure; doubles per try, capped at 5 min.
+    retry_backoff_seconds: float = Field(default=5.0, ge=0)
     reconcile_interval_seconds: int = Field(default=300, gt=0)
     worker_concurrency: int = Field(default=32, ge=1)
     metrics_port: int | None = None
@@ -48,6 +50,8 @@ class Settings(BaseSettings):
     verify_base_url: str | None = None
     verify_api_key: str | None = None
     provider_timeout_seconds: float = Field(default=20.0, gt=0)
+    # Make the offline sandbox providers as slow as a real one (demo, crash tests).
+    sandbox_latency_ms: int = Field(default=0, ge=0)
 
 
 def load_settings() -> Settings:

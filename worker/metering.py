@@ -31,9 +31,9 @@ def charge_key(job_id: str, lead_id: str | None) -> str:
     return f"{job_id}:{lead_id}" if lead_id else job_id
 
 
-def backoff_seconds(job_try: int) -> float:
-    """5 s, 10 s, 20 s, ... capped at 5 minutes."""
-    return float(min(5 * 2 ** (job_try - 1), 300))
+def backoff_seconds(job_try: int, base: float = 5.0) -> float:
+    """base, 2 x base, 4 x base, ... capped at 5 minutes."""
+    return float(min(base * 2 ** (job_try - 1), 300.0))
 
 
 async def metered(
@@ -48,6 +48,7 @@ async def metered(
     clock: Callable[[], datetime],
     search: Search,
     on_threshold: OnThreshold | None = None,
+    backoff_base: float = 5.0,
 ) -> dict[str, Any]:
     key = charge_key(job_id, lead_id)
     base: dict[str, Any] = {"team": team, "action": action, "job_id": job_id, "lead_id": lead_id}
@@ -71,7 +72,7 @@ async def metered(
         result = await search()
     except ProviderFailure as failure:
         if failure.retryable and job_try < max_tries:
-            delay = backoff_seconds(job_try)
+            delay = backoff_seconds(job_try, backoff_base)
             log.info(
                 "provider_retry",
                 **base,

@@ -47,12 +47,13 @@ verifier, like the real one, refuses (non-retryable) a lead without an email.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import httpx
 
@@ -147,7 +148,36 @@ def build_providers(settings: Settings, http: httpx.AsyncClient) -> Providers:
         if settings.verify_base_url
         else SandboxVerifyProvider()
     )
+    if settings.sandbox_latency_ms:
+        delay = settings.sandbox_latency_ms / 1000
+        if ai.sandbox:
+            ai = cast(AIProvider, _Latency(ai, delay))
+        if enrich.sandbox:
+            enrich = cast(EnrichProvider, _Latency(enrich, delay))
+        if verify.sandbox:
+            verify = cast(VerifyProvider, _Latency(verify, delay))
     return Providers(ai=ai, enrich=enrich, verify=verify)
+
+
+class _Latency:
+    """A sandbox that takes its time, as a real provider does (demo, crash tests)."""
+
+    def __init__(self, inner: Any, seconds: float) -> None:
+        self._inner = inner
+        self._seconds = seconds
+        self.name = inner.name
+        self.sandbox = True
+
+    def __getattr__(self, attr: str) -> Any:
+        target = getattr(self._inner, attr)
+        if not asyncio.iscoroutinefunction(target):
+            return target
+
+        async def slow(*args: Any, **kwargs: Any) -> Any:
+            await asyncio.sleep(self._seconds)
+            return await target(*args, **kwargs)
+
+        return slow
 
 
 # --------------------------------------------------------------------------- HTTP

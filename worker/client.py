@@ -1,0 +1,106 @@
+"""The application's side: enqueue metered jobs, read their results.
+
+One job per lead for `enrich` and `debounce` (each charging one lead, keyed by
+job id + lead), one job per generation for the AI actions. Job ids are the
+caller's to choose (a retry of the same enqueue is then a no-op); by default
+they are fresh.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from arq.connections import ArqRedis
+from arq.jobs import Job
+
+from ledger.catalog import Catalog
+from ledger.errors import BadInput
+from ledger.validate import quantity as check_quantity
+from ledger.validate import team_id
+from worker.payloads import (
+    DebounceLead,
+    IcebreakerPayload,
+    Lead,
+    LeadList,
+    SequencePayload,
+    parse,
+)
+from worker.settings import QUEUE
+
+LEAD_ACTIONS = ("enrich", "debounce")
+DEFAULT_PROMPT = "A three-step cold outreach sequence for our product."
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    job_id: str
+    action: str
+    lead_id: str | None
+    queued: bool  # False when a job with this id already existed (nothing new queued)
+
+
+def plan_jobs(
+    catalog: Catalog,
+    team: str,
+    action: str,
+    *,
+    quantity: int | None,
+    payload: dict[str, Any] | None,
+    job_id: str | None = None,
+) -> list[tuple[str, tuple[Any, ...], str | None]]:
+    """Validate and split an enqueue request into (job id, args, lead id), before
+    anything is queued: a bad request queues nothing."""
+    team_id(team)
+    catalog.action(action)
+    base = job_id or uuid.uuid4().hex
+    if action in LEAD_ACTIONS:
+        if quantity is not None:
+            raise BadInput(f"--quantity cannot be combined with {action}: one job per lead")
+        if payload is None:
+            raise BadInput(f'{action} needs a payload: {{"leads": [{{"email": ...}}, ...]}}')
+        leads: LeadList = parse(LeadList, payload, action)
+        model = DebounceLead if action == "debounce" else Lead
+        jobs = []
+        for n, lead in enumerate(leads.leads):
+            parse(model, lead.model_dump(), f"{action} lead {n}")
+            lead_key = lead.id or str(n)
+            jobs.append((f"{base}:{lead_key}", (team, lead.model_dump(exclude_none=True)), lead.id))
+        if len({j[0] for j in jobs}) != len(jobs):
+            raise BadInput(f"malformed {action} payload: lead ids must be unique")
+        return jobs
+    count = check_quantity(quantity if quantity is not None else 1)
+    if action == "ai_sequence":
+        data = payload if payload is not None else {"prompt": DEFAULT_PROMPT}
+        parse(SequencePayload, data, action)
+    else:
+        if payload is None:
+            raise BadInput(f'{action} needs a payload: {{"lead": {{"first_name": ..., ...}}}}')
+        data = payload
+        parse(IcebreakerPayload, data, action)
+    ids = [base] if count == 1 else [f"{base}:{n}" for n in range(count)]
+    return [(i, (team, data), None) for i in ids]
+
+
+async def enqueue(
+    redis: ArqRedis,
+    catalog: Catalog,
+    team: str,
+    action: str,
+    *,
+    quantity: int | None = None,
+    payload: dict[str, Any] | None = None,
+    job_id: str | None = None,
+) -> list[Enqueued]:
+    jobs = plan_jobs(catalog, team, action, quantity=quantity, payload=payload, job_id=job_id)
+    out = []
+    for jid, args, lead_id in jobs:
+        job = await redis.enqueue_job(action, *args, _job_id=jid, _queue_name=QUEUE)
+        out.append(Enqueued(job_id=jid, action=action, lead_id=lead_id, queued=job is not None))
+    return out
+
+
+async def result(redis: ArqRedis, job_id: str, wait_s: float | None = None) -> Any:
+    """A job's result (waits up to `wait_s` for it when given)."""
+    return await Job(job_id, redis, _queue_name=QUEUE).result(timeout=wait_s)
