@@ -51,13 +51,13 @@ AtOpt = Annotated[
 ]
 
 
-def _settings(*, service: bool = False) -> Settings:
+def _settings(*, service: bool = False, quiet: bool = False) -> Settings:
     """Settings, with logging set up: one-shot commands keep stderr for errors and
     warnings unless TOKENS_LOG_LEVEL asks for more; services log at INFO."""
     settings = load_settings()
     level = settings.log_level
     if not service and "TOKENS_LOG_LEVEL" not in os.environ:
-        level = "WARNING"
+        level = "ERROR" if quiet else "WARNING"
     configure_logging(settings.log_format, level)
     return settings
 
@@ -400,6 +400,70 @@ class ReconcileFailed(TokensError):
 
     def __init__(self, failed: int) -> None:
         super().__init__(f"{failed} bill(s) could not be sent to Stripe; they are kept and retried")
+
+
+@app.command()
+def demo(
+    reset: Annotated[
+        bool, typer.Option("--reset", help="Stop the embedded servers and delete their data first.")
+    ] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """A simulated billing month on embedded defaults, through the real worker path."""
+    settings = _settings(quiet=True)
+    if reset:
+        if settings.database_url or settings.redis_url:
+            raise BadInput("--reset only wipes embedded servers; unset the TOKENS_*_URL variables")
+        import shutil
+
+        from runtime.embedded import stop_servers
+
+        stop_servers(settings.data_dir)
+        shutil.rmtree(settings.data_dir, ignore_errors=True)
+
+    from cli.demo import run_demo
+
+    async def go() -> dict[str, Any]:
+        async with open_ledger(settings, max_size=20) as ledger:
+            url = redis_url(settings)
+            with render.progress_bar("running jobs", enabled=not json_out) as advance:
+                return await run_demo(ledger, settings, url, advance)
+
+    out = _run(go())
+    if json_out:
+        render.print_json(
+            {
+                "teams": out["teams"],
+                "jobs": out["jobs"],
+                "outcomes": out["outcomes"],
+                "billing": [render.billing_dict(s) for s in out["sections"]],
+                "bills": out["bills"],
+            }
+        )
+        return
+    render.console.print(
+        f"[bold]{out['jobs']} jobs[/bold] through arq and the sandbox providers: "
+        + ", ".join(f"{n} {k}" for k, n in sorted(out["outcomes"].items()))
+    )
+    for section in out["sections"]:
+        render.console.rule()
+        render.print_billing(section)
+    render.console.rule()
+    render.print_reconcile(
+        {
+            "bills_created": len(out["bills"]),
+            "bills_sent": sum(b["status"] in ("paid", "open") for b in out["bills"]),
+            "bills_failed": sum(b["status"] == "failed" for b in out["bills"]),
+            "bills_unsent": sum(b["status"] == "unsent" for b in out["bills"]),
+            "seconds": 0,
+            "bills": out["bills"],
+        }
+    )
+    if not out["stripe"]:
+        render.console.print(
+            "Bills stay unsent: no STRIPE_API_KEY. Set it (and TOKENS_STRIPE_API_BASE for a "
+            "Stripe-compatible server) to send them; `tokens reconcile` sends what is pending."
+        )
 
 
 @app.command()

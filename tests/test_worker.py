@@ -146,7 +146,7 @@ async def test_malformed_payload_fails_the_job_and_charges_nothing(
         "debounce", "acme", {"first_name": "no email"}, _job_id="bad", _queue_name="tokens:queue"
     )
     await run_burst(settings_for(database_url, redis_url))
-    with pytest.raises(Exception, match="malformed debounce lead payload: .*needs an email"):
+    with pytest.raises(Exception, match=r"malformed debounce lead payload: .*needs an email"):
         await result(redis, "bad")
     assert await ledger.history("acme") == []
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,8 +35,17 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def worker_kwargs(settings: Settings, redis_url: str, *, burst: bool = False) -> dict[str, Any]:
-    """Keyword arguments for `arq.worker.Worker`: a typo here is a TypeError there."""
+def worker_kwargs(
+    settings: Settings,
+    redis_url: str,
+    *,
+    burst: bool = False,
+    clock: Callable[[], datetime] = utc_now,
+) -> dict[str, Any]:
+    """Keyword arguments for `arq.worker.Worker`: a typo here is a TypeError there.
+
+    `clock` is the ledger's clock for the jobs (the demo simulates a month).
+    """
 
     async def on_startup(ctx: dict[str, Any]) -> None:
         from ledger.service import Ledger
@@ -50,8 +60,8 @@ def worker_kwargs(settings: Settings, redis_url: str, *, burst: bool = False) ->
             "ledger": ledger,
             "providers": build_providers(settings, http),
             "http": http,
-            "clock": utc_now,
-            "sender": StripeSender(pool, make_stripe_client(settings), utc_now),
+            "clock": clock,
+            "sender": StripeSender(pool, make_stripe_client(settings), clock),
         }
         ctx["deps"] = deps
 
