@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -31,7 +32,8 @@ def env_for(database_url: str, redis_url: str, **extra: str) -> dict[str, str]:
 async def test_demo_reports_what_the_ledger_holds(
     database_url: str, redis_url: str, pool: asyncpg.Pool
 ) -> None:
-    proc = subprocess.run(
+    proc = await asyncio.to_thread(
+        subprocess.run,
         [*TOKENS, "demo", "--json"],
         env=env_for(database_url, redis_url),
         cwd=ROOT,
@@ -195,7 +197,7 @@ async def test_worker_killed_mid_job_charges_once(
         deadline = time.monotonic() + 30
         while await pool.fetchval("SELECT count(*) FROM charges WHERE state = 'held'") == 0:
             assert time.monotonic() < deadline, "the worker never held the tokens"
-            time.sleep(0.05)
+            await asyncio.sleep(0.05)  # polling the ledger, bounded by the deadline
         first.send_signal(signal.SIGKILL)  # mid-search: the hold is in Postgres
         first.wait(10)
         env["TOKENS_SANDBOX_LATENCY_MS"] = "0"
