@@ -22,6 +22,7 @@ from billing.models import Bill
 from billing.sender import SQL, StripeSender
 from ledger import validate
 from ledger.queries import q
+from runtime.metrics import BILLS, RECONCILE_SECONDS
 
 log = structlog.get_logger("tokens.billing")
 
@@ -145,6 +146,10 @@ async def reconcile(
         if b.id is not None and b.id not in report.touched:
             report.touched[b.id] = b  # being sent by a concurrent run: still reported
     report.seconds = time.perf_counter() - started
+    RECONCILE_SECONDS.observe(report.seconds)
+    BILLS.labels("created").inc(len(report.created))
+    BILLS.labels("sent").inc(report.sent)
+    BILLS.labels("failed").inc(report.failed)
     log.info(
         "reconciled",
         team=team,

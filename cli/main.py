@@ -467,6 +467,30 @@ def demo(
 
 
 @app.command()
+def check(json_out: JsonOpt = False) -> None:
+    """Health: Postgres, migrations at head, Redis, Stripe reachability (exit 1 if not ok)."""
+    settings = _settings()
+    from runtime.health import run_checks
+
+    results = _run(run_checks(settings))
+    if json_out:
+        render.print_json(results)
+    else:
+        for name, value in results.items():
+            print(f"{name}: {value}")
+    bad = [name for name, value in results.items() if not str(value).startswith("ok")]
+    if bad:
+        raise CheckFailed(bad)
+
+
+class CheckFailed(TokensError):
+    code = "check_failed"
+
+    def __init__(self, bad: list[str]) -> None:
+        super().__init__(f"not healthy: {', '.join(bad)}")
+
+
+@app.command()
 def stop(json_out: JsonOpt = False) -> None:
     """Stop the embedded servers of this data dir."""
     settings = _settings()

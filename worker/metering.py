@@ -18,6 +18,7 @@ import structlog
 from arq.worker import Retry
 
 from ledger.service import Ledger, Settlement
+from runtime.metrics import JOBS, TOKENS
 from worker.providers import ProviderFailure, SearchResult
 
 log = structlog.get_logger("tokens.worker")
@@ -50,11 +51,43 @@ async def metered(
     on_threshold: OnThreshold | None = None,
     backoff_base: float = 5.0,
 ) -> dict[str, Any]:
+    out = await _metered(
+        ledger,
+        team=team,
+        action=action,
+        job_id=job_id,
+        job_try=job_try,
+        max_tries=max_tries,
+        lead_id=lead_id,
+        clock=clock,
+        search=search,
+        on_threshold=on_threshold,
+        backoff_base=backoff_base,
+    )
+    JOBS.labels(action, out["status"]).inc()
+    return out
+
+
+async def _metered(
+    ledger: Ledger,
+    *,
+    team: str,
+    action: str,
+    job_id: str,
+    job_try: int,
+    max_tries: int,
+    lead_id: str | None,
+    clock: Callable[[], datetime],
+    search: Search,
+    on_threshold: OnThreshold | None,
+    backoff_base: float,
+) -> dict[str, Any]:
     key = charge_key(job_id, lead_id)
     base: dict[str, Any] = {"team": team, "action": action, "job_id": job_id, "lead_id": lead_id}
     held = await ledger.hold(team, action, 1, key=key, at=clock(), job_id=job_id, lead_id=lead_id)
     base |= {"charge_id": held.charge_id, "tokens": held.tokens}
     if held.refused:
+        TOKENS.labels(action, "refused").inc(held.tokens)
         return base | {
             "status": "refused",
             "reason": "not enough tokens",
@@ -67,6 +100,8 @@ async def metered(
     if held.state in ("released", "expired"):
         return base | {"status": "released", "reason": f"the hold was {held.state} earlier"}
     assert held.charge_id is not None
+    if not held.replayed:
+        TOKENS.labels(action, "held").inc(held.tokens)
 
     try:
         result = await search()
@@ -83,6 +118,7 @@ async def metered(
             )
             raise Retry(defer=delay) from failure
         await ledger.release(held.charge_id, at=clock())
+        TOKENS.labels(action, "released").inc(held.tokens)
         log.warning("provider_failed", **base, key=key, reason=failure.reason, job_try=job_try)
         return base | {
             "status": "failed",
@@ -91,6 +127,7 @@ async def metered(
         }
 
     settlement = await ledger.capture(held.charge_id, at=clock())
+    TOKENS.labels(action, "captured").inc(held.tokens)
     if settlement.threshold_reached and on_threshold is not None:
         await on_threshold(settlement)
     return base | {
