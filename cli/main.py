@@ -352,7 +352,10 @@ def worker(
     async def go() -> None:
         w = Worker(**worker_kwargs(settings, redis_url(settings), burst=burst))
         try:
-            await w.main()
+            # async_run gives arq a main task to cancel once SIGTERM's wait is over.
+            await w.async_run()
+        except asyncio.CancelledError:
+            pass  # shut down by a signal, after the running jobs finished or were cancelled
         finally:
             await w.close()
 

@@ -215,3 +215,47 @@ async def test_worker_killed_mid_job_charges_once(
         await redis.aclose()
     rows = await pool.fetch("SELECT idempotency_key, state, tokens FROM charges")
     assert [tuple(r) for r in rows] == [("kill:l1:l1", "captured", 10)]
+
+
+async def test_sigterm_lets_the_running_search_finish(
+    ledger: Ledger, database_url: str, redis_url: str, pool: asyncpg.Pool
+) -> None:
+    await ledger.set_team(
+        "acme",
+        plan="email_outreach",
+        seats=1,
+        interval="month",
+        anchor=at("2026-01-01"),
+        at=at("2026-01-01"),
+    )
+    redis: ArqRedis = await create_pool(RedisSettings.from_dsn(redis_url))
+    await redis.flushdb()
+    env = env_for(
+        database_url, redis_url, TOKENS_SANDBOX_LATENCY_MS="1500", TOKENS_LOG_LEVEL="WARNING"
+    )
+    try:
+        jobs = await redis.enqueue_job(
+            "debounce",
+            "acme",
+            {"id": "l1", "email": "a@b.io"},
+            _job_id="term",
+            _queue_name="tokens:queue",
+        )
+        assert jobs is not None
+        worker = subprocess.Popen(
+            [*TOKENS, "worker"],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while await pool.fetchval("SELECT count(*) FROM charges WHERE state = 'held'") == 0:
+            assert time.monotonic() < deadline, "the worker never held the tokens"
+            await asyncio.sleep(0.05)  # polling the ledger, bounded by the deadline
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+    finally:
+        await redis.aclose()
+    rows = await pool.fetch("SELECT state FROM charges")
+    assert [r["state"] for r in rows] == ["captured"]  # finished, not abandoned

@@ -1,0 +1,1 @@
+"""Throughput and latency benchmarks of the ledger: `python -m bench`."""

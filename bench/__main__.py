@@ -1,0 +1,338 @@
+"""Benchmarks: hold+capture throughput against a raw-UPDATE baseline, billing reads.
+
+    python -m bench [--quick] [--json FILE]
+
+Starts an embedded Postgres in a fresh temporary data dir, migrates it, and
+measures on it:
+
+1. hold+capture operations per second with C concurrent asyncio workers for a
+   fixed duration, on one hot team and on 1,000 teams (round-robin), next to a
+   baseline of one autocommit `UPDATE bench_counter SET n = n - 1 WHERE id = 1`
+   per operation with the same pool size and concurrency;
+2. the latency of `Ledger.billing` for a team with many charges.
+
+The full run (no --quick) also writes docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import structlog
+
+from ledger.catalog import DEFAULT_CATALOG
+from ledger.migrate import migrate
+from ledger.service import Ledger
+from runtime.db import create_pool
+from runtime.embedded import ensure_postgres, stop_servers
+
+ANCHOR = datetime(2025, 1, 1, tzinfo=UTC)
+AT = datetime(2025, 1, 15, 12, tzinfo=UTC)
+HOT_TEAM = "bench-hot"
+BILLING_TEAM = "bench-billing"
+MANY_TEAMS = 1_000
+HUGE_LIMIT = 10**11
+SEATS = 1_000
+BILLING_CALLS = 500
+LEDGER_CHARGES = 300
+
+Op = Callable[[asyncpg.Pool, int, int], Awaitable[None]]
+
+
+def _quiet_logs() -> None:
+    """The ledger logs every hold; a benchmark must not pay for printing them."""
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+    )
+
+
+def _percentile(sorted_ms: list[float], p: float) -> float:
+    if not sorted_ms:
+        return float("nan")
+    index = min(len(sorted_ms) - 1, max(0, round(p / 100 * len(sorted_ms)) - 1))
+    return sorted_ms[index]
+
+
+async def _drive(pool: asyncpg.Pool, op: Op, concurrency: int, duration_s: float) -> dict[str, Any]:
+    """Run `op` in `concurrency` workers for `duration_s`; ops/s and latencies in ms."""
+    latencies: list[float] = []
+    deadline = time.perf_counter() + duration_s
+
+    async def worker(w: int) -> None:
+        i = 0
+        while time.perf_counter() < deadline:
+            t0 = time.perf_counter()
+            await op(pool, w, i)
+            latencies.append((time.perf_counter() - t0) * 1000)
+            i += 1
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(w) for w in range(concurrency)))
+    elapsed = time.perf_counter() - start
+    latencies.sort()
+    return {
+        "ops": len(latencies),
+        "per_s": len(latencies) / elapsed,
+        "p50_ms": _percentile(latencies, 50),
+        "p99_ms": _percentile(latencies, 99),
+    }
+
+
+async def _setup_team(ledger: Ledger, team: str) -> None:
+    await ledger.set_team(
+        team, plan="sales_engagement", seats=SEATS, interval="month", anchor=ANCHOR, at=AT
+    )
+    await ledger.set_limit(team, HUGE_LIMIT, actor="bench", role="admin", at=AT)
+
+
+async def _bench_hold_capture(
+    dsn: str, ledger_setup: Ledger, concurrencies: list[int], duration_s: float
+) -> dict[str, Any]:
+    await _setup_team(ledger_setup, HOT_TEAM)
+    many = [f"bench-team-{n:04d}" for n in range(MANY_TEAMS)]
+    sem = asyncio.Semaphore(16)
+
+    async def setup_one(team: str) -> None:
+        async with sem:
+            await _setup_team(ledger_setup, team)
+
+    await asyncio.gather(*(setup_one(t) for t in many))
+
+    refused = 0
+    run_id = 0
+
+    def ledger_op(teams: list[str], ledger: Ledger, tag: str) -> Op:
+        async def op(pool: asyncpg.Pool, w: int, i: int) -> None:
+            nonlocal refused
+            team = teams[(w * 7919 + i) % len(teams)]
+            held = await ledger.hold(team, "debounce", 1, key=f"{tag}-{w}-{i}", at=AT)
+            if held.refused or held.charge_id is None:
+                refused += 1
+                return
+            await ledger.capture(held.charge_id, at=AT)
+
+        return op
+
+    async def baseline_op(pool: asyncpg.Pool, w: int, i: int) -> None:
+        await pool.execute("UPDATE bench_counter SET n = n - 1 WHERE id = 1")
+
+    results: dict[str, Any] = {"hot_team": {}, "many_teams": {}}
+    for scenario, teams in (("hot_team", [HOT_TEAM]), ("many_teams", many)):
+        for c in concurrencies:
+            pool = await create_pool(dsn, min_size=c, max_size=c)
+            try:
+                ledger = Ledger(pool, DEFAULT_CATALOG)
+                run_id += 1
+                measured = await _drive(pool, ledger_op(teams, ledger, f"r{run_id}"), c, duration_s)
+                baseline = await _drive(pool, baseline_op, c, duration_s)
+            finally:
+                await pool.close()
+            point = {
+                "per_s": round(measured["per_s"], 1),
+                "baseline_per_s": round(baseline["per_s"], 1),
+                "ratio": round(measured["per_s"] / baseline["per_s"], 3),
+                "p50_ms": round(measured["p50_ms"], 3),
+                "p99_ms": round(measured["p99_ms"], 3),
+                "baseline_p50_ms": round(baseline["p50_ms"], 3),
+                "baseline_p99_ms": round(baseline["p99_ms"], 3),
+                "ops": measured["ops"],
+                "pool_size": c,
+                "duration_s": duration_s,
+            }
+            results[scenario][f"c{c}"] = point
+            print(
+                f"  {scenario:<10} c{c:<3} {point['per_s']:>9.1f}/s  "
+                f"baseline {point['baseline_per_s']:>9.1f}/s  ratio {point['ratio']:.3f}  "
+                f"p50 {point['p50_ms']:.2f} ms  p99 {point['p99_ms']:.2f} ms",
+                flush=True,
+            )
+    results["refused"] = refused
+    return results
+
+
+async def _bench_billing(pool: asyncpg.Pool, ledger: Ledger, charges: int) -> dict[str, Any]:
+    await _setup_team(ledger, BILLING_TEAM)
+    for n in range(LEDGER_CHARGES):
+        await ledger.charge(BILLING_TEAM, "debounce", 1, key=f"ledger-{n}", at=AT)
+    period_start = await pool.fetchval(
+        "SELECT period_start FROM charges WHERE team_id = $1 LIMIT 1", BILLING_TEAM
+    )
+    bulk = max(charges - LEDGER_CHARGES, 0)
+    t0 = time.perf_counter()
+    # Released charges count in no running total, so the totals still match the charges.
+    await pool.execute(
+        """
+        INSERT INTO charges (team_id, period_start, idempotency_key, action, quantity, tokens,
+                             free_tokens, additional_tokens, state, held_at, settled_at)
+        SELECT $1, $2, 'bulk-' || g, 'debounce', 1, 1, 1, 0, 'released', $3, $3
+        FROM generate_series(1, $4::int) AS g
+        """,
+        BILLING_TEAM,
+        period_start,
+        AT,
+        bulk,
+        timeout=600,
+    )
+    await pool.execute("ANALYZE charges")
+    insert_s = time.perf_counter() - t0
+    total = await pool.fetchval("SELECT count(*) FROM charges WHERE team_id = $1", BILLING_TEAM)
+    drift = await ledger.drift()
+
+    latencies: list[float] = []
+    for _ in range(BILLING_CALLS):
+        t = time.perf_counter()
+        await ledger.billing(BILLING_TEAM, at=AT)
+        latencies.append((time.perf_counter() - t) * 1000)
+    latencies.sort()
+    return {
+        "charges": int(total),
+        "calls": BILLING_CALLS,
+        "p50_ms": round(_percentile(latencies, 50), 3),
+        "p99_ms": round(_percentile(latencies, 99), 3),
+        "mean_ms": round(statistics.fmean(latencies), 3),
+        "bulk_insert_s": round(insert_s, 2),
+        "drift_rows": len(drift),
+    }
+
+
+def _table(result: dict[str, Any]) -> str:
+    lines = [
+        "| scenario | concurrency | hold+capture/s | baseline UPDATE/s | ratio | p50 ms | p99 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for scenario in ("hot_team", "many_teams"):
+        for key, p in result["hold_capture"][scenario].items():
+            lines.append(
+                f"| {scenario} | {key[1:]} | {p['per_s']:.0f} | {p['baseline_per_s']:.0f} "
+                f"| {p['ratio']:.3f} | {p['p50_ms']:.2f} | {p['p99_ms']:.2f} |"
+            )
+    b = result["billing_read"]
+    lines += [
+        "",
+        "| billing read | charges | calls | p50 ms | p99 ms |",
+        "|---|---:|---:|---:|---:|",
+        f"| Ledger.billing | {b['charges']:,} | {b['calls']} "
+        f"| {b['p50_ms']:.2f} | {b['p99_ms']:.2f} |",
+    ]
+    return "\n".join(lines)
+
+
+def _write_docs(result: dict[str, Any], path: Path) -> None:
+    m = result["machine"]
+    text = f"""# Benchmarks
+
+Produced by `python -m bench` (full run) on {result["date"]}.
+
+Machine: {m["nproc"]} CPUs (`nproc`), Python {m["python"]}, {m["platform"]}.
+PostgreSQL: `{m["postgres"]}` (embedded, Unix socket, same host as the client).
+
+## hold + capture
+
+One operation is one `Ledger.hold` then one `Ledger.capture` (two round trips).
+C asyncio workers share a pool of C connections for {result["duration_s"]} s per
+point. `hot_team` puts every operation on one team (seats={SEATS}, additional
+limit 10^11, so nothing is refused); `many_teams` spreads them over
+{MANY_TEAMS:,} such teams. The baseline, in the same run with the same pool and
+workers, is one autocommit `UPDATE bench_counter SET n = n - 1 WHERE id = 1` per
+operation; ratio = hold+capture/s divided by baseline/s.
+
+## billing read
+
+`Ledger.billing` called {result["billing_read"]["calls"]} times in a row for a team
+with {result["billing_read"]["charges"]:,} charges in the month ({LEDGER_CHARGES}
+made by the ledger, the rest bulk-inserted as released charges).
+
+{_table(result)}
+"""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+async def _run(quick: bool) -> dict[str, Any]:
+    concurrencies = [32] if quick else [1, 8, 32, 64]
+    duration_s = 3.0 if quick else 5.0
+    charges = 100_000 if quick else 1_000_000
+    data_dir = Path(tempfile.mkdtemp(prefix="tokens-bench-", dir="/tmp"))
+    try:
+        dsn = ensure_postgres(data_dir)
+        conn = await asyncpg.connect(dsn)
+        try:
+            await migrate(conn)
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS bench_counter (id int PRIMARY KEY, n bigint NOT NULL)"
+            )
+            await conn.execute(
+                "INSERT INTO bench_counter VALUES (1, 0) ON CONFLICT (id) DO UPDATE SET n = 0"
+            )
+            postgres = await conn.fetchval("SELECT version()")
+        finally:
+            await conn.close()
+
+        pool = await create_pool(dsn, min_size=2, max_size=16)
+        try:
+            ledger = Ledger(pool, DEFAULT_CATALOG)
+            await ledger.sync_catalog()
+            print("hold+capture:", flush=True)
+            hold_capture = await _bench_hold_capture(dsn, ledger, concurrencies, duration_s)
+            print("billing read:", flush=True)
+            billing = await _bench_billing(pool, ledger, charges)
+        finally:
+            await pool.close()
+    finally:
+        stop_servers(data_dir)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+    return {
+        "quick": quick,
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "duration_s": duration_s,
+        "machine": {
+            "nproc": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "postgres": postgres,
+        },
+        "hold_capture": hold_capture,
+        "billing_read": billing,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="concurrency 32 only, 3 s points")
+    parser.add_argument("--json", type=Path, help="write the results as one JSON object here")
+    parser.add_argument(
+        "--docs", type=Path, default=Path("docs/benchmarks.md"), help="full run writes this"
+    )
+    args = parser.parse_args(argv)
+    _quiet_logs()
+    result = asyncio.run(_run(args.quick))
+    print()
+    print(_table(result))
+    print(f"\nrefused holds: {result['hold_capture']['refused']}")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    if not args.quick:
+        _write_docs(result, args.docs)
+        print(f"wrote {args.docs}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
