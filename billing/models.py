@@ -10,7 +10,6 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     Column,
-    DateTime,
     ForeignKeyConstraint,
     Identity,
     Index,
@@ -22,13 +21,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlmodel import Field, SQLModel
 
-import ledger.models  # noqa: F401  (billing_months must be registered first)
+from ledger.models import ts_column  # also registers billing_months, which bills refer to
 
 STEPS = ("created", "invoice_created", "item_added", "finalized", "paid")
-
-
-def _ts(nullable: bool = False) -> Column[datetime]:
-    return Column(DateTime(timezone=True), nullable=nullable)
 
 
 def _text(nullable: bool = True) -> Column[str]:
@@ -74,8 +69,8 @@ class Bill(SQLModel, table=True):
         )
     )
     team_id: str = Field(sa_column=_text(False))
-    period_start: datetime = Field(sa_column=_ts())
-    period_end: datetime = Field(sa_column=_ts())
+    period_start: datetime = Field(sa_column=ts_column())
+    period_end: datetime = Field(sa_column=ts_column())
     reason: str = Field(sa_column=_text(False))
     tokens: int = Field(sa_column=Column(BigInteger, nullable=False))
     unit_price: Decimal = Field(sa_column=Column(Numeric(12, 6), nullable=False))
@@ -97,7 +92,7 @@ class Bill(SQLModel, table=True):
     )
     last_error: str | None = Field(default=None, sa_column=_text())
     error_code: str | None = Field(default=None, sa_column=_text())
-    lease_until: datetime | None = Field(default=None, sa_column=_ts(True))
-    created_at: datetime = Field(sa_column=_ts())
-    updated_at: datetime = Field(sa_column=_ts())
-    sent_at: datetime | None = Field(default=None, sa_column=_ts(True))
+    lease_until: datetime | None = Field(default=None, sa_column=ts_column(True))
+    created_at: datetime = Field(sa_column=ts_column())
+    updated_at: datetime = Field(sa_column=ts_column())
+    sent_at: datetime | None = Field(default=None, sa_column=ts_column(True))

@@ -29,7 +29,8 @@ from sqlalchemy import (
 from sqlmodel import Field, SQLModel
 
 
-def _ts(nullable: bool = False) -> Column[datetime]:
+def ts_column(nullable: bool = False) -> Column[datetime]:
+    """A `timestamptz` column: every instant in the schema is UTC-aware."""
     return Column(DateTime(timezone=True), nullable=nullable)
 
 
@@ -64,14 +65,14 @@ class Team(SQLModel, table=True):
     plan: str = Field(sa_column=Column(Text, ForeignKey("plans.name"), nullable=False))
     seats: int = Field(sa_column=Column(Integer, nullable=False))
     billing_interval: str = Field(sa_column=Column(Text, nullable=False))
-    anchor: datetime = Field(sa_column=_ts())
+    anchor: datetime = Field(sa_column=ts_column())
     stripe_customer: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     additional_limit: int = Field(
         default=0, sa_column=Column(BigInteger, nullable=False, server_default=text("0"))
     )
     trial_granted: bool = Field(default=False, sa_column_kwargs={"server_default": text("false")})
-    created_at: datetime = Field(sa_column=_ts())
-    updated_at: datetime = Field(sa_column=_ts())
+    created_at: datetime = Field(sa_column=ts_column())
+    updated_at: datetime = Field(sa_column=ts_column())
 
 
 def _total(name: str) -> Any:
@@ -106,14 +107,14 @@ class BillingMonth(SQLModel, table=True):
 
     team_id: str = Field(sa_column=Column(Text, ForeignKey("teams.id"), primary_key=True))
     period_start: datetime = Field(sa_column=Column(DateTime(timezone=True), primary_key=True))
-    period_end: datetime = Field(sa_column=_ts())
+    period_end: datetime = Field(sa_column=ts_column())
     free_granted: int = Field(sa_column=Column(BigInteger, nullable=False))
     free_held: int = _total("free_held")
     free_spent: int = _total("free_spent")
     additional_held: int = _total("additional_held")
     additional_spent: int = _total("additional_spent")
     additional_billed: int = _total("additional_billed")
-    closed_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    closed_at: datetime | None = Field(default=None, sa_column=ts_column(nullable=True))
 
 
 class Charge(SQLModel, table=True):
@@ -147,7 +148,7 @@ class Charge(SQLModel, table=True):
         sa_column=Column(BigInteger, Identity(always=True), primary_key=True),
     )
     team_id: str = Field(sa_column=Column(Text, nullable=False))
-    period_start: datetime = Field(sa_column=_ts())
+    period_start: datetime = Field(sa_column=ts_column())
     idempotency_key: str = Field(sa_column=Column(Text, nullable=False))
     action: str = Field(sa_column=Column(Text, nullable=False))
     quantity: int = Field(sa_column=Column(Integer, nullable=False))
@@ -157,8 +158,8 @@ class Charge(SQLModel, table=True):
     state: str = Field(sa_column=Column(Text, nullable=False))
     job_id: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     lead_id: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
-    held_at: datetime = Field(sa_column=_ts())
-    settled_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    held_at: datetime = Field(sa_column=ts_column())
+    settled_at: datetime | None = Field(default=None, sa_column=ts_column(nullable=True))
 
 
 class LimitChange(SQLModel, table=True):
@@ -179,4 +180,4 @@ class LimitChange(SQLModel, table=True):
     role: str = Field(sa_column=Column(Text, nullable=False))
     old_limit: int = Field(sa_column=Column(BigInteger, nullable=False))
     new_limit: int = Field(sa_column=Column(BigInteger, nullable=False))
-    changed_at: datetime = Field(sa_column=_ts())
+    changed_at: datetime = Field(sa_column=ts_column())

@@ -199,7 +199,7 @@ class _HttpProvider:
     sandbox: bool = False
 
     def __init__(
-        self, base_url: str, api_key: str | None, http: httpx.AsyncClient, *, timeout: float
+        self, base_url: str, api_key: str | None, http: httpx.AsyncClient, *, timeout: float = 20.0
     ) -> None:
         self._base_url = base_url.rstrip("/")
         self._api_key = api_key or None
@@ -367,16 +367,7 @@ def _steps(value: Any) -> list[dict[str, str]]:
 class HttpEnrichProvider(_HttpProvider):
     """POST {base}/v1/enrich with the lead; `{"found": true, "person": {...}}` or 404."""
 
-    def __init__(
-        self,
-        base_url: str,
-        api_key: str | None,
-        http: httpx.AsyncClient,
-        *,
-        timeout: float = 20.0,
-    ) -> None:
-        super().__init__(base_url, api_key, http, timeout=timeout)
-        self.name = "http-enrich"
+    name = "http-enrich"
 
     async def enrich(self, lead: Lead) -> SearchResult:
         response = await self._post(
@@ -409,16 +400,7 @@ _VERIFY_OUTCOMES = {
 class HttpVerifyProvider(_HttpProvider):
     """POST {base}/v1/verify `{"email": ...}` -> `{"status": ...}`."""
 
-    def __init__(
-        self,
-        base_url: str,
-        api_key: str | None,
-        http: httpx.AsyncClient,
-        *,
-        timeout: float = 20.0,
-    ) -> None:
-        super().__init__(base_url, api_key, http, timeout=timeout)
-        self.name = "http-verify"
+    name = "http-verify"
 
     async def verify(self, lead: Lead) -> SearchResult:
         if not lead.email:
