@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 import typer
+from pydantic import ValidationError
 
 # typer >= 0.29 vendors click; these are the classes its parser raises.
 from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
@@ -538,6 +539,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except UsageError as exc:
         return _fail(exc.format_message(), 2)
+    except ValidationError as exc:  # the environment's settings
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        return _fail(f"bad configuration{' ' + where if where else ''}: {first['msg']}", 2)
     except typer.Abort:
         return _fail("aborted", 130)
     except ClickException as exc:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -30,7 +30,7 @@ class Settings(BaseSettings):
     # A hold older than this is presumed abandoned by a dead worker and released.
     # It must exceed the worker's job timeout, or a slow search would lose its hold.
     hold_ttl_seconds: int = Field(default=900, gt=0)
-    job_timeout_seconds: int = Field(default=300, gt=0)
+    job_timeout_seconds: int = Field(default=120, gt=0)
     job_max_tries: int = Field(default=5, ge=1)
     # First retry delay after a provider failure; doubles per try, capped at 5 min.
     retry_backoff_seconds: float = Field(default=5.0, ge=0)
@@ -52,6 +52,22 @@ class Settings(BaseSettings):
     provider_timeout_seconds: float = Field(default=20.0, gt=0)
     # Make the offline sandbox providers as slow as a real one (demo, crash tests).
     sandbox_latency_ms: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _holds_outlive_their_jobs(self) -> Settings:
+        """A hold must outlive every try of its job, backoff included; otherwise
+        the sweep could release tokens of a search that is still running."""
+        backoff = sum(
+            min(self.retry_backoff_seconds * 2**n, 300.0) for n in range(self.job_max_tries - 1)
+        )
+        longest = self.job_timeout_seconds * self.job_max_tries + backoff
+        if self.hold_ttl_seconds <= longest:
+            raise ValueError(
+                f"TOKENS_HOLD_TTL_SECONDS ({self.hold_ttl_seconds}) must exceed the longest a job "
+                f"can run with its retries ({longest:.0f} s = TOKENS_JOB_TIMEOUT_SECONDS x "
+                "TOKENS_JOB_MAX_TRIES + backoff)"
+            )
+        return self
 
 
 def load_settings() -> Settings:

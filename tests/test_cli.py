@@ -228,3 +228,11 @@ def test_trial_team_cannot_get_additional_tokens(cli: Cli, database_url: str) ->
     result = cli("team", "limit", "t", "100", "--actor", "ann", "--role", "admin", "--at", AT)
     assert result.code == 1 and "trial plan" in result.err
     assert cli.ok("billing", "t", "--at", AT, "--json").json()["additional_limit"] == 0
+
+
+def test_bad_configuration_is_one_line(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOKENS_HOLD_TTL_SECONDS", "60")
+    result = cli("billing", "acme")
+    assert result.code == 2 and result.out == ""
+    [line] = result.err.strip().splitlines()
+    assert "bad configuration" in line and "TOKENS_HOLD_TTL_SECONDS (60)" in line

@@ -292,3 +292,27 @@ async def test_two_reconcilers_at_once_bill_once(
     for n in range(5):
         [invoice] = invoices_of(stripe_fake, f"t{n}")
         assert invoice["total"] == 5000 + n + 10 and invoice["status"] == "paid"
+
+
+async def test_a_bill_stays_with_the_customer_of_its_invoice(
+    ledger: Ledger, pool: asyncpg.Pool, stripe_fake: StripeFake
+) -> None:
+    first = await billed_team(ledger, stripe_fake)
+    await spend(ledger, "acme", 250 + 5000, "2026-01-20", "a")
+    stripe_fake.fail_next("create_invoiceitem", status=500)
+    report = await run(pool, sender_for(pool, stripe_fake), "2026-01-20T01:00:00")
+    assert report.bills[0].step == "invoice_created"
+    other = stripe_fake.add_customer()
+    await ledger.set_team(
+        "acme",
+        plan="email_outreach",
+        seats=1,
+        interval="month",
+        anchor=JAN,
+        at=at("2026-01-21"),
+        stripe_customer=other,
+    )
+    report = await run(pool, sender_for(pool, stripe_fake), "2026-01-21T01:00:00")
+    assert report.sent == 1 and report.bills[0].stripe_customer == first
+    [invoice] = stripe_fake.invoices.values()
+    assert invoice["customer"] == first and invoice["status"] == "paid"

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
+import asyncpg
 import structlog
 from arq.worker import Retry
 
@@ -126,7 +127,14 @@ async def _metered(
             "charged": False,
         }
 
-    settlement = await ledger.capture(held.charge_id, at=clock())
+    try:
+        settlement = await ledger.capture(held.charge_id, at=clock())
+    except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+        # The search happened but Postgres could not be told: retry the job rather
+        # than fail it, or the sweep would later release tokens that were spent.
+        # The rerun finds the same hold (and searches again, charged once).
+        log.warning("capture_retry", **base, key=key, error=str(exc), job_try=job_try)
+        raise Retry(defer=backoff_seconds(job_try, backoff_base)) from exc
     TOKENS.labels(action, "captured").inc(held.tokens)
     if settlement.threshold_reached and on_threshold is not None:
         await on_threshold(settlement)

@@ -16,7 +16,11 @@ ORDER BY b.id
 UPDATE bills b
 SET lease_until = clock_timestamp() + make_interval(secs => $2),
     attempts = b.attempts + 1,
-    stripe_customer = t.stripe_customer
+    -- The team's customer is taken while nothing exists at Stripe yet (a team may
+    -- get or fix its customer after a failed send); once the invoice exists the
+    -- bill stays with the customer that invoice belongs to.
+    stripe_customer = CASE WHEN b.step = 'created' THEN t.stripe_customer
+                           ELSE b.stripe_customer END
 FROM teams t
 WHERE b.id = $1 AND t.id = b.team_id AND b.step <> 'paid'
   AND (b.lease_until IS NULL OR b.lease_until < clock_timestamp())

@@ -1,0 +1,64 @@
+"""The metered search when Postgres fails at the worst moment, and the hold TTL rule."""
+
+from __future__ import annotations
+
+import pytest
+from arq.worker import Retry
+from pydantic import ValidationError
+
+from ledger.service import Ledger, Settlement
+from runtime.config import Settings
+from tests.conftest import at
+from worker.metering import metered
+from worker.providers import Outcome, SearchResult
+
+NOW = at("2026-03-10T12:00:00")
+
+
+class CaptureFailsOnce(Ledger):
+    """The real ledger, whose first capture meets a dropped connection."""
+
+    failed = False
+
+    async def capture(self, charge_id: int, *, at: object) -> Settlement:  # type: ignore[override]
+        if not self.failed:
+            self.failed = True
+            raise ConnectionResetError("connection to Postgres lost")
+        return await super().capture(charge_id, at=at)  # type: ignore[arg-type]
+
+
+async def test_capture_lost_after_search_retries_and_charges_once(ledger: Ledger) -> None:
+    await ledger.set_team(
+        "acme", plan="email_outreach", seats=1, interval="month", anchor=at("2026-03-01"), at=NOW
+    )
+    flaky = CaptureFailsOnce(ledger.pool, ledger.catalog)
+    searches = 0
+
+    async def search() -> SearchResult:
+        nonlocal searches
+        searches += 1
+        return SearchResult(Outcome.FOUND, {}, "test", sandbox=True)
+
+    args = dict(
+        team="acme",
+        action="enrich",
+        job_id="j",
+        max_tries=3,
+        lead_id="l",
+        clock=lambda: NOW,
+        search=search,
+    )
+    with pytest.raises(Retry):
+        await metered(flaky, job_try=1, **args)  # type: ignore[arg-type]
+    [charge] = await ledger.history("acme")
+    assert charge.state == "held"  # not failed, not released: the job runs again
+    out = await metered(flaky, job_try=2, **args)  # type: ignore[arg-type]
+    assert out["status"] == "captured" and searches == 2
+    [charge] = await ledger.history("acme")
+    assert charge.state == "captured" and charge.tokens == 10
+
+
+def test_hold_ttl_must_outlive_every_try_of_a_job() -> None:
+    Settings()  # the defaults are consistent
+    with pytest.raises(ValidationError, match="TOKENS_HOLD_TTL_SECONDS"):
+        Settings(hold_ttl_seconds=600, job_timeout_seconds=120, job_max_tries=5)
