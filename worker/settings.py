@@ -18,9 +18,14 @@ from runtime.config import Settings
 from runtime.db import create_pool
 from worker.context import Deps
 from worker.providers import build_providers
-from worker.tasks import JOBS, RECONCILE_JOB, expire_holds, reconcile_all, reconcile_team
-
-QUEUE = "tokens:queue"
+from worker.tasks import (
+    JOBS,
+    QUEUE,
+    RECONCILE_JOB,
+    expire_holds,
+    reconcile_all,
+    reconcile_team,
+)
 
 
 def _every(seconds: int) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from worker.providers import SearchResult
 log = structlog.get_logger("tokens.worker")
 
 RECONCILE_JOB = "reconcile_team"
+QUEUE = "tokens:queue"
 
 
 async def _run(
@@ -29,7 +30,9 @@ async def _run(
     async def on_threshold(settlement: Settlement) -> None:
         # Deduplicated by job id while queued; no result is kept, so the next
         # crossing can enqueue again.
-        await ctx["redis"].enqueue_job(RECONCILE_JOB, team, _job_id=f"reconcile:{team}")
+        await ctx["redis"].enqueue_job(
+            RECONCILE_JOB, team, _job_id=f"reconcile:{team}", _queue_name=QUEUE
+        )
         log.info("threshold_reached", team=team, unbilled=settlement.unbilled_additional)
 
     return await metered(
