@@ -6,7 +6,8 @@
 -- statement on the locked billing-month row, and the table CHECKs make a
 -- wrong balance impossible.
 --
--- Lock order, everywhere: teams -> billing_months -> charges (new rows).
+-- Lock order, everywhere: charges being settled -> teams -> billing_months
+-- (several months: by team, then period) -> charges (new rows).
 -- Settling locks the charge first, then its month; it never needs a team lock.
 --
 -- Errors raised on purpose carry SQLSTATE TK0xx (translated in ledger/errors.py):
@@ -18,10 +19,13 @@ DROP FUNCTION IF EXISTS tokens_add_months(timestamptz, integer) CASCADE;
 DROP FUNCTION IF EXISTS tokens_period(timestamptz, timestamptz) CASCADE;
 DROP FUNCTION IF EXISTS tokens_grant(plans, integer, boolean) CASCADE;
 DROP FUNCTION IF EXISTS tokens_open_month(text, timestamptz) CASCADE;
+DROP FUNCTION IF EXISTS tokens_charge_by_key(text, text) CASCADE;
 DROP FUNCTION IF EXISTS tokens_hold(text, text, text, integer, bigint, timestamptz, text, text)
     CASCADE;
 DROP FUNCTION IF EXISTS tokens_settle(bigint, text, timestamptz) CASCADE;
 DROP FUNCTION IF EXISTS tokens_expire_holds(timestamptz, timestamptz) CASCADE;
+DROP FUNCTION IF EXISTS tokens_apply(bigint[], text[], timestamptz[], text[], text[], text[],
+                                     integer[], bigint[], timestamptz[], text[], text[]) CASCADE;
 DROP FUNCTION IF EXISTS tokens_set_team(text, text, integer, text, timestamptz, text, timestamptz)
     CASCADE;
 
@@ -120,6 +124,24 @@ BEGIN
 END
 $$;
 
+-- The charge of (team, idempotency key); all NULL when there is none.
+-- EXECUTE plans the lookup afresh on every call. A plan cached by a pooled
+-- connection while `charges` was small and not yet analyzed can pick
+-- charges_team_period_idx (team only) over the unique (team, key) index, and
+-- then scans all of a hot team's charges on every hold, for as long as the
+-- connection lives. Measured: 32 holds went from 5 ms to 175 ms in 6,400 charges.
+CREATE FUNCTION tokens_charge_by_key(p_team text, p_key text)
+RETURNS charges
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    c charges;
+BEGIN
+    EXECUTE 'SELECT * FROM charges WHERE team_id = $1 AND idempotency_key = $2'
+       INTO c USING p_team, p_key;
+    RETURN c;
+END
+$$;
+
 -- Hold tokens for one charge: free first, then additional up to the team's
 -- limit; refused whole when short. Idempotent by (team, key): the same key
 -- returns the same charge, whatever the clock; other parameters are an error.
@@ -139,14 +161,14 @@ DECLARE
     take_free bigint;
 BEGIN
     -- A retry answers from the charge, without queueing on the month lock.
-    SELECT * INTO c FROM charges WHERE team_id = p_team AND idempotency_key = p_key;
-    IF NOT FOUND THEN
+    c := tokens_charge_by_key(p_team, p_key);
+    IF c.id IS NULL THEN
         m := tokens_open_month(p_team, p_at);
         SELECT * INTO m FROM billing_months
          WHERE team_id = p_team AND billing_months.period_start = m.period_start
          FOR NO KEY UPDATE;
         -- Re-check under the lock: a concurrent hold with this key may have committed.
-        SELECT * INTO c FROM charges WHERE team_id = p_team AND idempotency_key = p_key;
+        c := tokens_charge_by_key(p_team, p_key);
     END IF;
     IF c.id IS NOT NULL THEN
         IF c.action <> p_action OR c.quantity <> p_quantity THEN
@@ -251,7 +273,8 @@ BEGIN
     FOR cid IN
         SELECT id FROM charges
          WHERE state = 'held' AND held_at < p_older_than
-         ORDER BY id
+         -- Month locks in (team, month) order, as tokens_apply takes them.
+         ORDER BY team_id, period_start, id
          FOR UPDATE SKIP LOCKED
     LOOP
         RETURN QUERY SELECT (s.charge).* FROM tokens_settle(cid, 'expired', p_at) s;
@@ -313,5 +336,269 @@ BEGIN
             UPDATE teams SET trial_granted = true WHERE id = p_team RETURNING * INTO team;
         END IF;
     END IF;
+END
+$$;
+
+-- Group commit: the holds and settlements that one process gathered while
+-- its previous batch was committing, applied in one transaction (one commit,
+-- one round trip). Each item gets what tokens_hold / tokens_settle would have
+-- given it, applied in this order: the settlements, then the holds team by
+-- team, in array order within a team. A settlement never takes tokens, so
+-- settling first only ever gives a hold more room. The caller sends a charge
+-- and a (team, key) at most once per batch (ledger/group_commit.py keeps a
+-- repeat for the next batch).
+--
+-- Nothing here raises for one item: an unknown team or charge, a reused key
+-- or a settled charge becomes that item's err_code (the TK0xx of the single
+-- functions) and the other items go on. Month rows are locked in (team,
+-- month) order, so concurrent batches, the expiry sweep and bill-making never
+-- deadlock on them, and each is updated once per statement.
+CREATE FUNCTION tokens_apply(
+    s_charge bigint[], s_state text[], s_at timestamptz[],
+    h_team text[], h_key text[], h_action text[], h_quantity integer[], h_tokens bigint[],
+    h_at timestamptz[], h_job text[], h_lead text[]
+)
+RETURNS TABLE (
+    kind text, pos integer, err_code text, err_message text,
+    charge_id bigint, team_id text, period_start timestamptz, period_end timestamptz,
+    idempotency_key text, action text, quantity integer, tokens bigint,
+    free_tokens bigint, additional_tokens bigint, state text, job_id text, lead_id text,
+    held_at timestamptz, settled_at timestamptz, replayed boolean, changed boolean,
+    free_available bigint, additional_available bigint,
+    unbilled_additional bigint, threshold_reached boolean
+)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    nh integer := coalesce(array_length(h_team, 1), 0);
+    settled bigint[];
+    h_code text[] := array_fill(NULL::text, ARRAY[nh]);
+    h_msg text[] := array_fill(NULL::text, ARRAY[nh]);
+    h_month timestamptz[] := array_fill(NULL::timestamptz, ARRAY[nh]);
+    h_charge bigint[] := array_fill(NULL::bigint, ARRAY[nh]);
+    h_replayed boolean[] := array_fill(NULL::boolean, ARRAY[nh]);
+    h_refused boolean[] := array_fill(false, ARRAY[nh]);
+    h_free bigint[] := array_fill(NULL::bigint, ARRAY[nh]);
+    h_free_av bigint[] := array_fill(NULL::bigint, ARRAY[nh]);
+    h_add_av bigint[] := array_fill(NULL::bigint, ARRAY[nh]);
+    new_pos integer[] := '{}';
+    ord integer[];
+    i integer;
+    k record;
+    c charges;
+    m billing_months;
+    cur_team text;
+    cur_known boolean;
+    cur_start timestamptz;
+    cur_end timestamptz;
+    lim bigint;
+    free_av bigint;
+    add_av bigint;
+BEGIN
+    -- 1. The charges to settle, locked in id order (every path locks a charge before
+    --    its month); those still held, with a valid new state, will be settled.
+    --    Statements on charges here reach rows by id only (the primary key), so a plan
+    --    cached while the table was small cannot wander onto another index later.
+    SELECT coalesce(array_agg(l.id) FILTER (
+               WHERE l.state = 'held'
+                 AND s_state[array_position(s_charge, l.id)] IN ('captured', 'released', 'expired')
+           ), '{}')
+      INTO settled
+      FROM (SELECT ch.id, ch.state FROM charges ch WHERE ch.id = ANY (s_charge)
+             ORDER BY ch.id FOR UPDATE) l;
+
+    -- 2. A known key answers from its charge, without a month (as tokens_hold does).
+    --    One lookup for the whole batch, planned afresh (see tokens_charge_by_key).
+    FOR k IN EXECUTE
+        'SELECT u.i::integer AS i, ch.id, ch.action, ch.quantity
+           FROM unnest($1::text[], $2::text[]) WITH ORDINALITY u(t, k, i)
+           JOIN charges ch ON ch.team_id = u.t AND ch.idempotency_key = u.k'
+        USING h_team, h_key
+    LOOP
+        IF k.action <> h_action[k.i] OR k.quantity <> h_quantity[k.i] THEN
+            h_code[k.i] := 'TK002';
+            h_msg[k.i] := format(
+                'idempotency key %s of team %s was used for %s x%s (charge %s), not %s x%s',
+                h_key[k.i], h_team[k.i], k.action, k.quantity, k.id,
+                h_action[k.i], h_quantity[k.i]);
+        ELSE
+            h_charge[k.i] := k.id;
+            h_replayed[k.i] := true;
+        END IF;
+    END LOOP;
+
+    --    Every other hold's billing month, opened on first use; teams visited in id order.
+    SELECT coalesce(array_agg(u.i::integer ORDER BY u.t, u.i), '{}') INTO ord
+      FROM unnest(h_team) WITH ORDINALITY u(t, i);
+    FOREACH i IN ARRAY ord LOOP
+        IF h_team[i] IS DISTINCT FROM cur_team THEN
+            cur_team := h_team[i];
+            cur_known := EXISTS (SELECT 1 FROM teams t WHERE t.id = cur_team);
+            cur_start := NULL;
+        END IF;
+        IF NOT cur_known THEN
+            h_code[i] := 'TK001';
+            h_msg[i] := format('unknown team %s', cur_team);
+            CONTINUE;
+        END IF;
+        CONTINUE WHEN h_charge[i] IS NOT NULL OR h_code[i] IS NOT NULL;
+        IF cur_start IS NULL OR h_at[i] < cur_start OR h_at[i] >= cur_end THEN
+            m := tokens_open_month(cur_team, h_at[i]);
+            cur_start := m.period_start;
+            cur_end := m.period_end;
+        END IF;
+        h_month[i] := cur_start;
+    END LOOP;
+
+    -- 3. Every month this batch changes, locked in (team, month) order.
+    PERFORM 1 FROM billing_months b
+     WHERE (b.team_id, b.period_start) IN (
+               SELECT ch.team_id, ch.period_start FROM charges ch WHERE ch.id = ANY (s_charge)
+               UNION
+               SELECT u.t, u.ms FROM unnest(h_team, h_month) u(t, ms) WHERE u.ms IS NOT NULL)
+     ORDER BY b.team_id, b.period_start
+       FOR NO KEY UPDATE;
+
+    -- 4. Settlements: a held charge takes its new state and moves its tokens from
+    --    held to spent (captured) or back (released, expired), one update per month.
+    WITH done AS (
+        UPDATE charges ch
+           SET state = s_state[array_position(s_charge, ch.id)],
+               settled_at = s_at[array_position(s_charge, ch.id)]
+         WHERE ch.id = ANY (settled)
+        RETURNING ch.id, ch.team_id, ch.period_start, ch.free_tokens, ch.additional_tokens,
+                  ch.state
+    ), months AS (
+        UPDATE billing_months b
+           SET free_held = b.free_held - d.free_held,
+               additional_held = b.additional_held - d.additional_held,
+               free_spent = b.free_spent + d.free_spent,
+               additional_spent = b.additional_spent + d.additional_spent
+          FROM (SELECT done.team_id, done.period_start,
+                       sum(done.free_tokens) AS free_held,
+                       sum(done.additional_tokens) AS additional_held,
+                       coalesce(sum(done.free_tokens) FILTER (WHERE done.state = 'captured'), 0)
+                           AS free_spent,
+                       coalesce(sum(done.additional_tokens)
+                                FILTER (WHERE done.state = 'captured'), 0) AS additional_spent
+                  FROM done GROUP BY done.team_id, done.period_start) d
+         WHERE b.team_id = d.team_id AND b.period_start = d.period_start
+    )
+    SELECT count(*) INTO i FROM done;
+
+    -- 5. Holds, decided one by one on each month's running totals: free first, then
+    --    additional up to the team's limit, refused whole when short...
+    SELECT coalesce(array_agg(u.i::integer ORDER BY u.t, u.ms, u.i), '{}') INTO ord
+      FROM unnest(h_team, h_month) WITH ORDINALITY u(t, ms, i) WHERE u.ms IS NOT NULL;
+    cur_team := NULL;
+    cur_start := NULL;
+    FOREACH i IN ARRAY ord LOOP
+        IF h_team[i] IS DISTINCT FROM cur_team OR h_month[i] IS DISTINCT FROM cur_start THEN
+            cur_team := h_team[i];
+            cur_start := h_month[i];
+            SELECT * INTO m FROM billing_months b
+             WHERE b.team_id = cur_team AND b.period_start = cur_start;
+            SELECT CASE WHEN p.additional_allowed THEN t.additional_limit ELSE 0 END INTO lim
+              FROM teams t JOIN plans p ON p.name = t.plan WHERE t.id = cur_team;
+            free_av := m.free_granted - m.free_held - m.free_spent;
+            add_av := greatest(lim - m.additional_held - m.additional_spent, 0);
+        END IF;
+        h_replayed[i] := false;
+        IF h_tokens[i] <= free_av + add_av THEN
+            h_free[i] := least(h_tokens[i], free_av);
+            free_av := free_av - h_free[i];
+            add_av := add_av - (h_tokens[i] - h_free[i]);
+            new_pos := new_pos || i;
+        ELSE
+            h_refused[i] := true;
+        END IF;
+        h_free_av[i] := free_av;
+        h_add_av[i] := add_av;
+    END LOOP;
+
+    --    ...then inserted together, and each month's held totals raised once by
+    --    what was inserted. A key that a concurrent transaction committed since
+    --    step 2 is not inserted (ON CONFLICT) and answers with that charge; the
+    --    room it was given stays unused by this batch.
+    FOR k IN
+        WITH ins AS (
+            INSERT INTO charges (team_id, period_start, idempotency_key, action, quantity,
+                                 tokens, free_tokens, additional_tokens, state, job_id,
+                                 lead_id, held_at)
+            SELECT h_team[j], h_month[j], h_key[j], h_action[j], h_quantity[j], h_tokens[j],
+                   h_free[j], h_tokens[j] - h_free[j], 'held', h_job[j], h_lead[j], h_at[j]
+              FROM unnest(new_pos) j
+            ON CONFLICT (team_id, idempotency_key) DO NOTHING
+            RETURNING charges.id, charges.team_id, charges.idempotency_key,
+                      charges.period_start, charges.free_tokens, charges.additional_tokens
+        ), months AS (
+            UPDATE billing_months b
+               SET free_held = b.free_held + d.free_tokens,
+                   additional_held = b.additional_held + d.additional_tokens
+              FROM (SELECT ins.team_id, ins.period_start, sum(ins.free_tokens) AS free_tokens,
+                           sum(ins.additional_tokens) AS additional_tokens
+                      FROM ins GROUP BY ins.team_id, ins.period_start) d
+             WHERE b.team_id = d.team_id AND b.period_start = d.period_start
+        )
+        SELECT j AS i, ins.id FROM unnest(new_pos) j
+          LEFT JOIN ins ON ins.team_id = h_team[j] AND ins.idempotency_key = h_key[j]
+    LOOP
+        h_charge[k.i] := k.id;
+    END LOOP;
+
+    --    A refusal, or a key that lost the race, looks for a charge with its key.
+    FOR i IN 1..nh LOOP
+        CONTINUE WHEN h_month[i] IS NULL OR h_charge[i] IS NOT NULL;
+        c := tokens_charge_by_key(h_team[i], h_key[i]);
+        CONTINUE WHEN c.id IS NULL;  -- refused
+        h_refused[i] := false;
+        h_free_av[i] := NULL;
+        h_add_av[i] := NULL;
+        IF c.action <> h_action[i] OR c.quantity <> h_quantity[i] THEN
+            h_code[i] := 'TK002';
+            h_msg[i] := format(
+                'idempotency key %s of team %s was used for %s x%s (charge %s), not %s x%s',
+                h_key[i], h_team[i], c.action, c.quantity, c.id, h_action[i], h_quantity[i]);
+        ELSE
+            h_charge[i] := c.id;
+            h_replayed[i] := true;
+        END IF;
+    END LOOP;
+
+    -- 6. What each item gets back, read after every change above.
+    RETURN QUERY
+    SELECT 'settle', u.i::integer,
+           CASE WHEN ch.id IS NULL THEN 'TK003'
+                WHEN u.st IS NULL OR u.st NOT IN ('captured', 'released', 'expired') THEN '22023'
+                WHEN ch.state <> u.st THEN 'TK004' END,
+           CASE WHEN ch.id IS NULL THEN format('unknown charge %s', u.id)
+                WHEN u.st IS NULL OR u.st NOT IN ('captured', 'released', 'expired')
+                    THEN format('cannot settle a charge as %s', u.st)
+                WHEN ch.state <> u.st
+                    THEN format('charge %s is already %s, it cannot be %s', ch.id, ch.state, u.st)
+           END,
+           ch.id, ch.team_id, ch.period_start, b.period_end, ch.idempotency_key, ch.action,
+           ch.quantity, ch.tokens, ch.free_tokens, ch.additional_tokens, ch.state,
+           ch.job_id, ch.lead_id, ch.held_at, ch.settled_at, NULL::boolean,
+           ch.id = ANY (settled), NULL::bigint, NULL::bigint,
+           b.additional_spent - b.additional_billed,
+           (b.additional_spent - b.additional_billed) * p.unit_price * 100 >= p.threshold_cents
+      FROM unnest(s_charge, s_state) WITH ORDINALITY u(id, st, i)
+      LEFT JOIN LATERAL (SELECT * FROM charges c1 WHERE c1.id = u.id) ch ON true
+      LEFT JOIN billing_months b ON b.team_id = ch.team_id AND b.period_start = ch.period_start
+      LEFT JOIN teams t ON t.id = ch.team_id
+      LEFT JOIN plans p ON p.name = t.plan;
+    RETURN QUERY
+    SELECT 'hold', u.i::integer, h_code[u.i], h_msg[u.i],
+           ch.id, u.t, coalesce(ch.period_start, h_month[u.i]), b.period_end,
+           h_key[u.i], h_action[u.i], h_quantity[u.i], coalesce(ch.tokens, h_tokens[u.i]),
+           coalesce(ch.free_tokens, 0), coalesce(ch.additional_tokens, 0),
+           CASE WHEN h_refused[u.i] THEN 'refused' ELSE ch.state END,
+           ch.job_id, ch.lead_id, ch.held_at, ch.settled_at, h_replayed[u.i], NULL::boolean,
+           h_free_av[u.i], h_add_av[u.i], NULL::bigint, NULL::boolean
+      FROM unnest(h_team) WITH ORDINALITY u(t, i)
+      LEFT JOIN LATERAL (SELECT * FROM charges c1 WHERE c1.id = h_charge[u.i]) ch ON true
+      LEFT JOIN billing_months b
+        ON b.team_id = u.t AND b.period_start = coalesce(ch.period_start, h_month[u.i]);
 END
 $$;
