@@ -2,16 +2,18 @@
 
     python -m bench [--quick] [--json FILE]
 
-Starts an embedded Postgres in a fresh temporary data dir, migrates it, and
-measures on it:
+Starts an embedded Postgres and Valkey in a fresh temporary data dir, migrates
+the database, and measures on them:
 
 1. hold+capture operations per second with C concurrent asyncio workers for a
    fixed duration, on one hot team and on 1,000 teams (round-robin), next to a
    baseline of one autocommit `UPDATE bench_counter SET n = n - 1 WHERE id = 1`
    per operation with the same pool size and concurrency;
-2. the latency of `Ledger.billing` for a team with many charges.
+2. the latency of `Ledger.billing` for a team with many charges;
+3. arq throughput of metered jobs against no-op jobs (bench/arq_overhead.py);
+4. one reconcile run over many teams against the Stripe fake (bench/reconcile.py).
 
-The full run (no --quick) also writes docs/benchmarks.md.
+The full run (no --quick) also writes docs/benchmarks.md and its plot.
 """
 
 from __future__ import annotations
@@ -35,11 +37,13 @@ from typing import Any
 import asyncpg
 import structlog
 
+from bench import arq_overhead, report
+from bench import reconcile as reconcile_bench
 from ledger.catalog import DEFAULT_CATALOG
 from ledger.migrate import migrate
 from ledger.service import Ledger
 from runtime.db import create_pool
-from runtime.embedded import ensure_postgres, stop_servers
+from runtime.embedded import ensure_postgres, ensure_redis, stop_servers
 
 ANCHOR = datetime(2025, 1, 1, tzinfo=UTC)
 AT = datetime(2025, 1, 15, 12, tzinfo=UTC)
@@ -222,59 +226,6 @@ async def _bench_billing(pool: asyncpg.Pool, ledger: Ledger, charges: int) -> di
     }
 
 
-def _table(result: dict[str, Any]) -> str:
-    lines = [
-        "| scenario | concurrency | hold+capture/s | baseline UPDATE/s | ratio | p50 ms | p99 ms |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for scenario in ("hot_team", "many_teams"):
-        for key, p in result["hold_capture"][scenario].items():
-            lines.append(
-                f"| {scenario} | {key[1:]} | {p['per_s']:.0f} | {p['baseline_per_s']:.0f} "
-                f"| {p['ratio']:.3f} | {p['p50_ms']:.2f} | {p['p99_ms']:.2f} |"
-            )
-    b = result["billing_read"]
-    lines += [
-        "",
-        "| billing read | charges | calls | p50 ms | p99 ms |",
-        "|---|---:|---:|---:|---:|",
-        f"| Ledger.billing | {b['charges']:,} | {b['calls']} "
-        f"| {b['p50_ms']:.2f} | {b['p99_ms']:.2f} |",
-    ]
-    return "\n".join(lines)
-
-
-def _write_docs(result: dict[str, Any], path: Path) -> None:
-    m = result["machine"]
-    text = f"""# Benchmarks
-
-Produced by `python -m bench` (full run) on {result["date"]}.
-
-Machine: {m["nproc"]} CPUs (`nproc`), Python {m["python"]}, {m["platform"]}.
-PostgreSQL: `{m["postgres"]}` (embedded, Unix socket, same host as the client).
-
-## hold + capture
-
-One operation is one `Ledger.hold` then one `Ledger.capture` (two round trips).
-C asyncio workers share a pool of C connections for {result["duration_s"]} s per
-point. `hot_team` puts every operation on one team (seats={SEATS}, additional
-limit 10^11, so nothing is refused); `many_teams` spreads them over
-{MANY_TEAMS:,} such teams. The baseline, in the same run with the same pool and
-workers, is one autocommit `UPDATE bench_counter SET n = n - 1 WHERE id = 1` per
-operation; ratio = hold+capture/s divided by baseline/s.
-
-## billing read
-
-`Ledger.billing` called {result["billing_read"]["calls"]} times in a row for a team
-with {result["billing_read"]["charges"]:,} charges in the month ({LEDGER_CHARGES}
-made by the ledger, the rest bulk-inserted as released charges).
-
-{_table(result)}
-"""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
-
 async def _run(quick: bool) -> dict[str, Any]:
     concurrencies = [32] if quick else [1, 8, 32, 64]
     duration_s = 3.0 if quick else 5.0
@@ -305,6 +256,10 @@ async def _run(quick: bool) -> dict[str, Any]:
             billing = await _bench_billing(pool, ledger, charges)
         finally:
             await pool.close()
+        print("arq, metered jobs against no-op jobs:", flush=True)
+        arq = await arq_overhead.run(dsn, ensure_redis(data_dir), quick=quick)
+        print("reconcile:", flush=True)
+        reconciled = await reconcile_bench.run(dsn, quick=quick)
     finally:
         stop_servers(data_dir)
         shutil.rmtree(data_dir, ignore_errors=True)
@@ -320,6 +275,8 @@ async def _run(quick: bool) -> dict[str, Any]:
             "postgres": postgres,
         },
         "hold_capture": hold_capture,
+        "arq_overhead": arq,
+        "reconcile": reconciled,
         "billing_read": billing,
     }
 
@@ -335,12 +292,11 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_logs()
     result = asyncio.run(_run(args.quick))
     print()
-    print(_table(result))
-    print(f"\nrefused holds: {result['hold_capture']['refused']}")
+    print(report.summary(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
     if not args.quick:
-        _write_docs(result, args.docs)
+        report.write_docs(result, args.docs)
         print(f"wrote {args.docs}")
     return 0
 

@@ -14,6 +14,11 @@ recorded step:
   metadata, by listing (consistent, unlike search), and creates only what
   is not there.
 
+An attempt reads the invoice back from Stripe only where it has not just seen
+it: right after Stripe took the item, the invoice is known to be a draft, and
+the finalize response says whether it still needs paying (3 requests a bill
+when finalizing charges it, 4 when an explicit pay is needed).
+
 A lease on the bill row keeps two reconcilers from sending the same bill at
 the same time.
 """
@@ -84,10 +89,14 @@ class StripeSender:
         if row is None:
             return None
         bill = Bill.model_validate(dict(row))
+        done = False
         try:
-            return await self._advance(bill)
+            bill = await self._advance(bill)
+            done = bill.step == "paid" and bill.lease_until is None  # released by record_step
+            return bill
         finally:
-            await self.pool.execute(q("release_lease", SQL), bill_id)
+            if not done:
+                await self.pool.execute(q("release_lease", SQL), bill_id)
 
     async def _advance(self, bill: Bill) -> Bill:
         if self.client is None:
@@ -102,15 +111,20 @@ class StripeSender:
                 "(set one with `tokens team set ... --stripe-customer`)",
             )
         client = self.client
+        # What this attempt itself learnt from Stripe, to skip re-reading it: whether
+        # Stripe just took the invoice item (so the invoice is a draft), and the
+        # invoice as the last response returned it.
+        draft = False
+        invoice: Any = None
         try:
             if bill.step == "created":
                 bill = await self._invoice(client, bill)
             if bill.step == "invoice_created":
-                bill = await self._item(client, bill)
+                bill, draft = await self._item(client, bill)
             if bill.step == "item_added":
-                bill = await self._finalize(client, bill)
+                bill, invoice = await self._finalize(client, bill, draft=draft)
             if bill.step == "finalized":
-                bill = await self._pay(client, bill)
+                bill = await self._pay(client, bill, invoice)
         except stripe.StripeError as exc:
             return await self._error(bill, _code(exc), _message(exc))
         log.info(
@@ -148,9 +162,11 @@ class StripeSender:
             bill, "invoice_created", invoice_id=invoice.id, status=invoice.status
         )
 
-    async def _item(self, client: stripe.StripeClient, bill: Bill) -> Bill:
+    async def _item(self, client: stripe.StripeClient, bill: Bill) -> tuple[Bill, bool]:
+        """-> (bill, True when Stripe took the item now: the invoice is a draft)."""
         assert bill.stripe_invoice_id is not None and bill.stripe_customer is not None
         item_id = await self._find_item(client, bill) if bill.attempts > 1 else None
+        created = item_id is None
         if item_id is None:
             item = await client.v1.invoice_items.create_async(
                 {
@@ -168,24 +184,33 @@ class StripeSender:
                 {"idempotency_key": idempotency_key(bill, "item")},
             )
             item_id = item.id
-        return await self._record(bill, "item_added", item_id=item_id)
+        return await self._record(bill, "item_added", item_id=item_id), created
 
-    async def _finalize(self, client: stripe.StripeClient, bill: Bill) -> Bill:
+    async def _finalize(
+        self, client: stripe.StripeClient, bill: Bill, *, draft: bool
+    ) -> tuple[Bill, Any]:
+        """-> (bill, the invoice as Stripe returned it). `draft`: Stripe has just taken
+        this attempt's item, which only a draft invoice accepts; nothing else finalizes
+        it meanwhile (auto_advance is off until we finalize, and the lease keeps other
+        runs out), so it need not be read first. Otherwise an earlier attempt may have
+        finalized it without hearing back: read it, and finalize only a draft."""
         assert bill.stripe_invoice_id is not None
-        invoice = await client.v1.invoices.retrieve_async(bill.stripe_invoice_id)
-        if invoice.status == "draft":
+        invoice = None if draft else await client.v1.invoices.retrieve_async(bill.stripe_invoice_id)
+        if invoice is None or invoice.status == "draft":
             invoice = await client.v1.invoices.finalize_invoice_async(
                 bill.stripe_invoice_id,
                 {"auto_advance": True},
                 {"idempotency_key": idempotency_key(bill, "finalize")},
             )
         step = "paid" if invoice.status == "paid" else "finalized"
-        return await self._record(bill, step, status=invoice.status)
+        return await self._record(bill, step, status=invoice.status), invoice
 
-    async def _pay(self, client: stripe.StripeClient, bill: Bill) -> Bill:
-        """Charge now rather than when Stripe gets to it, about an hour later."""
+    async def _pay(self, client: stripe.StripeClient, bill: Bill, invoice: Any) -> Bill:
+        """Charge now rather than when Stripe gets to it, about an hour later. `invoice`:
+        as this attempt's finalize step just saw it, or None (read it)."""
         assert bill.stripe_invoice_id is not None
-        invoice = await client.v1.invoices.retrieve_async(bill.stripe_invoice_id)
+        if invoice is None:
+            invoice = await client.v1.invoices.retrieve_async(bill.stripe_invoice_id)
         if invoice.status == "open":
             attempt = await self.pool.fetchval(q("count_pay_attempt", SQL), bill.id)
             # A decline is saved under its key: each payment attempt needs its own.

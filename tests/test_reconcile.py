@@ -316,3 +316,24 @@ async def test_a_bill_stays_with_the_customer_of_its_invoice(
     assert report.sent == 1 and report.bills[0].stripe_customer == first
     [invoice] = stripe_fake.invoices.values()
     assert invoice["customer"] == first and invoice["status"] == "paid"
+
+
+async def test_leases_end_with_the_send_and_an_attempt_reads_back_only_what_it_missed(
+    ledger: Ledger, pool: asyncpg.Pool, stripe_fake: StripeFake
+) -> None:
+    stripe_fake.finalize_charges = False  # so that `pay` is a real step
+    await billed_team(ledger, stripe_fake)
+    await spend(ledger, "acme", 250 + 5000, "2026-01-20", "a")
+    stripe_fake.lose_response_next("finalize")
+    first = await run(pool, sender_for(pool, stripe_fake), "2026-01-20T01:00:00")
+    assert first.failed == 1 and first.bills[0].step == "item_added"
+    assert await pool.fetchval("SELECT lease_until FROM bills") is None  # released on error
+    # Stripe took the item just before: the invoice was a draft, finalized unread.
+    assert stripe_fake.calls("retrieve_invoice") == []
+    second = await run(pool, sender_for(pool, stripe_fake), "2026-01-21T01:00:00")
+    assert second.sent == 1 and second.bills[0].step == "paid"
+    # The lost finalize may have happened: read once, then pay on what was read.
+    assert len(stripe_fake.calls("retrieve_invoice")) == 1
+    assert len(stripe_fake.calls("finalize")) == 1 and len(stripe_fake.calls("pay")) == 1
+    leases = await pool.fetch("SELECT step, lease_until FROM bills")
+    assert [(r["step"], r["lease_until"]) for r in leases] == [("paid", None)]

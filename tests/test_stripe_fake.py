@@ -318,6 +318,26 @@ async def test_a_key_in_flight_gets_409_and_the_client_retry_gets_the_replay(
     assert after.id == slow.id
 
 
+async def test_latency_delays_every_request_and_requests_overlap() -> None:
+    async with StripeFake(latency=0.1) as fake:
+        cus = fake.add_customer()
+        client = fake.client()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        invoices = await asyncio.gather(
+            *(
+                client.v1.invoices.create_async({"customer": cus}, {"idempotency_key": f"k{n}"})
+                for n in range(10)
+            )
+        )
+        elapsed = loop.time() - started
+        assert 0.1 <= elapsed < 0.5  # ten at once: one round trip, not ten
+        assert len({i.id for i in invoices}) == 10 and len(fake.invoices) == 10
+        fake.timeout_next("retrieve_invoice")  # faults still apply, after the round trip
+        with pytest.raises(stripe.APIConnectionError):
+            await client.v1.invoices.retrieve_async(invoices[0].id)
+
+
 # ---------------------------------------------------------------- errors
 
 

@@ -27,12 +27,14 @@ WHERE b.id = $1 AND t.id = b.team_id AND b.step <> 'paid'
 RETURNING b.*
 
 -- record_step --
+-- A paid bill is done: its lease ends in the same write (no separate release).
 UPDATE bills
 SET step = $2, stripe_invoice_id = coalesce($3, stripe_invoice_id),
     stripe_invoice_item_id = coalesce($4, stripe_invoice_item_id),
     stripe_invoice_status = coalesce($5, stripe_invoice_status),
     last_error = NULL, error_code = NULL, updated_at = $6,
-    sent_at = CASE WHEN $2 IN ('finalized', 'paid') THEN coalesce(sent_at, $6) ELSE sent_at END
+    sent_at = CASE WHEN $2 IN ('finalized', 'paid') THEN coalesce(sent_at, $6) ELSE sent_at END,
+    lease_until = CASE WHEN $2 = 'paid' THEN NULL ELSE lease_until END
 WHERE id = $1
 RETURNING *
 

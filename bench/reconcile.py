@@ -1,0 +1,407 @@
+"""Reconcile benchmark: one `billing.reconcile.reconcile` run over N teams.
+
+Every team has one ended billing month with unbilled additional tokens, so the
+run makes one `month_end` bill per team and sends it, through the real
+`StripeSender` and stripe-python, to the stateful Stripe fake of the tests
+(`tests/stripe_fake.py`, on respx: no sockets), with zero latency or with a
+fixed latency per request. Teams, months and captured charges are written with
+bulk SQL (`generate_series`), consistent with each other, so `Ledger.drift()`
+stays empty; the timed part is the reconcile run alone.
+
+Each run is checked: one bill per team, every bill paid, exactly one paid
+invoice per team at the fake and no other invoice, no drift.
+
+    python -m bench.reconcile [--quick] [--json FILE]
+
+`run(dsn, quick=...)` is what `python -m bench` calls, on its own database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import structlog
+
+from billing.reconcile import reconcile
+from billing.sender import StripeSender
+from ledger.catalog import DEFAULT_CATALOG
+from ledger.service import Ledger
+from runtime.db import create_pool
+from tests.stripe_fake import StripeFake
+
+# A billing month long past, so that no team of the other benchmarks (2025) is
+# due in these runs, and these teams are due in no other run.
+PERIOD_START = datetime(2001, 1, 1, tzinfo=UTC)
+PERIOD_END = datetime(2001, 2, 1, tzinfo=UTC)
+RECONCILE_AT = datetime(2001, 2, 1, 0, 5, tzinfo=UTC)
+PLAN = "email_outreach"
+SEATS = 2
+# Additional tokens per team: USD 10, below the USD 50 threshold, so each team gets
+# one month_end bill; a multiple of every charges-per-team count used.
+UNBILLED = 1_000
+DEFAULT_CONCURRENCY = 8  # billing.reconcile.reconcile's default
+LATENCY_MS = 100.0
+LATENCY_CONCURRENCY = (DEFAULT_CONCURRENCY, 64)
+# 10,000 teams take well over a minute on the 2-core machine: too long for --quick.
+QUICK_TEAMS = 1_000
+FULL_TEAMS = (1_000, 10_000, 100_000)
+HEADLINE_TEAMS = 10_000
+TARGET_SECONDS = 10.0  # issue 6: 10,000 teams with a zero-latency Stripe
+COMPARE_TEAMS = 1_000
+
+
+@dataclass(frozen=True)
+class Scenario:
+    teams: int
+    charges_per_team: int = 1
+    latency_ms: float = 0.0
+    concurrency: int = DEFAULT_CONCURRENCY
+
+
+async def _setup(pool: asyncpg.Pool, prefix: str, s: Scenario, free: int) -> None:
+    """Teams, one ended month each, and captured charges adding up to its totals."""
+    ids = f"$1 || lpad(g::text, {len(str(s.teams))}, '0')"
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            f"""
+            INSERT INTO teams (id, plan, seats, billing_interval, anchor, stripe_customer,
+                               additional_limit, created_at, updated_at)
+            SELECT {ids}, $2, $3, 'month', $4, 'cus_' || {ids}, 1000000, $4, $4
+            FROM generate_series(1, $5::int) AS g
+            """,
+            prefix,
+            PLAN,
+            SEATS,
+            PERIOD_START,
+            s.teams,
+        )
+        await conn.execute(
+            f"""
+            INSERT INTO billing_months (team_id, period_start, period_end, free_granted,
+                                        free_spent, additional_spent)
+            SELECT {ids}, $2, $3, $4, $4, $5
+            FROM generate_series(1, $6::int) AS g
+            """,
+            prefix,
+            PERIOD_START,
+            PERIOD_END,
+            free,
+            UNBILLED,
+            s.teams,
+        )
+        # Charge 1 also spends the month's free tokens; the additional tokens are
+        # spread evenly over the charges (UNBILLED is a multiple of charges_per_team).
+        per = UNBILLED // s.charges_per_team
+        await conn.execute(
+            f"""
+            INSERT INTO charges (team_id, period_start, idempotency_key, action, quantity,
+                                 tokens, free_tokens, additional_tokens, state, held_at,
+                                 settled_at)
+            SELECT {ids}, $2, 'bench-' || c, 'debounce', t.tokens, t.tokens, t.free, $3,
+                   'captured', $4, $4
+            FROM generate_series(1, $5::int) AS g,
+                 generate_series(1, $6::int) AS c,
+                 LATERAL (SELECT CASE WHEN c = 1 THEN $7::bigint ELSE 0 END AS free,
+                                 CASE WHEN c = 1 THEN $7::bigint ELSE 0 END + $3 AS tokens) t
+            """,
+            prefix,
+            PERIOD_START,
+            per,
+            PERIOD_START + (PERIOD_END - PERIOD_START) / 2,
+            s.teams,
+            s.charges_per_team,
+            free,
+            timeout=600,
+        )
+    await pool.execute("ANALYZE teams, billing_months, charges, bills")
+
+
+async def _cleanup(pool: asyncpg.Pool, prefix: str) -> None:
+    like = prefix + "%"
+    async with pool.acquire() as conn, conn.transaction():
+        for table in ("bills", "charges", "billing_months"):
+            await conn.execute(f"DELETE FROM {table} WHERE team_id LIKE $1", like, timeout=600)
+        await conn.execute("DELETE FROM teams WHERE id LIKE $1", like, timeout=600)
+
+
+async def _check(
+    pool: asyncpg.Pool, ledger: Ledger, fake: StripeFake, prefix: str, teams: int
+) -> dict[str, Any]:
+    """One bill per team, paid; one paid invoice per team at the fake, nothing else."""
+    like = prefix + "%"
+    bills = await pool.fetchrow(
+        """
+        SELECT count(*) AS bills, count(*) FILTER (WHERE step = 'paid') AS paid
+        FROM bills WHERE team_id LIKE $1
+        """,
+        like,
+    )
+    assert bills is not None
+    # Teams without exactly one bill, a paid month_end bill for their unbilled tokens.
+    not_billed_once = await pool.fetchval(
+        """
+        SELECT count(*) FROM teams t
+        WHERE t.id LIKE $1
+          AND (SELECT count(*) FILTER (WHERE b.step = 'paid' AND b.reason = 'month_end'
+                                         AND b.tokens = $2)
+                      || '/' || count(*)
+               FROM bills b WHERE b.team_id = t.id) <> '1/1'
+        """,
+        like,
+        UNBILLED,
+    )
+    open_months = await pool.fetchval(
+        """
+        SELECT count(*) FROM billing_months
+        WHERE team_id LIKE $1 AND (closed_at IS NULL OR additional_billed <> additional_spent)
+        """,
+        like,
+    )
+    paid = Counter(inv["customer"] for inv in fake.invoices.values() if inv["status"] == "paid")
+    customers = [c for c in fake.customers if c.startswith("cus_" + prefix)]
+    mismatches = sum(paid.get(c, 0) != 1 for c in customers)
+    drift = [r for r in await ledger.drift() if str(r["team_id"]).startswith(prefix)]
+    return {
+        "bills": int(bills["bills"]),
+        "bills_paid": int(bills["paid"]),
+        "invoices": len(fake.invoices),
+        "invoices_paid": sum(paid.values()),
+        "teams_not_billed_once": int(not_billed_once),
+        "teams_not_paid_once": mismatches + (teams - len(customers)),
+        "months_not_closed": int(open_months),
+        "drift_rows": len(drift),
+        "fake_errors": len(fake.internal_errors),
+        "stripe_requests": len(fake.requests),
+    }
+
+
+def _forget_calls(fake: StripeFake, done: int) -> None:
+    """respx keeps every request and response it mocked; at 100,000 teams that is
+    gigabytes the benchmark's own process would carry (and garbage-collect)."""
+    if done % 1_000 == 0:
+        fake.router.reset()
+
+
+async def run_one(pool: asyncpg.Pool, ledger: Ledger, s: Scenario, tag: str) -> dict[str, Any]:
+    """Set up, time one reconcile run, check it, clean up."""
+    prefix = f"brc{tag}-"
+    plan = DEFAULT_CATALOG.plan(PLAN)
+    free = plan.free_tokens * (SEATS if plan.per_seat else 1)
+    t0 = time.perf_counter()
+    await _setup(pool, prefix, s, free)
+    setup_s = time.perf_counter() - t0
+    fake = StripeFake(latency=s.latency_ms / 1000)
+    width = len(str(s.teams))
+    for n in range(1, s.teams + 1):
+        fake.add_customer(f"cus_{prefix}{n:0{width}d}")
+    try:
+        with fake:
+            sender = StripeSender(pool, fake.client(), lambda: RECONCILE_AT)
+            t0, cpu0 = time.perf_counter(), time.process_time()
+            report = await reconcile(
+                pool,
+                sender,
+                team=None,
+                at=RECONCILE_AT,
+                concurrency=s.concurrency,
+                progress=lambda done, _: _forget_calls(fake, done),
+            )
+            seconds, cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
+        checked = await _check(pool, ledger, fake, prefix, s.teams)
+    finally:
+        await _cleanup(pool, prefix)
+    result: dict[str, Any] = {
+        "teams": s.teams,
+        "charges_per_team": s.charges_per_team,
+        "latency_ms": s.latency_ms,
+        "concurrency": s.concurrency,
+        "seconds": round(seconds, 3),
+        "per_team_ms": round(seconds * 1000 / s.teams, 4),
+        # This process's CPU (reconciler, stripe-python, the in-process fake): on a
+        # shared machine, steadier than wall time.
+        "cpu_s": round(cpu_s, 3),
+        "bills_created": len(report.created),
+        "bills_sent": report.sent,
+        "bills_failed": report.failed,
+        **checked,
+        "setup_s": round(setup_s, 2),
+    }
+    ok = (
+        checked["teams_not_paid_once"] == checked["teams_not_billed_once"] == 0
+        and checked["bills"] == checked["bills_paid"] == checked["invoices_paid"] == s.teams
+        and checked["invoices"] == s.teams
+        and checked["months_not_closed"] == checked["drift_rows"] == checked["fake_errors"] == 0
+    )
+    result["ok"] = ok
+    print(
+        f"  reconcile {s.teams:>7,} teams x {s.charges_per_team:>3} charges  "
+        f"latency {s.latency_ms:>5.0f} ms  c{s.concurrency:<3} {seconds:>8.2f} s  "
+        f"{result['per_team_ms']:>7.3f} ms/team  cpu {cpu_s:>7.2f} s  "
+        f"{checked['stripe_requests'] / s.teams:.1f} req/team  paid {checked['invoices_paid']:,}"
+        f"{'' if ok else '  CHECK FAILED: ' + json.dumps(checked)}",
+        flush=True,
+    )
+    return result
+
+
+def _plan(quick: bool) -> tuple[list[Scenario], list[Scenario]]:
+    """(runs, extra runs for the charge-count comparison)."""
+    if quick:
+        return [Scenario(QUICK_TEAMS)], [Scenario(COMPARE_TEAMS, charges_per_team=100)]
+    runs = [Scenario(n) for n in FULL_TEAMS]
+    runs += [Scenario(1_000, latency_ms=LATENCY_MS, concurrency=c) for c in LATENCY_CONCURRENCY]
+    compare = [Scenario(COMPARE_TEAMS, charges_per_team=k) for k in (100, 1, 1_000, 100)]
+    return runs, compare
+
+
+def _median(values: list[float]) -> float:
+    return round(statistics.median(values), 3)
+
+
+def _charges_independence(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """COMPARE_TEAMS teams at zero latency, grouped by charges per team (medians)."""
+    groups: dict[int, list[dict[str, Any]]] = {}
+    for r in results:
+        if (r["teams"], r["latency_ms"], r["concurrency"]) == (
+            COMPARE_TEAMS,
+            0,
+            DEFAULT_CONCURRENCY,
+        ):
+            groups.setdefault(r["charges_per_team"], []).append(r)
+    rows = [
+        {
+            "charges_per_team": k,
+            "charges": k * COMPARE_TEAMS,
+            "runs": len(rs),
+            "seconds": _median([r["seconds"] for r in rs]),
+            "cpu_s": _median([r["cpu_s"] for r in rs]),
+        }
+        for k, rs in sorted(groups.items())
+    ]
+    few, many = rows[0], rows[-1]
+    return {
+        "teams": COMPARE_TEAMS,
+        "unbilled_tokens_per_team": UNBILLED,
+        "by_charges": rows,
+        "charges_per_team": [few["charges_per_team"], many["charges_per_team"]],
+        "seconds": [few["seconds"], many["seconds"]],
+        # ~1.0: the run's cost follows the teams billed, not the charges behind the bills
+        "ratio": round(many["seconds"] / few["seconds"], 3),
+        "cpu_ratio": round(many["cpu_s"] / few["cpu_s"], 3),
+    }
+
+
+async def run_scenarios(
+    dsn: str, runs_plan: Sequence[Scenario], compare_plan: Sequence[Scenario] = ()
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    biggest = max(s.concurrency for s in [*runs_plan, *compare_plan])
+    pool = await create_pool(dsn, min_size=2, max_size=biggest + 2)
+    try:
+        ledger = Ledger(pool, DEFAULT_CATALOG)
+        await ledger.sync_catalog()
+        runs = [await run_one(pool, ledger, s, f"r{i}") for i, s in enumerate(runs_plan)]
+        compared = [await run_one(pool, ledger, s, f"c{i}") for i, s in enumerate(compare_plan)]
+    finally:
+        await pool.close()
+    return runs, compared
+
+
+async def run(dsn: str, *, quick: bool) -> dict[str, Any]:
+    """Reconcile runs on the migrated database at `dsn`; see the module docstring."""
+    runs, compared = await run_scenarios(dsn, *_plan(quick))
+    headline = next(
+        (r for r in runs if r["teams"] == HEADLINE_TEAMS and r["latency_ms"] == 0), runs[0]
+    )
+    return {
+        "teams": headline["teams"],
+        "seconds": headline["seconds"],
+        "per_team_ms": headline["per_team_ms"],
+        "cpu_s": headline["cpu_s"],
+        "target": {"teams": HEADLINE_TEAMS, "seconds": TARGET_SECONDS},
+        "ok": all(r["ok"] for r in runs + compared),
+        "runs": runs,
+        "charges_independence": {
+            **_charges_independence(runs + compared),
+            "runs": compared,
+        },
+    }
+
+
+async def _standalone(quick: bool, scenarios: list[Scenario]) -> Any:
+    from ledger.migrate import migrate
+    from runtime.embedded import ensure_postgres, stop_servers
+
+    data_dir = Path(tempfile.mkdtemp(prefix="tokens-bench-", dir="/tmp"))
+    try:
+        dsn = ensure_postgres(data_dir)
+        conn = await asyncpg.connect(dsn)
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+        if scenarios:
+            return (await run_scenarios(dsn, scenarios))[0]
+        return await run(dsn, quick=quick)
+    finally:
+        stop_servers(data_dir)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def _quiet_logs() -> None:
+    """Every bill logs; the benchmark must not pay for printing that."""
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+    )
+
+
+def _scenario(text: str) -> Scenario:
+    parts = [*text.split(","), "", "", ""][:4]
+    return Scenario(
+        int(parts[0]),
+        int(parts[1] or 1),
+        float(parts[2] or 0),
+        int(parts[3] or DEFAULT_CONCURRENCY),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.reconcile", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK_TEAMS:,} teams only")
+    parser.add_argument("--json", type=Path, help="write the results as one JSON object here")
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        default=[],
+        metavar="TEAMS[,CHARGES[,LATENCY_MS[,CONCURRENCY]]]",
+        help="run only these (repeatable), e.g. 1000,1,100,8",
+    )
+    args = parser.parse_args(argv)
+    scenarios = [_scenario(text) for text in args.scenario]
+    _quiet_logs()
+    result = asyncio.run(_standalone(args.quick, scenarios))
+    text = json.dumps(result, indent=2, default=str)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    ok = all(r["ok"] for r in result) if scenarios else result["ok"]
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
