@@ -364,7 +364,8 @@ class Ledger:
             additional_billed=row["additional_billed"],
             unit_price=unit_price,
             currency=row["currency"],
-            recent_charges=[Charge.model_validate(dict(c)) for c in charges],
+            # Rows of our own table: constructing without validation halves the read.
+            recent_charges=[Charge.model_construct(**dict(c)) for c in charges],
         )
 
     async def history(self, team: str) -> list[Charge]:
