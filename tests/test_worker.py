@@ -14,9 +14,10 @@ from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.worker import Worker
 
 from ledger.catalog import DEFAULT_CATALOG
+from ledger.errors import NotMigrated
 from ledger.service import Ledger
 from runtime.config import Settings
-from tests.conftest import at
+from tests.conftest import at, with_database
 from worker.client import enqueue, result
 from worker.settings import worker_kwargs
 
@@ -176,3 +177,23 @@ async def test_concurrent_workers_share_the_queue(
     out = [await result(redis, j.job_id) for j in jobs]
     assert [r["status"] for r in out] == ["captured"] * 120
     assert len(await ledger.history("acme")) == 120
+
+
+async def test_a_worker_on_an_unmigrated_database_stops_and_leaves_no_connection(
+    server_dsn: str, redis_url: str
+) -> None:
+    admin = await asyncpg.connect(server_dsn)
+    try:
+        await admin.execute("DROP DATABASE IF EXISTS t_unmigrated WITH (FORCE)")
+        await admin.execute("CREATE DATABASE t_unmigrated")
+        settings = settings_for(with_database(server_dsn, "t_unmigrated"), redis_url)
+        on_startup = worker_kwargs(settings, redis_url, burst=True)["on_startup"]
+        with pytest.raises(NotMigrated, match="tokens migrate"):
+            await on_startup({})
+        left = await admin.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = 't_unmigrated'"
+        )
+        assert left == 0
+    finally:
+        await admin.execute("DROP DATABASE IF EXISTS t_unmigrated WITH (FORCE)")
+        await admin.close()

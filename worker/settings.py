@@ -56,9 +56,15 @@ def worker_kwargs(
         from ledger.service import Ledger
 
         pool = await create_pool(database_url(settings), max_size=settings.worker_concurrency)
-        await ensure_schema(pool, settings)
-        ledger = Ledger(pool, catalog(settings))
-        await ledger.sync_catalog()
+        try:
+            await ensure_schema(pool, settings)
+            ledger = Ledger(pool, catalog(settings))
+            await ledger.sync_catalog()
+        except BaseException:
+            # A worker that cannot start must not leave a pool behind, retrying its
+            # connections in the background while the process reports the error.
+            await pool.close()
+            raise
         http = httpx.AsyncClient(timeout=settings.provider_timeout_seconds)
         deps: Deps = {
             "settings": settings,
