@@ -21,13 +21,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import platform
-import shutil
 import statistics
-import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -35,15 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import structlog
 
 from bench import arq_overhead, report
 from bench import reconcile as reconcile_bench
+from bench.servers import fresh_servers, quiet_logs
 from ledger.catalog import DEFAULT_CATALOG
-from ledger.migrate import migrate
 from ledger.service import Ledger
 from runtime.db import create_pool
-from runtime.embedded import ensure_postgres, ensure_redis, stop_servers
 
 ANCHOR = datetime(2025, 1, 1, tzinfo=UTC)
 AT = datetime(2025, 1, 15, 12, tzinfo=UTC)
@@ -56,14 +50,6 @@ BILLING_CALLS = 500
 LEDGER_CHARGES = 300
 
 Op = Callable[[asyncpg.Pool, int, int], Awaitable[None]]
-
-
-def _quiet_logs() -> None:
-    """The ledger logs every hold; a benchmark must not pay for printing them."""
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-    )
 
 
 def _percentile(sorted_ms: list[float], p: float) -> float:
@@ -230,12 +216,10 @@ async def _run(quick: bool) -> dict[str, Any]:
     concurrencies = [32] if quick else [1, 8, 32, 64]
     duration_s = 3.0 if quick else 5.0
     charges = 100_000 if quick else 1_000_000
-    data_dir = Path(tempfile.mkdtemp(prefix="tokens-bench-", dir="/tmp"))
-    try:
-        dsn = ensure_postgres(data_dir)
+    async with fresh_servers() as servers:
+        dsn = servers.dsn
         conn = await asyncpg.connect(dsn)
         try:
-            await migrate(conn)
             await conn.execute(
                 "CREATE TABLE IF NOT EXISTS bench_counter (id int PRIMARY KEY, n bigint NOT NULL)"
             )
@@ -257,12 +241,9 @@ async def _run(quick: bool) -> dict[str, Any]:
         finally:
             await pool.close()
         print("arq, metered jobs against no-op jobs:", flush=True)
-        arq = await arq_overhead.run(dsn, ensure_redis(data_dir), quick=quick)
+        arq = await arq_overhead.run(dsn, servers.redis_url(), quick=quick)
         print("reconcile:", flush=True)
         reconciled = await reconcile_bench.run(dsn, quick=quick)
-    finally:
-        stop_servers(data_dir)
-        shutil.rmtree(data_dir, ignore_errors=True)
 
     return {
         "quick": quick,
@@ -289,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         "--docs", type=Path, default=Path("docs/benchmarks.md"), help="full run writes this"
     )
     args = parser.parse_args(argv)
-    _quiet_logs()
+    quiet_logs()
     result = asyncio.run(_run(args.quick))
     print()
     print(report.summary(result))

@@ -47,12 +47,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
-import shutil
 import statistics
-import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -61,12 +57,12 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import structlog
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.constants import result_key_prefix
 from arq.jobs import JobResult, deserialize_result
 from arq.worker import Worker, func
 
+from bench.servers import fresh_servers, quiet_logs
 from ledger.catalog import DEFAULT_CATALOG
 from ledger.service import Ledger
 from runtime.config import Settings
@@ -87,15 +83,6 @@ REPORTED_MISMATCHES = 10
 # quick: one pair per scenario; full: more jobs, pairs repeated, medians reported.
 QUICK = {"jobs": 1_500, "repeats": 1, "warmup_jobs": 200}
 FULL = {"jobs": 5_000, "repeats": 5, "warmup_jobs": 500}
-
-
-def quiet_logs() -> None:
-    """Every hold and capture logs a line; a benchmark must not pay for printing them."""
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-    )
-    logging.getLogger("arq").setLevel(logging.WARNING)
 
 
 async def noop(ctx: dict[str, Any], team: str, lead: dict[str, Any]) -> dict[str, Any]:
@@ -445,32 +432,19 @@ async def run(dsn: str, redis_url: str, *, quick: bool) -> dict[str, Any]:
 
 
 async def _standalone(quick: bool, profile: Path | None) -> dict[str, Any]:
-    from ledger.migrate import migrate
-    from runtime.embedded import ensure_postgres, ensure_redis, stop_servers
-
-    data_dir = Path(tempfile.mkdtemp(prefix="tokens-arqbench-", dir="/tmp"))
-    try:
-        dsn = ensure_postgres(data_dir)
-        redis_url = ensure_redis(data_dir)
-        conn = await asyncpg.connect(dsn)
-        try:
-            await migrate(conn)
-        finally:
-            await conn.close()
+    async with fresh_servers("tokens-arqbench-") as servers:
+        redis_url = servers.redis_url()
         if profile is None:
-            return await run(dsn, redis_url, quick=quick)
+            return await run(servers.dsn, redis_url, quick=quick)
         import cProfile
 
         profiler = cProfile.Profile()
         profiler.enable()
         try:
-            return await run(dsn, redis_url, quick=quick)
+            return await run(servers.dsn, redis_url, quick=quick)
         finally:
             profiler.disable()
             profiler.dump_stats(profile)
-    finally:
-        stop_servers(data_dir)
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:

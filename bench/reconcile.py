@@ -21,11 +21,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -35,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import structlog
 
+from bench.servers import fresh_servers, quiet_logs
 from billing.reconcile import reconcile
 from billing.sender import StripeSender
 from ledger.catalog import DEFAULT_CATALOG
@@ -346,31 +343,10 @@ async def run(dsn: str, *, quick: bool) -> dict[str, Any]:
 
 
 async def _standalone(quick: bool, scenarios: list[Scenario]) -> Any:
-    from ledger.migrate import migrate
-    from runtime.embedded import ensure_postgres, stop_servers
-
-    data_dir = Path(tempfile.mkdtemp(prefix="tokens-bench-", dir="/tmp"))
-    try:
-        dsn = ensure_postgres(data_dir)
-        conn = await asyncpg.connect(dsn)
-        try:
-            await migrate(conn)
-        finally:
-            await conn.close()
+    async with fresh_servers() as servers:
         if scenarios:
-            return (await run_scenarios(dsn, scenarios))[0]
-        return await run(dsn, quick=quick)
-    finally:
-        stop_servers(data_dir)
-        shutil.rmtree(data_dir, ignore_errors=True)
-
-
-def _quiet_logs() -> None:
-    """Every bill logs; the benchmark must not pay for printing that."""
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-    )
+            return (await run_scenarios(servers.dsn, scenarios))[0]
+        return await run(servers.dsn, quick=quick)
 
 
 def _scenario(text: str) -> Scenario:
@@ -396,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     scenarios = [_scenario(text) for text in args.scenario]
-    _quiet_logs()
+    quiet_logs()
     result = asyncio.run(_standalone(args.quick, scenarios))
     text = json.dumps(result, indent=2, default=str)
     print(text)

@@ -1,0 +1,54 @@
+"""What every benchmark starts from: fresh embedded servers and quiet logs."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import structlog
+
+from ledger.migrate import migrate
+from runtime.embedded import ensure_postgres, ensure_redis, stop_servers
+
+
+@dataclass(frozen=True)
+class Servers:
+    data_dir: Path
+    dsn: str
+
+    def redis_url(self) -> str:
+        """The embedded Valkey of this data dir, started on first ask."""
+        return ensure_redis(self.data_dir)
+
+
+@asynccontextmanager
+async def fresh_servers(prefix: str = "tokens-bench-") -> AsyncIterator[Servers]:
+    """A migrated embedded Postgres in a new temporary data dir, removed afterwards."""
+    data_dir = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    try:
+        dsn = ensure_postgres(data_dir)
+        conn = await asyncpg.connect(dsn)
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+        yield Servers(data_dir, dsn)
+    finally:
+        stop_servers(data_dir)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def quiet_logs() -> None:
+    """The ledger logs every hold; a benchmark must not pay for printing them."""
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+    )
+    logging.getLogger("arq").setLevel(logging.WARNING)
