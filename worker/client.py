@@ -19,6 +19,7 @@ from ledger.catalog import Catalog
 from ledger.errors import BadInput
 from ledger.validate import quantity as check_quantity
 from ledger.validate import team_id
+from worker.bulk import JobSpec, enqueue_many
 from worker.payloads import (
     DebounceLead,
     IcebreakerPayload,
@@ -93,12 +94,15 @@ async def enqueue(
     payload: dict[str, Any] | None = None,
     job_id: str | None = None,
 ) -> list[Enqueued]:
+    """Validate, then queue every job of the request in batches (worker/bulk.py)."""
     jobs = plan_jobs(catalog, team, action, quantity=quantity, payload=payload, job_id=job_id)
-    out = []
-    for jid, args, lead_id in jobs:
-        job = await redis.enqueue_job(action, *args, _job_id=jid, _queue_name=QUEUE)
-        out.append(Enqueued(job_id=jid, action=action, lead_id=lead_id, queued=job is not None))
-    return out
+    queued = await enqueue_many(
+        redis, [JobSpec(action, jid, args) for jid, args, _ in jobs], queue=QUEUE
+    )
+    return [
+        Enqueued(job_id=jid, action=action, lead_id=lead_id, queued=new)
+        for (jid, _, lead_id), new in zip(jobs, queued, strict=True)
+    ]
 
 
 async def result(redis: ArqRedis, job_id: str, wait_s: float | None = None) -> Any:
