@@ -331,6 +331,10 @@ class Ledger:
         row = await self._run(lambda: self.pool.fetchrow(q("get_charge"), charge_id))
         return None if row is None else Charge.model_validate(dict(row))
 
+    async def charge_by_key(self, team: str, key: str) -> Charge | None:
+        row = await self._run(lambda: self.pool.fetchrow(q("charge_by_key"), team, key))
+        return None if row is None else Charge.model_validate(dict(row))
+
     # -- reading -------------------------------------------------------------
 
     async def billing(self, team: str, *, at: datetime, recent: int = 20) -> BillingSection:
@@ -376,6 +380,13 @@ class Ledger:
         return [
             Charge.model_validate({k: v for k, v in r.items() if k != "period_end"}) for r in rows
         ]
+
+    async def history_page(self, team: str, *, before: int | None, limit: int) -> list[Charge]:
+        """Up to `limit` charges of the team, newest first, older than charge `before`."""
+        validate.team_id(team)
+        await self.get_team(team)
+        rows = await self._run(lambda: self.pool.fetch(q("history_page"), team, before, limit))
+        return [Charge.model_validate(dict(r)) for r in rows]
 
     async def drift(self) -> list[dict[str, Any]]:
         """Months whose running totals differ from their charges (always empty)."""

@@ -10,6 +10,7 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 from sqlmodel import SQLModel
 
 import billing.models  # noqa: F401  (registers the tables)
+import billing.webhook_events  # noqa: F401
 import ledger.models  # noqa: F401
 from ledger.migrate import migrate, pending
 from tests.conftest import with_database
