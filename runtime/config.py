@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -26,6 +26,13 @@ class Settings(BaseSettings):
     )
     stripe_api_base: str = "https://api.stripe.com"
     stripe_max_network_retries: int = Field(default=2, ge=0, le=10)
+    # The HTTP API (`tokens serve`): the HS256 secret the application signs its JWTs
+    # with, and the signing secret of the Stripe webhook endpoint.
+    app_secret: SecretStr | None = None
+    stripe_webhook_secret: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("STRIPE_WEBHOOK_SECRET", "TOKENS_STRIPE_WEBHOOK_SECRET"),
+    )
 
     # A hold older than this is presumed abandoned by a dead worker and released.
     # It must exceed the worker's job timeout, or a slow search would lose its hold.
