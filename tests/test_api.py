@@ -12,7 +12,7 @@ from arq.jobs import Job
 from api.app import Services, create_app
 from billing.reconcile import create_bills
 from ledger.service import Ledger
-from tests.api_helpers import (  # noqa: F401  (fixtures)
+from tests.api_helpers import (
     NOW,
     api_services,
     arq_redis,
