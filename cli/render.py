@@ -15,8 +15,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from ledger.models import Charge
-from ledger.service import BillingSection, HoldResult, Settlement
+from ledger.results import BillingSection, ChargeRow, HoldResult, Settlement
 
 console = Console()
 
@@ -39,7 +38,7 @@ def print_json(data: Any) -> None:
     print(json.dumps(data, default=_default, indent=2))
 
 
-def charge_dict(c: Charge) -> dict[str, Any]:
+def charge_dict(c: ChargeRow) -> dict[str, Any]:
     return {
         "charge_id": c.id,
         "time": iso(c.held_at),
@@ -146,7 +145,7 @@ def print_billing(s: BillingSection) -> None:
         print_history(s.recent_charges, title="Latest charges this month")
 
 
-def print_history(charges: list[Charge], title: str = "History") -> None:
+def print_history(charges: list[ChargeRow], title: str = "History") -> None:
     table = Table(title=title, show_header=True, header_style="bold")
     for col in ("time", "action", "qty", "tokens", "free", "additional", "state", "job", "lead"):
         table.add_column(col)
@@ -204,7 +203,7 @@ def print_reconcile(out: dict[str, Any]) -> None:
     console.print(table)
 
 
-def history_csv(charges: list[Charge]) -> str:
+def history_csv(charges: list[ChargeRow]) -> str:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
     writer.writeheader()

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import asyncpg
 
 if TYPE_CHECKING:
-    from ledger.service import HoldResult
+    from ledger.results import HoldResult
 
 
 class TokensError(Exception):
