@@ -445,14 +445,14 @@ def demo(
             }
         )
         return
-    render.console.print(
+    render.console().print(
         f"[bold]{out['jobs']} jobs[/bold] through arq and the sandbox providers: "
         + ", ".join(f"{n} {k}" for k, n in sorted(out["outcomes"].items()))
     )
     for section in out["sections"]:
-        render.console.rule()
+        render.console().rule()
         render.print_billing(section)
-    render.console.rule()
+    render.console().rule()
     render.print_reconcile(
         {
             "bills_created": len(out["bills"]),
@@ -464,7 +464,7 @@ def demo(
         }
     )
     if not out["stripe"]:
-        render.console.print(
+        render.console().print(
             "Bills stay unsent: no STRIPE_API_KEY. Set it (and TOKENS_STRIPE_API_BASE for a "
             "Stripe-compatible server) to send them; `tokens reconcile` sends what is pending."
         )
