@@ -117,6 +117,21 @@ class NotMigrated(TokensError):
     code = "not_migrated"
 
 
+class Unreachable(TokensError):
+    """A server (Postgres, Redis) could not be reached or refused the connection.
+
+    Not a refusal of the request: the same command, with the same idempotency
+    key, can be run again once the server is back (the CLI exits 3 for it).
+    """
+
+    code = "unreachable"
+
+    def __init__(self, server: str, where: str, err: BaseException) -> None:
+        reason = " ".join(str(err).split()) or type(err).__name__
+        super().__init__(f"cannot reach {server} at {where}: {reason}")
+        self.server = server
+
+
 _BY_SQLSTATE: dict[str, type[TokensError]] = {
     "TK001": UnknownTeam,
     "TK002": IdempotencyMismatch,
