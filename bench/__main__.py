@@ -11,7 +11,9 @@ the database, and measures on them:
    per operation with the same pool size and concurrency;
 2. the latency of `Ledger.billing` for a team with many charges;
 3. arq throughput of metered jobs against no-op jobs (bench/arq_overhead.py);
-4. one reconcile run over many teams against the Stripe fake (bench/reconcile.py).
+4. one reconcile run over many teams against the Stripe fake (bench/reconcile.py);
+5. the wall time of a whole `tokens billing --json` / `tokens charge --json`
+   process against `python -c pass` (bench/cli_start.py).
 
 The full run (no --quick) also writes docs/benchmarks.md and its plot.
 """
@@ -32,7 +34,7 @@ from typing import Any
 
 import asyncpg
 
-from bench import arq_overhead, report
+from bench import arq_overhead, cli_start, report
 from bench import reconcile as reconcile_bench
 from bench.servers import fresh_servers, quiet_logs
 from ledger.catalog import DEFAULT_CATALOG
@@ -244,6 +246,8 @@ async def _run(quick: bool) -> dict[str, Any]:
         arq = await arq_overhead.run(dsn, servers.redis_url(), quick=quick)
         print("reconcile:", flush=True)
         reconciled = await reconcile_bench.run(dsn, quick=quick)
+    print("command start-up:", flush=True)
+    cli = await asyncio.to_thread(cli_start.run, quick=quick)
 
     return {
         "quick": quick,
@@ -259,6 +263,7 @@ async def _run(quick: bool) -> dict[str, Any]:
         "arq_overhead": arq,
         "reconcile": reconciled,
         "billing_read": billing,
+        "cli": cli,
     }
 
 

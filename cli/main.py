@@ -23,11 +23,10 @@ from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageErro
 
 from cli import render
 from ledger import validate
-from ledger.errors import BadInput, NotEnoughTokens, TokensError
+from ledger.errors import BadInput, NotEnoughTokens, TokensError, Unreachable
 from ledger.migrate import migrate as run_migrations
-from runtime.app import database_url, open_ledger, redis_url
+from runtime.app import connect_pool, open_ledger, redacted, redis_url
 from runtime.config import Settings, load_settings
-from runtime.db import create_pool
 from runtime.logs import configure_logging
 
 T = TypeVar("T")
@@ -77,7 +76,7 @@ def migrate(json_out: JsonOpt = False) -> None:
     settings = _settings()
 
     async def go() -> tuple[list[str], str]:
-        pool = await create_pool(database_url(settings), max_size=1)
+        pool = await connect_pool(settings, max_size=1)
         try:
             async with pool.acquire() as conn:
                 result = await run_migrations(conn)
@@ -286,6 +285,7 @@ def enqueue(
 
     async def go() -> list[dict[str, Any]]:
         from arq.connections import RedisSettings, create_pool
+        from redis.exceptions import RedisError
 
         from worker.client import enqueue as enqueue_jobs
         from worker.client import plan_jobs
@@ -293,7 +293,11 @@ def enqueue(
         async with open_ledger(settings) as ledger:
             plan_jobs(ledger.catalog, team, action, quantity=qty, payload=data, job_id=job_id)
             await ledger.get_team(team)
-            redis = await create_pool(RedisSettings.from_dsn(redis_url(settings)))
+            url = redis_url(settings)
+            try:
+                redis = await create_pool(RedisSettings.from_dsn(url))
+            except (OSError, RedisError) as exc:
+                raise Unreachable("Redis", redacted(url), exc) from exc
             try:
                 jobs = await enqueue_jobs(
                     redis,
@@ -445,14 +449,14 @@ def demo(
             }
         )
         return
-    render.console.print(
+    render.console().print(
         f"[bold]{out['jobs']} jobs[/bold] through arq and the sandbox providers: "
         + ", ".join(f"{n} {k}" for k, n in sorted(out["outcomes"].items()))
     )
     for section in out["sections"]:
-        render.console.rule()
+        render.console().rule()
         render.print_billing(section)
-    render.console.rule()
+    render.console().rule()
     render.print_reconcile(
         {
             "bills_created": len(out["bills"]),
@@ -464,7 +468,7 @@ def demo(
         }
     )
     if not out["stripe"]:
-        render.console.print(
+        render.console().print(
             "Bills stay unsent: no STRIPE_API_KEY. Set it (and TOKENS_STRIPE_API_BASE for a "
             "Stripe-compatible server) to send them; `tokens reconcile` sends what is pending."
         )
@@ -536,6 +540,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code instead of exiting (tests call this)."""
     try:
         result = app(args=argv, prog_name="tokens", standalone_mode=False)
+    except Unreachable as exc:
+        return _fail(str(exc), 3)
     except TokensError as exc:
         return _fail(str(exc), 1)
     except NoArgsIsHelpError as exc:

@@ -9,16 +9,30 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.progress import Progress
-from rich.table import Table
+from ledger.results import BillingSection, ChargeRow, HoldResult, Settlement
 
-from ledger.models import Charge
-from ledger.service import BillingSection, HoldResult, Settlement
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
 
-console = Console()
+# rich is imported only to print for people: a --json command is a whole
+# process, and rich costs it about 40 ms of start-up.
+
+
+@cache
+def console() -> Console:
+    from rich.console import Console
+
+    return Console()
+
+
+def _table(**kwargs: Any) -> Table:
+    from rich.table import Table
+
+    return Table(**kwargs)
 
 
 def iso(value: datetime | None) -> str | None:
@@ -39,7 +53,7 @@ def print_json(data: Any) -> None:
     print(json.dumps(data, default=_default, indent=2))
 
 
-def charge_dict(c: Charge) -> dict[str, Any]:
+def charge_dict(c: ChargeRow) -> dict[str, Any]:
     return {
         "charge_id": c.id,
         "time": iso(c.held_at),
@@ -119,11 +133,11 @@ def billing_dict(s: BillingSection) -> dict[str, Any]:
 
 
 def print_billing(s: BillingSection) -> None:
-    console.print(
+    console().print(
         f"[bold]{s.team}[/bold]  plan {s.plan} x{s.seats} seats ({s.interval}ly)  "
         f"billing month {iso(s.period_start)} -> {iso(s.period_end)}"
     )
-    table = Table(show_header=True, header_style="bold")
+    table = _table(show_header=True, header_style="bold")
     for col in ("", "available", "spent", "held", "limit / granted"):
         table.add_column(col, justify="right")
     table.add_row(
@@ -140,14 +154,14 @@ def print_billing(s: BillingSection) -> None:
         str(s.additional_held),
         f"{s.additional_limit} (max ${s.additional_limit_usd})",
     )
-    console.print(table)
-    console.print(f"Additional tokens billed this month: {s.additional_billed}")
+    console().print(table)
+    console().print(f"Additional tokens billed this month: {s.additional_billed}")
     if s.recent_charges:
         print_history(s.recent_charges, title="Latest charges this month")
 
 
-def print_history(charges: list[Charge], title: str = "History") -> None:
-    table = Table(title=title, show_header=True, header_style="bold")
+def print_history(charges: list[ChargeRow], title: str = "History") -> None:
+    table = _table(title=title, show_header=True, header_style="bold")
     for col in ("time", "action", "qty", "tokens", "free", "additional", "state", "job", "lead"):
         table.add_column(col)
     for c in charges:
@@ -162,16 +176,18 @@ def print_history(charges: list[Charge], title: str = "History") -> None:
             c.job_id or "",
             c.lead_id or "",
         )
-    console.print(table)
+    console().print(table)
 
 
 @contextmanager
 def progress_bar(label: str, *, enabled: bool) -> Iterator[Callable[[int, int], None]]:
     """A rich progress bar on a terminal; a no-op elsewhere (cron, pipes, --json)."""
-    if not enabled or not console.is_terminal:
+    if not enabled or not console().is_terminal:
         yield lambda done, total: None
         return
-    with Progress(console=console, transient=True) as bar:
+    from rich.progress import Progress
+
+    with Progress(console=console(), transient=True) as bar:
         task = bar.add_task(label, total=None)
 
         def advance(done: int, total: int) -> None:
@@ -181,13 +197,13 @@ def progress_bar(label: str, *, enabled: bool) -> Iterator[Callable[[int, int], 
 
 
 def print_reconcile(out: dict[str, Any]) -> None:
-    console.print(
+    console().print(
         f"bills created {out['bills_created']}, sent {out['bills_sent']}, "
         f"failed {out['bills_failed']}, unsent {out['bills_unsent']} ({out['seconds']} s)"
     )
     if not out["bills"]:
         return
-    table = Table(show_header=True, header_style="bold")
+    table = _table(show_header=True, header_style="bold")
     for col in ("bill", "team", "reason", "tokens", "amount", "status", "invoice", "error"):
         table.add_column(col)
     for b in out["bills"]:
@@ -201,10 +217,10 @@ def print_reconcile(out: dict[str, Any]) -> None:
             b["stripe_invoice_id"] or "",
             b["error"] or "",
         )
-    console.print(table)
+    console().print(table)
 
 
-def history_csv(charges: list[Charge]) -> str:
+def history_csv(charges: list[ChargeRow]) -> str:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
     writer.writeheader()

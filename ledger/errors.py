@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import asyncpg
 
 if TYPE_CHECKING:
-    from ledger.service import HoldResult
+    from ledger.results import HoldResult
 
 
 class TokensError(Exception):
@@ -115,6 +115,21 @@ class NotEnoughTokens(TokensError):
 
 class NotMigrated(TokensError):
     code = "not_migrated"
+
+
+class Unreachable(TokensError):
+    """A server (Postgres, Redis) could not be reached or refused the connection.
+
+    Not a refusal of the request: the same command, with the same idempotency
+    key, can be run again once the server is back (the CLI exits 3 for it).
+    """
+
+    code = "unreachable"
+
+    def __init__(self, server: str, where: str, err: BaseException) -> None:
+        reason = " ".join(str(err).split()) or type(err).__name__
+        super().__init__(f"cannot reach {server} at {where}: {reason}")
+        self.server = server
 
 
 _BY_SQLSTATE: dict[str, type[TokensError]] = {

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -38,8 +38,8 @@ from ledger.errors import (
     UnknownCharge,
     UnknownTeam,
 )
-from ledger.models import Charge
 from ledger.queries import q
+from ledger.results import ChargeRow
 
 log = structlog.get_logger("tokens.ledger")
 
@@ -84,7 +84,7 @@ HOLD_COLUMNS = (
     "free_available",
     "additional_available",
 )
-CHARGE_COLUMNS = tuple(name for name in Charge.model_fields if name != "id")
+CHARGE_COLUMNS = tuple(f.name for f in fields(ChargeRow) if f.name != "id")
 
 
 def item_error(item: Item, code: str, message: str) -> TokensError:

@@ -8,7 +8,6 @@ balances happens in sql/functions.sql, on locked rows.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, TypeVar
@@ -27,8 +26,15 @@ from ledger.errors import (
     translate,
 )
 from ledger.group_commit import GroupCommit
-from ledger.models import Charge, LimitChange, Team
 from ledger.queries import q
+from ledger.results import (
+    BillingSection,
+    ChargeRow,
+    HoldResult,
+    LimitChangeRow,
+    Settlement,
+    TeamRow,
+)
 
 log = structlog.get_logger("tokens.ledger")
 
@@ -39,70 +45,6 @@ CENT = Decimal("0.01")
 def usd(tokens: int, unit_price: Decimal) -> Decimal:
     """Exact USD for a token count, rounded half-up to the cent."""
     return (Decimal(tokens) * unit_price).quantize(CENT, rounding=ROUND_HALF_UP)
-
-
-@dataclass(frozen=True)
-class HoldResult:
-    """What a hold (or a replay of its key) returned. `state` is 'refused' when it did not fit."""
-
-    team: str
-    key: str
-    action: str
-    quantity: int
-    charge_id: int | None
-    state: str
-    replayed: bool
-    tokens: int
-    free_tokens: int
-    additional_tokens: int
-    period_start: datetime
-    period_end: datetime
-    held_at: datetime | None
-    free_available: int | None
-    additional_available: int | None
-
-    @property
-    def refused(self) -> bool:
-        return self.state == "refused"
-
-
-@dataclass(frozen=True)
-class Settlement:
-    charge: Charge
-    changed: bool
-    unbilled_additional: int
-    threshold_reached: bool
-
-
-@dataclass(frozen=True)
-class BillingSection:
-    """SPEC section 5, read from the month's running totals."""
-
-    team: str
-    plan: str
-    seats: int
-    interval: str
-    stripe_customer: str | None
-    period_start: datetime
-    period_end: datetime
-    free_granted: int
-    free_spent: int
-    free_held: int
-    free_available: int
-    additional_limit: int
-    additional_limit_usd: Decimal
-    additional_spent: int
-    additional_held: int
-    additional_available: int
-    additional_spent_usd: Decimal
-    additional_billed: int
-    unit_price: Decimal
-    currency: str
-    recent_charges: list[Charge]
-
-    @property
-    def held(self) -> int:
-        return self.free_held + self.additional_held
 
 
 class Ledger:
@@ -164,7 +106,7 @@ class Ledger:
         anchor: datetime,
         at: datetime,
         stripe_customer: str | None = None,
-    ) -> tuple[Team, bool]:
+    ) -> tuple[TeamRow, bool]:
         """Create or update a team; returns (team, created)."""
         validate.team_id(team)
         self.catalog.plan(plan)
@@ -180,7 +122,7 @@ class Ledger:
         )
         assert row is not None
         created = bool(row["created"])
-        result = Team.model_validate({k: v for k, v in row.items() if k != "created"})
+        result = TeamRow.from_record(row)
         log.info(
             "team_set",
             team=team,
@@ -192,15 +134,15 @@ class Ledger:
         )
         return result, created
 
-    async def get_team(self, team: str) -> Team:
+    async def get_team(self, team: str) -> TeamRow:
         row = await self._run(lambda: self.pool.fetchrow(q("get_team"), team))
         if row is None:
             raise UnknownTeam(team)
-        return Team.model_validate(dict(row))
+        return TeamRow.from_record(row)
 
     async def set_limit(
         self, team: str, tokens: int, *, actor: str, role: str, at: datetime
-    ) -> LimitChange:
+    ) -> LimitChangeRow:
         """Change the monthly additional-token limit: admins only, every change recorded."""
         validate.team_id(team)
         validate.limit(tokens)
@@ -223,12 +165,12 @@ class Ledger:
             )
         assert change is not None
         log.info("limit_set", team=team, actor=actor, old=row["additional_limit"], new=tokens)
-        return LimitChange.model_validate(dict(change))
+        return LimitChangeRow.from_record(change)
 
-    async def limit_changes(self, team: str) -> list[LimitChange]:
+    async def limit_changes(self, team: str) -> list[LimitChangeRow]:
         await self.get_team(team)
         rows = await self._run(lambda: self.pool.fetch(q("limit_changes"), team))
-        return [LimitChange.model_validate(dict(r)) for r in rows]
+        return [LimitChangeRow.from_record(r) for r in rows]
 
     # -- the money path ------------------------------------------------------
 
@@ -310,11 +252,11 @@ class Ledger:
         _log_hold(held, None)
         return held, settlement
 
-    async def expire_holds(self, *, older_than: datetime, at: datetime) -> list[Charge]:
+    async def expire_holds(self, *, older_than: datetime, at: datetime) -> list[ChargeRow]:
         """Release holds left behind by dead workers."""
         older_than, at = validate.moment(older_than), validate.moment(at)
         rows = await self._run(lambda: self.pool.fetch(q("expire_holds"), older_than, at))
-        expired = [Charge.model_validate(dict(r)) for r in rows]
+        expired = [ChargeRow.from_record(r) for r in rows]
         for c in expired:
             log.warning(
                 "hold_expired",
@@ -327,9 +269,9 @@ class Ledger:
             )
         return expired
 
-    async def get_charge(self, charge_id: int) -> Charge | None:
+    async def get_charge(self, charge_id: int) -> ChargeRow | None:
         row = await self._run(lambda: self.pool.fetchrow(q("get_charge"), charge_id))
-        return None if row is None else Charge.model_validate(dict(row))
+        return None if row is None else ChargeRow.from_record(row)
 
     async def charge_by_key(self, team: str, key: str) -> Charge | None:
         row = await self._run(lambda: self.pool.fetchrow(q("charge_by_key"), team, key))
@@ -368,18 +310,15 @@ class Ledger:
             additional_billed=row["additional_billed"],
             unit_price=unit_price,
             currency=row["currency"],
-            # Rows of our own table: constructing without validation halves the read.
-            recent_charges=[Charge.model_construct(**dict(c)) for c in charges],
+            recent_charges=[ChargeRow.from_record(c) for c in charges],
         )
 
-    async def history(self, team: str) -> list[Charge]:
+    async def history(self, team: str) -> list[ChargeRow]:
         """Every charge of the team, oldest first."""
         validate.team_id(team)
         await self.get_team(team)
         rows = await self._run(lambda: self.pool.fetch(q("history"), team))
-        return [
-            Charge.model_validate({k: v for k, v in r.items() if k != "period_end"}) for r in rows
-        ]
+        return [ChargeRow.from_record(r) for r in rows]
 
     async def history_page(self, team: str, *, before: int | None, limit: int) -> list[Charge]:
         """Up to `limit` charges of the team, newest first, older than charge `before`."""
@@ -418,10 +357,8 @@ def _hold_result(
 
 def _settlement(row: Mapping[str, Any] | asyncpg.Record | None) -> Settlement:
     assert row is not None
-    extra = ("changed", "unbilled_additional", "threshold_reached")
     return Settlement(
-        # Straight from our own table: no validation to pay for on the hot path.
-        charge=Charge.model_construct(**{k: v for k, v in row.items() if k not in extra}),
+        charge=ChargeRow.from_record(row),
         changed=row["changed"],
         unbilled_additional=row["unbilled_additional"],
         threshold_reached=row["threshold_reached"],

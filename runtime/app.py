@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import structlog
 
 from ledger.catalog import Catalog, load_catalog
-from ledger.errors import NotMigrated
+from ledger.errors import NotMigrated, Unreachable
 from ledger.migrate import migrate, pending
 from ledger.service import Ledger
 from runtime.config import Settings
@@ -55,10 +56,39 @@ async def ensure_schema(pool: asyncpg.Pool, settings: Settings) -> None:
         log.info("migrated", applied=result.applied, head=result.head)
 
 
+# Connecting failed: nothing listens, the server is starting or gone, or it
+# turned us away (no such database, bad password).
+CONNECT_ERRORS = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InvalidCatalogNameError,
+    asyncpg.InvalidAuthorizationSpecificationError,
+    asyncpg.InterfaceError,
+)
+
+
+def redacted(url: str) -> str:
+    """A connection URL fit for a log line or an error: no password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+async def connect_pool(settings: Settings, *, max_size: int = 10) -> asyncpg.Pool:
+    url = database_url(settings)
+    try:
+        return await create_pool(url, max_size=max_size)
+    except CONNECT_ERRORS as exc:
+        raise Unreachable("Postgres", redacted(url), exc) from exc
+
+
 @asynccontextmanager
 async def open_ledger(settings: Settings, *, max_size: int = 10) -> AsyncIterator[Ledger]:
     cat = catalog(settings)
-    pool = await create_pool(database_url(settings), max_size=max_size)
+    pool = await connect_pool(settings, max_size=max_size)
     try:
         await ensure_schema(pool, settings)
         ledger = Ledger(pool, cat)

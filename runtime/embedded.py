@@ -293,7 +293,12 @@ def _ensure_postgres_locked(data_dir: Path) -> tuple[str, bool]:
     began = time.monotonic()
     if postmaster is None:
         postmaster = _start_postgres(pgdata)
-    _ensure_database(postmaster.socket_dir)
+    # A psql process costs every command about 30 ms: create the database once
+    # per server start, and remember it next to the postmaster's own pid file.
+    marker = pgdata / "tokens_database.pid"
+    if started or not _marker_matches(marker, postmaster.pid):
+        _ensure_database(postmaster.socket_dir)
+        marker.write_text(str(postmaster.pid))
     dsn = _dsn(postmaster.socket_dir)
     if started:
         log.info(
@@ -363,6 +368,13 @@ def _forget_cached_server(pgdata: Path) -> None:
     handle = _postgres_server_module().PostgresServer._instances.pop(pgdata, None)
     if handle is not None:
         atexit.unregister(handle._cleanup)
+
+
+def _marker_matches(marker: Path, pid: int) -> bool:
+    try:
+        return int(marker.read_text()) == pid
+    except (OSError, ValueError):
+        return False
 
 
 def _ensure_database(socket_dir: Path) -> None:

@@ -6,7 +6,8 @@ import pytest
 from arq.worker import Retry
 from pydantic import ValidationError
 
-from ledger.service import Ledger, Settlement
+from ledger.results import Settlement
+from ledger.service import Ledger
 from runtime.config import Settings
 from tests.conftest import at
 from worker.metering import metered

@@ -18,7 +18,8 @@ import asyncpg
 import structlog
 from arq.worker import Retry
 
-from ledger.service import Ledger, Settlement
+from ledger.results import Settlement
+from ledger.service import Ledger
 from runtime.metrics import JOBS, TOKENS
 from worker.providers import ProviderFailure, SearchResult
 

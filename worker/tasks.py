@@ -10,7 +10,7 @@ from typing import Any
 import structlog
 
 from billing.reconcile import reconcile
-from ledger.service import Settlement
+from ledger.results import Settlement
 from worker.context import deps_of
 from worker.metering import metered
 from worker.payloads import DebounceLead, IcebreakerPayload, Lead, SequencePayload, parse
