@@ -37,12 +37,20 @@ PAGE_SIZE = 25
 
 @cache
 def templates() -> Environment:
-    return Environment(
+    env = Environment(
         loader=PackageLoader("api", "templates"),
         autoescape=select_autoescape(["html"]),
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    env.filters["minute"] = lambda iso: _shorten(iso, 16)  # 2026-03-10T12:34 -> 2026-03-10 12:34
+    env.filters["day"] = lambda iso: _shorten(iso, 10)
+    return env
+
+
+def _shorten(iso: str | None, length: int) -> str:
+    """A UTC ISO 8601 time for reading (the full value stays in <time datetime>)."""
+    return "" if not iso else iso[:length].replace("T", " ")
 
 
 def csrf_token(secret: str, session: str) -> str:
@@ -59,7 +67,7 @@ def _html(name: str, http_status: int = 200, **context: Any) -> HTMLResponse:
             "Cache-Control": "no-store",
             "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
             "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-            "Referrer-Policy": "no-referrer",
+            "Referrer-Policy": "same-origin",
             "X-Content-Type-Options": "nosniff",
         },
     )
@@ -152,10 +160,11 @@ async def _render(
 
 
 def _same_origin(request: Request) -> bool:
-    """A browser's POST names its origin; it must be this server."""
+    """A browser's POST names its origin: another site's is refused. An absent or opaque
+    ("null") origin proves nothing either way; the CSRF token decides."""
     origin = request.headers.get("origin")
     if origin is None or origin == "null":
-        return origin is None
+        return True
     return urlsplit(origin).netloc == request.headers.get("host")
 
 

@@ -72,8 +72,10 @@ async def seed(ledger: Ledger, now: datetime) -> None:
             team, plan="email_outreach", seats=2, interval="month", anchor=anchor, at=now
         )
     await ledger.set_limit("acme", 1000, actor="setup", role="admin", at=now)
+    # 30 charges, 610 tokens: 500 free, then 110 additional.
     for n in range(30):
-        await ledger.charge("acme", "ai_icebreaker", 2, key=f"seed-{n}", at=now)  # 600 tokens
+        action, quantity = [("ai_sequence", 1), ("enrich", 1), ("debounce", 1)][n % 3]
+        await ledger.charge("acme", action, quantity, key=f"seed-{n}", at=now)
 
 
 async def wait_ready(base_url: str, proc: subprocess.Popen[str], within_s: float = 60) -> None:
