@@ -9,8 +9,10 @@ a route that wants another role: 403.
 
 from __future__ import annotations
 
+import time
 import warnings
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import jwt
@@ -40,7 +42,17 @@ def unauthenticated(code: str, message: str) -> ApiError:
 
 
 def decode(token: str, secret: str) -> Caller:
-    """The caller named by a token, or a 401."""
+    """The caller named by a token, or a 401. A token verified before is not verified
+    again (the signature and claims cannot have changed), but its expiry is."""
+    caller = _verified(token, secret)
+    if caller.exp <= time.time():
+        raise unauthenticated("token_expired", "the token has expired")
+    return caller
+
+
+@lru_cache(maxsize=4096)
+def _verified(token: str, secret: str) -> Caller:
+    """Signature and claims; only a valid token is cached (an exception never is)."""
     try:
         claims: dict[str, Any] = jwt.decode(
             token,

@@ -23,7 +23,12 @@ async def caller(
     return auth.decode(auth.bearer(request.headers.get("authorization")), svc.app_secret)
 
 
-Svc = Annotated[Services, Depends(services)]
+async def _services(request: Request) -> Services:
+    # async: FastAPI would run a plain function in its thread pool, on every request.
+    return services(request)
+
+
+Svc = Annotated[Services, Depends(_services)]
 Who = Annotated[auth.Caller, Depends(caller)]
 
 

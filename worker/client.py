@@ -21,9 +21,8 @@ from ledger.validate import quantity as check_quantity
 from ledger.validate import team_id
 from worker.bulk import JobSpec, enqueue_many
 from worker.payloads import (
-    DebounceLead,
+    DebounceLeadList,
     IcebreakerPayload,
-    Lead,
     LeadList,
     SequencePayload,
     parse,
@@ -61,11 +60,11 @@ def plan_jobs(
             raise BadInput(f"--quantity cannot be combined with {action}: one job per lead")
         if payload is None:
             raise BadInput(f'{action} needs a payload: {{"leads": [{{"email": ...}}, ...]}}')
-        leads: LeadList = parse(LeadList, payload, action)
-        model = DebounceLead if action == "debounce" else Lead
+        # One validation pass for the whole list (10,000 leads in one request).
+        model = DebounceLeadList if action == "debounce" else LeadList
+        leads: LeadList = parse(model, payload, action)
         jobs = []
         for n, lead in enumerate(leads.leads):
-            parse(model, lead.model_dump(), f"{action} lead {n}")
             lead_key = lead.id or str(n)
             jobs.append((f"{base}:{lead_key}", (team, lead.model_dump(exclude_none=True)), lead.id))
         if len({j[0] for j in jobs}) != len(jobs):
