@@ -15,7 +15,7 @@ import stripe
 import structlog
 from arq.connections import ArqRedis
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from api import errors
 from api.schemas import HealthOut
@@ -117,8 +117,6 @@ def create_app(settings: Settings, ready: Services | None = None) -> FastAPI:
 
 
 def _mount(app: FastAPI) -> None:
-    from prometheus_client import make_asgi_app
-
     from api import bills, jobs, page, teams, webhooks
     from api.metrics import RequestMetrics
 
@@ -127,8 +125,14 @@ def _mount(app: FastAPI) -> None:
     app.include_router(bills.router)
     app.include_router(webhooks.router)
     app.include_router(page.router)
-    app.mount("/metrics", make_asgi_app())
     app.add_middleware(RequestMetrics)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        """Prometheus metrics of this process (the HTTP histogram and the ledger's own)."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get(
         "/healthz",

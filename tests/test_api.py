@@ -290,6 +290,6 @@ async def test_healthz_and_metrics(ledger: Ledger, client: httpx.AsyncClient) ->
     health = await client.get("/healthz")
     assert health.json() == {"status": "ok", "postgres": "ok", "redis": "ok"}
     await client.get("/v1/teams/acme/billing", headers=bearer("member"))
-    metrics = await client.get("/metrics/")
+    metrics = await client.get("/metrics")
     assert metrics.status_code == 200
     assert 'route="/v1/teams/{team}/billing"' in metrics.text

@@ -57,13 +57,31 @@ async def test_the_real_process_serves_the_contract(live_api: LiveApi) -> None:
         )
         refused = await c.get("/v1/teams/acme/billing")
         doc = await c.get("/openapi.json")
-        metrics = await c.get("/metrics/")
+        metrics = await c.get("/metrics")
     assert health.json()["status"] == "ok"
     assert billing.status_code == 200
     assert billing.json() == await cli_billing(live_api)
     assert refused.status_code == 401 and refused.json()["error"]["code"] == "missing_token"
     assert doc.json()["info"]["title"] == "Tokens"
     assert "tokens_http_request_seconds" in metrics.text
+
+
+async def test_serve_refuses_to_start_without_the_app_secret(live_api: LiveApi) -> None:
+    env = {k: v for k, v in live_api.env().items() if k != "TOKENS_APP_SECRET"}
+    proc = await asyncio.to_thread(
+        subprocess.run,
+        [*TOKENS, "serve", "--port", "0"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "tokens: error: TOKENS_APP_SECRET is not set: the API cannot verify any token"
+    ]
 
 
 @pytest.fixture(scope="module")
