@@ -90,7 +90,7 @@ def _result(info: JobDef) -> dict[str, Any] | None:
 
 
 @router.get(
-    "/v1/jobs/{job_id}",
+    "/v1/jobs/{job_id:path}",  # a lead id may hold a "/"
     response_model=None,
     responses={200: {"model": JobStatusOut}, **documented(*AUTHED)},
 )

@@ -138,6 +138,10 @@ async def test_put_team_is_for_the_service_role(ledger: Ledger, client: httpx.As
         "/v1/teams/newco", json=body | {"plan": "gold"}, headers=bearer("service", None)
     )
     assert unknown.status_code == 422 and unknown.json()["error"]["code"] == "unknown_plan"
+    earlier = await client.put(
+        "/v1/teams/newco", json=body | {"anchor": "2026-02-15"}, headers=bearer("service", None)
+    )
+    assert earlier.status_code == 409 and earlier.json()["error"]["code"] == "anchor_conflict"
     week = await client.put(
         "/v1/teams/newco", json=body | {"interval": "week"}, headers=bearer("service", None)
     )
@@ -224,6 +228,14 @@ async def test_job_status_from_queue_to_charge(
     assert refused.json()["status"] == "refused" and refused.json()["charge"] is None
     other = await client.get("/v1/jobs/j2:l0", headers=bearer("admin"))
     assert other.status_code == 403
+    slashed = await client.post(
+        "/v1/teams/acme/jobs",
+        json={"action": "debounce", "payload": {"leads": [{"id": "a/b", "email": "x@y.io"}]}},
+        headers=bearer("member"),
+    )
+    [job] = slashed.json()["jobs"]
+    found = await client.get(f"/v1/jobs/{job['job_id']}", headers=bearer("member"))
+    assert found.status_code == 200 and found.json()["lead_id"] == "a/b"
     missing = await client.get("/v1/jobs/nope", headers=bearer("admin"))
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "unknown_job"
 
