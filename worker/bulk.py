@@ -7,12 +7,13 @@ Here each batch is one Lua script that does, per job, exactly what
 key or result key exists, else write the pickled job under `arq:job:<id>` with
 arq's expiry and add the id to the queue's sorted set, scored by its enqueue
 time. A script runs atomically, so a job id is queued at most once even
-against a concurrent `enqueue_job` with the same id; all batches go out in
-one pipeline.
+against a concurrent `enqueue_job` with the same id; the batches go out
+concurrently.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,15 +32,20 @@ local queue = KEYS[1]
 local px = ARGV[1]
 local score = ARGV[2]
 local out = {}
+local add = {}
 for i = 1, (#KEYS - 1) / 2 do
     local job_key = KEYS[2 * i]
     if redis.call('EXISTS', job_key, KEYS[2 * i + 1]) == 0 then
         redis.call('PSETEX', job_key, px, ARGV[2 * i + 1])
-        redis.call('ZADD', queue, score, ARGV[2 * i + 2])
+        add[#add + 1] = score
+        add[#add + 1] = ARGV[2 * i + 2]
         out[i] = 1
     else
         out[i] = 0
     end
+end
+if #add > 0 then
+    redis.call('ZADD', queue, unpack(add))
 end
 return out
 """
@@ -63,17 +69,21 @@ async def enqueue_many(
     now = timestamp_ms()
     expires_ms = redis.expires_extra_ms
     serializer = redis.job_serializer
-    async with redis.pipeline(transaction=False) as pipe:
-        for start in range(0, len(jobs), batch):
-            chunk = jobs[start : start + batch]
-            keys: list[str] = [queue]
-            args: list[Any] = [expires_ms, now]
-            for job in chunk:
-                keys += (job_key_prefix + job.job_id, result_key_prefix + job.job_id)
-                args += (
-                    serialize_job(job.function, job.args, {}, None, now, serializer=serializer),
-                    job.job_id,
-                )
-            await script(keys=keys, args=args, client=pipe)
-        replies = await pipe.execute()
+    async def send(chunk: Sequence[JobSpec]) -> list[int]:
+        keys: list[str] = [queue]
+        args: list[Any] = [expires_ms, now]
+        for job in chunk:
+            keys += (job_key_prefix + job.job_id, result_key_prefix + job.job_id)
+            args += (
+                serialize_job(job.function, job.args, {}, None, now, serializer=serializer),
+                job.job_id,
+            )
+        reply: list[int] = await script(keys=keys, args=args)
+        return reply
+
+    # Batches go out concurrently, each on its own connection: while the server runs
+    # one batch's script, the next is being encoded.
+    replies = await asyncio.gather(
+        *(send(jobs[start : start + batch]) for start in range(0, len(jobs), batch))
+    )
     return [bool(flag) for reply in replies for flag in reply]
