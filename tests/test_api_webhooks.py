@@ -304,3 +304,33 @@ async def test_a_voided_invoice_is_kept_on_its_bill(
     assert (bill.stripe_invoice_status, bill.error_code) == ("void", "invoice_void")
     other = await deliver(hooks, event("invoice.paid", {"id": "in_not_ours", "status": "paid"}))
     assert other.json()["result"].startswith("ignored")
+
+
+async def test_a_new_subscription_makes_an_ended_team_current_again(
+    hooks: httpx.AsyncClient, priced: Ledger, stripe_fake: StripeFake, clock: Clock
+) -> None:
+    cus = stripe_fake.add_customer()
+    old = stripe_fake.add_subscription(cus, team="acme", price="price_eo_m", anchor=MAR_1)
+    await deliver(hooks, event("customer.subscription.created", old))
+    clock.now = at("2026-03-15")
+    ended = stripe_fake.update_subscription(
+        old["id"], status="canceled", ended_at=int(clock.now.timestamp())
+    )
+    deleted = event("customer.subscription.deleted", ended)
+    await deliver(hooks, deleted)
+    assert (await priced.billing("acme", at=at("2026-04-10"))).free_granted == 0
+    clock.now = at("2026-04-10")
+    new = stripe_fake.add_subscription(
+        cus, team="acme", price="price_se_m", anchor=int(clock.now.timestamp())
+    )
+    await deliver(hooks, event("customer.subscription.created", new))
+    # A late copy of the old subscription's end does not end the new one.
+    await deliver(hooks, {**deleted, "id": deleted["id"] + "_again"})
+    team = await priced.get_team("acme")
+    assert (team.stripe_subscription, team.subscription_ended_at) == (new["id"], None)
+    section = await priced.billing("acme", at=at("2026-04-11"))
+    assert (section.plan, section.period_start, section.free_granted) == (
+        "sales_engagement",
+        at("2026-04-10"),
+        500,
+    )
