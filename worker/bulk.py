@@ -69,6 +69,7 @@ async def enqueue_many(
     now = timestamp_ms()
     expires_ms = redis.expires_extra_ms
     serializer = redis.job_serializer
+
     async def send(chunk: Sequence[JobSpec]) -> list[int]:
         keys: list[str] = [queue]
         args: list[Any] = [expires_ms, now]
