@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     job_max_tries: int = Field(default=5, ge=1)
     # First retry delay after a provider failure; doubles per try, capped at 5 min.
     retry_backoff_seconds: float = Field(default=5.0, ge=0)
+    # How long a job, the hold-expiry sweep or a reconcile waits out an unreachable
+    # Postgres or Redis (restart, failover) before it is put back in the queue
+    # for later. Never beyond the job's own timeout; such a retry never counts
+    # against TOKENS_JOB_MAX_TRIES.
+    outage_wait_seconds: float = Field(default=30.0, gt=0)
     reconcile_interval_seconds: int = Field(default=300, gt=0)
     worker_concurrency: int = Field(default=32, ge=1)
     metrics_port: int | None = None
