@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import redis.exceptions as redis_errors
 from arq.connections import RedisSettings
 from arq.cron import cron
 from arq.worker import func
@@ -16,6 +18,7 @@ from billing.stripe_client import make_stripe_client
 from runtime.app import catalog, database_url, ensure_schema
 from runtime.config import Settings
 from runtime.db import create_pool
+from runtime.transient import ride_out
 from worker.context import Deps
 from worker.providers import build_providers
 from worker.tasks import (
@@ -40,6 +43,46 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+# The worker's Redis connection waits out a Redis restart or failover this long
+# (every command retried with backoff) before the worker gives up and exits.
+REDIS_OUTAGE_S = 300.0
+
+
+def ride_out_redis(redis: Any, outage_s: float = REDIS_OUTAGE_S) -> None:
+    """Make the worker's Redis connections wait out a Redis restart or failover.
+
+    Without this a refused connection in arq's poll loop ends the worker, and a
+    job's result written while Redis restarts is lost. Every command (and
+    pipeline) is retried with backoff, for about `outage_s`, on a dropped or
+    refused connection, a timeout, LOADING (the append-only file being read
+    back) and READONLY (a replica, just after a failover).
+
+    Installed once the worker has connected (on_startup), so that a wrong Redis
+    URL still fails the start within seconds instead of being waited out.
+    """
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialBackoff
+
+    errors: list[type[redis_errors.RedisError]] = [
+        redis_errors.ConnectionError,
+        redis_errors.TimeoutError,
+        redis_errors.BusyLoadingError,
+        redis_errors.ReadOnlyError,
+    ]
+    cap = 1.0
+    retry = Retry(
+        ExponentialBackoff(cap=cap, base=0.05),
+        retries=int(outage_s / cap) + 5,
+        supported_errors=tuple(errors),
+    )
+    pool = redis.connection_pool
+    pool.connection_kwargs.update(retry=retry, retry_on_error=errors, retry_on_timeout=True)
+    for conn in [*pool._available_connections, *pool._in_use_connections]:
+        conn.retry = retry
+        conn.retry_on_error = errors
+        conn.retry_on_timeout = True
+
+
 def worker_kwargs(
     settings: Settings,
     redis_url: str,
@@ -55,7 +98,13 @@ def worker_kwargs(
     async def on_startup(ctx: dict[str, Any]) -> None:
         from ledger.service import Ledger
 
-        pool = await create_pool(database_url(settings), max_size=settings.worker_concurrency)
+        # A worker started while Postgres restarts waits for it (bounded), then fails.
+        wait = settings.outage_wait_seconds
+        pool = await ride_out(
+            lambda: create_pool(database_url(settings), max_size=settings.worker_concurrency),
+            until=time.monotonic() + wait,
+            what="worker_start",
+        )
         try:
             await ensure_schema(pool, settings)
             ledger = Ledger(pool, catalog(settings))
@@ -75,6 +124,7 @@ def worker_kwargs(
             "sender": StripeSender(pool, make_stripe_client(settings), clock),
         }
         ctx["deps"] = deps
+        ride_out_redis(ctx["redis"])
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
         deps: Deps | None = ctx.get("deps")
