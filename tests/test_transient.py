@@ -1,0 +1,226 @@
+"""What counts as an outage, waiting one out, and a metered job that meets one."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import asyncpg
+import pytest
+import redis.exceptions as redis_errors
+
+from ledger.errors import UnknownTeam
+from ledger.service import HoldResult, Ledger, Settlement
+from runtime.config import Settings
+from runtime.transient import is_transient, ride_out
+from tests.conftest import at
+from worker.metering import OutageRetry, metered
+from worker.providers import Outcome, SearchResult
+
+NOW = at("2026-03-10T12:00:00")
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        asyncpg.CannotConnectNowError("the database system is starting up"),
+        asyncpg.CannotConnectNowError("the database system is not yet accepting connections"),
+        asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
+        asyncpg.AdminShutdownError("terminating connection due to administrator command"),
+        asyncpg.CrashShutdownError("terminating connection because of crash of another process"),
+        asyncpg.ReadOnlySQLTransactionError("cannot execute INSERT in a read-only transaction"),
+        asyncpg.TooManyConnectionsError("sorry, too many clients already"),
+        asyncpg.InterfaceError("cannot call Connection.fetch(): connection is closed"),
+        ConnectionRefusedError(111, "Connection refused"),
+        ConnectionResetError(104, "Connection reset by peer"),
+        FileNotFoundError(2, "No such file or directory"),  # the Unix socket, mid-restart
+        TimeoutError(),
+        redis_errors.ConnectionError("Error 111 connecting to 127.0.0.1:6379"),
+        redis_errors.BusyLoadingError("Valkey is loading the dataset in memory"),
+        redis_errors.ReadOnlyError("You can't write against a read only replica."),
+        redis_errors.TimeoutError("Timeout reading from socket"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_outages_are_transient(exc: BaseException) -> None:
+    assert is_transient(exc)
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        asyncpg.UniqueViolationError("duplicate key value violates unique constraint"),
+        asyncpg.QueryCanceledError("canceling statement due to statement timeout"),
+        asyncpg.UndefinedTableError('relation "charges" does not exist'),
+        asyncpg.InvalidPasswordError("password authentication failed"),
+        asyncpg.InterfaceError("pool is closing"),
+        PermissionError(13, "Permission denied"),
+        redis_errors.ResponseError("WRONGTYPE Operation against a key"),
+        UnknownTeam("acme"),
+        ValueError("bad input"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_refusals_and_bugs_are_not(exc: BaseException) -> None:
+    assert not is_transient(exc)
+
+
+def test_an_outage_raised_as_the_cause_counts_but_not_one_merely_handled() -> None:
+    outage = ConnectionRefusedError(111, "Connection refused")
+    wrapped = RuntimeError("could not reach the ledger")
+    wrapped.__cause__ = outage
+    assert is_transient(wrapped)
+    other = ValueError("a bug while handling the outage")
+    other.__context__ = outage
+    assert not is_transient(other)
+
+
+async def test_ride_out_repeats_until_the_server_answers() -> None:
+    calls = 0
+
+    async def flaky() -> str:
+        nonlocal calls
+        calls += 1
+        if calls < 4:
+            raise asyncpg.CannotConnectNowError("the database system is starting up")
+        return "ok"
+
+    waited: list[BaseException] = []
+    out = await ride_out(flaky, until=time.monotonic() + 10, what="test", on_wait=waited.append)
+    assert out == "ok" and calls == 4 and len(waited) == 3
+
+
+async def test_ride_out_gives_up_at_its_deadline_and_never_repeats_a_refusal() -> None:
+    calls = 0
+
+    async def down() -> None:
+        nonlocal calls
+        calls += 1
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    began = time.monotonic()
+    with pytest.raises(ConnectionRefusedError):
+        await ride_out(down, until=began + 0.3, what="test")
+    assert calls >= 2 and time.monotonic() - began < 1.0
+
+    async def refused() -> None:
+        nonlocal calls
+        calls += 1
+        raise UnknownTeam("acme")
+
+    calls = 0
+    with pytest.raises(UnknownTeam):
+        await ride_out(refused, until=time.monotonic() + 10, what="test")
+    assert calls == 1
+
+
+# -- a metered job against a Postgres that goes away -------------------------------
+
+
+class Outage(Ledger):
+    """The real ledger behind a switch: while `down`, every call is refused."""
+
+    down_for: dict[str, int]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.down_for = {}
+
+    def _gate(self, what: str) -> None:
+        if self.down_for.get(what, 0) > 0:
+            self.down_for[what] -= 1
+            raise asyncpg.CannotConnectNowError("the database system is starting up")
+
+    async def hold(self, *args: Any, **kwargs: Any) -> HoldResult:
+        self._gate("hold")
+        return await super().hold(*args, **kwargs)
+
+    async def capture(self, charge_id: int, *, at: Any) -> Settlement:
+        self._gate("capture")
+        return await super().capture(charge_id, at=at)
+
+
+class DictMemo:
+    def __init__(self) -> None:
+        self.saved: dict[str, SearchResult] = {}
+
+    async def get(self, key: str) -> SearchResult | None:
+        return self.saved.get(key)
+
+    async def put(self, key: str, result: SearchResult) -> None:
+        self.saved[key] = result
+
+
+async def _team(ledger: Ledger) -> None:
+    await ledger.set_team(
+        "acme", plan="email_outreach", seats=1, interval="month", anchor=at("2026-03-01"), at=NOW
+    )
+
+
+def _job(searches: list[int], **extra: Any) -> dict[str, Any]:
+    async def search() -> SearchResult:
+        searches.append(1)
+        return SearchResult(Outcome.FOUND, {"email": "a@b.io"}, "test", sandbox=True)
+
+    return dict(
+        team="acme",
+        action="enrich",
+        job_id="j",
+        job_try=1,
+        max_tries=1,
+        lead_id="l",
+        clock=lambda: NOW,
+        search=search,
+        **extra,
+    )
+
+
+async def test_a_short_outage_is_waited_out_inside_the_job(ledger: Ledger) -> None:
+    await _team(ledger)
+    down = Outage(ledger.pool, ledger.catalog)
+    down.down_for = {"hold": 3, "capture": 3}
+    searches: list[int] = []
+    out = await metered(down, **_job(searches, outage_until=time.monotonic() + 30, outage_wait=10))
+    assert out["status"] == "captured" and len(searches) == 1
+    [charge] = await ledger.history("acme")
+    assert charge.state == "captured" and charge.tokens == 10
+
+
+async def test_a_long_outage_requeues_and_the_rerun_does_not_search_again(
+    ledger: Ledger,
+) -> None:
+    await _team(ledger)
+    down = Outage(ledger.pool, ledger.catalog)
+    down.down_for = {"capture": 10_000}  # Postgres goes away right after the search
+    searches: list[int] = []
+    memo = DictMemo()
+    with pytest.raises(OutageRetry) as raised:
+        await metered(
+            down, **_job(searches, outage_until=time.monotonic() + 0.3, outage_wait=0.3, memo=memo)
+        )
+    assert raised.value.what == "capture" and raised.value.defer_score is not None
+    [charge] = await ledger.history("acme")
+    assert charge.state == "held" and len(searches) == 1  # spent, not yet captured
+    down.down_for = {}  # back
+    out = await metered(down, **_job(searches, outage_until=time.monotonic() + 30, memo=memo))
+    assert out["status"] == "captured" and out["data"] == {"email": "a@b.io"}
+    assert len(searches) == 1  # the first run's answer, not a second search
+    [charge] = await ledger.history("acme")
+    assert charge.state == "captured" and charge.tokens == 10
+
+
+async def test_a_hold_that_never_reached_postgres_requeues_before_any_search(
+    ledger: Ledger,
+) -> None:
+    await _team(ledger)
+    down = Outage(ledger.pool, ledger.catalog)
+    down.down_for = {"hold": 10_000}
+    searches: list[int] = []
+    with pytest.raises(OutageRetry):
+        await metered(down, **_job(searches, outage_until=time.monotonic() + 0.2, outage_wait=1))
+    assert searches == [] and await ledger.history("acme") == []
+
+
+def test_outage_wait_is_a_setting() -> None:
+    assert Settings().outage_wait_seconds == 30.0
+    assert Settings(outage_wait_seconds=2.5).outage_wait_seconds == 2.5
