@@ -63,17 +63,20 @@ def ride_out_redis(redis: Any, outage_s: float = REDIS_OUTAGE_S) -> None:
     from redis.asyncio.retry import Retry
     from redis.backoff import ExponentialBackoff
 
-    errors: list[type[redis_errors.RedisError]] = [
+    errors: list[type[Exception]] = [
         redis_errors.ConnectionError,
         redis_errors.TimeoutError,
         redis_errors.BusyLoadingError,
         redis_errors.ReadOnlyError,
+        # A refused connect surfaces as OSError inside the retry (redis-py wraps it
+        # in ConnectionError only afterwards): without it a reconnect is not retried.
+        OSError,
     ]
     cap = 1.0
     retry = Retry(
         ExponentialBackoff(cap=cap, base=0.05),
         retries=int(outage_s / cap) + 5,
-        supported_errors=tuple(errors),
+        supported_errors=tuple(errors),  # type: ignore[arg-type]
     )
     pool = redis.connection_pool
     pool.connection_kwargs.update(retry=retry, retry_on_error=errors, retry_on_timeout=True)
@@ -96,7 +99,15 @@ def worker_kwargs(
     """
 
     async def on_startup(ctx: dict[str, Any]) -> None:
+        from sqlalchemy.orm import configure_mappers
+
         from ledger.service import Ledger
+
+        # The ledger builds settled charges with model_construct (no validation),
+        # which does not configure SQLModel's mappers: until something else does,
+        # reading such a charge raises AttributeError ('supports_population'), and
+        # a fresh worker's first captures failed their jobs.
+        configure_mappers()
 
         # A worker started while Postgres restarts waits for it (bounded), then fails.
         wait = settings.outage_wait_seconds
