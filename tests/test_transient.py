@@ -204,6 +204,7 @@ async def test_a_long_outage_requeues_and_the_rerun_does_not_search_again(
     down.down_for = {}  # back
     out = await metered(down, **_job(searches, outage_until=time.monotonic() + 30, memo=memo))
     assert out["status"] == "captured" and out["data"] == {"email": "a@b.io"}
+    assert out["search_reused"] is True
     assert len(searches) == 1  # the first run's answer, not a second search
     [charge] = await ledger.history("acme")
     assert charge.state == "captured" and charge.tokens == 10

@@ -214,6 +214,8 @@ async def _metered(
         "provider": result.provider,
         "sandbox": result.sandbox,
         "data": result.data,
+        # True when an earlier run's search was captured (no second search).
+        "search_reused": reused is not None,
     }
 
 
