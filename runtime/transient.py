@@ -71,6 +71,10 @@ def _is_transient_one(exc: BaseException) -> bool:
         return any(m in str(exc) for m in _CLOSED_MESSAGES)
     if isinstance(exc, _REDIS_TRANSIENT):
         return True
+    if isinstance(exc, redis_errors.WatchError) and "ConnectionError" in str(exc):
+        # redis-py's answer to a connection lost inside WATCH ... EXEC (raised
+        # without a cause): the transaction did not run, do it again.
+        return True
     if isinstance(exc, PermissionError):
         return False  # a socket we may not open stays so
     # Refused, reset, broken pipe, a Unix socket that is gone while the server

@@ -39,6 +39,7 @@ NOW = at("2026-03-10T12:00:00")
         redis_errors.BusyLoadingError("Valkey is loading the dataset in memory"),
         redis_errors.ReadOnlyError("You can't write against a read only replica."),
         redis_errors.TimeoutError("Timeout reading from socket"),
+        redis_errors.WatchError("A ConnectionError occurred on while watching one or more keys"),
     ],
     ids=lambda e: type(e).__name__,
 )

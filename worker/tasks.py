@@ -80,10 +80,12 @@ async def _run(
                 CALL_TIMEOUT_S,
             )
         except Exception as exc:
-            if not is_transient(exc):
-                raise
-            # The capture is done; the periodic reconcile bills this team anyway.
-            log.warning("threshold_enqueue_lost", team=team, error=type(exc).__name__)
+            # The capture is done and must stay this job's result: the periodic
+            # reconcile bills the team anyway.
+            if is_transient(exc):
+                log.warning("threshold_enqueue_lost", team=team, error=type(exc).__name__)
+            else:
+                log.error("threshold_enqueue_failed", team=team, exc_info=True)
         log.info("threshold_reached", team=team, unbilled=settlement.unbilled_additional)
 
     try:
