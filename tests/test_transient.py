@@ -226,3 +226,64 @@ async def test_a_hold_that_never_reached_postgres_requeues_before_any_search(
 def test_outage_wait_is_a_setting() -> None:
     assert Settings().outage_wait_seconds == 30.0
     assert Settings(outage_wait_seconds=2.5).outage_wait_seconds == 2.5
+
+
+# -- the sweep and the reconciler, from the worker's side --------------------------
+
+
+class DownLedger:
+    """A ledger whose Postgres never answers."""
+
+    pool: Any = None
+    calls = 0
+
+    async def expire_holds(self, **_: Any) -> list[Any]:
+        self.calls += 1
+        raise ConnectionRefusedError(111, "Connection refused")
+
+
+def _ctx(ledger: Any, redis: Any = None) -> dict[str, Any]:
+    deps = {
+        "settings": Settings(outage_wait_seconds=0.2),
+        "ledger": ledger,
+        "clock": lambda: NOW,
+        "sender": object(),
+    }
+    return {"deps": deps, "job_id": "reconcile:acme", "redis": redis}
+
+
+async def test_the_sweep_waits_out_an_outage_then_leaves_it_to_its_next_run() -> None:
+    from worker.tasks import expire_holds
+
+    ledger = DownLedger()
+    out = await expire_holds(_ctx(ledger))
+    assert out == {"deferred": True, "reason": "database unreachable"}
+    assert ledger.calls >= 2  # tried again before deferring
+
+
+async def test_a_team_reconcile_goes_back_to_the_queue_without_using_a_try(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from arq.connections import RedisSettings, create_pool
+    from arq.constants import retry_key_prefix
+
+    import worker.tasks as tasks
+
+    async def down(*_: Any, **__: Any) -> Any:
+        raise asyncpg.CannotConnectNowError("the database system is starting up")
+
+    monkeypatch.setattr(tasks, "reconcile", down)
+    redis = await create_pool(RedisSettings.from_dsn(redis_url))
+    try:
+        await redis.delete(retry_key_prefix + "reconcile:acme", "tokens:outage:reconcile:acme")
+        await redis.set(retry_key_prefix + "reconcile:acme", 1)  # arq counted this run
+        with pytest.raises(OutageRetry):
+            await tasks.reconcile_team(_ctx(DownLedger(), redis), "acme")
+        assert int(await redis.get(retry_key_prefix + "reconcile:acme")) == 0  # given back
+        assert int(await redis.get("tokens:outage:reconcile:acme")) == 1
+        # The periodic run (no team) does not requeue: its next run does the work.
+        out = await tasks.reconcile_team(_ctx(DownLedger(), redis), None)
+        assert out["deferred"] is True
+    finally:
+        await redis.delete(retry_key_prefix + "reconcile:acme", "tokens:outage:reconcile:acme")
+        await redis.aclose()
