@@ -192,7 +192,9 @@ def _settings(servers: Servers, **extra: Any) -> Settings:
 def _workers(settings: Settings, n: int) -> tuple[list[Worker], list[asyncio.Task[None]]]:
     assert settings.redis_url is not None
     workers = [
-        Worker(**worker_settings.worker_kwargs(settings, settings.redis_url, burst=True))
+        worker_settings.TokensWorker(
+            **worker_settings.worker_kwargs(settings, settings.redis_url, burst=True)
+        )
         for _ in range(n)
     ]
     return workers, [asyncio.create_task(w.main()) for w in workers]

@@ -287,3 +287,33 @@ async def test_a_team_reconcile_goes_back_to_the_queue_without_using_a_try(
     finally:
         await redis.delete(retry_key_prefix + "reconcile:acme", "tokens:outage:reconcile:acme")
         await redis.aclose()
+
+
+async def test_the_worker_survives_a_watch_lost_to_a_redis_restart(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from arq.worker import Worker
+
+    from worker.settings import TokensWorker, worker_kwargs
+
+    w = TokensWorker(**worker_kwargs(Settings(), redis_url, burst=True))
+    before = (w.job_counter, w.sem._value)
+
+    async def lost_watch(self: Worker, job_ids: list[bytes]) -> None:
+        await self.sem.acquire()  # what arq does before WATCH
+        self.job_counter += 1
+        raise redis_errors.WatchError(
+            "A ConnectionError occurred on while watching one or more keys"
+        )
+
+    monkeypatch.setattr(Worker, "start_jobs", lost_watch)
+    await w.start_jobs([b"job-1", b"job-2"])  # no error: the next poll tries again
+    assert (w.job_counter, w.sem._value) == before  # the slot was given back
+
+    async def bug(self: Worker, job_ids: list[bytes]) -> None:
+        raise KeyError("a bug is not an outage")
+
+    monkeypatch.setattr(Worker, "start_jobs", bug)
+    with pytest.raises(KeyError):
+        await w.start_jobs([b"job-1"])
+    await w.close()

@@ -9,16 +9,17 @@ from typing import Any
 
 import httpx
 import redis.exceptions as redis_errors
+import structlog
 from arq.connections import RedisSettings
 from arq.cron import cron
-from arq.worker import func
+from arq.worker import Worker, func
 
 from billing.sender import StripeSender
 from billing.stripe_client import make_stripe_client
 from runtime.app import catalog, database_url, ensure_schema
 from runtime.config import Settings
 from runtime.db import create_pool
-from runtime.transient import ride_out
+from runtime.transient import is_transient, ride_out
 from worker.context import Deps
 from worker.providers import build_providers
 from worker.tasks import (
@@ -29,6 +30,8 @@ from worker.tasks import (
     reconcile_all,
     reconcile_team,
 )
+
+log = structlog.get_logger("tokens.worker")
 
 
 def _every(seconds: int) -> dict[str, Any]:
@@ -84,6 +87,40 @@ def ride_out_redis(redis: Any, outage_s: float = REDIS_OUTAGE_S) -> None:
         conn.retry = retry
         conn.retry_on_error = errors
         conn.retry_on_timeout = True
+
+
+class TokensWorker(Worker):
+    """arq's worker, which must not die of a Redis restart.
+
+    A command inside WATCH ... EXEC that loses its connection raises WatchError
+    (redis-py cannot retry a transaction whose WATCH is gone). arq takes a job
+    under WATCH, and enqueues its cron jobs under WATCH, and does not expect
+    that error there: the worker's poll loop ended, the process exited. Here
+    such an outage skips this poll (the next one tries again) and gives back
+    the job slot it had taken.
+    """
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        for job_id in job_ids:
+            try:
+                await super().start_jobs([job_id])
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                # It failed after taking a slot and before starting the job (the
+                # only place it can): give the slot back, try again next poll.
+                self.job_counter -= 1
+                self.sem.release()
+                log.warning("worker_redis_outage", where="start_jobs", error=repr(exc)[:200])
+                return
+
+    async def heart_beat(self) -> None:
+        try:
+            await super().heart_beat()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            log.warning("worker_redis_outage", where="heart_beat", error=repr(exc)[:200])
 
 
 def worker_kwargs(
