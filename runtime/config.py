@@ -61,7 +61,12 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _holds_outlive_their_jobs(self) -> Settings:
         """A hold must outlive every try of its job, backoff included; otherwise
-        the sweep could release tokens of a search that is still running."""
+        the sweep could release tokens of a search that is still running.
+
+        Outages do not enter this sum: a job waits one out only until its own
+        timeout, and its requeues are not tries. While Postgres is away the
+        sweep cannot run either; only an outage longer than the TTL can let it
+        release a waiting job's hold (README, "Restarts and outages")."""
         backoff = sum(
             min(self.retry_backoff_seconds * 2**n, 300.0) for n in range(self.job_max_tries - 1)
         )
