@@ -350,12 +350,10 @@ def worker(
 ) -> None:
     """Run the arq worker: metered jobs, the periodic reconcile and the hold-expiry sweep."""
     settings = _settings(service=True)
-    from arq.worker import Worker
-
-    from worker.settings import worker_kwargs
+    from worker.settings import TokensWorker, worker_kwargs
 
     async def go() -> None:
-        w = Worker(**worker_kwargs(settings, redis_url(settings), burst=burst))
+        w = TokensWorker(**worker_kwargs(settings, redis_url(settings), burst=burst))
         try:
             # async_run gives arq a main task to cancel once SIGTERM's wait is over.
             await w.async_run()

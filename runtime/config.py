@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     job_max_tries: int = Field(default=5, ge=1)
     # First retry delay after a provider failure; doubles per try, capped at 5 min.
     retry_backoff_seconds: float = Field(default=5.0, ge=0)
+    # How long a job, the hold-expiry sweep or a reconcile waits out an unreachable
+    # Postgres or Redis (restart, failover) before it is put back in the queue
+    # for later. Never beyond the job's own timeout; such a retry never counts
+    # against TOKENS_JOB_MAX_TRIES.
+    outage_wait_seconds: float = Field(default=30.0, gt=0)
     reconcile_interval_seconds: int = Field(default=300, gt=0)
     worker_concurrency: int = Field(default=32, ge=1)
     metrics_port: int | None = None
@@ -56,7 +61,12 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _holds_outlive_their_jobs(self) -> Settings:
         """A hold must outlive every try of its job, backoff included; otherwise
-        the sweep could release tokens of a search that is still running."""
+        the sweep could release tokens of a search that is still running.
+
+        Outages do not enter this sum: a job waits one out only until its own
+        timeout, and its requeues are not tries. While Postgres is away the
+        sweep cannot run either; only an outage longer than the TTL can let it
+        release a waiting job's hold (README, "Restarts and outages")."""
         backoff = sum(
             min(self.retry_backoff_seconds * 2**n, 300.0) for n in range(self.job_max_tries - 1)
         )
