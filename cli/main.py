@@ -379,11 +379,10 @@ def reconcile(
 
     async def go() -> dict[str, Any]:
         from billing.reconcile import reconcile as run_reconcile
-        from billing.sender import StripeSender
-        from billing.stripe_client import make_stripe_client
+        from billing.sender import sender_from_settings
 
         async with open_ledger(settings) as ledger:
-            sender = StripeSender(ledger.pool, make_stripe_client(settings), lambda: now)
+            sender = sender_from_settings(ledger.pool, settings, lambda: now)
             with render.progress_bar("sending bills", enabled=not json_out) as advance:
                 report = await run_reconcile(
                     ledger.pool, sender, team=team, at=now, progress=advance
