@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 from uuid import UUID
 
 from sqlalchemy import (
@@ -163,6 +164,34 @@ class BillCharge(SQLModel, table=True):
 
     charge_id: int = Field(sa_column=Column(BigInteger, ForeignKey("charges.id"), primary_key=True))
     bill_id: int = Field(sa_column=Column(BigInteger, ForeignKey("bills.id"), nullable=False))
+
+
+def bill_dict(bill: Bill, **extra: Any) -> dict[str, Any]:
+    return {
+        "bill_id": bill.id,
+        "team": bill.team_id,
+        "reason": bill.reason,
+        "tokens": bill.tokens,
+        "amount_cents": bill.amount_cents,
+        "currency": bill.currency,
+        "unit_price_usd": str(bill.unit_price.normalize()),
+        "period_start": bill.period_start,
+        "period_end": bill.period_end,
+        "status": bill.status,
+        "step": bill.step,
+        "stripe_invoice_id": bill.stripe_invoice_id,
+        "stripe_invoice_status": bill.stripe_invoice_status,
+        "error": bill.last_error,
+        "error_code": bill.error_code,
+        "collection_method": bill.collection_method,
+        "decline_code": bill.decline_code,
+        "declines": bill.declines,
+        "next_pay_at": bill.next_pay_at,
+        "reissue_of": bill.reissue_of,
+        "attempts": bill.attempts,
+        "created_at": bill.created_at,
+        **extra,
+    }
 
 
 # SQLModel table classes built with `model_construct` (ledger/service.py does, on the

@@ -26,7 +26,9 @@ import asyncpg
 import stripe
 import structlog
 
-from billing.models import Bill
+from billing.models import Bill, bill_dict
+
+__all__ = ["ReconcileReport", "bill_dict", "bill_status", "reconcile", "team_bills"]
 from billing.sender import SQL, StripeSender
 from ledger import validate
 from ledger.queries import q
@@ -48,38 +50,6 @@ def bill_status(bill: Bill) -> str:
     """What finance reads (SPEC 4a): unsent, sending, open, paid, payment_failed, void,
     uncollectible, failed; `reissued` for a bill `tokens bill reissue` replaced."""
     return bill.status
-
-
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat().replace("+00:00", "Z")
-
-
-def bill_dict(bill: Bill, **extra: Any) -> dict[str, Any]:
-    return {
-        "bill_id": bill.id,
-        "team": bill.team_id,
-        "reason": bill.reason,
-        "tokens": bill.tokens,
-        "amount_cents": bill.amount_cents,
-        "currency": bill.currency,
-        "unit_price_usd": str(bill.unit_price.normalize()),
-        "period_start": bill.period_start,
-        "period_end": bill.period_end,
-        "status": bill_status(bill),
-        "step": bill.step,
-        "stripe_invoice_id": bill.stripe_invoice_id,
-        "stripe_invoice_status": bill.stripe_invoice_status,
-        "error": bill.last_error,
-        "error_code": bill.error_code,
-        "collection_method": bill.collection_method,
-        "decline_code": bill.decline_code,
-        "declines": bill.declines,
-        "next_pay_at": bill.next_pay_at,
-        "reissue_of": bill.reissue_of,
-        "attempts": bill.attempts,
-        "created_at": bill.created_at,
-        **extra,
-    }
 
 
 @dataclass

@@ -22,6 +22,8 @@ from pydantic import ValidationError
 from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
 from cli import render
+from cli.bills import bill_app
+from cli.bills import bills as bills_command
 from ledger import validate
 from ledger.errors import BadInput, NotEnoughTokens, TokensError
 from ledger.migrate import migrate as run_migrations
@@ -45,6 +47,8 @@ app = typer.Typer(
 )
 team_app = typer.Typer(help="Create and change teams.", no_args_is_help=True)
 app.add_typer(team_app, name="team")
+app.add_typer(bill_app, name="bill")
+app.command("bills")(bills_command)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 AtOpt = Annotated[

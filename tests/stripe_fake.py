@@ -652,6 +652,18 @@ class StripeFake:
         """Finance marks an open invoice uncollectible in the Dashboard."""
         self._mark_uncollectible({}, invoice)
 
+    def discount_draft(self, invoice: str, *, percent_off: int) -> None:
+        """Finance puts a coupon on a draft invoice in the Dashboard."""
+        inv = self.invoices[invoice]
+        assert inv["status"] == "draft"
+        coupon = self.add_coupon(inv["customer"], percent_off=percent_off)
+        self.customers[inv["customer"]]["discount"] = None
+        did = self._new_id("di_", 14)
+        self._discounts_by_id[did] = coupon
+        inv["discounts"] = [*inv["discounts"], did]
+        self._recompute_totals(inv)
+        self._touch(inv)
+
     def delete_draft(self, invoice: str) -> None:
         """Finance deletes a draft invoice in the Dashboard."""
         self._delete_invoice({}, invoice)
