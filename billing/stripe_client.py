@@ -8,8 +8,10 @@ Its HTTP client paces requests and retries rate limits (SPEC 4a, "Rate limits"):
   A 429 is answered before the endpoint runs, so nothing is saved under its
   idempotency key ("We save results only after the execution of an endpoint
   begins", docs.stripe.com/idempotency): the same request, same key, is retried
-  here with exponential backoff and jitter, and never reaches the sender as an
-  error unless it goes on for about a minute.
+  here with exponential backoff and jitter (50-100 ms first, doubling, capped
+  at 16 s, 10 times: about a minute), and reaches the sender as an error only
+  after that. The endpoint's pacing slot moves back by the same delay, so the
+  other requests queued for it wait too.
 - Stripe limits requests per endpoint (25/s by default) and per account (about
   100/s live, 25/s test mode; docs.stripe.com/rate-limits). One pacer per
   process spaces requests evenly: at most TOKENS_STRIPE_MAX_RPS per endpoint
@@ -92,8 +94,8 @@ class PacedHTTPXClient(stripe.HTTPXClient):
         self,
         pacer: Pacer,
         *,
-        rate_limit_retries: int = 8,
-        backoff_base: float = 0.5,
+        rate_limit_retries: int = 10,
+        backoff_base: float = 0.1,
         backoff_max: float = 16.0,
         timeout: float = 80,
     ) -> None:
@@ -132,8 +134,8 @@ def build_client(
     max_total_rps: float | None,
     max_network_retries: int = 2,
     timeout: float = 80,
-    backoff_base: float = 0.5,
-    rate_limit_retries: int = 8,
+    backoff_base: float = 0.1,
+    rate_limit_retries: int = 10,
 ) -> stripe.StripeClient:
     pacer = Pacer(max_rps, max_total_rps)
     http = PacedHTTPXClient(
