@@ -26,6 +26,17 @@ class Settings(BaseSettings):
     )
     stripe_api_base: str = "https://api.stripe.com"
     stripe_max_network_retries: int = Field(default=2, ge=0, le=10)
+    # Requests a second per Stripe endpoint, from this process (Stripe allows 25).
+    stripe_max_rps: float = Field(default=20.0, gt=0)
+    # Requests a second overall; unset: 80 with a live key, 20 with a test key.
+    stripe_max_total_rps: float | None = Field(default=None, gt=0)
+    stripe_timeout_seconds: float = Field(default=30.0, gt=0)
+    # An invoice whose customer has no default payment method is sent instead,
+    # due this many days later.
+    invoice_days_until_due: int = Field(default=7, ge=0, le=365)
+    # Stripe's automatic collection pays a finalized invoice; the reconciler pays it
+    # itself only when it is still open this long after finalizing.
+    stripe_pay_after_seconds: int = Field(default=3600, ge=0)
 
     # A hold older than this is presumed abandoned by a dead worker and released.
     # It must exceed the worker's job timeout, or a slow search would lose its hold.

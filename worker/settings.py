@@ -14,8 +14,7 @@ from arq.connections import RedisSettings
 from arq.cron import cron
 from arq.worker import Worker, func
 
-from billing.sender import StripeSender
-from billing.stripe_client import make_stripe_client
+from billing.sender import sender_from_settings
 from runtime.app import catalog, database_url, ensure_schema
 from runtime.config import Settings
 from runtime.db import create_pool
@@ -161,7 +160,7 @@ def worker_kwargs(
             "providers": build_providers(settings, http),
             "http": http,
             "clock": clock,
-            "sender": StripeSender(pool, make_stripe_client(settings), clock),
+            "sender": sender_from_settings(pool, settings, clock),
         }
         ctx["deps"] = deps
         ride_out_redis(ctx["redis"])

@@ -169,8 +169,22 @@ async def reconcile_team(ctx: dict[str, Any], team: str | None = None) -> dict[s
     sender = deps["sender"]
     assert sender is not None
 
+    # In chunks, within arq's job timeout: 10,000 month-end bills take minutes at
+    # Stripe's rate limit. A run starts no bill after half the timeout and hands the
+    # rest to a new job. (A longer timeout for this job alone would not do: arq keeps
+    # every job's in-progress key for the longest timeout, so a killed worker's jobs
+    # would wait that long.) A send cut off by the timeout anyway is safe: its lease
+    # and reused idempotency keys keep it exactly once.
     async def run() -> dict[str, Any]:
-        report = await reconcile(deps["ledger"].pool, sender, team=team, at=deps["clock"]())
+        report = await reconcile(
+            deps["ledger"].pool,
+            sender,
+            team=team,
+            at=deps["clock"](),
+            time_budget=deps["settings"].job_timeout_seconds / 2,
+        )
+        if report.deferred:
+            await ctx["redis"].enqueue_job(RECONCILE_JOB, team, _queue_name=QUEUE)
         out = report.as_dict()
         out.pop("bills")
         return out
