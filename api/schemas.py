@@ -159,6 +159,8 @@ class JobStatusOut(BaseModel):
 
 
 class BillOut(BaseModel):
+    """A bill as `tokens bills --json` prints it."""
+
     bill_id: int
     team: str
     reason: str
@@ -168,12 +170,28 @@ class BillOut(BaseModel):
     unit_price_usd: str
     period_start: str
     period_end: str
-    status: str
+    status: Literal[
+        "unsent",
+        "sending",
+        "open",
+        "paid",
+        "payment_failed",
+        "void",
+        "uncollectible",
+        "failed",
+        "reissued",
+    ]
     step: str
     stripe_invoice_id: str | None
     stripe_invoice_status: str | None
     error: str | None
     error_code: str | None
+    collection_method: str | None
+    decline_code: str | None
+    declines: int
+    next_pay_at: str | None
+    reissue_of: int | None
+    reissued_as: int | None = None
     attempts: int
     created_at: str
 
@@ -181,6 +199,26 @@ class BillOut(BaseModel):
 class BillsOut(BaseModel):
     team: str
     bills: list[BillOut]
+
+
+class BilledCharge(BaseModel):
+    charge_id: int
+    action: str
+    quantity: int
+    additional_tokens: int
+    job_id: str | None
+    lead_id: str | None
+    time: str
+    settled_at: str | None
+
+
+class BillExplained(BillOut):
+    """A bill and exactly the charges whose additional tokens it billed (SPEC 4a)."""
+
+    by_action: dict[str, int]
+    charges_tokens: int
+    adds_up: bool
+    charges: list[BilledCharge]
 
 
 class WebhookOut(BaseModel):

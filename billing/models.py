@@ -1,15 +1,17 @@
-"""The bills table (migration 0002) as a SQLModel class."""
+"""The bills and bill_charges tables (migrations 0002, 0003) as SQLModel classes."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 from uuid import UUID
 
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     Column,
+    ForeignKey,
     ForeignKeyConstraint,
     Identity,
     Index,
@@ -24,6 +26,19 @@ from sqlmodel import Field, SQLModel
 from ledger.models import ts_column  # also registers billing_months, which bills refer to
 
 STEPS = ("created", "invoice_created", "item_added", "finalized", "paid")
+STATUSES = (
+    "unsent",
+    "sending",
+    "open",
+    "paid",
+    "payment_failed",
+    "void",
+    "uncollectible",
+    "failed",
+    "reissued",
+)
+# Statuses a reconcile run still works on: sends, or reads Stripe's status of.
+ACTIVE = ("unsent", "sending", "failed", "open", "payment_failed", "uncollectible")
 
 
 def _text(nullable: bool = True) -> Column[str]:
@@ -53,7 +68,30 @@ class Bill(SQLModel, table=True):
             ["team_id", "period_start"],
             ["billing_months.team_id", "billing_months.period_start"],
         ),
-        Index("bills_unsent_idx", "id", postgresql_where=text("step <> 'paid'")),
+        CheckConstraint(
+            "status IN ('unsent', 'sending', 'open', 'paid', 'payment_failed', 'void',"
+            " 'uncollectible', 'failed', 'reissued')",
+            name="bills_status_valid",
+        ),
+        CheckConstraint(
+            "collection_method IN ('charge_automatically', 'send_invoice')",
+            name="bills_collection_method_valid",
+        ),
+        Index(
+            "bills_active_idx",
+            "id",
+            postgresql_where=text(
+                "status IN ('unsent', 'sending', 'failed', 'open', 'payment_failed',"
+                " 'uncollectible')"
+            ),
+        ),
+        Index("bills_status_idx", "status", "id"),
+        Index(
+            "bills_reissue_of_key",
+            "reissue_of",
+            unique=True,
+            postgresql_where=text("reissue_of IS NOT NULL"),
+        ),
         Index("bills_team_idx", "team_id", "id"),
     )
 
@@ -96,3 +134,61 @@ class Bill(SQLModel, table=True):
     created_at: datetime = Field(sa_column=ts_column())
     updated_at: datetime = Field(sa_column=ts_column())
     sent_at: datetime | None = Field(default=None, sa_column=ts_column(True))
+    status: str = Field(
+        default="sending",
+        sa_column=Column(Text, nullable=False, server_default=text("'sending'::text")),
+    )
+    lease_token: UUID | None = Field(default=None, sa_column=Column(PG_UUID(as_uuid=True)))
+    key_gen: int = Field(
+        default=1, sa_column=Column(Integer, nullable=False, server_default=text("1"))
+    )
+    collection_method: str | None = Field(default=None, sa_column=_text())
+    stripe_invoice_created: int | None = Field(default=None, sa_column=Column(BigInteger))
+    decline_code: str | None = Field(default=None, sa_column=_text())
+    declines: int = Field(
+        default=0, sa_column=Column(Integer, nullable=False, server_default=text("0"))
+    )
+    last_declined_at: datetime | None = Field(default=None, sa_column=ts_column(True))
+    next_pay_at: datetime | None = Field(default=None, sa_column=ts_column(True))
+    reissue_of: int | None = Field(
+        default=None, sa_column=Column(BigInteger, ForeignKey("bills.id"))
+    )
+
+
+class BillCharge(SQLModel, table=True):
+    """Which bill billed a charge's additional tokens (one bill per charge)."""
+
+    __tablename__ = "bill_charges"
+    __table_args__ = (Index("bill_charges_bill_idx", "bill_id", "charge_id"),)
+
+    charge_id: int = Field(sa_column=Column(BigInteger, ForeignKey("charges.id"), primary_key=True))
+    bill_id: int = Field(sa_column=Column(BigInteger, ForeignKey("bills.id"), nullable=False))
+
+
+def bill_dict(bill: Bill, **extra: Any) -> dict[str, Any]:
+    return {
+        "bill_id": bill.id,
+        "team": bill.team_id,
+        "reason": bill.reason,
+        "tokens": bill.tokens,
+        "amount_cents": bill.amount_cents,
+        "currency": bill.currency,
+        "unit_price_usd": str(bill.unit_price.normalize()),
+        "period_start": bill.period_start,
+        "period_end": bill.period_end,
+        "status": bill.status,
+        "step": bill.step,
+        "stripe_invoice_id": bill.stripe_invoice_id,
+        "stripe_invoice_status": bill.stripe_invoice_status,
+        "error": bill.last_error,
+        "error_code": bill.error_code,
+        "collection_method": bill.collection_method,
+        "decline_code": bill.decline_code,
+        "declines": bill.declines,
+        "next_pay_at": bill.next_pay_at,
+        "reissue_of": bill.reissue_of,
+        "attempts": bill.attempts,
+        "created_at": bill.created_at,
+        **extra,
+    }
+

@@ -1,9 +1,16 @@
-"""One reconcile run: make the bills that are due, then send every unsent bill.
+"""One reconcile run: make the bills that are due, send every unsent bill, and
+learn what Stripe did with the finalized ones.
 
 Runs from cron (`tokens reconcile`), periodically inside the worker, and
 right after a capture lifts a team over its threshold. Any number of runs
 may overlap: bills are made on locked month rows (sql/functions.sql) and
-sent under a lease (sender.py).
+sent under a lease with a fencing token (sender.py).
+
+Every run reads the Stripe status of each bill that is open, payment_failed or
+uncollectible (SPEC 4a): Stripe's automatic collection pays most invoices, and
+the run learns it without a pay request. Many bills are read with a few list
+requests (invoices created since the oldest of them, 100 a page: listing is
+consistent, unlike search); a bill the listing did not show is read alone.
 """
 
 from __future__ import annotations
@@ -16,9 +23,12 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+import stripe
 import structlog
 
-from billing.models import Bill
+from billing.models import Bill, bill_dict
+
+__all__ = ["ReconcileReport", "bill_dict", "bill_status", "reconcile", "team_bills"]
 from billing.sender import SQL, StripeSender
 from ledger import validate
 from ledger.queries import q
@@ -29,44 +39,27 @@ log = structlog.get_logger("tokens.billing")
 Progress = Callable[[int, int], None]
 
 
+# Bills whose Stripe status every run reads.
+READ_STATUSES = ("open", "payment_failed", "uncollectible")
+# From this many bills to read on, one list request can stand for many retrieves.
+LIST_FROM = 3
+LIST_PAGE = 100
+
+
 def bill_status(bill: Bill) -> str:
-    """What finance should read: paid, open (finalized, payment pending), unsent, failed."""
-    if bill.step == "paid":
-        return "paid"
-    if bill.error_code in ("stripe_not_configured",):
-        return "unsent"
-    if bill.last_error:
-        return "failed"
-    if bill.step == "finalized":
-        return "open"
-    return "pending"
-
-
-def bill_dict(bill: Bill) -> dict[str, Any]:
-    return {
-        "bill_id": bill.id,
-        "team": bill.team_id,
-        "reason": bill.reason,
-        "tokens": bill.tokens,
-        "amount_cents": bill.amount_cents,
-        "currency": bill.currency,
-        "unit_price_usd": str(bill.unit_price.normalize()),
-        "period_start": bill.period_start,
-        "period_end": bill.period_end,
-        "status": bill_status(bill),
-        "step": bill.step,
-        "stripe_invoice_id": bill.stripe_invoice_id,
-        "stripe_invoice_status": bill.stripe_invoice_status,
-        "error": bill.last_error,
-        "error_code": bill.error_code,
-        "attempts": bill.attempts,
-    }
+    """What finance reads (SPEC 4a): unsent, sending, open, paid, payment_failed, void,
+    uncollectible, failed; `reissued` for a bill `tokens bill reissue` replaced."""
+    return bill.status
 
 
 @dataclass
 class ReconcileReport:
     created: list[Bill] = field(default_factory=list)
     touched: dict[int, Bill] = field(default_factory=dict)
+    # Bills this run could not send, or whose payment was declined in this run.
+    new_failures: set[int] = field(default_factory=set)
+    # Bills left for the next run: the run's time budget was spent.
+    deferred: int = 0
     seconds: float = 0.0
 
     @property
@@ -75,18 +68,24 @@ class ReconcileReport:
 
     @property
     def sent(self) -> int:
-        return sum(bill_status(b) in ("paid", "open") for b in self.touched.values())
+        """Bills at Stripe, finalized: open, paid or payment_failed."""
+        return sum(b.status in ("paid", "open", "payment_failed") for b in self.touched.values())
 
     @property
     def failed(self) -> int:
-        return sum(bill_status(b) == "failed" for b in self.touched.values())
+        """New failures of this run (`tokens reconcile` exits non-zero); a bill waiting
+        out its retry delay is not one."""
+        return len(self.new_failures)
 
     def as_dict(self) -> dict[str, Any]:
+        bills = self.touched.values()
         return {
             "bills_created": len(self.created),
             "bills_sent": self.sent,
             "bills_failed": self.failed,
-            "bills_unsent": sum(bill_status(b) == "unsent" for b in self.touched.values()),
+            "bills_paid": sum(b.status == "paid" for b in bills),
+            "bills_unsent": sum(b.status == "unsent" for b in bills),
+            "bills_deferred": self.deferred,
             "seconds": round(self.seconds, 3),
             "bills": [bill_dict(b) for b in self.bills],
         }
@@ -108,6 +107,35 @@ async def create_bills(pool: asyncpg.Pool, *, team: str | None, at: datetime) ->
     return bills
 
 
+async def read_invoices(client: Any, rows: list[asyncpg.Record]) -> dict[str, Any]:
+    """The invoices of bills whose Stripe status this run reads, by id, as few list
+    requests show them (newest first, created since the oldest one). What the
+    listing misses is left out: the sender retrieves it."""
+    wanted = {
+        r["stripe_invoice_id"]: r["stripe_invoice_created"]
+        for r in rows
+        if r["status"] in READ_STATUSES and r["stripe_invoice_id"]
+    }
+    created = [c for c in wanted.values() if c is not None]
+    found: dict[str, Any] = {}
+    if client is None or len(created) < LIST_FROM:
+        return found
+    params: dict[str, Any] = {"created": {"gte": min(created)}, "limit": LIST_PAGE}
+    # Other invoices of the account may share the window; give up well before paging
+    # costs more than reading each bill alone.
+    for _ in range(len(created) // 2 // LIST_PAGE + 2):
+        try:
+            page = await client.v1.invoices.list_async(params)
+        except stripe.StripeError as exc:
+            log.warning("invoice_list_failed", error=str(exc))
+            break
+        found.update((inv.id, inv) for inv in page.data if inv.id in wanted)
+        if len(found) == len(wanted) or not page.has_more or not page.data:
+            break
+        params["starting_after"] = page.data[-1].id
+    return found
+
+
 async def reconcile(
     pool: asyncpg.Pool,
     sender: StripeSender,
@@ -116,7 +144,10 @@ async def reconcile(
     at: datetime,
     concurrency: int = 8,
     progress: Progress | None = None,
+    time_budget: float | None = None,
 ) -> ReconcileReport:
+    """One run. `time_budget`: seconds after which no further bill is started (the
+    worker's job stays within its timeout; the next run takes the rest)."""
     started = time.perf_counter()
     at = validate.moment(at)
     if team is not None:
@@ -127,21 +158,28 @@ async def reconcile(
             raise UnknownTeam(team)
     report = ReconcileReport()
     report.created = await create_bills(pool, team=team, at=at)
-    ids = [r["id"] for r in await pool.fetch(q("bills_to_send", SQL), team)]
+    rows = await pool.fetch(q("bills_to_send", SQL), team)
+    seen = await read_invoices(sender.client, rows)
     gate = asyncio.Semaphore(concurrency)
     done = 0
 
-    async def send(bill_id: int) -> None:
+    async def send(row: asyncpg.Record) -> None:
         nonlocal done
         async with gate:
-            bill = await sender.send(bill_id)
-        if bill is not None:
-            report.touched[bill_id] = bill
+            if time_budget is not None and time.perf_counter() - started > time_budget:
+                report.deferred += 1
+                sent = None
+            else:
+                sent = await sender.send(row["id"], seen.get(row["stripe_invoice_id"]))
+        if sent is not None:
+            report.touched[row["id"]] = sent.bill
+            if sent.new_failure:
+                report.new_failures.add(row["id"])
         done += 1
         if progress is not None:
-            progress(done, len(ids))
+            progress(done, len(rows))
 
-    await asyncio.gather(*(send(i) for i in ids))
+    await asyncio.gather(*(send(r) for r in rows))
     for b in report.created:
         if b.id is not None and b.id not in report.touched:
             report.touched[b.id] = b  # being sent by a concurrent run: still reported
@@ -156,6 +194,7 @@ async def reconcile(
         created=len(report.created),
         sent=report.sent,
         failed=report.failed,
+        deferred=report.deferred,
         seconds=round(report.seconds, 3),
     )
     return report

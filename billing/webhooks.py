@@ -33,6 +33,7 @@ from typing import Any
 import stripe
 import structlog
 
+from billing.sender import FINAL_STATUSES
 from ledger import validate
 from ledger.errors import TokensError
 from ledger.queries import parse
@@ -201,34 +202,36 @@ class WebhookHandler:
 
     async def _invoice(self, kind: str, invoice: Mapping[str, Any]) -> str:
         invoice_id = _id(invoice)
-        status = str(invoice.get("status"))
-        news = bill_news(kind, status)
+        stripe_status = str(invoice.get("status"))
+        news = bill_news(kind, stripe_status)
         if news is None:
-            return f"ignored: invoice {invoice_id} is {status}"
-        bill_status, code, message = news
+            return f"ignored: invoice {invoice_id} is {stripe_status}"
+        status, code, message = news
         row = await self.pool.fetchrow(
-            q("invoice_news"), invoice_id, status, code, message, self.clock()
+            q("invoice_news"), invoice_id, status, stripe_status, code, message, self.clock()
         )
-        if row is None:
+        if row is not None:
+            return f"bill {row['id']}: {status}"
+        other = await self.pool.fetchrow(q("invoice_bill"), invoice_id)
+        if other is None:
             return f"ignored: no bill has invoice {invoice_id}"
-        return f"bill {row['id']}: {bill_status}"
-
-
-def bill_news(kind: str, status: str) -> tuple[str, str | None, str | None] | None:
-    """A bill's status (issue 11's names), error code and message for an invoice in
-    `status` reached by event `kind`; None for an invoice that is still a draft."""
-    if status == "paid":
-        return "paid", None, None
-    if status == "void":
-        return "void", "invoice_void", "the invoice was voided at Stripe"
-    if status == "uncollectible":
-        return (
-            "uncollectible",
-            "invoice_uncollectible",
-            "the invoice was marked uncollectible at Stripe",
+        log.warning(
+            "reissued_bill_invoice_event", bill_id=other["id"], invoice=invoice_id, status=status
         )
-    if status == "open" and kind == "invoice.payment_failed":
-        return "payment_failed", "payment_failed", "the payment of the invoice failed at Stripe"
-    if status == "open":
-        return "open", None, None
+        return f"bill {other['id']} is {other['status']}: its invoice is {stripe_status} at Stripe"
+
+
+def bill_news(kind: str, stripe_status: str) -> tuple[str, str | None, str | None] | None:
+    """(the bill's status, error code, message) for its invoice in `stripe_status`, reached
+    by event `kind`; None when the event changes nothing (an open invoice but for a failed
+    payment, a draft). Final statuses map as the sender maps them."""
+    final = FINAL_STATUSES.get(stripe_status)
+    if final == "void":
+        return final, "invoice_void", "the invoice was voided at Stripe"
+    if final == "uncollectible":
+        return final, "invoice_uncollectible", "the invoice was marked uncollectible at Stripe"
+    if final is not None:
+        return final, None, None
+    if stripe_status == "open" and kind == "invoice.payment_failed":
+        return "payment_failed", "payment_failed", "a payment of the invoice failed at Stripe"
     return None

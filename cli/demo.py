@@ -19,7 +19,7 @@ from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.worker import Worker
 
 from billing.reconcile import bill_dict, reconcile, team_bills
-from billing.sender import StripeSender
+from billing.sender import sender_from_settings
 from billing.stripe_client import make_stripe_client
 from ledger.service import Ledger
 from ledger.validate import parse_moment
@@ -150,7 +150,7 @@ async def run_demo(
 
     # The month ends: bill what is left, monthly and yearly alike.
     clock.value = MONTH_END + timedelta(seconds=1)
-    sender = StripeSender(ledger.pool, make_stripe_client(settings), clock.now)
+    sender = sender_from_settings(ledger.pool, settings, clock.now)
     for team in teams.values():
         await reconcile(ledger.pool, sender, team=team, at=clock.now())
 

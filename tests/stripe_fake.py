@@ -11,19 +11,44 @@ meant to be called through stripe-python::
 What it models, as Stripe v1 does it (API 2026-10-28):
 
 * customers (create, retrieve, delete), invoices (create, retrieve, update, list, search,
-  finalize, pay, void, delete a draft), invoice items (create, retrieve, list) and an
-  invoice's lines; form-encoded parameters, unknown parameters refused, metadata limits;
-* errors with Stripe's shapes and status codes (400/401/402/404/409/500), which
+  finalize, pay, void, mark uncollectible, delete a draft), invoice items (create,
+  retrieve, list) and an invoice's lines (line items, the invoice item under
+  ``parent.invoice_item_details``); form-encoded parameters, unknown parameters refused,
+  metadata limits;
+* errors with Stripe's shapes and status codes (400/401/402/404/409/429/500), which
   stripe-python turns into its typed exceptions;
 * idempotency: a POST whose endpoint started running has its first response saved
-  (5xx and 402 included) and replayed for the same key (``Idempotent-Replayed: true``);
-  the same key with other parameters or on another endpoint is an ``idempotency_error``;
-  requests refused by validation are not saved; a key whose first request is still
-  running gets a 409 ``idempotency_key_in_use``; keys can be expired;
+  (5xx and 4xx such as 402 declines, "invoice not editable", "no payment method" included)
+  and replayed for the same key (``Idempotent-Replayed: true``); the same key with other
+  parameters or on another endpoint is an ``idempotency_error``; requests refused by
+  validation, rate limiting or a key in flight are not saved; a key whose first request
+  is still running gets a 409 ``idempotency_key_in_use``; keys can be expired;
+* money as Stripe moves it: finalizing does **not** pay. Money moves on ``/pay``, or when
+  Stripe's automatic collection gets to an ``auto_advance`` invoice
+  (``run_automatic_collection``, which a test calls for "an hour later"). Payment uses
+  the customer's ``invoice_settings.default_payment_method`` (or ``default_source``);
+  none is a 400 on pay for ``charge_automatically``; ``send_invoice`` needs
+  ``days_until_due``; declines are 402 ``card_error`` with a ``decline_code``;
+* discounts: an invoice created without ``discounts`` inherits the customer's coupon,
+  ``discounts=""`` means none; invoice items are ``discountable`` unless told otherwise;
+* finance's hand in the Dashboard: ``void_invoice``, ``mark_uncollectible``,
+  ``delete_draft``, ``delete_customer``;
+* rate limits: a 429 can be injected (``rate_limit_next``, with or without
+  ``Stripe-Should-Retry``), and ``rate_limit_per_endpoint=`` / ``rate_limit_total=``
+  requests per second refuse what goes over with a 429, as Stripe's limiter does;
 * search that lags writes by ``search_lag_calls`` requests (stale versions included);
 * fault injection, one-shot and queued: ``fail_next``, ``timeout_next``,
-  ``lose_response_next``, ``delay_next``;
+  ``lose_response_next``, ``delay_next``, ``hold_next`` (a stall the test releases);
 * a round trip: ``latency=`` seconds before every request is handled (async clients).
+
+Checked against stripe-python 16.1.0 (API 2026-10-28.endive): ``_http_client._should_retry``
+retries 409, 5xx and ``Stripe-Should-Retry: true`` but not a plain 429;
+``params/_invoice_create_params.py`` (``discounts``: "If not specified, inherits the
+discount from the invoice's customer. Pass an empty string to avoid inheriting any
+discounts"); ``params/_invoice_item_create_params.py`` (``discountable`` "Defaults to false
+for prorations or negative invoice items, and true for all other invoice items");
+docs.stripe.com/idempotency ("We save results only after the execution of an endpoint
+begins"); docs.stripe.com/invoicing/integration/automatic-advancement-collection.
 
 Targets for faults are a step name (see ``STEPS``), ``"METHOD /v1/path/*/pattern"``,
 a ``(method, pattern)`` tuple, or a bare ``"/v1/path/*"`` pattern (any method); ``*``
@@ -73,6 +98,7 @@ STEPS: dict[str, tuple[str, str]] = {
     "finalize": ("POST", "/v1/invoices/*/finalize"),
     "pay": ("POST", "/v1/invoices/*/pay"),
     "void": ("POST", "/v1/invoices/*/void"),
+    "mark_uncollectible": ("POST", "/v1/invoices/*/mark_uncollectible"),
     "create_invoiceitem": ("POST", "/v1/invoiceitems"),
     "list_invoiceitems": ("GET", "/v1/invoiceitems"),
     "retrieve_invoiceitem": ("GET", "/v1/invoiceitems/*"),
@@ -156,6 +182,24 @@ class _Fault:
     saved: bool | None = None
     should_retry: bool | None = None
     seconds: float = 0.0
+    hold: Hold | None = None
+
+
+class Hold:
+    """A stalled request (``StripeFake.hold_next``): ``arrived`` is set once the request
+    is stalled; ``release()`` lets it go on."""
+
+    def __init__(self, *, reached: bool) -> None:
+        self.reached = reached
+        self.arrived = asyncio.Event()
+        self._released = asyncio.Event()
+
+    def release(self) -> None:
+        self._released.set()
+
+    async def wait(self) -> None:
+        self.arrived.set()
+        await self._released.wait()
 
 
 @dataclass
@@ -454,10 +498,11 @@ class StripeFake:
         api_key: str = DEFAULT_API_KEY,
         *,
         search_lag_calls: int = 0,
-        finalize_charges: bool = True,
         seed: int | None = None,
         now: int | None = None,
         latency: float = 0.0,
+        rate_limit_per_endpoint: float | None = None,
+        rate_limit_total: float | None = None,
     ) -> None:
         self.base = base.rstrip("/")
         # Seconds every request spends on the wire before Stripe handles it (async
@@ -465,10 +510,12 @@ class StripeFake:
         self.latency = latency
         self.api_key = api_key
         self.search_lag_calls = search_lag_calls
-        # True (as asked of this fake): finalizing a charge_automatically invoice with
-        # auto_advance attempts payment at once. Real Stripe attempts it later (about an
-        # hour); set False to model that and require an explicit /pay.
-        self.finalize_charges = finalize_charges
+        # Stripe's limiter: requests per second per endpoint (method and path pattern)
+        # and overall; what goes over gets a 429 (never saved under its key).
+        self.rate_limit_per_endpoint = rate_limit_per_endpoint
+        self.rate_limit_total = rate_limit_total
+        self.rate_limited: list[RecordedRequest] = []
+        self._windows: dict[str, list[float]] = {}
         self.now = now
         self.minimum_charge = dict(MINIMUM_CHARGE)
 
@@ -483,6 +530,9 @@ class StripeFake:
         self._rng = random.Random(seed)
         self._cards: dict[str, str | None] = {}  # customer -> decline code or None (works)
         self._no_payment_method: set[str] = set()
+        self._coupons: dict[str, Json] = {}  # coupon id -> coupon
+        self._discounts_by_id: dict[str, str] = {}  # invoice discount id -> coupon id
+        self._holds: list[Hold] = []
         self._faults: list[_Fault] = []
         self._idem: dict[str, _Saved] = {}
         self._tick = 0
@@ -541,21 +591,97 @@ class StripeFake:
         metadata: dict[str, str] | None = None,
         currency: str | None = None,
         payment_method: bool = True,
+        card_is_default: bool = True,
         balance: int = 0,
+        coupon_percent_off: int | None = None,
+        coupon_amount_off: int | None = None,
     ) -> str:
         """Add a customer. ``card_declines``: True or a decline code (``insufficient_funds``).
-        ``payment_method=False``: no default payment method, so paying fails."""
+        ``payment_method=False``: no payment method at all; ``card_is_default=False``: a
+        card is attached but is not the customer's invoice default, which is the same to
+        invoices (Stripe charges ``invoice_settings.default_payment_method`` or
+        ``default_source``): paying a ``charge_automatically`` invoice fails with a 400.
+        ``coupon_percent_off`` / ``coupon_amount_off``: a coupon on the customer, which
+        invoices inherit unless created with ``discounts=""``."""
         cus = self._new_customer(id, email=email, name=name, metadata=metadata or {})
         cus["currency"] = currency
         cus["balance"] = balance
-        if payment_method:
+        if payment_method and card_is_default:
             decline = (
                 card_declines
                 if isinstance(card_declines, str)
                 else ("generic_decline" if card_declines else None)
             )
             self._set_card(cus["id"], decline)
+        if coupon_percent_off is not None or coupon_amount_off is not None:
+            self.add_coupon(cus["id"], percent_off=coupon_percent_off, amount_off=coupon_amount_off)
         return str(cus["id"])
+
+    def add_coupon(
+        self, customer: str, *, percent_off: int | None = None, amount_off: int | None = None
+    ) -> str:
+        """Apply a coupon to a customer (as finance does in the Dashboard)."""
+        coupon_id = self._new_id("co_", 8)
+        coupon: Json = {
+            "id": coupon_id,
+            "object": "coupon",
+            "percent_off": percent_off,
+            "amount_off": amount_off,
+            "duration": "forever",
+        }
+        self._coupons[coupon_id] = coupon
+        self.customers[customer]["discount"] = {
+            "id": self._new_id("di_", 14),
+            "object": "discount",
+            "customer": customer,
+            "source": {"type": "coupon", "coupon": coupon_id},
+            "coupon": coupon,
+        }
+        return coupon_id
+
+    def remove_payment_method(self, customer: str) -> None:
+        """The customer's default card goes away (detached in the Dashboard)."""
+        self._cards.pop(customer, None)
+        self._no_payment_method.add(customer)
+        self.customers[customer]["invoice_settings"]["default_payment_method"] = None
+
+    def void_invoice(self, invoice: str) -> None:
+        """Finance voids an open (or uncollectible) invoice in the Dashboard."""
+        self._void({}, invoice)
+
+    def mark_uncollectible(self, invoice: str) -> None:
+        """Finance marks an open invoice uncollectible in the Dashboard."""
+        self._mark_uncollectible({}, invoice)
+
+    def discount_draft(self, invoice: str, *, percent_off: int) -> None:
+        """Finance puts a coupon on a draft invoice in the Dashboard."""
+        inv = self.invoices[invoice]
+        assert inv["status"] == "draft"
+        coupon = self.add_coupon(inv["customer"], percent_off=percent_off)
+        self.customers[inv["customer"]]["discount"] = None
+        did = self._new_id("di_", 14)
+        self._discounts_by_id[did] = coupon
+        inv["discounts"] = [*inv["discounts"], did]
+        self._recompute_totals(inv)
+        self._touch(inv)
+
+    def delete_draft(self, invoice: str) -> None:
+        """Finance deletes a draft invoice in the Dashboard."""
+        self._delete_invoice({}, invoice)
+
+    def rate_limit_next(self, target: Target, *, should_retry: bool | None = None) -> None:
+        """Next matching request gets a 429 ``rate_limit`` (not saved under its key), with
+        ``Stripe-Should-Retry`` set as told (stripe-python retries only ``true``)."""
+        self.fail_next(target, status=429, saved=False, should_retry=should_retry)
+
+    def hold_next(self, target: Target, *, reached: bool = True) -> Hold:
+        """Next matching request stalls until the test calls ``release()`` on the returned
+        hold (async clients only). ``reached=True``: the request is at Stripe, in flight
+        (its key answers 409 ``idempotency_key_in_use`` meanwhile) and runs on release;
+        ``False``: it is stuck on the way and reaches Stripe only on release."""
+        hold = Hold(reached=reached)
+        self._queue(_Fault("hold", target, hold=hold))
+        return hold
 
     def set_card_declines(self, customer: str, declines: bool | str = True) -> None:
         decline = (
@@ -672,6 +798,12 @@ class StripeFake:
             ("POST", f"/v1/invoices/{seg}/finalize", "finalize", self._finalize),
             ("POST", f"/v1/invoices/{seg}/pay", "pay", self._pay),
             ("POST", f"/v1/invoices/{seg}/void", "void", self._void),
+            (
+                "POST",
+                f"/v1/invoices/{seg}/mark_uncollectible",
+                "mark_uncollectible",
+                self._mark_uncollectible,
+            ),
             ("POST", "/v1/invoiceitems", "create_invoiceitem", self._create_item),
             ("GET", "/v1/invoiceitems", "list_invoiceitems", self._list_items),
             ("GET", f"/v1/invoiceitems/{seg}", "retrieve_invoiceitem", self._retrieve_item),
@@ -788,6 +920,19 @@ class StripeFake:
         if (auth_error := self._authorized(request)) is not None:
             return self._error(auth_error, request_id)
         route, args = self._match(method, path)
+        if route is not None and self._over_rate_limit(route):
+            self.rate_limited.append(req)
+            return self._error(
+                StripeError(
+                    429,
+                    "Request rate limit exceeded. Learn more about rate limits "
+                    "here https://stripe.com/docs/rate-limits.",
+                    type_="invalid_request_error",
+                    code="rate_limit",
+                ),
+                request_id,
+                key,
+            )
         fault = self._pop_fault(route.step if route else None, req)
         if fault is not None and fault.kind == "timeout":
             raise httpx.ReadTimeout("fake: the request timed out", request=request)
@@ -802,12 +947,43 @@ class StripeFake:
                 request_id,
             )
         if fault is not None and fault.kind == "delay":
-            return self._delayed(fault.seconds, request, route, args, req, None, request_id)
+            wait = asyncio.sleep(fault.seconds)
+            return self._delayed(wait, True, request, route, args, req, None, request_id)
+        if fault is not None and fault.kind == "hold":
+            assert fault.hold is not None
+            held = fault.hold
+            return self._delayed(
+                held.wait(), held.reached, request, route, args, req, None, request_id
+            )
         return self._dispatch(request, route, args, req, fault, request_id)
+
+    def _over_rate_limit(self, route: _Route) -> bool:
+        """Stripe's limiter (a one-second sliding window): per endpoint, then overall."""
+        if self.rate_limit_per_endpoint is None and self.rate_limit_total is None:
+            return False
+        now = time.monotonic()
+        checks = [
+            (f"{route.method} {route.regex.pattern}", self.rate_limit_per_endpoint),
+            ("*", self.rate_limit_total),
+        ]
+        windows = []
+        for name, limit in checks:
+            if limit is None:
+                continue
+            window = self._windows.setdefault(name, [])
+            while window and window[0] <= now - 1.0:
+                window.pop(0)
+            if len(window) >= limit:
+                return True
+            windows.append(window)
+        for window in windows:
+            window.append(now)
+        return False
 
     async def _delayed(
         self,
-        seconds: float,
+        wait: Coroutine[Any, Any, Any],
+        reached: bool,
         request: httpx.Request,
         route: _Route,
         args: tuple[str, ...],
@@ -815,17 +991,24 @@ class StripeFake:
         fault: _Fault | None,
         request_id: str,
     ) -> httpx.Response:
+        """A request that stalls: at Stripe already (``reached``: its key is in flight
+        meanwhile), or on the way there (it reaches Stripe when the wait is over)."""
         key = req.idempotency_key
+        if not reached:
+            await wait
+            return self._dispatch(request, route, args, req, fault, request_id)
         if key and key in self._idem:
             if not self._idem[key].in_flight:
-                await asyncio.sleep(seconds)  # a replay that is slow to come back
+                await wait  # a replay that is slow to come back
+            else:
+                wait.close()
             return self._dispatch(request, route, args, req, fault, request_id)
         placeholder = None
         if key:
             placeholder = _Saved(req.method, req.path, req.params, in_flight=True)
             self._idem[key] = placeholder
         try:
-            await asyncio.sleep(seconds)
+            await wait
         finally:
             if placeholder is not None and self._idem.get(key or "") is placeholder:
                 del self._idem[key or ""]
@@ -1167,6 +1350,7 @@ class StripeFake:
                 "due_date",
                 "footer",
                 "statement_descriptor",
+                "discounts",
             },
         )
         cus = self._customer(_str(params, "customer"))
@@ -1185,6 +1369,7 @@ class StripeFake:
         inv["footer"] = _str(params, "footer")
         inv["statement_descriptor"] = _str(params, "statement_descriptor")
         inv["due_date"] = due_date
+        inv["discounts"] = self._invoice_discounts(params, cus)
         if inv["auto_advance"]:
             inv["automatically_finalizes_at"] = inv["created"] + 3600
         if pending == "include":
@@ -1321,14 +1506,48 @@ class StripeFake:
         return self._render_invoice(self._invoice(inv_id), params)
 
     def _update_invoice(self, params: dict[str, Any], inv_id: str) -> Json:
-        _check_known(params, {"metadata", "description", "auto_advance", "footer"})
+        _check_known(
+            params,
+            {
+                "metadata",
+                "description",
+                "auto_advance",
+                "footer",
+                "collection_method",
+                "days_until_due",
+                "due_date",
+                "discounts",
+            },
+        )
         inv = self._invoice(inv_id)
         if inv["status"] in ("paid", "void") and set(params) - {"metadata", "expand"}:
             raise StripeError(
                 400,
                 f"You can only update the metadata of a {inv['status']} invoice.",
                 code="invoice_not_editable",
+                saved=True,
             )
+        draft_only = {"collection_method", "days_until_due", "due_date", "discounts"}
+        if inv["status"] != "draft" and set(params) & draft_only:
+            raise StripeError(
+                400,
+                f"You can only change {', '.join(sorted(set(params) & draft_only))} of a draft "
+                "invoice.",
+                code="invoice_not_editable",
+                saved=True,
+            )
+        if "collection_method" in params or "days_until_due" in params or "due_date" in params:
+            method = _enum(
+                params,
+                "collection_method",
+                ("charge_automatically", "send_invoice"),
+                inv["collection_method"],
+            )
+            inv["due_date"] = self._due_date(params, method)
+            inv["collection_method"] = method
+        if "discounts" in params:
+            inv["discounts"] = self._invoice_discounts(params, self.customers[inv["customer"]])
+            self._recompute_totals(inv)
         inv["metadata"] = _metadata(params, inv["metadata"])
         for name in ("description", "footer"):
             if name in params:
@@ -1346,6 +1565,7 @@ class StripeFake:
                 400,
                 "You can only delete draft invoices. Void the invoice instead.",
                 code="invoice_not_editable",
+                saved=True,
             )
         for line in inv["lines"]["data"]:
             self.invoice_items.pop(line["parent"]["invoice_item_details"]["invoice_item"], None)
@@ -1361,13 +1581,36 @@ class StripeFake:
     def _list_invoices(self, params: dict[str, Any]) -> Json:
         _check_known(
             params,
-            {"customer", "status", "collection_method", "limit", "starting_after", "ending_before"},
+            {
+                "customer",
+                "status",
+                "collection_method",
+                "created",
+                "limit",
+                "starting_after",
+                "ending_before",
+            },
+            {"created": {"gt", "gte", "lt", "lte"}},
         )
         filters = {k: _str(params, k) for k in ("customer", "status", "collection_method")}
+        created = params.get("created")
+        bounds: dict[str, int] = {}
+        if isinstance(created, dict):
+            bounds = {op: _int(created, op) or 0 for op in created}
+        elif created is not None:
+            bounds = {"eq": _int(params, "created") or 0}
+        compare = {
+            "gt": lambda a, b: a > b,
+            "gte": lambda a, b: a >= b,
+            "lt": lambda a, b: a < b,
+            "lte": lambda a, b: a <= b,
+            "eq": lambda a, b: a == b,
+        }
         objs = [
             i
             for i in self._sorted_invoices()
             if all(v is None or i[k] == v for k, v in filters.items())
+            and all(compare[op](i["created"], b) for op, b in bounds.items())
         ]
         page = self._paginate(objs, params, "/v1/invoices", "invoice")
         page["data"] = [self._render_invoice(i) for i in page["data"]]
@@ -1424,11 +1667,14 @@ class StripeFake:
                 400,
                 "This invoice is already finalized, you can't re-finalize a non-draft invoice.",
                 code="invoice_not_editable",
+                saved=True,
             )
         self._customer(inv["customer"], "customer")
         if "auto_advance" in params:
             inv["auto_advance"] = bool(_bool(params, "auto_advance"))
-        self._do_finalize(inv, charge=self.finalize_charges)
+        # Finalizing does not pay: money moves on /pay, or when automatic collection
+        # gets to it (run_automatic_collection).
+        self._do_finalize(inv, charge=False)
         return self._render_invoice(inv, params)
 
     def _do_finalize(self, inv: Json, *, charge: bool) -> None:
@@ -1470,7 +1716,7 @@ class StripeFake:
         cus_id = inv["customer"]
         due = inv["amount_remaining"]
         if cus_id in self._no_payment_method:
-            raise StripeError(400, NO_PAYMENT_METHOD)
+            raise StripeError(400, NO_PAYMENT_METHOD, saved=True)
         inv["attempted"] = True
         inv["attempt_count"] += 1
         if 0 < due < self.minimum_charge.get(inv["currency"], 50):
@@ -1505,11 +1751,13 @@ class StripeFake:
         self._customer(inv["customer"], "customer")
         out_of_band = bool(_bool(params, "paid_out_of_band", False))
         if inv["status"] == "paid":
-            raise StripeError(400, "Invoice is already paid")
+            raise StripeError(
+                400, "Invoice is already paid", code="invoice_already_paid", saved=True
+            )
         if inv["status"] == "void":
-            raise StripeError(400, "This invoice can't be paid: it is void.")
+            raise StripeError(400, "This invoice can't be paid: it is void.", saved=True)
         if not out_of_band and inv["customer"] in self._no_payment_method:
-            raise StripeError(400, NO_PAYMENT_METHOD)
+            raise StripeError(400, NO_PAYMENT_METHOD, saved=True)
         if inv["status"] == "draft":
             self._do_finalize(inv, charge=False)
         if inv["status"] != "paid" and out_of_band:
@@ -1527,11 +1775,29 @@ class StripeFake:
                 400,
                 f"You can only void open or uncollectible invoices; this one is '{inv['status']}'.",
                 code="invoice_not_editable",
+                saved=True,
             )
         inv["status"] = "void"
         inv["auto_advance"] = False
         inv["amount_remaining"] = 0
         inv["status_transitions"]["voided_at"] = self._now()
+        self._touch(inv)
+        return self._render_invoice(inv, params)
+
+    def _mark_uncollectible(self, params: dict[str, Any], inv_id: str) -> Json:
+        _check_known(params, ())
+        inv = self._invoice(inv_id)
+        if inv["status"] != "open":
+            raise StripeError(
+                400,
+                f"You can only mark open invoices uncollectible; this one is '{inv['status']}'.",
+                code="invoice_not_editable",
+                saved=True,
+            )
+        inv["status"] = "uncollectible"
+        inv["auto_advance"] = False
+        inv["next_payment_attempt"] = None
+        inv["status_transitions"]["marked_uncollectible_at"] = self._now()
         self._touch(inv)
         return self._render_invoice(inv, params)
 
@@ -1626,6 +1892,7 @@ class StripeFake:
                     f"You can only add invoice items to draft invoices; "
                     f"invoice {inv['id']} is '{inv['status']}'.",
                     code="invoice_not_editable",
+                    saved=True,
                     param="invoice",
                 )
             if len(inv["lines"]["data"]) >= 250:
@@ -1800,15 +2067,63 @@ class StripeFake:
         lines = inv["lines"]
         lines["data"].append(line)
         lines["total_count"] = len(lines["data"])
-        total = sum(li["amount"] for li in lines["data"])
-        for name in (
-            "subtotal",
-            "subtotal_excluding_tax",
-            "total",
-            "total_excluding_tax",
-            "amount_due",
-            "amount_remaining",
-        ):
+        self._recompute_totals(inv)
+
+    def _invoice_discounts(self, params: dict[str, Any], cus: Json) -> list[str]:
+        """`discounts` absent: the customer's discount is inherited; "": none; a list of
+        {"coupon": id}: those coupons."""
+        value = params.get("discounts")
+        if "discounts" not in params:
+            discount = cus.get("discount")
+            return [discount["id"]] if discount else []
+        if value == "":
+            return []
+        if not isinstance(value, list):
+            raise StripeError(400, "Invalid array", param="discounts")
+        out = []
+        for entry in value:
+            coupon = entry.get("coupon") if isinstance(entry, dict) else None
+            if coupon not in self._coupons:
+                raise _no_such("coupon", str(coupon), "discounts")
+            did = self._new_id("di_", 14)
+            self._discounts_by_id[did] = coupon
+            out.append(did)
+        return out
+
+    def _coupon_of(self, discount_id: str) -> Json | None:
+        for cus in self.customers.values():
+            d = cus.get("discount")
+            if d and d["id"] == discount_id:
+                return dict(d["coupon"])
+        coupon = self._discounts_by_id.get(discount_id)
+        return self._coupons.get(coupon) if coupon else None
+
+    def _recompute_totals(self, inv: Json) -> None:
+        """subtotal = the lines; total = subtotal less the discounts on discountable lines."""
+        lines = inv["lines"]["data"]
+        subtotal = sum(li["amount"] for li in lines)
+        discounted = 0
+        amounts = []
+        for discount_id in inv["discounts"]:
+            coupon = self._coupon_of(discount_id)
+            if coupon is None:
+                continue
+            base = sum(li["amount"] for li in lines if li["discountable"]) - discounted
+            if coupon.get("percent_off"):
+                off = int(
+                    (Decimal(base) * Decimal(coupon["percent_off"]) / 100).quantize(
+                        Decimal(1), rounding=ROUND_HALF_UP
+                    )
+                )
+            else:
+                off = min(int(coupon.get("amount_off") or 0), base)
+            discounted += off
+            amounts.append({"amount": off, "discount": discount_id})
+        inv["total_discount_amounts"] = amounts
+        total = subtotal - discounted
+        for name in ("subtotal", "subtotal_excluding_tax"):
+            inv[name] = subtotal
+        for name in ("total", "total_excluding_tax", "amount_due", "amount_remaining"):
             inv[name] = total
 
     def _retrieve_item(self, params: dict[str, Any], item_id: str) -> Json:

@@ -251,6 +251,14 @@ async def test_bills_of_a_team(ledger: Ledger, client: httpx.AsyncClient) -> Non
     assert (row["bill_id"], row["tokens"], row["amount_cents"]) == (bill.id, 250, 250)
     one = await client.get(f"/v1/bills/{bill.id}", headers=bearer("service", None))
     assert one.status_code == 200 and one.json()["reason"] == "month_end"
+    explained = one.json()
+    assert (explained["by_action"], explained["adds_up"]) == ({"ai_sequence": 250}, True)
+    assert [c["additional_tokens"] for c in explained["charges"]] == [250]
+    assert row["status"] == explained["status"] == "sending"  # not sent yet
+    unsent = await client.get(
+        "/v1/teams/acme/bills", params={"status": "paid"}, headers=bearer("admin")
+    )
+    assert unsent.json()["bills"] == []
     assert (await client.get(f"/v1/bills/{bill.id}", headers=bearer("member"))).status_code == 403
     other = await client.get(f"/v1/bills/{bill.id}", headers=bearer("admin", "other"))
     assert other.status_code == 403

@@ -55,7 +55,10 @@ async def test_demo_reports_what_the_ledger_holds(
         for key in ("free_granted", "free_spent", "additional_spent", "additional_billed"):
             assert section[key] == row[key], key
     reasons = {(b["team"].split("-")[0], b["reason"]) for b in out["bills"]}
-    assert reasons == {("monthly", "threshold"), ("yearly", "month_end")}
+    # The threshold reconcile races the monthly team's last captures: what it
+    # did not catch is billed at the month's end, by a second bill.
+    assert {("monthly", "threshold"), ("yearly", "month_end")} <= reasons
+    assert reasons <= {("monthly", "threshold"), ("monthly", "month_end"), ("yearly", "month_end")}
     billed = await pool.fetchval("SELECT coalesce(sum(tokens), 0) FROM bills")
     assert billed == sum(b["tokens"] for b in out["bills"])
     assert all(b["status"] == "unsent" for b in out["bills"])  # no Stripe key here

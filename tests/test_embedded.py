@@ -29,6 +29,7 @@ from runtime.embedded import (
     ensure_redis,
     ensure_servers,
     server_status,
+    stop_redis,
     stop_servers,
 )
 
@@ -114,14 +115,38 @@ def test_configured_urls_start_nothing(data_dir: Path) -> None:
 
 
 def test_redis_data_survives_stop_and_start(data_dir: Path) -> None:
-    client = redis.Redis.from_url(ensure_redis(data_dir))
+    url = ensure_redis(data_dir)
+    client = redis.Redis.from_url(url)
     client.rpush("queued", "job-1", "job-2")
     client.close()
 
     assert stop_servers(data_dir) == ["redis"]
-    client = redis.Redis.from_url(ensure_redis(data_dir))
+    # The same address again: running workers reconnect to where they were.
+    assert ensure_redis(data_dir) == url
+    client = redis.Redis.from_url(url)
     try:
         assert client.lrange("queued", 0, -1) == [b"job-1", b"job-2"]
+    finally:
+        client.close()
+
+
+def test_crashed_redis_comes_back_with_what_was_synced(data_dir: Path) -> None:
+    url = ensure_redis(data_dir)
+    client = redis.Redis.from_url(url)
+    try:
+        client.zadd("arq:queue", {"job-1": 1, "job-2": 2})
+        # Wait until the append-only file is on disk (fsync every second otherwise).
+        assert client.execute_command("WAITAOF", 1, 0, 5000)[0] == 1
+    finally:
+        client.close()
+    old_pid = json.loads((data_dir / "redis.json").read_text())["pid"]
+
+    assert stop_redis(data_dir, kill=True)  # SIGKILL: no shutdown, no final flush
+    assert not _running(old_pid)
+    assert ensure_redis(data_dir) == url
+    client = redis.Redis.from_url(url)
+    try:
+        assert client.zrange("arq:queue", 0, -1) == [b"job-1", b"job-2"]
     finally:
         client.close()
 

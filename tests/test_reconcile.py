@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import pytest
@@ -18,9 +19,25 @@ from tests.stripe_fake import StripeFake
 JAN = at("2026-01-15T00:00:00")
 
 
-def sender_for(pool: asyncpg.Pool, fake: StripeFake | None, retries: int = 0) -> StripeSender:
+def sender_for(
+    pool: asyncpg.Pool,
+    fake: StripeFake | None,
+    retries: int = 0,
+    *,
+    pay_after: timedelta = timedelta(0),
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    lease_seconds: float = 600,
+) -> StripeSender:
+    """A sender on the fake. `pay_after=0`: the reconciler pays right after finalizing
+    (Stripe's automatic collection would otherwise pay about an hour later)."""
     client = fake.client(max_network_retries=retries) if fake is not None else None
-    return StripeSender(pool, client, lambda: datetime.now(UTC))
+    return StripeSender(pool, client, clock, pay_after=pay_after, lease_seconds=lease_seconds)
+
+
+def clocked(pool: asyncpg.Pool, fake: StripeFake, when: str, **kw: Any) -> StripeSender:
+    """A sender whose clock is the command's (`--at`), as `tokens reconcile` builds it."""
+    moment = at(when)
+    return sender_for(pool, fake, clock=lambda: moment, **kw)
 
 
 async def billed_team(
@@ -79,9 +96,9 @@ async def test_threshold_bills_the_whole_unbilled_amount_at_once(
     assert invoice["metadata"]["billing_month"] == "2026-01-15/2026-02-15"
     [line] = invoice["lines"]["data"]
     assert "5,001 additional tokens x USD 0.01" in line["description"]
-    assert line["period"] == {
+    assert line["period"] == {  # Stripe's end is inclusive: the month's last second
         "start": int(at("2026-01-15").timestamp()),
-        "end": int(at("2026-02-15").timestamp()),
+        "end": int(at("2026-02-15").timestamp()) - 1,
     }
     assert bill.stripe_invoice_id == invoice["id"] and bill_status(bill) == "paid"
     section = await ledger.billing("acme", at=at("2026-02-02"))
@@ -179,12 +196,16 @@ async def test_each_fault_at_each_step_ends_with_exactly_one_invoice(
     fault: str,
     expire_keys: bool,
 ) -> None:
-    stripe_fake.finalize_charges = False  # so that `pay` is a real step
     await billed_team(ledger, stripe_fake)
     await spend(ledger, "acme", 250 + 5000, "2026-01-20", "a")
     FAULTS[fault](stripe_fake, step)
     first = await run(pool, sender_for(pool, stripe_fake), "2026-01-20T01:00:00")
-    assert first.failed == 1 and first.bills[0].last_error
+    [bill] = first.bills
+    assert bill.last_error
+    if step == "pay":  # the invoice is open at Stripe: not a failed send
+        assert first.failed == 0 and bill.status == "open"
+    else:
+        assert first.failed == 1 and bill.status == "failed"
     if expire_keys:
         stripe_fake.expire_idempotency_keys()  # more than 24 h later
     second = await run(pool, sender_for(pool, stripe_fake), "2026-01-21T01:00:00")
@@ -249,11 +270,16 @@ async def test_unknown_customer_and_declined_card_are_reported_and_retried(
         at=at("2026-01-21"),
         stripe_customer=cus,
     )
-    report = await run(pool, sender_for(pool, stripe_fake), "2026-01-21T01:00:00")
+    report = await run(
+        pool, clocked(pool, stripe_fake, "2026-01-21T01:00:00"), "2026-01-21T01:00:00"
+    )
     [bill] = report.bills
-    assert bill.error_code == "card_declined" and bill_status(bill) == "failed"
+    assert bill.error_code == "card_declined" and bill_status(bill) == "payment_failed"
+    assert bill.decline_code == "generic_decline" and report.failed == 1
     stripe_fake.set_card_declines(cus, False)
-    report = await run(pool, sender_for(pool, stripe_fake), "2026-01-22T01:00:00")
+    report = await run(
+        pool, clocked(pool, stripe_fake, "2026-01-22T01:00:00"), "2026-01-22T01:00:00"
+    )
     assert report.sent == 1 and bill_status(report.bills[0]) == "paid"
     assert len(stripe_fake.invoices) == 1
 
@@ -321,7 +347,6 @@ async def test_a_bill_stays_with_the_customer_of_its_invoice(
 async def test_leases_end_with_the_send_and_an_attempt_reads_back_only_what_it_missed(
     ledger: Ledger, pool: asyncpg.Pool, stripe_fake: StripeFake
 ) -> None:
-    stripe_fake.finalize_charges = False  # so that `pay` is a real step
     await billed_team(ledger, stripe_fake)
     await spend(ledger, "acme", 250 + 5000, "2026-01-20", "a")
     stripe_fake.lose_response_next("finalize")

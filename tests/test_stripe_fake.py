@@ -76,7 +76,7 @@ async def make_bill(
 # ---------------------------------------------------------------- the happy path
 
 
-async def test_invoice_item_finalize_is_paid_with_the_right_total(
+async def test_finalize_does_not_pay_automatic_collection_does(
     stripe_fake: StripeFake, client: stripe.StripeClient
 ) -> None:
     cus = stripe_fake.add_customer(email="admin@example.com")
@@ -84,6 +84,11 @@ async def test_invoice_item_finalize_is_paid_with_the_right_total(
 
     assert isinstance(inv, stripe.Invoice)
     assert inv.id.startswith("in_")
+    # Finalizing does not charge: money moves on /pay or by automatic collection.
+    assert inv.status == "open" and inv.amount_paid == 0 and inv.attempt_count == 0
+    assert inv.total == inv.amount_due == inv.amount_remaining == 5_000
+    stripe_fake.run_automatic_collection()  # Stripe gets to it, about an hour later
+    inv = await client.v1.invoices.retrieve_async(inv.id)
     assert inv.status == "paid"
     assert inv.total == inv.amount_due == inv.amount_paid == 5_000
     assert inv.amount_remaining == 0
@@ -148,10 +153,12 @@ async def test_tiny_invoice_is_marked_paid_and_carried_on_the_balance(
     client = make_client(0)
     cus = stripe_fake.add_customer()
     small = await make_bill(client, cus, 30, "small")
+    small = await client.v1.invoices.pay_async(small.id, {}, {"idempotency_key": "small:pay"})
     assert small.status == "paid" and small.amount_paid == 0
     assert stripe_fake.customers[cus]["balance"] == 30
     big = await make_bill(client, cus, 5_000, "big")
     assert big.starting_balance == 30
+    big = await client.v1.invoices.pay_async(big.id, {}, {"idempotency_key": "big:pay"})
     assert big.amount_paid == 5_030 and stripe_fake.customers[cus]["balance"] == 0
 
 
@@ -372,7 +379,7 @@ async def test_declined_card_is_a_card_error_on_pay(
 ) -> None:
     cus = stripe_fake.add_customer(card_declines=True)
     inv = await make_bill(client, cus, 5_000, "b")
-    assert inv.status == "open" and inv.attempted and inv.attempt_count == 1
+    assert inv.status == "open" and not inv.attempted and inv.attempt_count == 0
 
     with pytest.raises(stripe.CardError) as exc:
         await client.v1.invoices.pay_async(inv.id, {}, {"idempotency_key": "b:pay:1"})
@@ -462,7 +469,7 @@ async def test_search_lags_writes(stripe_fake: StripeFake) -> None:
     assert stale.data[0].status == "draft"  # the index has not caught up
     stripe_fake.flush_search_index()
     fresh = await client.v1.invoices.search_async(query)
-    assert fresh.data[0].status == "paid"
+    assert fresh.data[0].status == "open"
     other = await client.v1.invoices.search_async({"query": "metadata['bill_id']:'b8'"})
     assert other.data == []
     with pytest.raises(stripe.InvalidRequestError):

@@ -6,27 +6,72 @@ search never happened: a provider that could not be reached or failed on
 every try, or a request it refused. A cancelled job keeps its hold: arq runs
 it again and the same key finds the same hold; if it never runs again the
 hold-expiry sweep releases it.
+
+Outages: when Postgres (or Redis) is away (a restart, a failover), the hold,
+the capture and the release are tried again with backoff inside the job, up
+to a deadline below the job's timeout; past it the job is put back in the
+queue (`OutageRetry`), which the worker does not count as one of the job's
+tries (worker/tasks.py). The hold's idempotency key makes every repeat safe.
+A search that happened is remembered (`SearchMemo`, in Redis) until its
+capture, so a job that searched and then lost Postgres captures on its next
+run without searching again.
 """
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
-import asyncpg
 import structlog
 from arq.worker import Retry
 
+from ledger.errors import ChargeAlreadySettled
 from ledger.results import Settlement
 from ledger.service import Ledger
-from runtime.metrics import JOBS, TOKENS
+from runtime.metrics import JOBS, OUTAGES, TOKENS
+from runtime.transient import is_transient, ride_out
 from worker.providers import ProviderFailure, SearchResult
 
 log = structlog.get_logger("tokens.worker")
 
 Search = Callable[[], Awaitable[SearchResult]]
 OnThreshold = Callable[[Settlement], Awaitable[None]]
+T = TypeVar("T")
+
+
+class SearchMemo(Protocol):
+    """Where a job remembers that its search happened, until the capture.
+
+    Best effort: `get` answers None and `put` does nothing when the store is
+    unreachable (the job then searches again on its next run, charged once).
+    """
+
+    async def get(self, key: str) -> SearchResult | None: ...
+
+    async def put(self, key: str, result: SearchResult) -> None: ...
+
+
+class OutageRetry(Retry):
+    """Postgres or Redis is away: run this job again later.
+
+    Not a failure of the job nor one of its tries: the worker gives arq's try
+    back (worker/tasks.py), so an outage never uses up TOKENS_JOB_MAX_TRIES.
+    """
+
+    def __init__(self, what: str, defer: float) -> None:
+        super().__init__(defer=defer)
+        self.what = what
+
+
+def outage_defer_seconds(wait: float) -> float:
+    """How long a job waits in the queue after an outage outlasted its in-job wait:
+    a quarter of that wait (0.1-10 s), with jitter so that the jobs put back do
+    not all come back at the same moment."""
+    base = min(max(wait / 4, 0.1), 10.0)
+    return base * random.uniform(0.75, 1.25)
 
 
 def charge_key(job_id: str, lead_id: str | None) -> str:
@@ -52,7 +97,17 @@ async def metered(
     search: Search,
     on_threshold: OnThreshold | None = None,
     backoff_base: float = 5.0,
+    outage_until: float | None = None,
+    outage_wait: float = 0.0,
+    memo: SearchMemo | None = None,
 ) -> dict[str, Any]:
+    """One metered search.
+
+    `outage_until` (a `time.monotonic()` deadline, below the job's timeout):
+    until then an unreachable Postgres is waited out inside the job, each
+    ledger call for at most `outage_wait` seconds; past it, or without a
+    deadline, the job raises `OutageRetry`.
+    """
     out = await _metered(
         ledger,
         team=team,
@@ -65,6 +120,8 @@ async def metered(
         search=search,
         on_threshold=on_threshold,
         backoff_base=backoff_base,
+        outage=_Outage(outage_until, outage_wait),
+        memo=memo,
     )
     JOBS.labels(action, out["status"]).inc()
     return out
@@ -83,10 +140,17 @@ async def _metered(
     search: Search,
     on_threshold: OnThreshold | None,
     backoff_base: float,
+    outage: _Outage,
+    memo: SearchMemo | None,
 ) -> dict[str, Any]:
     key = charge_key(job_id, lead_id)
     base: dict[str, Any] = {"team": team, "action": action, "job_id": job_id, "lead_id": lead_id}
-    held = await ledger.hold(team, action, 1, key=key, at=clock(), job_id=job_id, lead_id=lead_id)
+    fields = {"job_id": job_id, "key": key}
+    held = await outage.guard(
+        lambda: ledger.hold(team, action, 1, key=key, at=clock(), job_id=job_id, lead_id=lead_id),
+        "hold",
+        fields,
+    )
     base |= {"charge_id": held.charge_id, "tokens": held.tokens}
     if held.refused:
         TOKENS.labels(action, "refused").inc(held.tokens)
@@ -105,37 +169,40 @@ async def _metered(
     if not held.replayed:
         TOKENS.labels(action, "held").inc(held.tokens)
 
-    try:
-        result = await search()
-    except ProviderFailure as failure:
-        if failure.retryable and job_try < max_tries:
-            delay = backoff_seconds(job_try, backoff_base)
-            log.info(
-                "provider_retry",
-                **base,
-                key=key,
-                reason=failure.reason,
-                job_try=job_try,
-                retry_in_s=delay,
-            )
-            raise Retry(defer=delay) from failure
-        await ledger.release(held.charge_id, at=clock())
-        TOKENS.labels(action, "released").inc(held.tokens)
-        log.warning("provider_failed", **base, key=key, reason=failure.reason, job_try=job_try)
-        return base | {
-            "status": "failed",
-            "reason": f"{failure.provider}: {failure.reason}",
-            "charged": False,
-        }
+    charge_id = held.charge_id
+    reused = await memo.get(f"{team}:{key}") if memo is not None and held.replayed else None
+    if reused is not None:
+        # An earlier run searched, then could not capture (Postgres was away, or the
+        # worker died): capture what it found instead of searching a second time.
+        log.info("search_reused", **base, key=key, job_try=job_try)
+        result = reused
+    else:
+        searched = await _search(
+            search, ledger, charge_id, base, key, job_try, max_tries, clock, backoff_base, outage
+        )
+        if not isinstance(searched, SearchResult):
+            return searched  # the search did not happen: the job's result says why
+        result = searched
+        if memo is not None:
+            await memo.put(f"{team}:{key}", result)
 
     try:
-        settlement = await ledger.capture(held.charge_id, at=clock())
-    except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
-        # The search happened but Postgres could not be told: retry the job rather
-        # than fail it, or the sweep would later release tokens that were spent.
-        # The rerun finds the same hold (and searches again, charged once).
-        log.warning("capture_retry", **base, key=key, error=str(exc), job_try=job_try)
-        raise Retry(defer=backoff_seconds(job_try, backoff_base)) from exc
+        settlement = await outage.guard(
+            lambda: ledger.capture(charge_id, at=clock()), "capture", fields
+        )
+    except ChargeAlreadySettled:
+        # The hold outlived TOKENS_HOLD_TTL_SECONDS (an outage longer than the TTL) and
+        # the sweep gave the tokens back: the search happened but is not charged.
+        log.error("capture_after_expiry", **base, key=key, job_try=job_try)
+        return base | {
+            "status": "released",
+            "reason": "the hold expired before the capture: this search was not charged",
+            "charged": False,
+            "outcome": str(result.outcome),
+            "provider": result.provider,
+            "sandbox": result.sandbox,
+            "data": result.data,
+        }
     TOKENS.labels(action, "captured").inc(held.tokens)
     if settlement.threshold_reached and on_threshold is not None:
         await on_threshold(settlement)
@@ -148,4 +215,82 @@ async def _metered(
         "provider": result.provider,
         "sandbox": result.sandbox,
         "data": result.data,
+        # True when an earlier run's search was captured (no second search).
+        "search_reused": reused is not None,
     }
+
+
+async def _search(
+    search: Search,
+    ledger: Ledger,
+    charge_id: int,
+    base: dict[str, Any],
+    key: str,
+    job_try: int,
+    max_tries: int,
+    clock: Callable[[], datetime],
+    backoff_base: float,
+    outage: _Outage,
+) -> SearchResult | dict[str, Any]:
+    """The provider's answer, or the job's result when the search did not happen."""
+    action = base["action"]
+    try:
+        return await search()
+    except ProviderFailure as failure:
+        if failure.retryable and job_try < max_tries:
+            delay = backoff_seconds(job_try, backoff_base)
+            log.info(
+                "provider_retry",
+                **base,
+                key=key,
+                reason=failure.reason,
+                job_try=job_try,
+                retry_in_s=delay,
+            )
+            raise Retry(defer=delay) from failure
+        await outage.guard(
+            lambda: ledger.release(charge_id, at=clock()),
+            "release",
+            {"job_id": base["job_id"], "key": key},
+        )
+        TOKENS.labels(action, "released").inc(base["tokens"])
+        log.warning("provider_failed", **base, key=key, reason=failure.reason, job_try=job_try)
+        return base | {
+            "status": "failed",
+            "reason": f"{failure.provider}: {failure.reason}",
+            "charged": False,
+        }
+
+
+class _Outage:
+    """Ledger calls that wait out an outage until a deadline, then put the job back."""
+
+    def __init__(self, until: float | None, wait: float) -> None:
+        self.until = until
+        self.wait = wait
+
+    async def guard(self, call: Callable[[], Awaitable[T]], what: str, fields: dict[str, Any]) -> T:
+        try:
+            if self.until is None:
+                return await call()
+            until = min(self.until, time.monotonic() + self.wait)
+            return await ride_out(
+                call,
+                until=until,
+                what=what,
+                on_wait=lambda _: OUTAGES.labels(what, "waited").inc(),
+                **fields,
+            )
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            defer = outage_defer_seconds(self.wait)
+            OUTAGES.labels(what, "deferred").inc()
+            log.warning(
+                "outage_retry",
+                what=what,
+                error=f"{type(exc).__name__}: {exc}"[:200],
+                retry_in_s=round(defer, 2),
+                **fields,
+            )
+            raise OutageRetry(what, defer) from exc

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import redis.exceptions as redis_errors
+import structlog
 from arq.connections import RedisSettings
 from arq.cron import cron
-from arq.worker import func
+from arq.worker import Worker, func
 
-from billing.sender import StripeSender
-from billing.stripe_client import make_stripe_client
+from billing.sender import sender_from_settings
 from runtime.app import catalog, database_url, ensure_schema
 from runtime.config import Settings
 from runtime.db import create_pool
+from runtime.transient import is_transient, ride_out
 from worker.context import Deps
 from worker.providers import build_providers
 from worker.tasks import (
@@ -26,6 +29,8 @@ from worker.tasks import (
     reconcile_all,
     reconcile_team,
 )
+
+log = structlog.get_logger("tokens.worker")
 
 
 def _every(seconds: int) -> dict[str, Any]:
@@ -38,6 +43,83 @@ def _every(seconds: int) -> dict[str, Any]:
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+# The worker's Redis connection waits out a Redis restart or failover this long
+# (every command retried with backoff) before the worker gives up and exits.
+REDIS_OUTAGE_S = 300.0
+
+
+def ride_out_redis(redis: Any, outage_s: float = REDIS_OUTAGE_S) -> None:
+    """Make the worker's Redis connections wait out a Redis restart or failover.
+
+    Without this a refused connection in arq's poll loop ends the worker, and a
+    job's result written while Redis restarts is lost. Every command (and
+    pipeline) is retried with backoff, for about `outage_s`, on a dropped or
+    refused connection, a timeout, LOADING (the append-only file being read
+    back) and READONLY (a replica, just after a failover).
+
+    Installed once the worker has connected (on_startup), so that a wrong Redis
+    URL still fails the start within seconds instead of being waited out.
+    """
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialBackoff
+
+    errors: list[type[Exception]] = [
+        redis_errors.ConnectionError,
+        redis_errors.TimeoutError,
+        redis_errors.BusyLoadingError,
+        redis_errors.ReadOnlyError,
+        # A refused connect surfaces as OSError inside the retry (redis-py wraps it
+        # in ConnectionError only afterwards): without it a reconnect is not retried.
+        OSError,
+    ]
+    cap = 1.0
+    retry = Retry(
+        ExponentialBackoff(cap=cap, base=0.05),
+        retries=int(outage_s / cap) + 5,
+        supported_errors=tuple(errors),  # type: ignore[arg-type]
+    )
+    pool = redis.connection_pool
+    pool.connection_kwargs.update(retry=retry, retry_on_error=errors, retry_on_timeout=True)
+    for conn in [*pool._available_connections, *pool._in_use_connections]:
+        conn.retry = retry
+        conn.retry_on_error = errors
+        conn.retry_on_timeout = True
+
+
+class TokensWorker(Worker):
+    """arq's worker, which must not die of a Redis restart.
+
+    A command inside WATCH ... EXEC that loses its connection raises WatchError
+    (redis-py cannot retry a transaction whose WATCH is gone). arq takes a job
+    under WATCH, and enqueues its cron jobs under WATCH, and does not expect
+    that error there: the worker's poll loop ended, the process exited. Here
+    such an outage skips this poll (the next one tries again) and gives back
+    the job slot it had taken.
+    """
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        for job_id in job_ids:
+            try:
+                await super().start_jobs([job_id])
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                # It failed after taking a slot and before starting the job (the
+                # only place it can): give the slot back, try again next poll.
+                self.job_counter -= 1
+                self.sem.release()
+                log.warning("worker_redis_outage", where="start_jobs", error=repr(exc)[:200])
+                return
+
+    async def heart_beat(self) -> None:
+        try:
+            await super().heart_beat()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            log.warning("worker_redis_outage", where="heart_beat", error=repr(exc)[:200])
 
 
 def worker_kwargs(
@@ -55,7 +137,13 @@ def worker_kwargs(
     async def on_startup(ctx: dict[str, Any]) -> None:
         from ledger.service import Ledger
 
-        pool = await create_pool(database_url(settings), max_size=settings.worker_concurrency)
+        # A worker started while Postgres restarts waits for it (bounded), then fails.
+        wait = settings.outage_wait_seconds
+        pool = await ride_out(
+            lambda: create_pool(database_url(settings), max_size=settings.worker_concurrency),
+            until=time.monotonic() + wait,
+            what="worker_start",
+        )
         try:
             await ensure_schema(pool, settings)
             ledger = Ledger(pool, catalog(settings))
@@ -72,9 +160,10 @@ def worker_kwargs(
             "providers": build_providers(settings, http),
             "http": http,
             "clock": clock,
-            "sender": StripeSender(pool, make_stripe_client(settings), clock),
+            "sender": sender_from_settings(pool, settings, clock),
         }
         ctx["deps"] = deps
+        ride_out_redis(ctx["redis"])
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
         deps: Deps | None = ctx.get("deps")

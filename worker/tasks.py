@@ -1,18 +1,31 @@
 """arq jobs: thin. Each validates its payload, then runs one metered search.
 
 A malformed payload fails the job with a clear error before anything is held.
+
+Outages (runtime/transient.py): a job that meets an unreachable Postgres waits
+it out, then goes back to the queue (`OutageRetry`) without using up one of
+its tries; the hold-expiry sweep and the periodic reconcile wait it out, then
+leave the work to their next run; the threshold reconcile goes back to the
+queue. None of them fails for good, none crashes the worker.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
+from datetime import timedelta
 from typing import Any
 
 import structlog
+from arq.constants import retry_key_prefix
 
 from billing.reconcile import reconcile
 from ledger.results import Settlement
-from worker.context import deps_of
-from worker.metering import metered
+from runtime.metrics import OUTAGES
+from runtime.transient import is_transient, ride_out
+from worker.context import Deps, deps_of
+from worker.memo import CALL_TIMEOUT_S, RedisSearchMemo
+from worker.metering import OutageRetry, metered, outage_defer_seconds
 from worker.payloads import DebounceLead, IcebreakerPayload, Lead, SequencePayload, parse
 from worker.providers import SearchResult
 
@@ -20,6 +33,35 @@ log = structlog.get_logger("tokens.worker")
 
 RECONCILE_JOB = "reconcile_team"
 QUEUE = "tokens:queue"
+# How many times each job went back to the queue because of an outage (soak, operators).
+OUTAGE_KEY_PREFIX = "tokens:outage:"
+
+
+def outage_deadline(deps: Deps) -> float:
+    """When a job must stop waiting out an outage: before arq's job timeout, which
+    would fail it for good (a timeout is not a retry in arq)."""
+    timeout = float(deps["settings"].job_timeout_seconds)
+    return time.monotonic() + timeout - min(5.0, timeout * 0.2)
+
+
+async def give_try_back(ctx: dict[str, Any], exc: OutageRetry) -> None:
+    """An outage is not one of the job's tries: undo arq's count of this run.
+
+    arq counts a try when a run starts (INCR arq:retry:<job id>) and fails the
+    job once that count passes max_tries; an outage must not get it there.
+    Best effort: with Redis away too, this run counts as a try.
+    """
+    job_id = ctx["job_id"]
+    try:
+        async with ctx["redis"].pipeline(transaction=True) as pipe:
+            pipe.decr(retry_key_prefix + job_id)
+            pipe.incr(OUTAGE_KEY_PREFIX + job_id)
+            pipe.expire(OUTAGE_KEY_PREFIX + job_id, 24 * 3600)
+            await asyncio.wait_for(pipe.execute(), CALL_TIMEOUT_S)
+    except Exception as err:
+        if not is_transient(err):
+            raise
+        log.warning("outage_try_counted", job_id=job_id, what=exc.what, error=type(err).__name__)
 
 
 async def _run(
@@ -30,23 +72,54 @@ async def _run(
     async def on_threshold(settlement: Settlement) -> None:
         # Deduplicated by job id while queued; no result is kept, so the next
         # crossing can enqueue again.
-        await ctx["redis"].enqueue_job(
-            RECONCILE_JOB, team, _job_id=f"reconcile:{team}", _queue_name=QUEUE
-        )
+        try:
+            await asyncio.wait_for(
+                ctx["redis"].enqueue_job(
+                    RECONCILE_JOB, team, _job_id=f"reconcile:{team}", _queue_name=QUEUE
+                ),
+                CALL_TIMEOUT_S,
+            )
+        except Exception as exc:
+            # The capture is done and must stay this job's result: the periodic
+            # reconcile bills the team anyway.
+            if is_transient(exc):
+                log.warning("threshold_enqueue_lost", team=team, error=type(exc).__name__)
+            else:
+                log.error("threshold_enqueue_failed", team=team, exc_info=True)
         log.info("threshold_reached", team=team, unbilled=settlement.unbilled_additional)
 
+    try:
+        return await _metered_job(ctx, deps, team, action, lead_id, search, on_threshold)
+    except OutageRetry as exc:
+        await give_try_back(ctx, exc)
+        raise
+
+
+async def _metered_job(
+    ctx: dict[str, Any],
+    deps: Deps,
+    team: str,
+    action: str,
+    lead_id: str | None,
+    search: Any,
+    on_threshold: Any,
+) -> dict[str, Any]:
+    settings = deps["settings"]
     return await metered(
         deps["ledger"],
         team=team,
         action=action,
         job_id=ctx["job_id"],
         job_try=ctx.get("job_try", 1),
-        max_tries=deps["settings"].job_max_tries,
+        max_tries=settings.job_max_tries,
         lead_id=lead_id,
         clock=deps["clock"],
         search=search,
         on_threshold=on_threshold,
-        backoff_base=deps["settings"].retry_backoff_seconds,
+        backoff_base=settings.retry_backoff_seconds,
+        outage_until=outage_deadline(deps),
+        outage_wait=settings.outage_wait_seconds,
+        memo=RedisSearchMemo(ctx["redis"], settings.hold_ttl_seconds),
     )
 
 
@@ -87,35 +160,89 @@ async def debounce(ctx: dict[str, Any], team: str, lead: dict[str, Any]) -> dict
 
 
 async def reconcile_team(ctx: dict[str, Any], team: str | None = None) -> dict[str, Any]:
-    """Bill what is due (one team after a threshold, or everyone from cron)."""
+    """Bill what is due (one team after a threshold, or everyone from cron).
+
+    Postgres away: wait it out, then a team's reconcile goes back to the queue
+    (not counted as a try); the periodic one leaves it to its next run.
+    """
     deps = deps_of(ctx)
     sender = deps["sender"]
     assert sender is not None
-    report = await reconcile(
-        deps["ledger"].pool,
-        sender,
-        team=team,
-        at=deps["clock"](),
-    )
-    out = report.as_dict()
-    out.pop("bills")
-    return out
+
+    # In chunks, within arq's job timeout: 10,000 month-end bills take minutes at
+    # Stripe's rate limit. A run starts no bill after half the timeout and hands the
+    # rest to a new job. (A longer timeout for this job alone would not do: arq keeps
+    # every job's in-progress key for the longest timeout, so a killed worker's jobs
+    # would wait that long.) A send cut off by the timeout anyway is safe: its lease
+    # and reused idempotency keys keep it exactly once.
+    async def run() -> dict[str, Any]:
+        report = await reconcile(
+            deps["ledger"].pool,
+            sender,
+            team=team,
+            at=deps["clock"](),
+            time_budget=deps["settings"].job_timeout_seconds / 2,
+        )
+        if report.deferred:
+            await ctx["redis"].enqueue_job(RECONCILE_JOB, team, _queue_name=QUEUE)
+        out = report.as_dict()
+        out.pop("bills")
+        return out
+
+    try:
+        return await _ride_out_job(deps, run, "reconcile", team=team)
+    except OutageRetry as exc:
+        if team is None:
+            return {"deferred": True, "reason": "database unreachable"}
+        await give_try_back(ctx, exc)
+        raise
 
 
 async def reconcile_all(ctx: dict[str, Any]) -> dict[str, Any]:
     return await reconcile_team(ctx, None)
 
 
-async def expire_holds(ctx: dict[str, Any]) -> int:
-    """Release holds whose worker died (older than the hold TTL)."""
-    from datetime import timedelta
+async def expire_holds(ctx: dict[str, Any]) -> dict[str, Any]:
+    """Release holds whose worker died (older than the hold TTL).
 
+    Postgres away: wait it out, else leave it to the next run (the TTL is long,
+    a few minutes later changes nothing). One statement: all or nothing.
+    """
     deps = deps_of(ctx)
-    now = deps["clock"]()
-    expired = await deps["ledger"].expire_holds(
-        older_than=now - timedelta(seconds=deps["settings"].hold_ttl_seconds), at=now
-    )
-    return len(expired)
+
+    async def run() -> dict[str, Any]:
+        now = deps["clock"]()
+        expired = await deps["ledger"].expire_holds(
+            older_than=now - timedelta(seconds=deps["settings"].hold_ttl_seconds), at=now
+        )
+        return {"expired": len(expired)}
+
+    try:
+        return await _ride_out_job(deps, run, "sweep")
+    except OutageRetry:
+        return {"deferred": True, "reason": "database unreachable"}
+
+
+async def _ride_out_job(deps: Deps, run: Any, what: str, **fields: Any) -> dict[str, Any]:
+    """`run` again while Postgres is away, up to the job's outage deadline; then
+    `OutageRetry` (the caller decides: back to the queue, or the next cron run)."""
+    wait = deps["settings"].outage_wait_seconds
+    until = min(outage_deadline(deps), time.monotonic() + wait)
+    try:
+        out: dict[str, Any] = await ride_out(
+            run,
+            until=until,
+            what=what,
+            on_wait=lambda _: OUTAGES.labels(what, "waited").inc(),
+            **fields,
+        )
+        return out
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        OUTAGES.labels(what, "deferred").inc()
+        log.warning("outage_deferred", what=what, error=f"{type(exc).__name__}: {exc}"[:200])
+        raise OutageRetry(what, outage_defer_seconds(wait)) from exc
 
 
 JOBS = (ai_sequence, ai_icebreaker, enrich, debounce)

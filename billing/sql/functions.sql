@@ -6,6 +6,19 @@
 -- left to bill. Sending to Stripe happens afterwards (billing/sender.py).
 
 DROP FUNCTION IF EXISTS tokens_create_bills(text, timestamptz) CASCADE;
+DROP FUNCTION IF EXISTS tokens_minor_units(text) CASCADE;
+DROP FUNCTION IF EXISTS tokens_reissue_bill(bigint, timestamptz) CASCADE;
+
+-- Minor units per major unit of a currency, as Stripe counts amounts: 1 for
+-- Stripe's zero-decimal currencies (https://docs.stripe.com/currencies#zero-decimal),
+-- 100 for the others. (Stripe's three-decimal currencies, e.g. BHD, are not
+-- supported by this catalog's prices.)
+CREATE FUNCTION tokens_minor_units(p_currency text)
+RETURNS integer
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+RETURN CASE WHEN lower(p_currency) IN (
+    'bif', 'clp', 'djf', 'gnf', 'jpy', 'kmf', 'krw', 'mga', 'pyg', 'rwf', 'ugx', 'vnd',
+    'vuv', 'xaf', 'xof', 'xpf') THEN 1 ELSE 100 END;
 
 -- Bill what is due at p_at, for one team or all (p_team NULL):
 --   threshold: a month's unbilled spent additional tokens are worth at least
@@ -44,15 +57,25 @@ BEGIN
              WHERE c.team_id = m.team_id AND c.period_start = m.period_start
                AND c.state = 'held');
         CONTINUE WHEN NOT ended
-            AND unbilled * m.unit_price * 100 < m.threshold_cents;
+            AND unbilled * m.unit_price * tokens_minor_units(m.currency) < m.threshold_cents;
         IF unbilled > 0 THEN
+            -- amount_cents is in the currency's minor unit (yen for JPY, not x100).
             INSERT INTO bills (team_id, period_start, period_end, reason, tokens, unit_price,
                                amount_cents, currency, created_at, updated_at)
             VALUES (m.team_id, m.period_start, m.period_end,
                     CASE WHEN ended THEN 'month_end' ELSE 'threshold' END,
-                    unbilled, m.unit_price, round(unbilled * m.unit_price * 100), m.currency,
+                    unbilled, m.unit_price,
+                    round(unbilled * m.unit_price * tokens_minor_units(m.currency)), m.currency,
                     p_at, p_at)
             RETURNING * INTO b;
+            -- The charges whose additional tokens this bill bills: every captured one
+            -- of the month not billed yet. Captures lock this month row too, so the
+            -- set is exactly what made additional_spent - additional_billed.
+            INSERT INTO bill_charges (charge_id, bill_id)
+            SELECT c.id, b.id FROM charges c
+             WHERE c.team_id = m.team_id AND c.period_start = m.period_start
+               AND c.state = 'captured' AND c.additional_tokens > 0
+               AND NOT EXISTS (SELECT 1 FROM bill_charges bc WHERE bc.charge_id = c.id);
             RETURN NEXT b;
         END IF;
         UPDATE billing_months bm
@@ -60,5 +83,60 @@ BEGIN
                closed_at = CASE WHEN ended THEN coalesce(bm.closed_at, p_at) ELSE bm.closed_at END
          WHERE bm.team_id = m.team_id AND bm.period_start = m.period_start;
     END LOOP;
+END
+$$;
+
+-- `tokens bill reissue`: the same tokens on a new bill (sent to the team's current
+-- customer by the next reconcile run); the old bill keeps its history and becomes
+-- `reissued`. Only a bill that can collect nothing any more may be reissued:
+-- void at Stripe, or failed for good (customer deleted, total mismatch), or failed
+-- before anything reached Stripe. SQLSTATE TK010 (DETAIL = bill id): not found;
+-- TK011 (DETAIL = status): refused.
+CREATE FUNCTION tokens_reissue_bill(p_bill bigint, p_at timestamptz)
+RETURNS SETOF bills
+LANGUAGE plpgsql AS $$
+DECLARE
+    old bills;
+    b bills;
+BEGIN
+    SELECT * INTO old FROM bills WHERE id = p_bill FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'unknown bill %', p_bill USING ERRCODE = 'TK010', DETAIL = p_bill;
+    END IF;
+    IF old.lease_until > clock_timestamp() THEN
+        RAISE EXCEPTION 'bill % is being sent by a reconcile run right now; try again later',
+            p_bill USING ERRCODE = 'TK011', DETAIL = old.status;
+    END IF;
+    IF NOT (old.status = 'void'
+            OR (old.status = 'failed'
+                AND (old.error_code IN ('customer_deleted', 'total_mismatch')
+                     OR old.step = 'created'))) THEN
+        RAISE EXCEPTION '%', CASE old.status
+            WHEN 'reissued' THEN format('bill %s was reissued already (as bill %s)', p_bill,
+                                        (SELECT r.id FROM bills r WHERE r.reissue_of = p_bill))
+            WHEN 'paid' THEN format('bill %s is paid: nothing to reissue', p_bill)
+            WHEN 'uncollectible' THEN format(
+                'bill %s is uncollectible at Stripe (invoice %s) and could still be paid there: '
+                'void the invoice in Stripe first, then reissue after the next reconcile',
+                p_bill, old.stripe_invoice_id)
+            WHEN 'failed' THEN format(
+                'bill %s failed with %s and is retried by itself; only a void bill, or one '
+                'failed with customer_deleted or total_mismatch, can be reissued',
+                p_bill, coalesce(old.error_code, 'an error'))
+            ELSE format(
+                'bill %s is %s: only a void bill, or one failed with customer_deleted or '
+                'total_mismatch, can be reissued (void its invoice in Stripe first)',
+                p_bill, old.status) END
+            USING ERRCODE = 'TK011', DETAIL = old.status;
+    END IF;
+    INSERT INTO bills (team_id, period_start, period_end, reason, tokens, unit_price,
+                       amount_cents, currency, created_at, updated_at, reissue_of)
+    VALUES (old.team_id, old.period_start, old.period_end, old.reason, old.tokens,
+            old.unit_price, old.amount_cents, old.currency, p_at, p_at, old.id)
+    RETURNING * INTO b;
+    UPDATE bills SET status = 'reissued', updated_at = p_at, lease_until = NULL,
+                     lease_token = NULL, next_pay_at = NULL
+     WHERE id = old.id;
+    RETURN NEXT b;
 END
 $$;

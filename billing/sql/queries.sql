@@ -1,20 +1,29 @@
 -- Statements of the billing package, by name (parsed by ledger/queries.py).
+--
+-- Every write of a sending run names the lease token of its claim ($2 below):
+-- a run that stalled past its lease, and whose bill another run claimed since,
+-- changes nothing (0 rows) and stops.
 
 -- create_bills --
 SELECT * FROM tokens_create_bills($1, $2)
 
 -- bills_to_send --
--- Everything not yet paid, oldest first; for one team when $1 is not NULL.
-SELECT b.id FROM bills b
-WHERE b.step <> 'paid' AND ($1::text IS NULL OR b.team_id = $1)
+-- Bills with work left, oldest first; for one team when $1 is not NULL. A bill
+-- that failed for good (customer deleted, total mismatch) waits for a reissue.
+SELECT b.id, b.status, b.stripe_invoice_id, b.stripe_invoice_created FROM bills b
+WHERE b.status IN ('unsent', 'sending', 'failed', 'open', 'payment_failed', 'uncollectible')
+  AND NOT (b.status = 'failed' AND b.error_code IN ('customer_deleted', 'total_mismatch'))
+  AND ($1::text IS NULL OR b.team_id = $1)
 ORDER BY b.id
 
 -- claim_bill --
--- A lease, so two reconcilers never send the same bill at the same time.
--- The attempt is counted before anything reaches Stripe: attempts > 0 means
+-- A lease with a fresh fencing token, so two reconcilers never work on the same
+-- bill at the same time, and a stalled one cannot write after another claimed.
+-- The attempt is counted before anything reaches Stripe: attempts > 1 means
 -- Stripe may hold objects of this bill that we never heard back about.
 UPDATE bills b
 SET lease_until = clock_timestamp() + make_interval(secs => $2),
+    lease_token = gen_random_uuid(),
     attempts = b.attempts + 1,
     -- The team's customer is taken while nothing exists at Stripe yet (a team may
     -- get or fix its customer after a failed send); once the invoice exists the
@@ -22,33 +31,56 @@ SET lease_until = clock_timestamp() + make_interval(secs => $2),
     stripe_customer = CASE WHEN b.step = 'created' THEN t.stripe_customer
                            ELSE b.stripe_customer END
 FROM teams t
-WHERE b.id = $1 AND t.id = b.team_id AND b.step <> 'paid'
+WHERE b.id = $1 AND t.id = b.team_id
+  AND b.status IN ('unsent', 'sending', 'failed', 'open', 'payment_failed', 'uncollectible')
   AND (b.lease_until IS NULL OR b.lease_until < clock_timestamp())
 RETURNING b.*
 
 -- record_step --
--- A paid bill is done: its lease ends in the same write (no separate release).
+-- $3 step, $4 status, $5 invoice id, $6 item id, $7 Stripe invoice status,
+-- $8 collection method, $9 invoice created (Stripe's clock), $10 now,
+-- $11 next pay time (NULL: none), $12 true: the lease ends with this write.
 UPDATE bills
-SET step = $2, stripe_invoice_id = coalesce($3, stripe_invoice_id),
-    stripe_invoice_item_id = coalesce($4, stripe_invoice_item_id),
-    stripe_invoice_status = coalesce($5, stripe_invoice_status),
-    last_error = NULL, error_code = NULL, updated_at = $6,
-    sent_at = CASE WHEN $2 IN ('finalized', 'paid') THEN coalesce(sent_at, $6) ELSE sent_at END,
-    lease_until = CASE WHEN $2 = 'paid' THEN NULL ELSE lease_until END
-WHERE id = $1
+SET step = $3, status = $4,
+    stripe_invoice_id = coalesce($5, stripe_invoice_id),
+    stripe_invoice_item_id = coalesce($6, stripe_invoice_item_id),
+    stripe_invoice_status = coalesce($7, stripe_invoice_status),
+    collection_method = coalesce($8, collection_method),
+    stripe_invoice_created = coalesce($9, stripe_invoice_created),
+    last_error = NULL, error_code = NULL, updated_at = $10,
+    sent_at = CASE WHEN $3 IN ('finalized', 'paid') THEN coalesce(sent_at, $10) ELSE sent_at END,
+    next_pay_at = $11,
+    lease_until = CASE WHEN $12 THEN NULL ELSE lease_until END,
+    lease_token = CASE WHEN $12 THEN NULL ELSE lease_token END
+WHERE id = $1 AND lease_token = $2
 RETURNING *
 
--- record_invoice_status --
-UPDATE bills SET stripe_invoice_status = $2, updated_at = $3 WHERE id = $1 RETURNING *
+-- record_decline --
+-- $3 decline code, $4 message, $5 now, $6 next pay time (NULL: stop paying).
+UPDATE bills
+SET status = 'payment_failed', decline_code = $3, declines = declines + 1,
+    last_declined_at = $5, next_pay_at = $6, last_error = $4, error_code = 'card_declined',
+    key_gen = key_gen + 1, updated_at = $5
+WHERE id = $1 AND lease_token = $2
+RETURNING *
 
 -- count_pay_attempt --
-UPDATE bills SET pay_attempts = pay_attempts + 1 WHERE id = $1 RETURNING pay_attempts
+UPDATE bills SET pay_attempts = pay_attempts + 1
+WHERE id = $1 AND lease_token = $2
+RETURNING pay_attempts
 
 -- record_error --
-UPDATE bills SET last_error = $2, error_code = $3, updated_at = $4 WHERE id = $1 RETURNING *
+-- $3 message, $4 code, $5 now, $6 status, $7 true: the key was answered with a
+-- saved error (the next attempt takes new keys), $8 next pay time.
+UPDATE bills
+SET last_error = $3, error_code = $4, updated_at = $5, status = $6,
+    key_gen = CASE WHEN $7 THEN key_gen + 1 ELSE key_gen END,
+    next_pay_at = $8
+WHERE id = $1 AND lease_token = $2
+RETURNING *
 
 -- release_lease --
-UPDATE bills SET lease_until = NULL WHERE id = $1
+UPDATE bills SET lease_until = NULL, lease_token = NULL WHERE id = $1 AND lease_token = $2
 
 -- get_bill --
 SELECT * FROM bills WHERE id = $1
@@ -58,3 +90,34 @@ SELECT * FROM bills WHERE team_id = $1 ORDER BY id
 
 -- all_bills --
 SELECT * FROM bills ORDER BY id
+
+-- list_bills --
+-- `tokens bills`: $1 team or NULL, $2 status or NULL.
+SELECT b.*, r.id AS reissued_as
+FROM bills b LEFT JOIN bills r ON r.reissue_of = b.id
+WHERE ($1::text IS NULL OR b.team_id = $1) AND ($2::text IS NULL OR b.status = $2)
+ORDER BY b.id
+
+-- show_bill --
+SELECT b.*, r.id AS reissued_as
+FROM bills b LEFT JOIN bills r ON r.reissue_of = b.id
+WHERE b.id = $1
+
+-- bill_charges --
+-- The charges a bill billed. A reissued bill bills the charges of the bill it
+-- was first made as (the root of its reissue chain).
+WITH RECURSIVE chain AS (
+    SELECT id, reissue_of FROM bills WHERE id = $1
+    UNION ALL
+    SELECT b.id, b.reissue_of FROM bills b JOIN chain ON b.id = chain.reissue_of
+)
+SELECT c.id AS charge_id, c.action, c.quantity, c.additional_tokens, c.job_id, c.lead_id,
+       c.held_at, c.settled_at
+FROM chain
+JOIN bill_charges bc ON bc.bill_id = chain.id
+JOIN charges c ON c.id = bc.charge_id
+WHERE chain.reissue_of IS NULL
+ORDER BY c.id
+
+-- reissue_bill --
+SELECT * FROM tokens_reissue_bill($1, $2)

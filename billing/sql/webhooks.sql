@@ -25,16 +25,21 @@ WHERE id = $1 AND (stripe_subscription IS NULL OR stripe_subscription = $2)
 RETURNING id
 
 -- invoice_news --
--- What Stripe says of a bill's invoice now. Paid ends the sending (the reconciler finds the
--- same when it reads Stripe); a failed payment, a void or uncollectible invoice is kept on
--- the bill with its code for the reconciler and finance.
+-- What Stripe says of a bill's invoice now ($2 the bill's status, $3 Stripe's invoice
+-- status). The sending state machine and its lease are the sender's: a paid invoice
+-- only ends its steps; a reconciler holding the bill reads the same from Stripe.
+-- A reissued bill keeps `reissued` (the result tells what Stripe said).
 UPDATE bills
-SET stripe_invoice_status = $2,
+SET status = $2,
+    stripe_invoice_status = $3,
     step = CASE WHEN $2 = 'paid' AND stripe_invoice_item_id IS NOT NULL THEN 'paid' ELSE step END,
-    lease_until = CASE WHEN $2 = 'paid' AND stripe_invoice_item_id IS NOT NULL THEN NULL
-                       ELSE lease_until END,
-    error_code = $3,
-    last_error = $4,
-    updated_at = $5
-WHERE stripe_invoice_id = $1
+    error_code = CASE WHEN $2 = 'paid' THEN NULL ELSE coalesce($4, error_code) END,
+    last_error = CASE WHEN $2 = 'paid' THEN NULL ELSE coalesce($5, last_error) END,
+    next_pay_at = CASE WHEN $2 IN ('paid', 'void', 'uncollectible') THEN NULL
+                       ELSE next_pay_at END,
+    updated_at = $6
+WHERE stripe_invoice_id = $1 AND status <> 'reissued'
 RETURNING id
+
+-- invoice_bill --
+SELECT id, status FROM bills WHERE stripe_invoice_id = $1
