@@ -14,11 +14,11 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ledger import errors as ledger_errors
+from runtime.transient import is_transient
 
 log = structlog.get_logger("tokens.api")
 
@@ -36,14 +36,13 @@ STATUS: dict[type[ledger_errors.TokensError], int] = {
     ledger_errors.NotMigrated: 503,
 }
 
-# What "the database is unreachable" looks like from asyncpg and redis-py.
-UNAVAILABLE: tuple[type[Exception], ...] = (
-    OSError,  # connection refused or reset, DNS, TimeoutError
-    asyncpg.PostgresConnectionError,  # class 08
-    asyncpg.exceptions.OperatorInterventionError,  # class 57: shutdown, cannot connect now
-    asyncpg.InterfaceError,  # a connection closed under a query
-    RedisConnectionError,
-    RedisTimeoutError,
+# Where an outage of Postgres or Redis surfaces; runtime/transient.py decides which
+# of these are one (the worker uses the same classifier).
+INFRASTRUCTURE: tuple[type[Exception], ...] = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    RedisError,
 )
 
 
@@ -112,17 +111,20 @@ def install(app: FastAPI) -> None:
         headers = dict(exc.headers) if exc.headers else None
         return error_response(exc.status_code, code, str(exc.detail), headers)
 
-    async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
-        log.warning("dependency_unavailable", path=request.url.path, error=repr(exc))
-        return error_response(
-            503,
-            "unavailable",
-            "the database or queue cannot be reached right now; retry later",
-            {"Retry-After": str(RETRY_AFTER_S)},
-        )
+    async def _infrastructure(request: Request, exc: Exception) -> JSONResponse:
+        if is_transient(exc):
+            log.warning("dependency_unavailable", path=request.url.path, error=repr(exc))
+            return error_response(
+                503,
+                "unavailable",
+                "the database or queue cannot be reached right now; retry later",
+                {"Retry-After": str(RETRY_AFTER_S)},
+            )
+        log.error("request_failed", path=request.url.path, exc_info=exc)
+        return error_response(500, "internal", "internal error")
 
-    for kind in UNAVAILABLE:
-        app.add_exception_handler(kind, _unavailable)
+    for kind in INFRASTRUCTURE:
+        app.add_exception_handler(kind, _infrastructure)
 
 
 def validation_message(errors: Any) -> str:

@@ -305,6 +305,24 @@ async def test_a_database_that_cannot_be_reached_is_a_503_not_a_500(
     assert health.status_code == 503 and health.json()["postgres"].startswith("unreachable")
 
 
+async def test_a_redis_that_cannot_be_reached_is_a_503(
+    ledger: Ledger, database_url: str, redis_url: str
+) -> None:
+    await make_team(ledger)
+    dead = ArqRedis(host="127.0.0.1", port=9, socket_connect_timeout=1)  # connects lazily
+    svc = services_for(ledger, dead, settings_for(database_url, redis_url))
+    app = create_app(svc.settings, svc)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        response = await c.post(
+            "/v1/teams/acme/jobs",
+            json={"action": "ai_sequence", "job_id": "x"},
+            headers=bearer("member"),
+        )
+    await dead.aclose()
+    assert response.status_code == 503 and response.headers["retry-after"] == "5"
+    assert response.json()["error"]["code"] == "unavailable"
+
+
 async def test_healthz_and_metrics(ledger: Ledger, client: httpx.AsyncClient) -> None:
     await make_team(ledger)
     health = await client.get("/healthz")
