@@ -158,12 +158,22 @@ async def _drive(
 
 
 class _Connection:
-    """One keep-alive HTTP/1.1 connection that sends the same GET again and again."""
+    """One keep-alive HTTP/1.1 connection that sends the same GET again and again
+    (reopened if the server closed it while idle: uvicorn keeps idle ones 5 s)."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes):
-        self.reader, self.writer, self.request = reader, writer, request
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        request: bytes,
+        port: int,
+    ):
+        self.reader, self.writer, self.request, self.port = reader, writer, request, port
 
     async def get(self) -> None:
+        if self.reader.at_eof() or self.writer.is_closing():
+            self.writer.close()
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
         self.writer.write(self.request)
         head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head[9:12])
@@ -184,7 +194,7 @@ async def _connections(port: int, n: int) -> list[_Connection]:
     out = []
     for _ in range(n):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        out.append(_Connection(reader, writer, request))
+        out.append(_Connection(reader, writer, request, port))
     return out
 
 
@@ -207,10 +217,10 @@ async def _bench_billing(
         await ledger.billing(TEAM, at=datetime.now(UTC))
 
     await _drive(http_call, concurrency, 0.5)  # warm-up: both processes' caches and pools
-    await _drive(bare_call, concurrency, 0.5)
     http = await _drive(http_call, concurrency, seconds)
-    bare = await _drive(bare_call, concurrency, seconds)
     http1 = await _drive(http_call, 1, seconds / 2)
+    await _drive(bare_call, concurrency, 0.5)
+    bare = await _drive(bare_call, concurrency, seconds)
     bare1 = await _drive(bare_call, 1, seconds / 2)
     for conn in conns:
         conn.writer.close()
