@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -127,13 +128,19 @@ async def live_api(server_dsn: str, template_db: str, redis_url: str) -> AsyncIt
         yield LiveApi(base, dsn, redis_url, proc, log_path)
     finally:
         proc.terminate()
+        code: int | None
         try:
-            await asyncio.to_thread(proc.wait, 30)
+            code = await asyncio.to_thread(proc.wait, 30)
         except subprocess.TimeoutExpired:
             proc.kill()
+            code = None
         log_file.close()
         admin = await asyncpg.connect(server_dsn)
         try:
             await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         finally:
             await admin.close()
+        # SIGTERM is a clean shutdown (running requests finish, the lifespan closes the
+        # pools); uvicorn then re-raises the signal, as a process stopped by it exits.
+        log = await asyncio.to_thread(log_path.read_text)
+        assert code in (0, -signal.SIGTERM) and "Application shutdown complete" in log, log
