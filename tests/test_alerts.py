@@ -1,0 +1,230 @@
+"""Usage alerts (SPEC section 10): made once, in the charge's transaction; delivered once."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+
+import asyncpg
+import pytest
+
+from ledger.alerts import AlertRow
+from ledger.catalog import DEFAULT_CATALOG
+from ledger.errors import UnknownTeam
+from ledger.service import Ledger
+from tests.conftest import at
+
+T0 = at("2026-03-10T12:00:00")
+MARCH = at("2026-03-01")
+
+
+async def team(
+    ledger: Ledger,
+    name: str = "acme",
+    *,
+    seats: int = 1,
+    limit: int = 0,
+    plan: str = "email_outreach",
+    when: str = "2026-03-10T12:00:00",
+) -> None:
+    await ledger.set_team(name, plan=plan, seats=seats, interval="month", anchor=MARCH, at=at(when))
+    if limit:
+        await ledger.set_limit(name, limit, actor="ann", role="admin", at=at(when))
+
+
+def levels(alerts: list[AlertRow]) -> list[tuple[str, int]]:
+    """(kind, level) of alerts, oldest first."""
+    return [(a.kind, a.level) for a in reversed(alerts)]
+
+
+async def spend(
+    ledger: Ledger, tokens: int, key: str, *, team_id: str = "acme", when: datetime = T0
+) -> None:
+    """Hold and capture `tokens` (enrich: 10 a lead) through group commit, as jobs do."""
+    assert tokens % 10 == 0
+    held = await ledger.hold(team_id, "enrich", tokens // 10, key=key, at=when)
+    assert not held.refused, held
+    assert held.charge_id is not None
+    await ledger.capture(held.charge_id, at=when)
+
+
+# -- made once, in the charge's transaction ------------------------------------
+
+
+async def test_free_grant_alerts_at_80_and_100_percent_once(ledger: Ledger) -> None:
+    await team(ledger)  # 250 free tokens, no additional
+    await spend(ledger, 190, "a")  # 76 %
+    assert await ledger.alerts("acme") == []
+    await spend(ledger, 10, "b")  # 200 = 80 %
+    alerts = await ledger.alerts("acme")
+    assert levels(alerts) == [("free", 80)]
+    assert (alerts[0].spent, alerts[0].granted_or_limit) == (200, 250)
+    assert alerts[0].period_start == MARCH
+    await spend(ledger, 40, "c")  # 240: still only the 80 % alert
+    assert levels(await ledger.alerts("acme")) == [("free", 80)]
+    await spend(ledger, 10, "d")  # 250 = 100 %
+    alerts = await ledger.alerts("acme")
+    assert levels(alerts) == [("free", 80), ("free", 100)]
+    assert (alerts[0].spent, alerts[0].granted_or_limit) == (250, 250)
+    # Newest first, each with its own public id.
+    assert alerts[0].id > alerts[1].id and alerts[0].alert_id != alerts[1].alert_id
+
+
+async def test_a_hold_counts_at_once_and_a_capture_or_release_makes_no_alert(
+    ledger: Ledger,
+) -> None:
+    await team(ledger)
+    held = await ledger.hold("acme", "ai_sequence", 4, key="gen", at=T0)  # 200 held = 80 %
+    assert held.charge_id is not None
+    assert levels(await ledger.alerts("acme")) == [("free", 80)]
+    await ledger.release(held.charge_id, at=T0)  # usage back to 0; the alert stays
+    assert levels(await ledger.alerts("acme")) == [("free", 80)]
+    # Crossing 80 % again in the same month (a retried job after a release) makes none.
+    await spend(ledger, 200, "gen-retry")
+    alerts = await ledger.alerts("acme")
+    assert levels(alerts) == [("free", 80)] and alerts[0].spent == 200
+
+
+async def test_one_charge_jumping_past_both_levels_makes_both(ledger: Ledger) -> None:
+    await team(ledger)
+    held, settled = await ledger.charge("acme", "ai_sequence", 5, key="all", at=T0)  # 250
+    assert not held.refused and settled is not None
+    alerts = await ledger.alerts("acme")
+    assert sorted(levels(alerts)) == [("free", 80), ("free", 100)]
+    assert {a.spent for a in alerts} == {250}
+
+
+async def test_refused_holds_make_no_alert(ledger: Ledger) -> None:
+    await team(ledger)  # no additional tokens
+    await spend(ledger, 150, "a")  # 60 %
+    for n in range(3):
+        refused = await ledger.hold("acme", "ai_sequence", 3, key=f"big{n}", at=T0)  # 150 > 100
+        assert refused.refused
+    held, _ = await ledger.charge("acme", "ai_sequence", 3, key="big-cli", at=T0)
+    assert held.refused
+    assert await ledger.alerts("acme") == []
+
+
+async def test_replayed_keys_do_not_alert_twice(ledger: Ledger) -> None:
+    await team(ledger)
+    first, _ = await ledger.charge("acme", "ai_sequence", 4, key="job:1", at=T0)
+    for _ in range(3):
+        again, settled = await ledger.charge("acme", "ai_sequence", 4, key="job:1", at=T0)
+        assert again.replayed and settled is None
+        replay = await ledger.hold("acme", "ai_sequence", 4, key="job:1", at=T0)
+        assert replay.replayed and replay.charge_id == first.charge_id
+    alerts = await ledger.alerts("acme")
+    assert levels(alerts) == [("free", 80)]
+
+
+async def test_a_rolled_back_charge_takes_its_alert_with_it(
+    ledger: Ledger, pool: asyncpg.Pool
+) -> None:
+    await team(ledger)
+    async with pool.acquire() as conn:
+        tx = conn.transaction()
+        await tx.start()
+        row = await conn.fetchrow(
+            "SELECT * FROM tokens_hold('acme', 'k', 'ai_sequence', 5, 250, $1, NULL, NULL)", T0
+        )
+        assert row is not None and row["state"] == "held"
+        inside = await conn.fetchval("SELECT count(*) FROM alerts")
+        await tx.rollback()
+    assert inside == 2  # made in the charge's own transaction...
+    assert await ledger.alerts("acme") == []  # ...and gone with it
+
+
+async def test_a_new_billing_month_alerts_again(ledger: Ledger) -> None:
+    await team(ledger)
+    await spend(ledger, 200, "mar", when=at("2026-03-31T23:59:59"))
+    await spend(ledger, 200, "apr", when=at("2026-04-01T00:00:00"))
+    alerts = await ledger.alerts("acme")
+    assert levels(alerts) == [("free", 80), ("free", 80)]
+    assert [a.period_start for a in reversed(alerts)] == [MARCH, at("2026-04-01")]
+
+
+async def test_a_raised_grant_alerts_only_levels_not_yet_alerted(ledger: Ledger) -> None:
+    await team(ledger, seats=1)  # 250
+    await spend(ledger, 200, "a")  # 80 % of 250
+    await team(ledger, seats=3)  # the month's grant becomes 750 at once
+    await spend(ledger, 400, "b")  # 600 = 80 % of 750: already alerted this month
+    assert levels(await ledger.alerts("acme")) == [("free", 80)]
+    await team(ledger, seats=1)  # a grant never shrinks mid-month
+    await spend(ledger, 150, "c")  # 750 = 100 % of 750
+    alerts = await ledger.alerts("acme")
+    assert levels(alerts) == [("free", 80), ("free", 100)]
+    assert (alerts[0].spent, alerts[0].granted_or_limit) == (750, 750)
+    assert (alerts[1].spent, alerts[1].granted_or_limit) == (200, 250)
+
+
+async def test_additional_limit_alerts(ledger: Ledger) -> None:
+    await team(ledger, limit=100)  # 250 free + 100 additional
+    await spend(ledger, 250, "free")
+    assert levels(await ledger.alerts("acme")) == [("free", 80), ("free", 100)]
+    await spend(ledger, 70, "add-1")  # 70 %
+    assert len(await ledger.alerts("acme")) == 2
+    await spend(ledger, 10, "add-2")  # 80 %
+    await spend(ledger, 20, "add-3")  # 100 %
+    alerts = await ledger.alerts("acme")
+    assert levels(alerts)[2:] == [("additional", 80), ("additional", 100)]
+    assert [(a.spent, a.granted_or_limit) for a in alerts[:2]] == [(100, 100), (80, 100)]
+    assert (await ledger.hold("acme", "enrich", 1, key="over", at=T0)).refused
+
+
+async def test_a_charge_split_between_free_and_additional_alerts_both(ledger: Ledger) -> None:
+    await team(ledger, limit=100)
+    await spend(ledger, 190, "a")
+    held = await ledger.hold("acme", "ai_sequence", 3, key="split", at=T0)  # 60 free + 90 add
+    assert (held.free_tokens, held.additional_tokens) == (60, 90)
+    assert sorted(levels(await ledger.alerts("acme"))) == [
+        ("additional", 80),
+        ("free", 80),
+        ("free", 100),
+    ]
+
+
+async def test_no_additional_alerts_without_a_limit_or_on_a_trial(ledger: Ledger) -> None:
+    await team(ledger, "trial", plan="trial")  # 100 free, once; never additional
+    await spend(ledger, 100, "t", team_id="trial")
+    assert levels(await ledger.alerts("trial")) == [("free", 80), ("free", 100)]
+    await team(ledger, "zero", limit=0)
+    await spend(ledger, 250, "z", team_id="zero")
+    assert {a.kind for a in await ledger.alerts("zero")} == {"free"}
+
+
+async def test_alerts_of_an_unknown_team_is_an_error(ledger: Ledger) -> None:
+    with pytest.raises(UnknownTeam):
+        await ledger.alerts("nobody")
+
+
+async def test_200_concurrent_holds_alert_each_level_once(
+    ledger: Ledger, database_url: str
+) -> None:
+    await team(ledger, "hot", seats=2, limit=230)  # 500 free + 230 additional: 73 holds fit
+    pool = await asyncpg.create_pool(database_url, min_size=20, max_size=20)
+    assert pool is not None
+    try:
+        racing = Ledger(pool, DEFAULT_CATALOG)  # group commit, as the worker runs
+        results = await asyncio.gather(
+            *(racing.hold("hot", "enrich", 1, key=f"job:{i}", at=T0) for i in range(200))
+        )
+        # Retried jobs: the same keys again, at the same moment.
+        replays = await asyncio.gather(
+            *(racing.hold("hot", "enrich", 1, key=f"job:{i}", at=T0) for i in range(200))
+        )
+    finally:
+        await pool.close()
+    assert sum(not r.refused for r in results) == 73
+    assert all(r.replayed or r.refused for r in replays)
+    assert racing.group.batches < 200  # holds really went through in shared batches
+    alerts = await ledger.alerts("hot")
+    assert sorted(levels(alerts)) == [
+        ("additional", 80),
+        ("additional", 100),
+        ("free", 80),
+        ("free", 100),
+    ]
+    for a in alerts:
+        assert a.spent * 100 >= a.level * a.granted_or_limit
+        assert a.spent <= a.granted_or_limit
+        assert a.granted_or_limit == (500 if a.kind == "free" else 230)
