@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
+import uuid
 from datetime import datetime
 
 import asyncpg
@@ -12,7 +16,9 @@ from ledger.alerts import AlertRow
 from ledger.catalog import DEFAULT_CATALOG
 from ledger.errors import UnknownTeam
 from ledger.service import Ledger
+from tests.cli_helpers import Cli
 from tests.conftest import at
+from tests.process import ROOT, Tokens, clean_env, team_set
 
 T0 = at("2026-03-10T12:00:00")
 MARCH = at("2026-03-01")
@@ -228,3 +234,62 @@ async def test_200_concurrent_holds_alert_each_level_once(
         assert a.spent * 100 >= a.level * a.granted_or_limit
         assert a.spent <= a.granted_or_limit
         assert a.granted_or_limit == (500 if a.kind == "free" else 230)
+
+
+# -- tokens alerts ----------------------------------------------------------------
+
+ALERT_KEYS = {"alert_id", "team", "kind", "level", "period_start", "spent", "granted_or_limit"}
+FORBIDDEN_AT_START = ("arq", "httpx", "stripe", "sqlalchemy", "sqlmodel", "worker")
+
+
+def test_tokens_alerts_in_process(cli: Cli) -> None:
+    cli.ok(*team_set("acme", at="2026-03-10T12:00:00Z"))
+    assert cli.ok("alerts", "acme", "--json").json() == []
+    assert "no usage alerts" in cli.ok("alerts", "acme").out
+    cli.ok("charge", "acme", "ai_sequence", "--quantity", "4", "--at", "2026-03-10T12:00:00Z")
+    human = cli.ok("alerts", "acme").out
+    assert "80 % of the free tokens: 200 of 250 tokens" in human and "not delivered" in human
+    refused = cli("alerts", "nobody", "--json")
+    assert refused.code == 1 and "unknown team" in refused.err and refused.out == ""
+
+
+@pytest.mark.process
+def test_tokens_alerts_json_in_a_fresh_process(database_url: str) -> None:
+    tokens = Tokens(clean_env(TOKENS_DATABASE_URL=database_url))
+    tokens.ok(*team_set("acme", at="2026-03-10T12:00:00Z"))
+    when = ("--at", "2026-03-10T12:00:00Z")
+    tokens.ok("charge", "acme", "ai_sequence", "--quantity", "4", "--key", "k1", *when)
+    tokens.ok("charge", "acme", "ai_sequence", "--quantity", "4", "--key", "k1", *when)  # replay
+    tokens.ok("charge", "acme", "ai_sequence", "--key", "k2", *when)
+    out = tokens.ok("alerts", "acme", "--json").json()
+    assert [(a["kind"], a["level"], a["spent"]) for a in out] == [
+        ("free", 100, 250),
+        ("free", 80, 200),
+    ]
+    for a in out:
+        assert set(a) >= ALERT_KEYS
+        assert (a["team"], a["granted_or_limit"]) == ("acme", 250)
+        assert a["period_start"] == "2026-03-01T00:00:00Z"
+        assert a["delivered_at"] is None
+        uuid.UUID(a["alert_id"])
+    tokens.refused("alerts", "nobody", "--json", says="unknown team")
+
+    # The command's path imports none of the worker's or Stripe's libraries.
+    probe = (
+        "import json, sys\n"
+        "from cli.main import main\n"
+        "code = main(['alerts', 'acme', '--json'])\n"
+        f"bad = sorted({{m.split('.')[0] for m in sys.modules}} & {set(FORBIDDEN_AT_START)!r})\n"
+        "print(json.dumps({'code': code, 'bad': bad}), file=sys.stderr)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        env=tokens.env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert json.loads(done.stderr.strip().splitlines()[-1]) == {"code": 0, "bad": []}
+    assert len(json.loads(done.stdout)) == 2
