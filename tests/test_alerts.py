@@ -3,22 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
+import threading
 import uuid
-from datetime import datetime
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 
 from ledger.alerts import AlertRow
 from ledger.catalog import DEFAULT_CATALOG
 from ledger.errors import UnknownTeam
 from ledger.service import Ledger
+from runtime.config import Settings
 from tests.cli_helpers import Cli
 from tests.conftest import at
 from tests.process import ROOT, Tokens, clean_env, team_set
+from worker.alerts import AlertSender, backoff, deliver_alerts, sign
+from worker.settings import worker_kwargs
 
 T0 = at("2026-03-10T12:00:00")
 MARCH = at("2026-03-01")
@@ -293,3 +303,232 @@ def test_tokens_alerts_json_in_a_fresh_process(database_url: str) -> None:
     )
     assert json.loads(done.stderr.strip().splitlines()[-1]) == {"code": 0, "bad": []}
     assert len(json.loads(done.stdout)) == 2
+
+
+# -- delivery to the webhook --------------------------------------------------------
+
+SECRET = "app-secret-for-tests"
+
+
+def readme_verifier() -> Callable[..., bool]:
+    """The receiver's signature check, exactly as README.md gives it."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Usage alerts", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    verify: Callable[..., bool] = namespace["verify_tokens_signature"]
+    return verify
+
+
+@dataclass
+class Received:
+    alert_id: str
+    body: bytes
+    signature: str
+    content_type: str
+    status: int
+
+
+class Receiver:
+    """A real HTTP receiver in a thread, answering every POST with `status`.
+
+    With `barrier`, each request waits there first (to prove two are in flight at once).
+    """
+
+    def __init__(self) -> None:
+        self.status = 200
+        self.received: list[Received] = []
+        self.barrier: threading.Barrier | None = None
+        self.port = 0
+        self._server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hooks/tokens"
+
+    def start(self) -> None:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if receiver.barrier is not None:
+                    with contextlib.suppress(threading.BrokenBarrierError):
+                        receiver.barrier.wait()
+                status = receiver.status
+                receiver.received.append(
+                    Received(
+                        json.loads(body)["alert_id"],
+                        body,
+                        self.headers.get("Tokens-Signature", ""),
+                        self.headers.get("Content-Type", ""),
+                        status,
+                    )
+                )
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        # Same port on a restart (the server allows address reuse): the URL stays valid.
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        assert self._server is not None
+        self._server.shutdown()
+        self._server.server_close()
+        self._server = None
+
+    def acknowledged(self) -> list[str]:
+        return [r.alert_id for r in self.received if 200 <= r.status < 300]
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    r.start()
+    yield r
+    if r._server is not None:
+        r.stop()
+
+
+async def four_alerts(ledger: Ledger) -> list[AlertRow]:
+    await team(ledger, limit=100)
+    await spend(ledger, 250, "free")
+    await spend(ledger, 100, "additional")
+    alerts = await ledger.alerts("acme")
+    assert len(alerts) == 4
+    return alerts
+
+
+async def test_a_receiver_down_then_failing_then_back_gets_each_alert_once(
+    ledger: Ledger, pool: asyncpg.Pool, receiver: Receiver
+) -> None:
+    alerts = await four_alerts(ledger)
+    ids = {a.alert_id for a in alerts}
+    step = timedelta(seconds=10)  # the cron interval
+    async with httpx.AsyncClient(timeout=5) as client:
+        sender = AlertSender(pool, client, receiver.url, SECRET, 5.0, 300.0)
+
+        # 1. Down (connection refused) for half an hour: nothing is lost, tries back off.
+        receiver.stop()
+        start = now = datetime.now(UTC)
+        first = await sender.deliver_due(now)
+        assert first.delivered == [] and len(first.failed) == 1  # a run stops at a failure
+        row = await pool.fetchrow("SELECT * FROM alerts WHERE public_id = $1", first.failed[0])
+        assert row is not None and row["attempts"] == 1 and row["delivered_at"] is None
+        assert "ConnectError" in row["last_error"]
+        assert row["next_attempt_at"] == now + timedelta(seconds=5)
+        while now < start + timedelta(minutes=30):
+            now += step
+            assert (await sender.deliver_due(now)).delivered == []
+
+        # 2. Up but answering 500 for another half hour.
+        receiver.status = 500
+        receiver.start()
+        while now < start + timedelta(hours=1):
+            now += step
+            assert (await sender.deliver_due(now)).delivered == []
+        rows = await pool.fetch("SELECT * FROM alerts")
+        assert all(r["delivered_at"] is None and r["last_error"] == "HTTP 500" for r in rows)
+        # Backoff: in an hour, about 16 tries an alert at most (5, 10, ... 300 s), not 360.
+        assert all(5 <= r["attempts"] <= 17 for r in rows), [r["attempts"] for r in rows]
+        assert all(r["next_attempt_at"] <= now + timedelta(seconds=300) for r in rows)
+        assert receiver.acknowledged() == [] and {r.alert_id for r in receiver.received} == ids
+
+        # 3. Back: everything arrives within the capped backoff, each alert acknowledged once.
+        receiver.status = 200
+        back = now
+        while len(receiver.acknowledged()) < 4:
+            assert now <= back + timedelta(seconds=310), (
+                "not delivered after the receiver came back"
+            )
+            now += step
+            await sender.deliver_due(now)
+        for _ in range(30):  # later runs, up to days later, send nothing again
+            now += timedelta(hours=2)
+            assert (await sender.deliver_due(now)).delivered == []
+    assert sorted(receiver.acknowledged()) == sorted(ids)
+    rows = await pool.fetch("SELECT * FROM alerts")
+    assert all(r["delivered_at"] is not None and r["last_error"] is None for r in rows)
+    shown = {a.alert_id: a for a in await ledger.alerts("acme")}
+    assert all(a.delivered_at is not None for a in shown.values())
+
+    # Every request, failed or not, is signed; the README's check accepts them...
+    verify = readme_verifier()
+    for r in receiver.received:
+        assert r.content_type == "application/json"
+        assert verify(r.body, r.signature, SECRET)
+        body = json.loads(r.body)
+        assert set(body) == ALERT_KEYS
+        a = shown[body["alert_id"]]
+        assert (body["team"], body["kind"], body["level"]) == ("acme", a.kind, a.level)
+        assert (body["spent"], body["granted_or_limit"]) == (a.spent, a.granted_or_limit)
+        assert body["period_start"] == "2026-03-01T00:00:00Z"
+    # ...and refuses a changed body, another secret, a garbled header or an old signature.
+    r = receiver.received[-1]
+    assert not verify(r.body.replace(b'"acme"', b'"evil"'), r.signature, SECRET)
+    assert not verify(r.body, r.signature, "another-secret")
+    assert not verify(r.body, "v1=abc", SECRET)
+    old = sign(r.body, SECRET, int(datetime.now(UTC).timestamp()) - 3600)
+    assert not verify(r.body, old, SECRET)
+
+
+async def test_two_senders_at_once_never_send_the_same_alert(
+    ledger: Ledger, pool: asyncpg.Pool, receiver: Receiver
+) -> None:
+    await team(ledger)
+    await spend(ledger, 250, "all")  # two alerts: free 80 and 100
+    # Each request waits until a second one is in flight: both senders are mid-POST
+    # at once, each holding its alert's row lock.
+    receiver.barrier = threading.Barrier(2, timeout=20)
+    async with httpx.AsyncClient(timeout=30) as a, httpx.AsyncClient(timeout=30) as b:
+        now = datetime.now(UTC)
+        first, second = await asyncio.gather(
+            AlertSender(pool, a, receiver.url, SECRET).deliver_due(now),
+            AlertSender(pool, b, receiver.url, SECRET).deliver_due(now),
+        )
+    assert not receiver.barrier.broken  # the two requests really overlapped
+    assert len(first.delivered) == len(second.delivered) == 1
+    assert first.delivered != second.delivered
+    assert sorted(receiver.acknowledged()) == sorted(first.delivered + second.delivered)
+    assert len(receiver.received) == 2
+
+
+async def test_the_worker_cron_job_delivers_when_configured(
+    ledger: Ledger, database_url: str, redis_url: str, receiver: Receiver
+) -> None:
+    alerts = await four_alerts(ledger)
+
+    def ctx(**settings: Any) -> dict[str, Any]:
+        base = Settings(database_url=database_url, redis_url=redis_url, **settings)
+        return {"deps": {"settings": base, "ledger": ledger, "clock": lambda: T0}}
+
+    assert await deliver_alerts(ctx()) == {"delivered": 0, "failed": 0, "error": None}
+    unsigned = await deliver_alerts(ctx(alert_webhook_url=receiver.url))
+    assert unsigned["delivered"] == 0 and "TOKENS_APP_SECRET" in unsigned["error"]
+    assert receiver.received == []
+    done = await deliver_alerts(ctx(alert_webhook_url=receiver.url, app_secret=SECRET))
+    assert done == {"delivered": 4, "failed": 0, "error": None}
+    assert sorted(receiver.acknowledged()) == sorted(a.alert_id for a in alerts)
+    again = await deliver_alerts(ctx(alert_webhook_url=receiver.url, app_secret=SECRET))
+    assert again["delivered"] == 0 and len(receiver.received) == 4
+
+    kwargs = worker_kwargs(ctx()["deps"]["settings"], redis_url, burst=True)
+    assert "deliver_alerts" in {c.name for c in kwargs["cron_jobs"]}
+
+
+def test_backoff_doubles_up_to_its_cap() -> None:
+    assert [backoff(n, 5, 300).total_seconds() for n in (1, 2, 3, 6, 7, 30)] == [
+        5,
+        10,
+        20,
+        160,
+        300,
+        300,
+    ]
