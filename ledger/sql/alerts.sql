@@ -51,8 +51,9 @@ DECLARE
     used bigint;
     lim bigint;
 BEGIN
+    -- Below 80 % nothing can be due: tokens_alert is not even called.
     used := NEW.free_held + NEW.free_spent;
-    IF used > OLD.free_held + OLD.free_spent THEN
+    IF used > OLD.free_held + OLD.free_spent AND used * 100 >= 80 * NEW.free_granted THEN
         PERFORM tokens_alert(NEW.team_id, NEW.period_start, 'free', used, NEW.free_granted);
     END IF;
     used := NEW.additional_held + NEW.additional_spent;
@@ -60,7 +61,9 @@ BEGIN
         SELECT CASE WHEN p.additional_allowed THEN t.additional_limit ELSE 0 END INTO lim
           FROM teams t JOIN plans p ON p.name = t.plan
          WHERE t.id = NEW.team_id;
-        PERFORM tokens_alert(NEW.team_id, NEW.period_start, 'additional', used, lim);
+        IF used * 100 >= 80 * lim THEN
+            PERFORM tokens_alert(NEW.team_id, NEW.period_start, 'additional', used, lim);
+        END IF;
     END IF;
     RETURN NULL;
 END
