@@ -15,6 +15,14 @@ Scenarios (c32 each):
   under limit 10^11: every batch's hold update runs the trigger function
   (reads the team's limit, checks the levels), its most expensive steady state.
 slowdown_pct = (1 - median on/s / median off/s) x 100.
+
+On a shared 2-core machine throughput swings far more than 5 % from one
+second to the next, so two steadier figures come with it: the Postgres
+server's CPU time per hold+capture (from /proc), and `trigger_cost`, the
+trigger's own cost per month-row update measured in a server-side loop of
+UPDATES updates (on against off, interleaved, medians). With group commit a
+batch updates each month row twice (its holds, its settlements), whatever
+the number of charges in it.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import asyncio
 import json
 import os
 import statistics
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,6 +54,7 @@ MANY = [f"alerts-team-{n:04d}" for n in range(1_000)]
 SEATS = 1_000
 HUGE_LIMIT = 10**11
 CONCURRENCY = 32
+UPDATES = 100
 SCENARIOS = ("hot_team", "many_teams", "hot_team_overage")
 
 Op = Callable[[asyncpg.Pool, int, int], Awaitable[None]]
@@ -156,6 +166,52 @@ async def _point(
     return float(measured["per_s"]), cpu * 1000 / max(measured["ops"], 1)
 
 
+async def _update_us(conn: asyncpg.Connection, team: str, column: str, n: int) -> float:
+    """Microseconds per `UPDATE billing_months SET column = column + 1` of one month row,
+    n of them in one server-side loop (rolled back: nothing changes)."""
+    sql = f"""DO $$ BEGIN FOR i IN 1..{n} LOOP
+        UPDATE billing_months SET {column} = {column} + 1
+         WHERE team_id = '{team}' AND period_start = '{ANCHOR.isoformat()}';
+    END LOOP; END $$"""
+    tx = conn.transaction()
+    await tx.start()
+    try:
+        start = time.perf_counter()
+        await conn.execute(sql)
+        return (time.perf_counter() - start) * 1e6 / n
+    finally:
+        await tx.rollback()
+
+
+async def _trigger_cost(dsns: dict[str, str], rounds: int) -> dict[str, Any]:
+    """The trigger's own cost per month-row update, on against off, interleaved.
+
+    `free_below_80`: a hold's update of a team far from its levels (the WHEN clause
+    decides, no function call); `additional`: a hold's update in overage (the trigger
+    function runs and reads the team's limit)."""
+    conns = {m: await asyncpg.connect(dsns[m]) for m in dsns}
+    out: dict[str, Any] = {"updates_per_sample": UPDATES, "samples": rounds}
+    try:
+        for case, team, column in (
+            ("free_below_80", HOT, "free_held"),
+            ("additional", OVERAGE, "additional_held"),
+        ):
+            us: dict[str, list[float]] = {"on": [], "off": []}
+            for r in range(rounds):
+                for mode in ("on", "off") if r % 2 == 0 else ("off", "on"):
+                    us[mode].append(await _update_us(conns[mode], team, column, UPDATES))
+            on, off = statistics.median(us["on"]), statistics.median(us["off"])
+            out[case] = {
+                "on_us_per_update": round(on, 2),
+                "off_us_per_update": round(off, 2),
+                "trigger_us_per_update": round(on - off, 2),
+            }
+    finally:
+        for conn in conns.values():
+            await conn.close()
+    return out
+
+
 async def run(server_dsn: str, *, quick: bool) -> dict[str, Any]:
     """Alerts on against off, interleaved; medians and slowdowns (JSON `alerts`)."""
     rounds, duration_s = (6, 2.0) if quick else (12, 2.5)
@@ -186,6 +242,9 @@ async def run(server_dsn: str, *, quick: bool) -> dict[str, Any]:
             )
             print(f"  alerts round {r + 1}/{rounds}: " + ", ".join(last), flush=True)
         made = {m: int(await pools[m].fetchval("SELECT count(*) FROM alerts")) for m in pools}
+        items_per_commit = {
+            m: round(ledgers[m].group.items / max(ledgers[m].group.batches, 1), 1) for m in pools
+        }
     finally:
         for pool in pools.values():
             await pool.close()
@@ -194,6 +253,8 @@ async def run(server_dsn: str, *, quick: bool) -> dict[str, Any]:
         "rounds": rounds,
         "duration_s": duration_s,
         "alerts_made": made,
+        "items_per_commit": items_per_commit,
+        "trigger_cost": await _trigger_cost(dsns, 20 if quick else 40),
     }
     for scenario in SCENARIOS:
         on, off = (statistics.median(per_s[scenario][m]) for m in ("on", "off"))

@@ -42,6 +42,17 @@ def alerts_table(a: dict[str, Any]) -> str:
             f"| {p['server_cpu_ms_per_op_on']:.3f} | {p['server_cpu_ms_per_op_off']:.3f} "
             f"| {p['server_cpu_increase_pct']:.1f} % |"
         )
+    t = a["trigger_cost"]
+    lines += [
+        "",
+        "| one month-row update | trigger on us | trigger off us | trigger us |",
+        "|---|---:|---:|---:|",
+    ]
+    for case in ("free_below_80", "additional"):
+        lines.append(
+            f"| {case} | {t[case]['on_us_per_update']:.1f} | {t[case]['off_us_per_update']:.1f} "
+            f"| **{t[case]['trigger_us_per_update']:.1f}** |"
+        )
     return "\n".join(lines)
 
 
@@ -268,6 +279,12 @@ busy machine disturbs much less than throughput. `hot_team_overage` is a team
 with no free tokens spending additional ones: every batch runs the trigger
 function (it reads the team's limit), its most expensive steady state; below
 80 % of the grant the trigger's WHEN clause alone decides (no function call).
+The second table is the trigger's own cost per update of a month row, from
+{result["alerts"]["trigger_cost"]["samples"]} interleaved samples of
+{result["alerts"]["trigger_cost"]["updates_per_sample"]} updates in a
+server-side loop: group commit updates each month row twice per batch (about
+{result["alerts"]["items_per_commit"]["on"]} charges per batch here), whatever
+the number of charges in it.
 
 {alerts_table(result["alerts"])}
 
