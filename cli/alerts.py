@@ -13,18 +13,25 @@ import typer
 
 def alerts(
     team: str,
+    at: Annotated[
+        str | None,
+        typer.Option("--at", help="Only billing months started by then (ISO 8601, UTC)."),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Usage alerts of the team (80 % / 100 % of the free grant and of the limit), newest first."""
     from cli import render
     from cli.main import _run, _settings
+    from ledger import validate
     from runtime.app import open_ledger
 
     settings = _settings()
+    until = validate.parse_moment(at, "--at") if at is not None else None
 
     async def go() -> list[dict[str, Any]]:
         async with open_ledger(settings) as ledger:
-            return [a.as_dict() for a in await ledger.alerts(team)]
+            found = await ledger.alerts(team)
+        return [a.as_dict() for a in found if until is None or a.period_start <= until]
 
     out = _run(go())
     if json_out:

@@ -259,6 +259,9 @@ def test_tokens_alerts_in_process(cli: Cli) -> None:
     cli.ok("charge", "acme", "ai_sequence", "--quantity", "4", "--at", "2026-03-10T12:00:00Z")
     human = cli.ok("alerts", "acme").out
     assert "80 % of the free tokens: 200 of 250 tokens" in human and "not delivered" in human
+    assert len(cli.ok("alerts", "acme", "--json", "--at", "2026-03-01T00:00:00Z").json()) == 1
+    assert cli.ok("alerts", "acme", "--json", "--at", "2026-02-28T23:59:59Z").json() == []
+    assert cli("alerts", "acme", "--at", "yesterday").code == 1
     refused = cli("alerts", "nobody", "--json")
     assert refused.code == 1 and "unknown team" in refused.err and refused.out == ""
 
