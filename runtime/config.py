@@ -69,6 +69,16 @@ class Settings(BaseSettings):
     # Make the offline sandbox providers as slow as a real one (demo, crash tests).
     sandbox_latency_ms: int = Field(default=0, ge=0)
 
+    # Usage alerts (SPEC section 10): POSTed here by the worker when set, signed
+    # with app_secret (TOKENS_APP_SECRET, the application's shared secret).
+    alert_webhook_url: str | None = None
+    app_secret: str | None = None
+    alert_interval_seconds: int = Field(default=10, gt=0)
+    alert_timeout_seconds: float = Field(default=10.0, gt=0)
+    # First retry delay of an alert the receiver did not take; doubles per try, capped.
+    alert_retry_base_seconds: float = Field(default=5.0, ge=0)
+    alert_retry_max_seconds: float = Field(default=300.0, ge=0)
+
     @model_validator(mode="after")
     def _holds_outlive_their_jobs(self) -> Settings:
         """A hold must outlive every try of its job, backoff included; otherwise
