@@ -49,7 +49,7 @@ def services(request: Request) -> Services:
 
 def app_secret(settings: Settings) -> str:
     """TOKENS_APP_SECRET, required: without it no request could be authenticated."""
-    secret = settings.app_secret.get_secret_value() if settings.app_secret else ""
+    secret = settings.app_secret or ""
     if not secret:
         from ledger.errors import BadInput
 

@@ -8,7 +8,8 @@ the database, and measures on them:
 1. hold+capture operations per second with C concurrent asyncio workers for a
    fixed duration, on one hot team and on 1,000 teams (round-robin), next to a
    baseline of one autocommit `UPDATE bench_counter SET n = n - 1 WHERE id = 1`
-   per operation with the same pool size and concurrency;
+   per operation with the same pool size and concurrency; then, at c32, the
+   same with the usage-alert trigger on against off, interleaved (bench/alerts.py);
 2. the latency of `Ledger.billing` for a team with many charges;
 3. arq throughput of metered jobs against no-op jobs (bench/arq_overhead.py);
 4. one reconcile run over many teams against the Stripe fake (bench/reconcile.py);
@@ -36,6 +37,7 @@ from typing import Any
 
 import asyncpg
 
+from bench import alerts as alerts_bench
 from bench import api as api_bench
 from bench import arq_overhead, cli_start, report
 from bench import reconcile as reconcile_bench
@@ -241,6 +243,8 @@ async def _run(quick: bool) -> dict[str, Any]:
             await ledger.sync_catalog()
             print("hold+capture:", flush=True)
             hold_capture = await _bench_hold_capture(dsn, ledger, concurrencies, duration_s)
+            print("usage alerts on against off (hold+capture, c32):", flush=True)
+            alerts = await alerts_bench.run(dsn, quick=quick)
             print("billing read:", flush=True)
             billing = await _bench_billing(pool, ledger, charges)
         finally:
@@ -265,6 +269,7 @@ async def _run(quick: bool) -> dict[str, Any]:
             "postgres": postgres,
         },
         "hold_capture": hold_capture,
+        "alerts": alerts,
         "arq_overhead": arq,
         "reconcile": reconciled,
         "billing_read": billing,

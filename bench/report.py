@@ -24,6 +24,38 @@ def hold_capture_table(hold_capture: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+ALERT_SCENARIOS = ("hot_team", "many_teams", "hot_team_overage")
+
+
+def alerts_table(a: dict[str, Any]) -> str:
+    c = a["concurrency"]
+    lines = [
+        "| scenario | alerts on /s (median) | alerts off /s (median) | slowdown "
+        "| paired slowdown | server CPU ms/op on | off | CPU increase |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in ALERT_SCENARIOS:
+        p = a[name]
+        lines.append(
+            f"| {name} c{c} | {p['on_median_per_s']:,.0f} | {p['off_median_per_s']:,.0f} "
+            f"| **{a[f'{name}_c{c}_slowdown_pct']:.1f} %** | {p['paired_slowdown_pct']:.1f} % "
+            f"| {p['server_cpu_ms_per_op_on']:.3f} | {p['server_cpu_ms_per_op_off']:.3f} "
+            f"| {p['server_cpu_increase_pct']:.1f} % |"
+        )
+    t = a["trigger_cost"]
+    lines += [
+        "",
+        "| one month-row update | trigger on us | trigger off us | trigger us |",
+        "|---|---:|---:|---:|",
+    ]
+    for case in ("free_below_80", "additional"):
+        lines.append(
+            f"| {case} | {t[case]['on_us_per_update']:.1f} | {t[case]['off_us_per_update']:.1f} "
+            f"| **{t[case]['trigger_us_per_update']:.1f}** |"
+        )
+    return "\n".join(lines)
+
+
 def billing_table(b: dict[str, Any]) -> str:
     return "\n".join(
         [
@@ -117,6 +149,7 @@ def summary(result: dict[str, Any]) -> str:
     return "\n\n".join(
         [
             hold_capture_table(result["hold_capture"]),
+            alerts_table(result["alerts"]),
             arq_table(a),
             reconcile_table(r),
             f"reconcile: {r['teams']:,} teams in {r['seconds']:.2f} s; "
@@ -165,7 +198,7 @@ def targets(result: dict[str, Any]) -> list[tuple[str, str, bool]]:
     hot = result["hold_capture"]["hot_team"]
     many = result["hold_capture"]["many_teams"]
     a, r, b = result["arq_overhead"], result["reconcile"], result["billing_read"]
-    c = result["cli"]
+    c, al = result["cli"], result["alerts"]
     hot_best = max(hot.items(), key=lambda kv: kv[1]["ratio"])
     many_best = max(many.items(), key=lambda kv: kv[1]["ratio"])
     return [
@@ -179,6 +212,12 @@ def targets(result: dict[str, Any]) -> list[tuple[str, str, bool]]:
             f"{many['c32']['ratio']:.2f}x at c32, best {many_best[1]['ratio']:.2f}x at "
             f"{many_best[0]}",
             many["c32"]["ratio"] >= 1.5,
+        ),
+        (
+            "usage alerts cost on hold+capture, hot team and 1,000 teams at c32 < 5 %",
+            f"hot team {al['hot_team_c32_slowdown_pct']:.1f} %, 1,000 teams "
+            f"{al['many_teams_c32_slowdown_pct']:.1f} % (medians, interleaved)",
+            max(al["hot_team_c32_slowdown_pct"], al["many_teams_c32_slowdown_pct"]) < 5,
         ),
         (
             "metering overhead on arq throughput <= 15 %",
@@ -266,6 +305,29 @@ durability is that of one commit per charge.
 ![hold+capture per second]({png.name})
 
 {hold_capture_table(result["hold_capture"])}
+
+## Usage alerts on the hot path
+
+`bench/alerts.py`, in the same run: two fresh databases on the same server,
+migrated alike, with the usage-alert trigger (`ledger/sql/alerts.sql`)
+disabled in one (`ALTER TABLE billing_months DISABLE TRIGGER`). The same
+hold+capture load (group commit, {result["alerts"]["concurrency"]} callers) runs on
+each, on/off then off/on, for {result["alerts"]["rounds"]} rounds of
+{result["alerts"]["duration_s"]} s per point; slowdown = 1 - median on/s / median
+off/s; "paired" is the median of each round's back-to-back ratio. Server CPU
+is the Postgres processes' CPU time per hold+capture (from /proc), which a
+busy machine disturbs much less than throughput. `hot_team_overage` is a team
+with no free tokens spending additional ones: every batch runs the trigger
+function (it reads the team's limit), its most expensive steady state; below
+80 % of the grant the trigger's WHEN clause alone decides (no function call).
+The second table is the trigger's own cost per update of a month row, from
+{result["alerts"]["trigger_cost"]["samples"]} interleaved samples of
+{result["alerts"]["trigger_cost"]["updates_per_sample"]} updates in a
+server-side loop: group commit updates each month row twice per batch (about
+{result["alerts"]["items_per_commit"]["on"]} charges per batch here), whatever
+the number of charges in it.
+
+{alerts_table(result["alerts"])}
 
 ## End to end through arq
 

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
 from cli import render
+from cli.alerts import alerts as alerts_command
 from cli.bills import bill_app
 from cli.bills import bills as bills_command
 from ledger import validate
@@ -269,6 +270,9 @@ def history(
         render.print_json([render.charge_dict(c) for c in charges])
     else:
         render.print_history(charges)
+
+
+app.command("alerts")(alerts_command)  # cli/alerts.py
 
 
 @app.command()

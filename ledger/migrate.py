@@ -16,7 +16,11 @@ from runtime.db import Conn
 
 MIGRATIONS_PACKAGE = "ledger.migrations"
 # Re-applied, in this order, after the versioned migrations whenever they change.
-FUNCTION_FILES = (("ledger.sql", "functions.sql"), ("billing.sql", "functions.sql"))
+FUNCTION_FILES = (
+    ("ledger.sql", "functions.sql"),
+    ("billing.sql", "functions.sql"),
+    ("ledger.sql", "alerts.sql"),
+)
 
 _LOCK_KEY = 0x70_6B_6E_73  # arbitrary, fixed: "tkns"
 

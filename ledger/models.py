@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
+from uuid import UUID
 
 from sqlalchemy import (
     BigInteger,
@@ -26,6 +27,7 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
+from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlmodel import Field, SQLModel
 
 
@@ -183,3 +185,56 @@ class LimitChange(SQLModel, table=True):
     old_limit: int = Field(sa_column=Column(BigInteger, nullable=False))
     new_limit: int = Field(sa_column=Column(BigInteger, nullable=False))
     changed_at: datetime = Field(sa_column=ts_column())
+
+
+class Alert(SQLModel, table=True):
+    """A usage alert (migration 0005, SPEC section 10), and its webhook delivery state."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (
+        CheckConstraint("kind IN ('free', 'additional')", name="alerts_kind_valid"),
+        CheckConstraint("level IN (80, 100)", name="alerts_level_valid"),
+        CheckConstraint("spent >= 0", name="alerts_spent_nonneg"),
+        CheckConstraint("granted_or_limit > 0", name="alerts_base_pos"),
+        UniqueConstraint("team_id", "period_start", "kind", "level", name="alerts_once"),
+        ForeignKeyConstraint(
+            ["team_id", "period_start"],
+            ["billing_months.team_id", "billing_months.period_start"],
+        ),
+        Index("alerts_team_idx", "team_id", "id"),
+        Index(
+            "alerts_undelivered_idx",
+            "next_attempt_at",
+            postgresql_where=text("delivered_at IS NULL"),
+        ),
+    )
+
+    id: int | None = Field(
+        default=None,
+        sa_column=Column(BigInteger, Identity(always=True), primary_key=True),
+    )
+    public_id: UUID = Field(
+        sa_column=Column(
+            PG_UUID(as_uuid=True),
+            nullable=False,
+            unique=True,
+            server_default=text("gen_random_uuid()"),
+        )
+    )
+    team_id: str = Field(sa_column=Column(Text, nullable=False))
+    period_start: datetime = Field(sa_column=ts_column())
+    kind: str = Field(sa_column=Column(Text, nullable=False))
+    level: int = Field(sa_column=Column(Integer, nullable=False))
+    spent: int = Field(sa_column=Column(BigInteger, nullable=False))
+    granted_or_limit: int = Field(sa_column=Column(BigInteger, nullable=False))
+    created_at: datetime = Field(
+        sa_column=Column(DateTime(timezone=True), nullable=False, server_default=text("now()"))
+    )
+    attempts: int = Field(
+        default=0, sa_column=Column(Integer, nullable=False, server_default=text("0"))
+    )
+    next_attempt_at: datetime = Field(
+        sa_column=Column(DateTime(timezone=True), nullable=False, server_default=text("now()"))
+    )
+    last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    delivered_at: datetime | None = Field(default=None, sa_column=ts_column(nullable=True))

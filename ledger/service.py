@@ -16,6 +16,7 @@ import asyncpg
 import structlog
 
 from ledger import validate
+from ledger.alerts import TEAM_ALERTS, AlertRow
 from ledger.catalog import Catalog
 from ledger.errors import (
     BadInput,
@@ -326,6 +327,13 @@ class Ledger:
         await self.get_team(team)
         rows = await self._run(lambda: self.pool.fetch(q("history_page"), team, before, limit))
         return [ChargeRow.from_record(r) for r in rows]
+
+    async def alerts(self, team: str) -> list[AlertRow]:
+        """The team's usage alerts (SPEC section 10), newest first."""
+        validate.team_id(team)
+        await self.get_team(team)
+        rows = await self._run(lambda: self.pool.fetch(TEAM_ALERTS, team))
+        return [AlertRow.from_record(r) for r in rows]
 
     async def drift(self) -> list[dict[str, Any]]:
         """Months whose running totals differ from their charges (always empty)."""

@@ -37,9 +37,8 @@ class Settings(BaseSettings):
     # Stripe's automatic collection pays a finalized invoice; the reconciler pays it
     # itself only when it is still open this long after finalizing.
     stripe_pay_after_seconds: int = Field(default=3600, ge=0)
-    # The HTTP API (`tokens serve`): the HS256 secret the application signs its JWTs
-    # with, and the signing secret of the Stripe webhook endpoint.
-    app_secret: SecretStr | None = None
+    # The HTTP API (`tokens serve`) verifies the application's JWTs with app_secret
+    # (below, TOKENS_APP_SECRET), and Stripe's webhooks with this signing secret.
     stripe_webhook_secret: SecretStr | None = Field(
         default=None,
         validation_alias=AliasChoices("STRIPE_WEBHOOK_SECRET", "TOKENS_STRIPE_WEBHOOK_SECRET"),
@@ -75,6 +74,17 @@ class Settings(BaseSettings):
     provider_timeout_seconds: float = Field(default=20.0, gt=0)
     # Make the offline sandbox providers as slow as a real one (demo, crash tests).
     sandbox_latency_ms: int = Field(default=0, ge=0)
+
+    # Usage alerts (SPEC section 10): POSTed here by the worker when set, signed
+    # with app_secret (TOKENS_APP_SECRET, the application's shared secret, which
+    # also signs the JWTs of the HTTP API).
+    alert_webhook_url: str | None = None
+    app_secret: str | None = None
+    alert_interval_seconds: int = Field(default=10, gt=0)
+    alert_timeout_seconds: float = Field(default=10.0, gt=0)
+    # First retry delay of an alert the receiver did not take; doubles per try, capped.
+    alert_retry_base_seconds: float = Field(default=5.0, ge=0)
+    alert_retry_max_seconds: float = Field(default=300.0, ge=0)
 
     @model_validator(mode="after")
     def _holds_outlive_their_jobs(self) -> Settings:

@@ -60,7 +60,7 @@ def settings_for(database_url: str, redis_url: str, **extra: Any) -> Settings:
     return Settings(
         database_url=database_url,
         redis_url=redis_url,
-        app_secret=SECRET,  # type: ignore[arg-type]
+        app_secret=SECRET,
         stripe_webhook_secret=WEBHOOK_SECRET,  # type: ignore[call-arg]
         **extra,
     )

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,9 @@ from arq.connections import ArqRedis, RedisSettings, create_pool
 from ledger.service import Ledger
 from tests.cli_helpers import Cli
 from tests.conftest import at
+from tests.process import TOKENS_BIN
 
-TOKENS = [sys.executable, "-m", "cli.main"]
+TOKENS = [str(TOKENS_BIN)]  # the installed executable, as users run it
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -19,6 +19,7 @@ from runtime.app import catalog, database_url, ensure_schema
 from runtime.config import Settings
 from runtime.db import create_pool
 from runtime.transient import is_transient, ride_out
+from worker.alerts import deliver_alerts
 from worker.context import Deps
 from worker.providers import build_providers
 from worker.tasks import (
@@ -172,6 +173,7 @@ def worker_kwargs(
             await deps["ledger"].pool.close()
 
     every = _every(settings.reconcile_interval_seconds)
+    alert_every = _every(settings.alert_interval_seconds)
     return {
         "functions": [
             *(func(f, name=f.__name__) for f in JOBS),
@@ -180,6 +182,7 @@ def worker_kwargs(
         "cron_jobs": [
             cron(reconcile_all, name="reconcile_all", run_at_startup=not burst, **every),
             cron(expire_holds, name="expire_holds", run_at_startup=not burst, **every),
+            cron(deliver_alerts, name="deliver_alerts", **alert_every),
         ],
         "queue_name": QUEUE,
         "redis_settings": RedisSettings.from_dsn(redis_url),
