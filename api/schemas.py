@@ -221,6 +221,24 @@ class BillExplained(BillOut):
     charges: list[BilledCharge]
 
 
+class AlertOut(BaseModel):
+    alert_id: str
+    team: str
+    kind: Literal["free", "additional"]
+    level: int
+    period_start: str
+    spent: int
+    granted_or_limit: int
+    created_at: str
+    delivered_at: str | None
+    delivery_attempts: int
+
+
+class AlertsOut(BaseModel):
+    team: str
+    alerts: list[AlertOut] = Field(description="newest first")
+
+
 class WebhookOut(BaseModel):
     event_id: str
     type: str

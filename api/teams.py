@@ -11,7 +11,15 @@ from fastapi.responses import JSONResponse, Response
 from api import auth
 from api.deps import AUTHED, Svc, Who, documented
 from api.errors import ApiError
-from api.schemas import BillingOut, HistoryPage, LimitIn, LimitOut, TeamIn, TeamOut
+from api.schemas import (
+    AlertsOut,
+    BillingOut,
+    HistoryPage,
+    LimitIn,
+    LimitOut,
+    TeamIn,
+    TeamOut,
+)
 from cli import render
 from ledger import validate
 
@@ -90,6 +98,19 @@ async def history_csv(team: TeamPath, svc: Svc, who: Who) -> Response:
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="{team}-history.csv"'},
     )
+
+
+@router.get(
+    "/{team}/alerts",
+    response_model=None,
+    responses={200: {"model": AlertsOut}, **documented(*AUTHED)},
+)
+async def alerts(team: TeamPath, svc: Svc, who: Who) -> JSONResponse:
+    """The team's usage alerts (80 % and 100 % of the free grant and of the limit), newest
+    first (as `tokens alerts TEAM --json`)."""
+    auth.authorize(who, team, READERS)
+    found = await svc.ledger.alerts(team)
+    return JSONResponse({"team": team, "alerts": [a.as_dict() for a in found]})
 
 
 @router.put(

@@ -51,6 +51,21 @@ async def test_billing_is_the_cli_billing_json(
     )
 
 
+async def test_alerts_are_the_cli_alerts_json(
+    ledger: Ledger, client: httpx.AsyncClient, cli: Cli
+) -> None:
+    await make_team(ledger, limit=100)  # 500 free tokens, 100 additional
+    await ledger.charge("acme", "ai_sequence", 9, key="a", at=NOW)  # 450: 90 % of free
+    await ledger.charge("acme", "ai_sequence", 3, key="b", at=NOW)  # 500 free + 100 additional
+    response = await client.get("/v1/teams/acme/alerts", headers=bearer("member"))
+    assert response.status_code == 200
+    body = response.json()
+    levels = sorted((a["kind"], a["level"]) for a in body["alerts"])
+    assert levels == [("additional", 80), ("additional", 100), ("free", 80), ("free", 100)]
+    printed = await asyncio.to_thread(cli.ok, "alerts", "acme", "--json")
+    assert body["alerts"] == printed.json()
+
+
 async def test_history_pages_newest_first_and_csv_has_them_all(
     ledger: Ledger, client: httpx.AsyncClient
 ) -> None:

@@ -47,6 +47,7 @@ ENDPOINTS = [
     Endpoint("GET", "/v1/teams/{team}/billing", ROLES),
     Endpoint("GET", "/v1/teams/{team}/history", ROLES),
     Endpoint("GET", "/v1/teams/{team}/history.csv", ROLES),
+    Endpoint("GET", "/v1/teams/{team}/alerts", ROLES),
     Endpoint("PUT", "/v1/teams/{team}/limit", ("admin",), body={"tokens": 10}),
     Endpoint("PUT", "/v1/teams/{team}", ("service",), body=TEAM_BODY),
     Endpoint("POST", "/v1/teams/{team}/jobs", ROLES, 202, {"action": "ai_sequence"}),

@@ -93,6 +93,7 @@ def test_the_document_names_every_endpoint(live_api: LiveApi) -> None:
         "/v1/teams/{team}/billing",
         "/v1/teams/{team}/history",
         "/v1/teams/{team}/history.csv",
+        "/v1/teams/{team}/alerts",
         "/v1/teams/{team}/limit",
         "/v1/teams/{team}",
         "/v1/teams/{team}/jobs",
