@@ -343,3 +343,20 @@ async def test_a_new_subscription_makes_an_ended_team_current_again(
         at("2026-04-10"),
         500,
     )
+
+
+async def test_without_a_stripe_key_the_events_object_is_used(
+    priced: Ledger, arq_redis: ArqRedis, database_url: str, redis_url: str, clock: Clock
+) -> None:
+    svc = services_for(priced, arq_redis, settings_for(database_url, redis_url), clock=clock)
+    app = create_app(svc.settings, svc)
+    sub = StripeFake().add_subscription(
+        "cus_x", team="acme", price="price_eo_m", quantity=4, anchor=MAR_1
+    )
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://testserver"
+    ) as c:
+        response = await deliver(c, event("customer.subscription.created", sub))
+    assert response.status_code == 200, response.text
+    team = await priced.get_team("acme")
+    assert (team.seats, team.stripe_customer) == (4, "cus_x")
