@@ -144,4 +144,4 @@ async def live_api(server_dsn: str, template_db: str, redis_url: str) -> AsyncIt
         # pools); uvicorn then re-raises the signal, as a process stopped by it exits.
         log = await asyncio.to_thread(log_path.read_text)
         assert code in (0, -signal.SIGTERM) and "Application shutdown complete" in log, log
-        log_path.unlink()  # kept only when something went wrong
+        await asyncio.to_thread(log_path.unlink)  # kept only when something went wrong
