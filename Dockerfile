@@ -1,4 +1,4 @@
-# The `tokens` program: one image for migrate, worker and reconciler.
+# The `tokens` program: one image for migrate, worker, api and reconciler.
 FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 \
@@ -25,6 +25,7 @@ COPY --chown=tokens:tokens runtime ./runtime
 COPY --chown=tokens:tokens ledger ./ledger
 COPY --chown=tokens:tokens worker ./worker
 COPY --chown=tokens:tokens billing ./billing
+COPY --chown=tokens:tokens api ./api
 RUN uv sync --frozen --no-dev
 
 ENTRYPOINT ["uv", "run", "--frozen", "--no-dev"]

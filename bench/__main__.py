@@ -14,7 +14,9 @@ the database, and measures on them:
 3. arq throughput of metered jobs against no-op jobs (bench/arq_overhead.py);
 4. one reconcile run over many teams against the Stripe fake (bench/reconcile.py);
 5. the wall time of a whole `tokens billing --json` / `tokens charge --json`
-   process against `python -c pass` (bench/cli_start.py).
+   process against `python -c pass` (bench/cli_start.py);
+6. the HTTP API: 10,000 leads enqueued in one request, and GET billing at 32
+   concurrent clients against the bare `Ledger.billing` (bench/api.py).
 
 The full run (no --quick) also writes docs/benchmarks.md and its plot.
 """
@@ -36,6 +38,7 @@ from typing import Any
 import asyncpg
 
 from bench import alerts as alerts_bench
+from bench import api as api_bench
 from bench import arq_overhead, cli_start, report
 from bench import reconcile as reconcile_bench
 from bench.servers import fresh_servers, quiet_logs
@@ -250,6 +253,8 @@ async def _run(quick: bool) -> dict[str, Any]:
         arq = await arq_overhead.run(dsn, servers.redis_url(), quick=quick)
         print("reconcile:", flush=True)
         reconciled = await reconcile_bench.run(dsn, quick=quick)
+        print("HTTP API:", flush=True)
+        api = await api_bench.run(dsn, servers.redis_url(), quick=quick)
     print("command start-up:", flush=True)
     cli = await asyncio.to_thread(cli_start.run, quick=quick)
 
@@ -269,6 +274,7 @@ async def _run(quick: bool) -> dict[str, Any]:
         "reconcile": reconciled,
         "billing_read": billing,
         "cli": cli,
+        "api": api,
     }
 
 

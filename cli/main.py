@@ -530,6 +530,11 @@ def servers(json_out: JsonOpt = False) -> None:
             print(f"{k}: {v}")
 
 
+from cli.serve import register as _register_serve  # noqa: E402  (after `app` exists)
+
+_register_serve(app)
+
+
 def _fail(message: str, code: int) -> int:
     first = " ".join(message.split())
     print(f"tokens: error: {first}", file=sys.stderr)

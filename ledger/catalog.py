@@ -32,6 +32,8 @@ class Plan(BaseModel):
     once: bool = False
     additional_allowed: bool = True
     threshold_cents: int | None = Field(default=None, gt=0)
+    # Stripe price ids whose subscriptions put a team on this plan (webhooks, SPEC 9).
+    stripe_prices: tuple[str, ...] = ()
 
 
 class Catalog(BaseModel):
@@ -50,6 +52,16 @@ class Catalog(BaseModel):
             raise ValueError("additional_token_price has more than 6 decimal places")
         return self
 
+    @model_validator(mode="after")
+    def _prices_name_one_plan(self) -> Catalog:
+        seen: dict[str, str] = {}
+        for name, plan in self.plans.items():
+            for price in plan.stripe_prices:
+                if price in seen:
+                    raise ValueError(f"stripe price {price} is in plans {seen[price]} and {name}")
+                seen[price] = name
+        return self
+
     def action(self, name: str) -> Action:
         try:
             return self.actions[name]
@@ -61,6 +73,13 @@ class Catalog(BaseModel):
             return self.plans[name]
         except KeyError:
             raise UnknownPlan(name, sorted(self.plans)) from None
+
+    def plan_for_price(self, price: str) -> str | None:
+        """The plan whose `stripe_prices` holds this Stripe price id, if any."""
+        for name, plan in self.plans.items():
+            if price in plan.stripe_prices:
+                return name
+        return None
 
     def threshold_for(self, plan: str) -> int:
         return self.plan(plan).threshold_cents or self.threshold_cents

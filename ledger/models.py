@@ -73,6 +73,8 @@ class Team(SQLModel, table=True):
         default=0, sa_column=Column(BigInteger, nullable=False, server_default=text("0"))
     )
     trial_granted: bool = Field(default=False, sa_column_kwargs={"server_default": text("false")})
+    stripe_subscription: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    subscription_ended_at: datetime | None = Field(default=None, sa_column=ts_column(nullable=True))
     created_at: datetime = Field(sa_column=ts_column())
     updated_at: datetime = Field(sa_column=ts_column())
 

@@ -77,6 +77,8 @@ class TeamRow(_Row):
     trial_granted: bool
     created_at: datetime
     updated_at: datetime
+    stripe_subscription: str | None  # as the Stripe webhooks last read it
+    subscription_ended_at: datetime | None  # months starting from here grant nothing
 
 
 @dataclass(frozen=True, slots=True)

@@ -274,6 +274,10 @@ class Ledger:
         row = await self._run(lambda: self.pool.fetchrow(q("get_charge"), charge_id))
         return None if row is None else ChargeRow.from_record(row)
 
+    async def charge_by_key(self, team: str, key: str) -> ChargeRow | None:
+        row = await self._run(lambda: self.pool.fetchrow(q("charge_by_key"), team, key))
+        return None if row is None else ChargeRow.from_record(row)
+
     # -- reading -------------------------------------------------------------
 
     async def billing(self, team: str, *, at: datetime, recent: int = 20) -> BillingSection:
@@ -315,6 +319,13 @@ class Ledger:
         validate.team_id(team)
         await self.get_team(team)
         rows = await self._run(lambda: self.pool.fetch(q("history"), team))
+        return [ChargeRow.from_record(r) for r in rows]
+
+    async def history_page(self, team: str, *, before: int | None, limit: int) -> list[ChargeRow]:
+        """Up to `limit` charges of the team, newest first, older than charge `before`."""
+        validate.team_id(team)
+        await self.get_team(team)
+        rows = await self._run(lambda: self.pool.fetch(q("history_page"), team, before, limit))
         return [ChargeRow.from_record(r) for r in rows]
 
     async def alerts(self, team: str) -> list[AlertRow]:

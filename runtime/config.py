@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -37,6 +37,12 @@ class Settings(BaseSettings):
     # Stripe's automatic collection pays a finalized invoice; the reconciler pays it
     # itself only when it is still open this long after finalizing.
     stripe_pay_after_seconds: int = Field(default=3600, ge=0)
+    # The HTTP API (`tokens serve`) verifies the application's JWTs with app_secret
+    # (below, TOKENS_APP_SECRET), and Stripe's webhooks with this signing secret.
+    stripe_webhook_secret: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("STRIPE_WEBHOOK_SECRET", "TOKENS_STRIPE_WEBHOOK_SECRET"),
+    )
 
     # A hold older than this is presumed abandoned by a dead worker and released.
     # It must exceed the worker's job timeout, or a slow search would lose its hold.
@@ -70,7 +76,8 @@ class Settings(BaseSettings):
     sandbox_latency_ms: int = Field(default=0, ge=0)
 
     # Usage alerts (SPEC section 10): POSTed here by the worker when set, signed
-    # with app_secret (TOKENS_APP_SECRET, the application's shared secret).
+    # with app_secret (TOKENS_APP_SECRET, the application's shared secret, which
+    # also signs the JWTs of the HTTP API).
     alert_webhook_url: str | None = None
     app_secret: str | None = None
     alert_interval_seconds: int = Field(default=10, gt=0)

@@ -522,6 +522,7 @@ class StripeFake:
         self.customers: dict[str, Json] = {}
         self.invoices: dict[str, Json] = {}
         self.invoice_items: dict[str, Json] = {}
+        self.subscriptions: dict[str, Json] = {}  # see "subscriptions" at the end
         self.requests: list[RecordedRequest] = []
         self.executed: list[RecordedRequest] = []  # requests whose endpoint actually ran
         self.internal_errors: list[BaseException] = []  # bugs in the fake itself
@@ -806,6 +807,7 @@ class StripeFake:
             ("POST", "/v1/invoiceitems", "create_invoiceitem", self._create_item),
             ("GET", "/v1/invoiceitems", "list_invoiceitems", self._list_items),
             ("GET", f"/v1/invoiceitems/{seg}", "retrieve_invoiceitem", self._retrieve_item),
+            *self._subscription_routes(seg),
         ]
         return [_Route(m, re.compile(p), s, h) for m, p, s, h in table]
 
@@ -2154,6 +2156,93 @@ class StripeFake:
         page = self._paginate(items, params, "/v1/invoiceitems", "invoiceitem")
         page["data"] = _clone(page["data"])
         return page
+
+    # ------------------------------------------------------------ subscriptions
+    # Read-only, for the webhook handler that reads a subscription's current state;
+    # tests shape them with add_subscription / update_subscription.
+
+    def _subscription_routes(self, seg: str) -> list[tuple[str, str, str, Callable[..., Json]]]:
+        return [
+            ("GET", f"/v1/subscriptions/{seg}", "retrieve_subscription", self._retrieve_sub),
+        ]
+
+    def add_subscription(
+        self,
+        customer: str,
+        *,
+        team: str,
+        price: str,
+        quantity: int = 1,
+        interval: str = "month",
+        anchor: int | None = None,
+        status: str = "active",
+    ) -> Json:
+        now = self._now()
+        sub_id = self._new_id("sub_")
+        sub: Json = {
+            "id": sub_id,
+            "object": "subscription",
+            "customer": customer,
+            "status": status,
+            "billing_cycle_anchor": anchor if anchor is not None else now,
+            "created": now,
+            "start_date": now,
+            "canceled_at": None,
+            "ended_at": None,
+            "cancel_at_period_end": False,
+            "livemode": False,
+            "metadata": {"team": team},
+            "items": {
+                "object": "list",
+                "url": f"/v1/subscription_items?subscription={sub_id}",
+                "has_more": False,
+                "data": [
+                    {
+                        "id": self._new_id("si_"),
+                        "object": "subscription_item",
+                        "subscription": sub_id,
+                        "quantity": quantity,
+                        "price": {
+                            "id": price,
+                            "object": "price",
+                            "currency": "usd",
+                            "type": "recurring",
+                            "recurring": {"interval": interval, "interval_count": 1},
+                        },
+                    }
+                ],
+            },
+        }
+        self.subscriptions[sub_id] = sub
+        return _clone(sub)
+
+    def update_subscription(
+        self,
+        sub_id: str,
+        *,
+        quantity: int | None = None,
+        price: str | None = None,
+        status: str | None = None,
+        ended_at: int | None = None,
+    ) -> Json:
+        sub = self.subscriptions[sub_id]
+        item = sub["items"]["data"][0]
+        if quantity is not None:
+            item["quantity"] = quantity
+        if price is not None:
+            item["price"]["id"] = price
+        if status is not None:
+            sub["status"] = status
+        if status == "canceled":
+            sub["canceled_at"] = sub["ended_at"] = ended_at if ended_at else self._now()
+        return _clone(sub)
+
+    def _retrieve_sub(self, params: dict[str, Any], sub_id: str) -> Json:
+        _check_known(params, ("expand",))
+        sub = self.subscriptions.get(sub_id)
+        if sub is None:
+            raise _no_such("subscription", sub_id, "id", 404)
+        return _clone(sub)
 
 
 @pytest.fixture

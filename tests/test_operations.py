@@ -24,7 +24,10 @@ def _subcommands() -> set[str]:
 
 def test_compose_runs_real_commands_with_real_settings() -> None:
     compose: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    fields = {f"TOKENS_{name.upper()}" for name in Settings.model_fields} | {"STRIPE_API_KEY"}
+    fields = {f"TOKENS_{name.upper()}" for name in Settings.model_fields} | {
+        "STRIPE_API_KEY",
+        "STRIPE_WEBHOOK_SECRET",
+    }
     commands = _subcommands()
     seen = 0
     for name, service in compose["services"].items():
@@ -38,7 +41,9 @@ def test_compose_runs_real_commands_with_real_settings() -> None:
             if var.startswith(("TOKENS_", "STRIPE_")):
                 assert var in fields, f"{name}: {var} is not a setting"
     assert seen >= 4
-    assert {"postgres", "redis", "migrate", "worker", "reconciler"} <= set(compose["services"])
+    assert {"postgres", "redis", "migrate", "worker", "api", "reconciler"} <= set(
+        compose["services"]
+    )
 
 
 def test_worker_settings_are_real_worker_parameters() -> None:

@@ -19,10 +19,10 @@ from ledger.catalog import Catalog
 from ledger.errors import BadInput
 from ledger.validate import quantity as check_quantity
 from ledger.validate import team_id
+from worker.bulk import JobSpec, enqueue_many
 from worker.payloads import (
-    DebounceLead,
+    DebounceLeadList,
     IcebreakerPayload,
-    Lead,
     LeadList,
     SequencePayload,
     parse,
@@ -60,11 +60,11 @@ def plan_jobs(
             raise BadInput(f"--quantity cannot be combined with {action}: one job per lead")
         if payload is None:
             raise BadInput(f'{action} needs a payload: {{"leads": [{{"email": ...}}, ...]}}')
-        leads: LeadList = parse(LeadList, payload, action)
-        model = DebounceLead if action == "debounce" else Lead
+        # One validation pass for the whole list (10,000 leads in one request).
+        model = DebounceLeadList if action == "debounce" else LeadList
+        leads: LeadList = parse(model, payload, action)
         jobs = []
         for n, lead in enumerate(leads.leads):
-            parse(model, lead.model_dump(), f"{action} lead {n}")
             lead_key = lead.id or str(n)
             jobs.append((f"{base}:{lead_key}", (team, lead.model_dump(exclude_none=True)), lead.id))
         if len({j[0] for j in jobs}) != len(jobs):
@@ -93,12 +93,15 @@ async def enqueue(
     payload: dict[str, Any] | None = None,
     job_id: str | None = None,
 ) -> list[Enqueued]:
+    """Validate, then queue every job of the request in batches (worker/bulk.py)."""
     jobs = plan_jobs(catalog, team, action, quantity=quantity, payload=payload, job_id=job_id)
-    out = []
-    for jid, args, lead_id in jobs:
-        job = await redis.enqueue_job(action, *args, _job_id=jid, _queue_name=QUEUE)
-        out.append(Enqueued(job_id=jid, action=action, lead_id=lead_id, queued=job is not None))
-    return out
+    queued = await enqueue_many(
+        redis, [JobSpec(action, jid, args) for jid, args, _ in jobs], queue=QUEUE
+    )
+    return [
+        Enqueued(job_id=jid, action=action, lead_id=lead_id, queued=new)
+        for (jid, _, lead_id), new in zip(jobs, queued, strict=True)
+    ]
 
 
 async def result(redis: ArqRedis, job_id: str, wait_s: float | None = None) -> Any:

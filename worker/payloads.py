@@ -28,12 +28,15 @@ class Lead(BaseModel):
         return self
 
 
+MAX_LEADS = 100_000
+
+
 class LeadList(BaseModel):
     """`enrich` and `debounce`: one job per lead."""
 
     model_config = ConfigDict(extra="forbid")
 
-    leads: list[Lead] = Field(min_length=1, max_length=100_000)
+    leads: list[Lead] = Field(min_length=1, max_length=MAX_LEADS)
 
 
 class SequencePayload(BaseModel):
@@ -68,3 +71,9 @@ def parse(model: type[BaseModel], data: Any, what: str) -> Any:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "payload"
         raise BadInput(f"malformed {what} payload: {where}: {first['msg']}") from None
+
+
+class DebounceLeadList(LeadList):
+    """`debounce`: every lead has an email (validated in one pass with the list)."""
+
+    leads: list[DebounceLead] = Field(min_length=1, max_length=MAX_LEADS)  # type: ignore[assignment]

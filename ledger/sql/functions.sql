@@ -18,6 +18,7 @@
 DROP FUNCTION IF EXISTS tokens_add_months(timestamptz, integer) CASCADE;
 DROP FUNCTION IF EXISTS tokens_period(timestamptz, timestamptz) CASCADE;
 DROP FUNCTION IF EXISTS tokens_grant(plans, integer, boolean) CASCADE;
+DROP FUNCTION IF EXISTS tokens_month_limit(teams, plans, timestamptz) CASCADE;
 DROP FUNCTION IF EXISTS tokens_open_month(text, timestamptz) CASCADE;
 DROP FUNCTION IF EXISTS tokens_charge_by_key(text, text) CASCADE;
 DROP FUNCTION IF EXISTS tokens_hold(text, text, text, integer, bigint, timestamptz, text, text)
@@ -69,6 +70,17 @@ RETURN CASE
     ELSE p_plan.free_tokens
 END;
 
+-- The additional-token limit in force in a team's billing month: none on a plan
+-- without additional tokens, nor in a month starting once its subscription ended.
+CREATE FUNCTION tokens_month_limit(p_team teams, p_plan plans, p_period_start timestamptz)
+RETURNS bigint
+LANGUAGE sql IMMUTABLE
+RETURN CASE
+    WHEN NOT p_plan.additional_allowed THEN 0
+    WHEN p_period_start >= p_team.subscription_ended_at THEN 0
+    ELSE p_team.additional_limit
+END;
+
 -- The billing month containing p_at, opened on first use (no cron needed).
 -- Months never overlap: a computed period is clipped by the team's
 -- neighbouring months (which an anchor change may have cut short).
@@ -115,7 +127,8 @@ BEGIN
 
     SELECT * INTO p FROM plans WHERE name = t.plan;
     INSERT INTO billing_months (team_id, period_start, period_end, free_granted)
-    VALUES (p_team, ps, pe, tokens_grant(p, t.seats, t.trial_granted))
+    VALUES (p_team, ps, pe, CASE WHEN ps >= t.subscription_ended_at THEN 0  -- subscription over
+                                 ELSE tokens_grant(p, t.seats, t.trial_granted) END)
     RETURNING * INTO m;
     IF p.once AND NOT t.trial_granted THEN
         UPDATE teams SET trial_granted = true WHERE id = p_team;
@@ -184,7 +197,7 @@ BEGIN
         RETURN;
     END IF;
 
-    SELECT CASE WHEN p.additional_allowed THEN t.additional_limit ELSE 0 END INTO lim
+    SELECT tokens_month_limit(t, p, m.period_start) INTO lim
       FROM teams t JOIN plans p ON p.name = t.plan WHERE t.id = p_team;
     free_available := m.free_granted - m.free_held - m.free_spent;
     additional_available := greatest(lim - m.additional_held - m.additional_spent, 0);
@@ -320,7 +333,8 @@ BEGIN
 
     UPDATE teams
        SET plan = p_plan, seats = p_seats, billing_interval = p_interval, anchor = p_anchor,
-           stripe_customer = coalesce(p_customer, old.stripe_customer), updated_at = p_at
+           stripe_customer = coalesce(p_customer, old.stripe_customer), updated_at = p_at,
+           subscription_ended_at = NULL  -- set again: the team is current
      WHERE id = p_team
     RETURNING * INTO team;
 
@@ -498,7 +512,7 @@ BEGIN
             cur_start := h_month[i];
             SELECT * INTO m FROM billing_months b
              WHERE b.team_id = cur_team AND b.period_start = cur_start;
-            SELECT CASE WHEN p.additional_allowed THEN t.additional_limit ELSE 0 END INTO lim
+            SELECT tokens_month_limit(t, p, cur_start) INTO lim
               FROM teams t JOIN plans p ON p.name = t.plan WHERE t.id = cur_team;
             free_av := m.free_granted - m.free_held - m.free_spent;
             add_av := greatest(lim - m.additional_held - m.additional_spent, 0);

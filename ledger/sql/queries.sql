@@ -51,7 +51,7 @@ SELECT * FROM tokens_open_month($1, $2)
 -- billing_section --
 SELECT t.id AS team, t.plan, t.seats, t.billing_interval, t.stripe_customer,
        t.additional_limit,
-       CASE WHEN p.additional_allowed THEN t.additional_limit ELSE 0 END AS effective_limit,
+       tokens_month_limit(t, p, m.period_start) AS effective_limit,
        p.unit_price, p.currency,
        m.period_start, m.period_end, m.free_granted, m.free_held, m.free_spent,
        m.additional_held, m.additional_spent, m.additional_billed
@@ -74,6 +74,16 @@ ORDER BY c.id
 
 -- get_charge --
 SELECT * FROM charges WHERE id = $1
+
+-- charge_by_key --
+SELECT * FROM charges WHERE team_id = $1 AND idempotency_key = $2
+
+-- history_page --
+-- A team's charges, newest first, older than charge $2 when it is given (cursor paging).
+SELECT * FROM charges
+WHERE team_id = $1 AND ($2::bigint IS NULL OR id < $2)
+ORDER BY id DESC
+LIMIT $3
 
 -- ledger_drift --
 -- Running totals that differ from the sum of their month's charges: must be empty.

@@ -1,0 +1,159 @@
+"""The ASGI app: wiring, start-up and shutdown. Routes live in one module per concern.
+
+`create_app(settings)` opens its own pool, Redis and Stripe client on start-up
+and closes them on shutdown; tests (and the benchmark) hand in ready ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import stripe
+import structlog
+from arq.connections import ArqRedis
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from api import errors
+from api.schemas import HealthOut
+from ledger.service import Ledger
+from runtime.config import Settings
+
+log = structlog.get_logger("tokens.api")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Services:
+    """What the routes use, built once per process and passed down (no globals)."""
+
+    settings: Settings
+    ledger: Ledger
+    redis: ArqRedis
+    stripe: stripe.StripeClient | None
+    app_secret: str
+    webhook_secret: str | None
+    clock: Callable[[], datetime] = utc_now
+
+
+def services(request: Request) -> Services:
+    found: Services = request.app.state.services
+    return found
+
+
+def app_secret(settings: Settings) -> str:
+    """TOKENS_APP_SECRET, required: without it no request could be authenticated."""
+    secret = settings.app_secret or ""
+    if not secret:
+        from ledger.errors import BadInput
+
+        raise BadInput("TOKENS_APP_SECRET is not set: the API cannot verify any token")
+    if len(secret.encode()) < 32:
+        log.warning("app_secret_short", bytes=len(secret.encode()), advice="use 32 bytes or more")
+    return secret
+
+
+@asynccontextmanager
+async def _open(settings: Settings) -> AsyncIterator[Services]:
+    from arq.connections import RedisSettings, create_pool
+
+    from billing.stripe_client import make_stripe_client
+    from runtime.app import open_ledger, redis_url
+
+    secret = app_secret(settings)
+    async with open_ledger(settings, max_size=20) as ledger:
+        redis = await create_pool(RedisSettings.from_dsn(redis_url(settings)))
+        try:
+            hook = settings.stripe_webhook_secret
+            yield Services(
+                settings=settings,
+                ledger=ledger,
+                redis=redis,
+                stripe=make_stripe_client(settings),
+                app_secret=secret,
+                webhook_secret=hook.get_secret_value() if hook else None,
+            )
+        finally:
+            await redis.aclose()
+
+
+def create_app(settings: Settings, ready: Services | None = None) -> FastAPI:
+    """The HTTP API. `ready`: services built by the caller (then left open at shutdown)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if ready is not None:
+            app.state.services = ready
+            yield
+            return
+        async with _open(settings) as built:
+            app.state.services = built
+            log.info("api_started")
+            yield
+
+    app = FastAPI(
+        title="Tokens",
+        version="1",
+        summary="Meters and bills the tokens spent on AI generation and lead enrichment.",
+        description=(
+            "Every /v1 request but the Stripe webhook carries `Authorization: Bearer <JWT>`, "
+            "signed HS256 with TOKENS_APP_SECRET; claims `sub`, `team`, `role` "
+            "(member, admin, service) and `exp`. Errors are "
+            '`{"error": {"code": "...", "message": "..."}}`.'
+        ),
+        lifespan=lifespan,
+    )
+    if ready is not None:
+        app.state.services = ready  # ASGI transports in tests do not run the lifespan
+    errors.install(app)
+    _mount(app)
+    return app
+
+
+def _mount(app: FastAPI) -> None:
+    from api import bills, jobs, page, teams, webhooks
+    from api.metrics import RequestMetrics
+
+    app.include_router(teams.router)
+    app.include_router(jobs.router)
+    app.include_router(bills.router)
+    app.include_router(webhooks.router)
+    app.include_router(page.router)
+    app.add_middleware(RequestMetrics)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        """Prometheus metrics of this process (the HTTP histogram and the ledger's own)."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get(
+        "/healthz",
+        tags=["operations"],
+        response_model=None,
+        responses={200: {"model": HealthOut}, 503: {"model": HealthOut}},
+    )
+    async def healthz(request: Request) -> JSONResponse:
+        """Postgres and Redis answer: 200; otherwise 503 naming which one does not."""
+        svc = services(request)
+        checks = {"postgres": "ok", "redis": "ok"}
+        try:
+            await svc.ledger.pool.fetchval("SELECT 1", timeout=2)
+        except Exception as exc:  # any failure is the answer, not a crash
+            checks["postgres"] = f"unreachable: {type(exc).__name__}"
+        try:
+            await svc.redis.ping()
+        except Exception as exc:
+            checks["redis"] = f"unreachable: {type(exc).__name__}"
+        ok = all(v == "ok" for v in checks.values())
+        return JSONResponse(
+            HealthOut(status="ok" if ok else "unavailable", **checks).model_dump(),
+            status_code=200 if ok else 503,
+        )

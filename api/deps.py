@@ -1,0 +1,49 @@
+"""FastAPI dependencies shared by the /v1 routes: the services and the caller."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from api import auth
+from api.app import Services, services
+from api.schemas import ErrorOut
+
+# Documents the bearer scheme in /openapi.json; the checks are ours (auth.py).
+_bearer = HTTPBearer(auto_error=False, bearerFormat="JWT")
+
+
+async def caller(
+    request: Request,
+    _: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> auth.Caller:
+    svc = services(request)
+    return auth.decode(auth.bearer(request.headers.get("authorization")), svc.app_secret)
+
+
+async def _services(request: Request) -> Services:
+    # async: FastAPI would run a plain function in its thread pool, on every request.
+    return services(request)
+
+
+Svc = Annotated[Services, Depends(_services)]
+Who = Annotated[auth.Caller, Depends(caller)]
+
+
+def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The error responses a route can give, for the OpenAPI document."""
+    what = {
+        400: "bad request",
+        401: "no token, a bad signature, another algorithm than HS256, or an expired token",
+        403: "the wrong team or role",
+        404: "unknown team, job or bill",
+        409: "a conflict (an idempotency key reused with other parameters, an anchor change)",
+        422: "bad input",
+        503: "the database or the queue cannot be reached (see Retry-After)",
+    }
+    return {s: {"model": ErrorOut, "description": what[s]} for s in statuses}
+
+
+AUTHED = (401, 403, 404, 422, 503)

@@ -1,0 +1,120 @@
+"""Queue metered jobs and read their status: the same client code as `tokens enqueue`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from arq.jobs import Job, JobDef, JobResult, JobStatus
+from fastapi import APIRouter, Path
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse
+
+from api import auth
+from api.deps import AUTHED, Svc, Who, documented
+from api.errors import ApiError
+from api.schemas import JobsIn, JobsOut, JobStatusOut
+from api.teams import READERS, TeamPath
+from cli import render
+from worker.client import enqueue
+from worker.metering import charge_key
+from worker.tasks import ACTION_JOBS, QUEUE
+
+router = APIRouter(tags=["jobs"])
+
+
+@router.post(
+    "/v1/teams/{team}/jobs",
+    status_code=202,
+    response_model=None,
+    responses={202: {"model": JobsOut}, **documented(*AUTHED)},
+)
+async def create_jobs(team: TeamPath, body: JobsIn, svc: Svc, who: Who) -> JSONResponse:
+    """Queue jobs: one per lead for enrich and debounce, one per generation for the AI
+    actions. A whole list (10,000 leads and more) goes in one request; a bad one queues
+    nothing."""
+    auth.authorize(who, team, READERS)
+    await svc.ledger.get_team(team)
+    jobs = await enqueue(
+        svc.redis,
+        svc.ledger.catalog,
+        team,
+        body.action,
+        quantity=body.quantity,
+        payload=body.payload,
+        job_id=body.job_id,
+    )
+    out = {
+        "team": team,
+        "action": body.action,
+        "jobs": [{"job_id": j.job_id, "lead_id": j.lead_id, "queued": j.queued} for j in jobs],
+    }
+    return JSONResponse(out, status_code=202)
+
+
+# A finished job's own word -> the API's status (SPEC 8).
+_FINISHED = {
+    "captured": "captured",
+    "already_charged": "captured",
+    "refused": "refused",
+    "failed": "failed",
+    "released": "released",
+}
+
+
+def _lead_id(action: str, args: tuple[Any, ...]) -> str | None:
+    data = args[1] if len(args) > 1 and isinstance(args[1], dict) else {}
+    lead = data if action in ("enrich", "debounce") else data.get("lead")
+    if action == "ai_sequence" or not isinstance(lead, dict):
+        return None
+    found = lead.get("id")
+    return str(found) if found is not None else None
+
+
+def _status(state: JobStatus, info: JobDef) -> str:
+    if state in (JobStatus.queued, JobStatus.deferred):
+        return "queued"
+    if state == JobStatus.in_progress or not isinstance(info, JobResult):
+        return "running"
+    if not info.success or not isinstance(info.result, dict):
+        return "failed"
+    return _FINISHED.get(str(info.result.get("status")), "failed")
+
+
+def _result(info: JobDef) -> dict[str, Any] | None:
+    if not isinstance(info, JobResult):
+        return None
+    if info.success and isinstance(info.result, dict):
+        out: dict[str, Any] = jsonable_encoder(info.result)
+        return out
+    return {"status": "failed", "error": f"{type(info.result).__name__}: {info.result}"}
+
+
+@router.get(
+    "/v1/jobs/{job_id:path}",  # a lead id may hold a "/"
+    response_model=None,
+    responses={200: {"model": JobStatusOut}, **documented(*AUTHED)},
+)
+async def job_status(
+    job_id: Annotated[str, Path(min_length=1, max_length=300)], svc: Svc, who: Who
+) -> JSONResponse:
+    """A job's status (queued, running, captured, refused, failed, released), its charge and
+    its result; only for the job's team. arq keeps a finished job's result for 24 h."""
+    job = Job(job_id, svc.redis, _queue_name=QUEUE)
+    state = await job.status()
+    info = await job.info() if state != JobStatus.not_found else None
+    if info is None or info.function not in ACTION_JOBS or not info.args:
+        raise ApiError(404, "unknown_job", f"unknown job {job_id!r}")
+    team = str(info.args[0])
+    auth.authorize(who, team, READERS)
+    lead_id = _lead_id(info.function, info.args)
+    charge = await svc.ledger.charge_by_key(team, charge_key(job_id, lead_id))
+    out = {
+        "job_id": job_id,
+        "team": team,
+        "action": info.function,
+        "lead_id": lead_id,
+        "status": _status(state, info),
+        "charge": render.charge_dict(charge) if charge is not None else None,
+        "result": _result(info),
+    }
+    return JSONResponse(out)

@@ -1,0 +1,183 @@
+"""A team's billing section, history, limit and settings. Routes: authorize, validate, call."""
+
+from __future__ import annotations
+
+from datetime import UTC
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query
+from fastapi.responses import JSONResponse, Response
+
+from api import auth
+from api.deps import AUTHED, Svc, Who, documented
+from api.errors import ApiError
+from api.schemas import (
+    AlertsOut,
+    BillingOut,
+    HistoryPage,
+    LimitIn,
+    LimitOut,
+    TeamIn,
+    TeamOut,
+)
+from cli import render
+from ledger import validate
+
+router = APIRouter(prefix="/v1/teams", tags=["teams"])
+
+TeamPath = Annotated[str, Path(min_length=1, max_length=200, description="team id")]
+READERS = (auth.MEMBER, auth.ADMIN, auth.SERVICE)
+MAX_PAGE = 500
+
+
+@router.get(
+    "/{team}/billing",
+    response_model=None,
+    responses={200: {"model": BillingOut}, **documented(*AUTHED)},
+)
+async def billing(team: TeamPath, svc: Svc, who: Who) -> JSONResponse:
+    """The billing section of the team's current billing month (as `tokens billing --json`)."""
+    auth.authorize(who, team, READERS)
+    section = await svc.ledger.billing(team, at=svc.clock())
+    return JSONResponse(render.billing_dict(section))
+
+
+def parse_cursor(cursor: str | None) -> int | None:
+    if cursor is None:
+        return None
+    if not cursor.isdigit() or int(cursor) < 1 or len(cursor) > 18:
+        raise ApiError(422, "invalid_cursor", f"cursor {cursor!r} is not one this API gave")
+    return int(cursor)
+
+
+async def history_page(
+    svc: Svc, team: str, *, cursor: str | None, limit: int
+) -> tuple[list[Any], str | None]:
+    """One page of charges, newest first, and the cursor of the next (older) page."""
+    rows = await svc.ledger.history_page(team, before=parse_cursor(cursor), limit=limit + 1)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, (str(rows[-1].id) if more and rows else None)
+
+
+@router.get(
+    "/{team}/history",
+    response_model=None,
+    responses={200: {"model": HistoryPage}, **documented(*AUTHED)},
+)
+async def history(
+    team: TeamPath,
+    svc: Svc,
+    who: Who,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+    cursor: Annotated[str | None, Query(max_length=32, description="next_cursor")] = None,
+) -> JSONResponse:
+    """The team's charges, newest first, `limit` at a time."""
+    auth.authorize(who, team, READERS)
+    rows, next_cursor = await history_page(svc, team, cursor=cursor, limit=limit)
+    return JSONResponse(
+        {"charges": [render.charge_dict(c) for c in rows], "next_cursor": next_cursor}
+    )
+
+
+@router.get(
+    "/{team}/history.csv",
+    response_class=Response,
+    responses={
+        200: {"content": {"text/csv": {"schema": {"type": "string"}}}},
+        **documented(*AUTHED),
+    },
+)
+async def history_csv(team: TeamPath, svc: Svc, who: Who) -> Response:
+    """Every charge of the team, oldest first, as CSV with a header row (as `tokens history
+    --csv`)."""
+    auth.authorize(who, team, READERS)
+    charges = await svc.ledger.history(team)
+    return Response(
+        render.history_csv(charges),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{team}-history.csv"'},
+    )
+
+
+@router.get(
+    "/{team}/alerts",
+    response_model=None,
+    responses={200: {"model": AlertsOut}, **documented(*AUTHED)},
+)
+async def alerts(team: TeamPath, svc: Svc, who: Who) -> JSONResponse:
+    """The team's usage alerts (80 % and 100 % of the free grant and of the limit), newest
+    first (as `tokens alerts TEAM --json`)."""
+    auth.authorize(who, team, READERS)
+    found = await svc.ledger.alerts(team)
+    return JSONResponse({"team": team, "alerts": [a.as_dict() for a in found]})
+
+
+@router.put(
+    "/{team}/limit",
+    response_model=None,
+    responses={200: {"model": LimitOut}, **documented(*AUTHED)},
+)
+async def set_limit(team: TeamPath, body: LimitIn, svc: Svc, who: Who) -> JSONResponse:
+    """Change the monthly additional-token limit: admins of the team only; the token's `sub`
+    is recorded as the actor."""
+    auth.authorize(who, team, (auth.ADMIN,))
+    return JSONResponse(await change_limit(svc, team, body.tokens, who))
+
+
+async def change_limit(svc: Svc, team: str, tokens: int, who: auth.Caller) -> dict[str, Any]:
+    """The ledger's limit change by this caller (shared with the billing page's form)."""
+    now = svc.clock()
+    change = await svc.ledger.set_limit(team, tokens, actor=who.sub, role=who.role, at=now)
+    section = await svc.ledger.billing(team, at=now)
+    return {
+        "team": change.team_id,
+        "actor": change.actor,
+        "role": change.role,
+        "old_limit": change.old_limit,
+        "new_limit": change.new_limit,
+        "changed_at": render.iso(change.changed_at),
+        "additional_limit_usd": str(section.additional_limit_usd),
+        "additional_available": section.additional_available,
+    }
+
+
+@router.put(
+    "/{team}",
+    response_model=None,
+    responses={
+        200: {"model": TeamOut, "description": "updated"},
+        201: {"model": TeamOut, "description": "created"},
+        **documented(401, 403, 409, 422, 503),
+    },
+)
+async def set_team(team: TeamPath, body: TeamIn, svc: Svc, who: Who) -> JSONResponse:
+    """Create or update a team (the fields of `tokens team set`): the `service` role only."""
+    auth.authorize(who, team, (auth.SERVICE,))
+    now = svc.clock()
+    # As on the command line: an anchor without an offset is UTC.
+    anchor = validate.moment(body.anchor if body.anchor.tzinfo else body.anchor.replace(tzinfo=UTC))
+    row, created = await svc.ledger.set_team(
+        team,
+        plan=body.plan,
+        seats=body.seats,
+        interval=body.interval,
+        anchor=anchor,
+        at=now,
+        stripe_customer=body.stripe_customer,
+    )
+    section = await svc.ledger.billing(team, at=now)
+    out = {
+        "team": row.id,
+        "created": created,
+        "plan": row.plan,
+        "seats": row.seats,
+        "interval": row.billing_interval,
+        "anchor": render.iso(row.anchor),
+        "stripe_customer": row.stripe_customer,
+        "additional_limit": row.additional_limit,
+        "period_start": render.iso(section.period_start),
+        "period_end": render.iso(section.period_end),
+        "free_granted": section.free_granted,
+    }
+    return JSONResponse(out, status_code=201 if created else 200)

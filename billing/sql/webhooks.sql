@@ -1,0 +1,45 @@
+-- Statements of billing/webhooks.py, by name (parsed by ledger/queries.py).
+
+-- record_event --
+-- A delivery: the event is stored once by its id; a redelivery is counted.
+INSERT INTO stripe_events (id, type, object_id, livemode, created_at, received_at, payload)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (id) DO UPDATE SET deliveries = stripe_events.deliveries + 1
+RETURNING handled_at IS NOT NULL AS handled, result
+
+-- lock_event --
+-- Taken while the event is handled: a concurrent delivery of it waits, then sees it handled.
+SELECT handled_at, result FROM stripe_events WHERE id = $1 FOR UPDATE
+
+-- event_handled --
+UPDATE stripe_events SET handled_at = $2, result = $3 WHERE id = $1
+
+-- set_subscription --
+UPDATE teams SET stripe_subscription = $2 WHERE id = $1
+
+-- end_subscription --
+-- Only the team's own subscription ends it (an old subscription's late cancellation
+-- does not end the one that replaced it).
+UPDATE teams SET subscription_ended_at = $3, updated_at = $4
+WHERE id = $1 AND (stripe_subscription IS NULL OR stripe_subscription = $2)
+RETURNING id
+
+-- invoice_news --
+-- What Stripe says of a bill's invoice now ($2 the bill's status, $3 Stripe's invoice
+-- status). The sending state machine and its lease are the sender's: a paid invoice
+-- only ends its steps; a reconciler holding the bill reads the same from Stripe.
+-- A reissued bill keeps `reissued` (the result tells what Stripe said).
+UPDATE bills
+SET status = $2,
+    stripe_invoice_status = $3,
+    step = CASE WHEN $2 = 'paid' AND stripe_invoice_item_id IS NOT NULL THEN 'paid' ELSE step END,
+    error_code = CASE WHEN $2 = 'paid' THEN NULL ELSE coalesce($4, error_code) END,
+    last_error = CASE WHEN $2 = 'paid' THEN NULL ELSE coalesce($5, last_error) END,
+    next_pay_at = CASE WHEN $2 IN ('paid', 'void', 'uncollectible') THEN NULL
+                       ELSE next_pay_at END,
+    updated_at = $6
+WHERE stripe_invoice_id = $1 AND status <> 'reissued'
+RETURNING id
+
+-- invoice_bill --
+SELECT id, status FROM bills WHERE stripe_invoice_id = $1

@@ -1,0 +1,237 @@
+"""Stripe's events in (SPEC section 9): stored by id, handled once, in any order.
+
+An event says only that something changed; what it changed is read from
+Stripe at the time of handling (the subscription, the invoice), so a late or
+repeated event can never bring back an older state. Without a Stripe key the
+event's own object is used instead.
+
+- `customer.subscription.created|updated|deleted`: the team named by the
+  subscription's `metadata.team` gets the plan whose `stripe_prices` has the
+  item's price, seats = the item's quantity, the price's interval, anchor =
+  `billing_cycle_anchor` and the customer (`Ledger.set_team`: a grant only grows
+  mid-month). A canceled subscription ends the team's grants from the next
+  billing month on (`teams.subscription_ended_at`, read by the money functions).
+- `invoice.paid|payment_failed|voided|marked_uncollectible`: the bill of that
+  invoice takes the invoice's current status.
+
+A refusal by the ledger (unknown plan for the price, an anchor conflict) is
+the event's stored result, not a retry: Stripe would only send it again.
+Stripe or the database being unreachable is raised, and the event stays
+unhandled for Stripe's next delivery.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import stripe
+import structlog
+
+from billing.sender import FINAL_STATUSES
+from ledger import validate
+from ledger.errors import TokensError
+from ledger.queries import parse
+from ledger.service import Ledger
+
+log = structlog.get_logger("tokens.billing")
+
+SUBSCRIPTION_EVENTS = (
+    "customer.subscription.created",
+    "customer.subscription.updated",
+    "customer.subscription.deleted",
+)
+INVOICE_EVENTS = (
+    "invoice.paid",
+    "invoice.payment_failed",
+    "invoice.voided",
+    "invoice.marked_uncollectible",
+)
+ENDED = ("canceled", "incomplete_expired")
+NOT_STARTED = ("incomplete",)
+
+
+@cache
+def _sql() -> dict[str, str]:
+    return parse(resources.files("billing.sql").joinpath("webhooks.sql").read_text())
+
+
+def q(name: str) -> str:
+    return _sql()[name]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    event_id: str
+    type: str
+    duplicate: bool
+    result: str
+
+
+def _ts(value: Any) -> datetime | None:
+    """A Stripe timestamp (Unix seconds); None when absent or not one."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        return datetime.fromtimestamp(int(value), UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _id(value: Any) -> str | None:
+    """A Stripe reference, expanded or not."""
+    if isinstance(value, Mapping):
+        value = value.get("id")
+    return str(value) if value else None
+
+
+class WebhookHandler:
+    def __init__(
+        self, ledger: Ledger, client: stripe.StripeClient | None, clock: Callable[[], datetime]
+    ) -> None:
+        self.ledger = ledger
+        self.pool = ledger.pool
+        self.client = client
+        self.clock = clock
+
+    async def receive(self, event: Mapping[str, Any]) -> Outcome:
+        """Store the event, and handle it unless it was handled before."""
+        event_id, kind = str(event["id"]), str(event["type"])
+        obj = event.get("data", {}).get("object", {})
+        stored = await self.pool.fetchrow(
+            q("record_event"),
+            event_id,
+            kind,
+            _id(obj),
+            bool(event.get("livemode", False)),
+            _ts(event.get("created")) or self.clock(),
+            self.clock(),
+            json.dumps(event),
+        )
+        assert stored is not None
+        if stored["handled"]:
+            return Outcome(event_id, kind, True, stored["result"])
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(q("lock_event"), event_id)
+            assert row is not None
+            if row["handled_at"] is not None:  # a concurrent delivery handled it meanwhile
+                return Outcome(event_id, kind, True, row["result"])
+            result = await self._handle(kind, obj)
+            await conn.execute(q("event_handled"), event_id, self.clock(), result)
+        log.info("stripe_event", event_id=event_id, type=kind, result=result)
+        return Outcome(event_id, kind, False, result)
+
+    async def _handle(self, kind: str, obj: Mapping[str, Any]) -> str:
+        try:
+            if kind in SUBSCRIPTION_EVENTS:
+                return await self._subscription(await self._current("subscriptions", obj))
+            if kind in INVOICE_EVENTS:
+                return await self._invoice(kind, await self._current("invoices", obj))
+        except TokensError as exc:
+            log.warning("stripe_event_refused", type=kind, code=exc.code, error=str(exc))
+            return f"refused: {exc.code}: {exc}"
+        return "ignored: not an event Tokens acts on"
+
+    async def _current(self, resource: str, obj: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The object as Stripe has it now (the event's copy without a Stripe key)."""
+        obj_id = _id(obj)
+        if self.client is None or obj_id is None:
+            return obj
+        service = getattr(self.client.v1, resource)
+        try:
+            found = await service.retrieve_async(obj_id)
+        except stripe.InvalidRequestError as exc:
+            if exc.code != "resource_missing":
+                raise
+            return obj  # gone at Stripe: the event's copy is all there is
+        current: Mapping[str, Any] = found.to_dict()
+        return current
+
+    # -- subscriptions --------------------------------------------------------
+
+    async def _subscription(self, sub: Mapping[str, Any]) -> str:
+        team = (sub.get("metadata") or {}).get("team")
+        if not team:
+            return "ignored: the subscription has no metadata.team"
+        validate.team_id(team)
+        sub_id = str(sub["id"])
+        status = sub.get("status")
+        now = self.clock()
+        if status in ENDED:
+            ended = _ts(sub.get("ended_at")) or _ts(sub.get("canceled_at")) or now
+            row = await self.pool.fetchrow(q("end_subscription"), team, sub_id, ended, now)
+            if row is None:
+                return f"ignored: team {team} is unknown or on another subscription"
+            return f"team {team}: subscription {sub_id} ended at {ended.isoformat()}"
+        if status in NOT_STARTED:
+            return f"ignored: subscription {sub_id} is {status}"
+        plan, item = self._plan_item(sub)
+        if plan is None or item is None:
+            return f"ignored: no catalog plan lists the prices of subscription {sub_id}"
+        interval = ((item.get("price") or {}).get("recurring") or {}).get("interval")
+        anchor = _ts(sub.get("billing_cycle_anchor"))
+        if anchor is None:
+            return f"ignored: subscription {sub_id} has no billing_cycle_anchor"
+        seats = int(item.get("quantity") or 0)
+        await self.ledger.set_team(
+            team,
+            plan=plan,
+            seats=seats,
+            interval=str(interval),
+            anchor=anchor,
+            at=now,
+            stripe_customer=_id(sub.get("customer")),
+        )
+        await self.pool.execute(q("set_subscription"), team, sub_id)
+        return f"team {team}: {plan} x{seats} {interval}ly from {anchor.isoformat()}"
+
+    def _plan_item(self, sub: Mapping[str, Any]) -> tuple[str | None, Mapping[str, Any] | None]:
+        for item in (sub.get("items") or {}).get("data") or []:
+            price = _id(item.get("price"))
+            plan = self.ledger.catalog.plan_for_price(price) if price else None
+            if plan is not None:
+                return plan, item
+        return None, None
+
+    # -- invoices -------------------------------------------------------------
+
+    async def _invoice(self, kind: str, invoice: Mapping[str, Any]) -> str:
+        invoice_id = _id(invoice)
+        stripe_status = str(invoice.get("status"))
+        news = bill_news(kind, stripe_status)
+        if news is None:
+            return f"ignored: invoice {invoice_id} is {stripe_status}"
+        status, code, message = news
+        row = await self.pool.fetchrow(
+            q("invoice_news"), invoice_id, status, stripe_status, code, message, self.clock()
+        )
+        if row is not None:
+            return f"bill {row['id']}: {status}"
+        other = await self.pool.fetchrow(q("invoice_bill"), invoice_id)
+        if other is None:
+            return f"ignored: no bill has invoice {invoice_id}"
+        log.warning(
+            "reissued_bill_invoice_event", bill_id=other["id"], invoice=invoice_id, status=status
+        )
+        return f"bill {other['id']} is {other['status']}: its invoice is {stripe_status} at Stripe"
+
+
+def bill_news(kind: str, stripe_status: str) -> tuple[str, str | None, str | None] | None:
+    """(the bill's status, error code, message) for its invoice in `stripe_status`, reached
+    by event `kind`; None when the event changes nothing (an open invoice but for a failed
+    payment, a draft). Final statuses map as the sender maps them."""
+    final = FINAL_STATUSES.get(stripe_status)
+    if final == "void":
+        return final, "invoice_void", "the invoice was voided at Stripe"
+    if final == "uncollectible":
+        return final, "invoice_uncollectible", "the invoice was marked uncollectible at Stripe"
+    if final is not None:
+        return final, None, None
+    if stripe_status == "open" and kind == "invoice.payment_failed":
+        return "payment_failed", "payment_failed", "a payment of the invoice failed at Stripe"
+    return None

@@ -1,0 +1,348 @@
+"""The HTTP API (SPEC section 8) on the real ledger, queue and bills, through ASGI."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import httpx
+from arq.connections import ArqRedis
+from arq.jobs import Job
+
+from api.app import Services, create_app
+from billing.reconcile import create_bills
+from ledger.service import Ledger
+from tests.api_helpers import (
+    NOW,
+    api_services,
+    arq_redis,
+    bearer,
+    client,
+    make_team,
+    services_for,
+    settings_for,
+)
+from tests.cli_helpers import Cli
+from tests.conftest import at
+from tests.test_worker import run_burst
+from worker.tasks import QUEUE
+
+
+def leads(n: int) -> dict[str, object]:
+    return {"leads": [{"id": f"l{i}", "email": f"p{i}@acme.io"} for i in range(n)]}
+
+
+async def test_billing_is_the_cli_billing_json(
+    ledger: Ledger, client: httpx.AsyncClient, cli: Cli
+) -> None:
+    await make_team(ledger, limit=1000)
+    for n in range(3):
+        await ledger.charge("acme", "ai_sequence", 5, key=f"k{n}", at=NOW)  # 750 > 500 free
+    response = await client.get("/v1/teams/acme/billing", headers=bearer("member"))
+    assert response.status_code == 200
+    body = response.json()
+    # The CLI runs its own event loop: in a thread, on the same database.
+    printed = await asyncio.to_thread(cli.ok, "billing", "acme", "--at", NOW.isoformat(), "--json")
+    assert body == printed.json()
+    assert (body["free_spent"], body["additional_spent"], body["additional_spent_usd"]) == (
+        500,
+        250,
+        "2.50",
+    )
+
+
+async def test_alerts_are_the_cli_alerts_json(
+    ledger: Ledger, client: httpx.AsyncClient, cli: Cli
+) -> None:
+    await make_team(ledger, limit=100)  # 500 free tokens, 100 additional
+    await ledger.charge("acme", "ai_sequence", 9, key="a", at=NOW)  # 450: 90 % of free
+    await ledger.charge("acme", "ai_sequence", 3, key="b", at=NOW)  # 500 free + 100 additional
+    response = await client.get("/v1/teams/acme/alerts", headers=bearer("member"))
+    assert response.status_code == 200
+    body = response.json()
+    levels = sorted((a["kind"], a["level"]) for a in body["alerts"])
+    assert levels == [("additional", 80), ("additional", 100), ("free", 80), ("free", 100)]
+    printed = await asyncio.to_thread(cli.ok, "alerts", "acme", "--json")
+    assert body["alerts"] == printed.json()
+
+
+async def test_history_pages_newest_first_and_csv_has_them_all(
+    ledger: Ledger, client: httpx.AsyncClient
+) -> None:
+    await make_team(ledger)
+    for n in range(7):
+        await ledger.charge("acme", "debounce", 1, key=f"k{n}", at=NOW)
+    ids: list[int] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        params = {"limit": "3"} | ({"cursor": cursor} if cursor else {})
+        response = await client.get(
+            "/v1/teams/acme/history", params=params, headers=bearer("admin")
+        )
+        assert response.status_code == 200, response.text
+        page = response.json()
+        ids += [c["charge_id"] for c in page["charges"]]
+        pages += 1
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert pages == 3
+    assert ids == sorted(ids, reverse=True) and len(set(ids)) == 7
+    csv = await client.get("/v1/teams/acme/history.csv", headers=bearer("member"))
+    assert csv.status_code == 200 and csv.headers["content-type"].startswith("text/csv")
+    lines = csv.text.strip().splitlines()
+    assert "action" in lines[0].split(",") and len(lines) == 8
+    bad = await client.get(
+        "/v1/teams/acme/history", params={"cursor": "x"}, headers=bearer("admin")
+    )
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_cursor"
+
+
+async def test_limit_change_records_the_token_sub_and_admins_only(
+    ledger: Ledger, client: httpx.AsyncClient
+) -> None:
+    await make_team(ledger)
+    ok = await client.put(
+        "/v1/teams/acme/limit", json={"tokens": 500}, headers=bearer("admin", sub="alice")
+    )
+    assert ok.status_code == 200, ok.text
+    assert ok.json() | {"changed_at": None} == {
+        "team": "acme",
+        "actor": "alice",
+        "role": "admin",
+        "old_limit": 0,
+        "new_limit": 500,
+        "changed_at": None,
+        "additional_limit_usd": "5.00",
+        "additional_available": 500,
+    }
+    for role in ("member", "service"):
+        refused = await client.put(
+            "/v1/teams/acme/limit", json={"tokens": 9}, headers=bearer(role, sub="mallory")
+        )
+        assert refused.status_code == 403
+        assert refused.json()["error"]["code"] == "forbidden_role"
+    changes = await ledger.limit_changes("acme")
+    assert [(c.actor, c.new_limit) for c in changes] == [("alice", 500)]
+    for bad in ({"tokens": -1}, {"tokens": "5"}, {"tokens": 1.5}, {}, {"tokens": 10**13}):
+        response = await client.put("/v1/teams/acme/limit", json=bad, headers=bearer("admin"))
+        assert response.status_code == 422, bad
+        assert set(response.json()["error"]) == {"code", "message"}
+    await make_team(ledger, "trialco", plan="trial", seats=1)
+    trial = await client.put(
+        "/v1/teams/trialco/limit", json={"tokens": 5}, headers=bearer("admin", team="trialco")
+    )
+    assert trial.status_code == 422 and trial.json()["error"]["code"] == "trial_no_additional"
+    assert (await ledger.get_team("acme")).additional_limit == 500
+
+
+async def test_put_team_is_for_the_service_role(ledger: Ledger, client: httpx.AsyncClient) -> None:
+    body = {"plan": "sales_engagement", "seats": 2, "interval": "month", "anchor": "2026-03-01"}
+    refused = await client.put("/v1/teams/newco", json=body, headers=bearer("admin", "newco"))
+    assert refused.status_code == 403
+    created = await client.put("/v1/teams/newco", json=body, headers=bearer("service", None))
+    assert created.status_code == 201, created.text
+    assert created.json()["free_granted"] == 1000 and created.json()["created"] is True
+    updated = await client.put(
+        "/v1/teams/newco", json=body | {"seats": 3}, headers=bearer("service", None)
+    )
+    assert updated.status_code == 200
+    assert (updated.json()["created"], updated.json()["free_granted"]) == (False, 1500)
+    unknown = await client.put(
+        "/v1/teams/newco", json=body | {"plan": "gold"}, headers=bearer("service", None)
+    )
+    assert unknown.status_code == 422 and unknown.json()["error"]["code"] == "unknown_plan"
+    earlier = await client.put(
+        "/v1/teams/newco", json=body | {"anchor": "2026-02-15"}, headers=bearer("service", None)
+    )
+    assert earlier.status_code == 409 and earlier.json()["error"]["code"] == "anchor_conflict"
+    week = await client.put(
+        "/v1/teams/newco", json=body | {"interval": "week"}, headers=bearer("service", None)
+    )
+    assert week.status_code == 422
+    assert (await ledger.get_team("newco")).seats == 3
+
+
+async def test_jobs_are_queued_once_per_id(
+    ledger: Ledger, client: httpx.AsyncClient, arq_redis: ArqRedis
+) -> None:
+    await make_team(ledger)
+    body = {"action": "enrich", "payload": leads(3), "job_id": "b1"}
+    first = await client.post("/v1/teams/acme/jobs", json=body, headers=bearer("member"))
+    assert first.status_code == 202, first.text
+    assert first.json()["jobs"][0] == {"job_id": "b1:l0", "lead_id": "l0", "queued": True}
+    again = await client.post("/v1/teams/acme/jobs", json=body, headers=bearer("member"))
+    assert [j["queued"] for j in again.json()["jobs"]] == [False, False, False]
+    assert await arq_redis.zcard(QUEUE) == 3
+    info = await Job("b1:l1", arq_redis, _queue_name=QUEUE).info()
+    assert info is not None and info.function == "enrich"
+    assert info.args == ("acme", {"id": "l1", "email": "p1@acme.io"})
+    bad = {"action": "enrich", "payload": {"leads": [{"id": "x"}]}}
+    refused = await client.post("/v1/teams/acme/jobs", json=bad, headers=bearer("member"))
+    assert refused.status_code == 422 and refused.json()["error"]["code"] == "bad_input"
+    unknown = await client.post("/v1/teams/nope/jobs", json=body, headers=bearer("service", None))
+    assert unknown.status_code == 404
+    assert await arq_redis.zcard(QUEUE) == 3
+
+
+async def _commands(redis: ArqRedis) -> dict[str, int]:
+    stats = await redis.info("commandstats")
+    return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
+
+
+async def test_ten_thousand_leads_in_one_request_in_a_few_round_trips(
+    ledger: Ledger, client: httpx.AsyncClient, arq_redis: ArqRedis
+) -> None:
+    await make_team(ledger)
+    before = await _commands(arq_redis)
+    response = await client.post(
+        "/v1/teams/acme/jobs",
+        json={"action": "debounce", "payload": leads(10_000)},
+        headers=bearer("service", None),
+    )
+    after = await _commands(arq_redis)
+    assert response.status_code == 202
+    jobs = response.json()["jobs"]
+    assert len(jobs) == 10_000 and all(j["queued"] for j in jobs)
+    assert await arq_redis.zcard(QUEUE) == 10_000
+    # One script call per 1,000 jobs, and none of enqueue_job's per-job WATCH/EXISTS.
+    scripts = sum(after.get(c, 0) - before.get(c, 0) for c in ("evalsha", "eval"))
+    assert 10 <= scripts <= 11
+    assert after.get("watch", 0) == before.get("watch", 0)
+
+
+async def test_job_status_from_queue_to_charge(
+    ledger: Ledger,
+    client: httpx.AsyncClient,
+    database_url: str,
+    redis_url: str,
+) -> None:
+    await make_team(ledger)
+    await make_team(ledger, "broke", seats=0)
+    ok = await client.post(
+        "/v1/teams/acme/jobs",
+        json={"action": "enrich", "payload": leads(1), "job_id": "j1"},
+        headers=bearer("member"),
+    )
+    assert ok.status_code == 202
+    await client.post(
+        "/v1/teams/broke/jobs",
+        json={"action": "enrich", "payload": leads(1), "job_id": "j2"},
+        headers=bearer("member", "broke"),
+    )
+    queued = await client.get("/v1/jobs/j1:l0", headers=bearer("member"))
+    assert queued.status_code == 200
+    assert (queued.json()["status"], queued.json()["charge"]) == ("queued", None)
+    await run_burst(settings_for(database_url, redis_url))
+    done = (await client.get("/v1/jobs/j1:l0", headers=bearer("member"))).json()
+    assert done["status"] == "captured" and done["team"] == "acme" and done["lead_id"] == "l0"
+    assert done["charge"]["state"] == "captured" and done["charge"]["tokens"] == 10
+    assert done["result"]["status"] == "captured"
+    refused = await client.get("/v1/jobs/j2:l0", headers=bearer("service", None))
+    assert refused.json()["status"] == "refused" and refused.json()["charge"] is None
+    other = await client.get("/v1/jobs/j2:l0", headers=bearer("admin"))
+    assert other.status_code == 403
+    slashed = await client.post(
+        "/v1/teams/acme/jobs",
+        json={"action": "debounce", "payload": {"leads": [{"id": "a/b", "email": "x@y.io"}]}},
+        headers=bearer("member"),
+    )
+    [job] = slashed.json()["jobs"]
+    found = await client.get(f"/v1/jobs/{job['job_id']}", headers=bearer("member"))
+    assert found.status_code == 200 and found.json()["lead_id"] == "a/b"
+    missing = await client.get("/v1/jobs/nope", headers=bearer("admin"))
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "unknown_job"
+
+
+async def test_bills_of_a_team(ledger: Ledger, client: httpx.AsyncClient) -> None:
+    await make_team(ledger, seats=1, limit=10_000)
+    await make_team(ledger, "other")
+    await ledger.charge("acme", "ai_sequence", 10, key="k", at=NOW)  # 250 free + 250 additional
+    [bill] = await create_bills(ledger.pool, team=None, at=at("2026-04-02"))
+    listed = await client.get("/v1/teams/acme/bills", headers=bearer("admin"))
+    assert listed.status_code == 200
+    [row] = listed.json()["bills"]
+    assert (row["bill_id"], row["tokens"], row["amount_cents"]) == (bill.id, 250, 250)
+    one = await client.get(f"/v1/bills/{bill.id}", headers=bearer("service", None))
+    assert one.status_code == 200 and one.json()["reason"] == "month_end"
+    explained = one.json()
+    assert (explained["by_action"], explained["adds_up"]) == ({"ai_sequence": 250}, True)
+    assert [c["additional_tokens"] for c in explained["charges"]] == [250]
+    assert row["status"] == explained["status"] == "sending"  # not sent yet
+    unsent = await client.get(
+        "/v1/teams/acme/bills", params={"status": "paid"}, headers=bearer("admin")
+    )
+    assert unsent.json()["bills"] == []
+    assert (await client.get(f"/v1/bills/{bill.id}", headers=bearer("member"))).status_code == 403
+    other = await client.get(f"/v1/bills/{bill.id}", headers=bearer("admin", "other"))
+    assert other.status_code == 403
+    assert (await client.get("/v1/bills/999999", headers=bearer("admin"))).status_code == 404
+
+
+async def test_unknown_team_route_and_bad_json_use_the_error_shape(
+    ledger: Ledger, client: httpx.AsyncClient
+) -> None:
+    unknown = await client.get("/v1/teams/ghost/billing", headers=bearer("service", None))
+    assert unknown.status_code == 404
+    assert unknown.json()["error"]["code"] == "unknown_team"
+    route = await client.get("/v1/nothing", headers=bearer("service", None))
+    assert route.status_code == 404 and route.json()["error"]["code"] == "not_found"
+    await make_team(ledger)
+    broken = await client.put(
+        "/v1/teams/acme/limit",
+        content=b"{not json",
+        headers=bearer("admin") | {"Content-Type": "application/json"},
+    )
+    assert broken.status_code == 422 and broken.json()["error"]["code"] == "invalid_request"
+
+
+async def test_a_database_that_cannot_be_reached_is_a_503_not_a_500(
+    ledger: Ledger, arq_redis: ArqRedis, database_url: str, redis_url: str
+) -> None:
+    # A pool on a port where nothing listens: every connection attempt is refused.
+    dead = await asyncpg.create_pool("postgresql://tokens@127.0.0.1:9/none", min_size=0)
+    assert dead is not None
+    try:
+        down = Ledger(dead, ledger.catalog)
+        svc: Services = services_for(down, arq_redis, settings_for(database_url, redis_url))
+        app = create_app(svc.settings, svc)
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://t"
+        ) as c:
+            response = await c.get("/v1/teams/acme/billing", headers=bearer("member"))
+            health = await c.get("/healthz")
+    finally:
+        await dead.close()
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "5"
+    assert response.json()["error"]["code"] == "unavailable"
+    assert health.status_code == 503 and health.json()["postgres"].startswith("unreachable")
+
+
+async def test_a_redis_that_cannot_be_reached_is_a_503(
+    ledger: Ledger, database_url: str, redis_url: str
+) -> None:
+    await make_team(ledger)
+    dead = ArqRedis(host="127.0.0.1", port=9, socket_connect_timeout=1)  # connects lazily
+    svc = services_for(ledger, dead, settings_for(database_url, redis_url))
+    app = create_app(svc.settings, svc)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        response = await c.post(
+            "/v1/teams/acme/jobs",
+            json={"action": "ai_sequence", "job_id": "x"},
+            headers=bearer("member"),
+        )
+    await dead.aclose()
+    assert response.status_code == 503 and response.headers["retry-after"] == "5"
+    assert response.json()["error"]["code"] == "unavailable"
+
+
+async def test_healthz_and_metrics(ledger: Ledger, client: httpx.AsyncClient) -> None:
+    await make_team(ledger)
+    health = await client.get("/healthz")
+    assert health.json() == {"status": "ok", "postgres": "ok", "redis": "ok"}
+    await client.get("/v1/teams/acme/billing", headers=bearer("member"))
+    metrics = await client.get("/metrics")
+    assert metrics.status_code == 200
+    assert 'route="/v1/teams/{team}/billing"' in metrics.text

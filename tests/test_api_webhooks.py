@@ -1,0 +1,362 @@
+"""Stripe webhooks (SPEC section 9): signatures, once-only handling, any delivery order."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import stripe
+from arq.connections import ArqRedis
+
+from api.app import create_app
+from billing.reconcile import bill_status, reconcile, team_bills
+from billing.sender import StripeSender
+from ledger.catalog import DEFAULT_CATALOG, Catalog, Plan
+from ledger.service import Ledger
+from tests.api_helpers import WEBHOOK_SECRET, arq_redis, services_for, settings_for
+from tests.conftest import at
+from tests.stripe_fake import StripeFake
+
+CATALOG = Catalog(
+    actions=DEFAULT_CATALOG.actions,
+    plans={
+        "trial": DEFAULT_CATALOG.plans["trial"],
+        "email_outreach": Plan(free_tokens=250, stripe_prices=("price_eo_m", "price_eo_y")),
+        "sales_engagement": Plan(free_tokens=500, stripe_prices=("price_se_m",)),
+    },
+)
+MAR_1 = int(at("2026-03-01").timestamp())
+_ids = itertools.count()
+
+
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+async def priced(pool: asyncpg.Pool) -> AsyncIterator[Ledger]:
+    ledger = Ledger(pool, CATALOG)
+    await ledger.sync_catalog()
+    yield ledger
+    assert await ledger.drift() == []
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock(at("2026-03-10T12:00:00"))
+
+
+@pytest.fixture
+async def hooks(
+    priced: Ledger,
+    arq_redis: ArqRedis,
+    stripe_fake: StripeFake,
+    clock: Clock,
+    database_url: str,
+    redis_url: str,
+) -> AsyncIterator[httpx.AsyncClient]:
+    svc = services_for(
+        priced,
+        arq_redis,
+        settings_for(database_url, redis_url),
+        clock=clock,
+        stripe=stripe_fake.client(),
+    )
+    app = create_app(svc.settings, svc)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://testserver"
+    ) as c:
+        yield c
+
+
+def event(kind: str, obj: dict[str, Any], event_id: str | None = None) -> dict[str, Any]:
+    return {
+        "id": event_id or f"evt_{next(_ids)}_{time.time_ns()}",
+        "object": "event",
+        "type": kind,
+        "created": int(time.time()),
+        "livemode": False,
+        "data": {"object": obj},
+    }
+
+
+def signed(payload: str, secret: str = WEBHOOK_SECRET, at_s: int | None = None) -> str:
+    t = at_s if at_s is not None else int(time.time())
+    sig = stripe.WebhookSignature._compute_signature(f"{t}.{payload}", secret)
+    return f"t={t},v1={sig}"
+
+
+async def deliver(
+    client: httpx.AsyncClient, evt: dict[str, Any], header: str | None = "sign"
+) -> httpx.Response:
+    payload = json.dumps(evt)
+    headers = {"Content-Type": "application/json"}
+    if header == "sign":
+        headers["Stripe-Signature"] = signed(payload)
+    elif header is not None:
+        headers["Stripe-Signature"] = header
+    return await client.post("/v1/stripe/webhook", content=payload, headers=headers)
+
+
+async def stored(pool: asyncpg.Pool) -> list[asyncpg.Record]:
+    return await pool.fetch("SELECT * FROM stripe_events ORDER BY received_at, id")
+
+
+async def test_a_bad_or_missing_signature_is_400_and_stores_nothing(
+    hooks: httpx.AsyncClient, pool: asyncpg.Pool, stripe_fake: StripeFake
+) -> None:
+    cus = stripe_fake.add_customer()
+    sub = stripe_fake.add_subscription(cus, team="acme", price="price_eo_m", anchor=MAR_1)
+    evt = event("customer.subscription.created", sub)
+    payload = json.dumps(evt)
+    cases = {
+        "missing": None,
+        "wrong secret": signed(payload, "whsec_not_ours"),
+        "too old": signed(payload, at_s=int(time.time()) - 3600),
+        "garbage": "t=abc,v1=zzz",
+        "other payload": signed(payload.replace("acme", "evil")),
+    }
+    for name, header in cases.items():
+        response = await deliver(hooks, evt, header)
+        assert response.status_code == 400, name
+        assert response.json()["error"]["code"] == "bad_signature", name
+    assert await stored(pool) == []
+    assert stripe_fake.calls("GET /v1/subscriptions/*") == []
+    ok = await deliver(hooks, evt)
+    assert ok.status_code == 200 and len(await stored(pool)) == 1
+
+
+async def test_subscription_syncs_plan_seats_interval_anchor_customer(
+    hooks: httpx.AsyncClient, priced: Ledger, stripe_fake: StripeFake, clock: Clock
+) -> None:
+    cus = stripe_fake.add_customer()
+    sub = stripe_fake.add_subscription(
+        cus, team="acme", price="price_se_m", quantity=3, anchor=MAR_1
+    )
+    response = await deliver(hooks, event("customer.subscription.created", sub))
+    assert response.status_code == 200, response.text
+    assert response.json()["duplicate"] is False
+    team = await priced.get_team("acme")
+    assert (team.plan, team.seats, team.billing_interval) == ("sales_engagement", 3, "month")
+    assert (team.anchor, team.stripe_customer, team.stripe_subscription) == (
+        at("2026-03-01"),
+        cus,
+        sub["id"],
+    )
+    assert (await priced.billing("acme", at=clock())).free_granted == 1500
+    yearly = stripe_fake.add_subscription(
+        cus, team="yco", price="price_eo_y", quantity=2, interval="year", anchor=MAR_1
+    )
+    await deliver(hooks, event("customer.subscription.created", yearly))
+    assert (await priced.get_team("yco")).billing_interval == "year"
+    unknown = stripe_fake.add_subscription(cus, team="zco", price="price_other", anchor=MAR_1)
+    ignored = await deliver(hooks, event("customer.subscription.created", unknown))
+    assert ignored.json()["result"].startswith("ignored: no catalog plan")
+
+
+async def test_a_duplicate_is_stored_once_and_handled_once(
+    hooks: httpx.AsyncClient, pool: asyncpg.Pool, stripe_fake: StripeFake
+) -> None:
+    cus = stripe_fake.add_customer()
+    sub = stripe_fake.add_subscription(cus, team="acme", price="price_eo_m", anchor=MAR_1)
+    evt = event("customer.subscription.created", sub)
+    first, second = await deliver(hooks, evt), await deliver(hooks, evt)
+    assert (first.json()["duplicate"], second.json()["duplicate"]) == (False, True)
+    assert second.json()["result"] == first.json()["result"]
+    # Two deliveries at the same moment: one handles it, the other waits and sees it handled.
+    evt2 = event("customer.subscription.updated", sub)
+    both = await asyncio.gather(deliver(hooks, evt2), deliver(hooks, evt2))
+    assert sorted(r.json()["duplicate"] for r in both) == [False, True]
+    rows = await stored(pool)
+    assert [(r["type"], r["deliveries"]) for r in rows] == [
+        ("customer.subscription.created", 2),
+        ("customer.subscription.updated", 2),
+    ]
+    assert all(r["handled_at"] is not None for r in rows)
+    assert len(stripe_fake.calls("GET /v1/subscriptions/*")) == 2  # once per event
+
+
+async def test_out_of_order_events_apply_the_current_state(
+    hooks: httpx.AsyncClient, priced: Ledger, stripe_fake: StripeFake
+) -> None:
+    cus = stripe_fake.add_customer()
+    sub = stripe_fake.add_subscription(
+        cus, team="acme", price="price_eo_m", quantity=2, anchor=MAR_1
+    )
+    created = event("customer.subscription.created", sub)
+    updated = event(
+        "customer.subscription.updated", stripe_fake.update_subscription(sub["id"], quantity=5)
+    )
+    await deliver(hooks, updated)
+    await deliver(hooks, created)  # older, delivered later: it says 2 seats, Stripe says 5
+    assert (await priced.get_team("acme")).seats == 5
+    deleted = event(
+        "customer.subscription.deleted",
+        stripe_fake.update_subscription(sub["id"], status="canceled", ended_at=MAR_1 + 86400 * 14),
+    )
+    await deliver(hooks, deleted)
+    await deliver(hooks, event("customer.subscription.updated", {**sub, "status": "active"}))
+    team = await priced.get_team("acme")
+    assert team.subscription_ended_at == at("2026-03-15")  # a late update does not revive it
+
+
+async def test_a_deleted_subscription_stops_the_next_months_grants(
+    hooks: httpx.AsyncClient, priced: Ledger, stripe_fake: StripeFake, clock: Clock
+) -> None:
+    cus = stripe_fake.add_customer()
+    sub = stripe_fake.add_subscription(cus, team="acme", price="price_eo_m", anchor=MAR_1)
+    await deliver(hooks, event("customer.subscription.created", sub))
+    await priced.set_limit("acme", 1000, actor="ann", role="admin", at=clock())
+    held, _ = await priced.charge("acme", "ai_sequence", 6, key="march", at=clock())  # 250 + 50
+    assert held.additional_tokens == 50
+    clock.now = at("2026-03-15")
+    ended = stripe_fake.update_subscription(
+        sub["id"], status="canceled", ended_at=int(clock.now.timestamp())
+    )
+    await deliver(hooks, event("customer.subscription.deleted", ended))
+    # The month it ended in keeps its grant and its limit...
+    march = await priced.billing("acme", at=at("2026-03-20"))
+    assert (march.free_granted, march.additional_limit) == (250, 1000)
+    # ...the next ones grant nothing and allow no additional tokens.
+    april = await priced.billing("acme", at=at("2026-04-05"))
+    assert (april.free_granted, april.additional_limit, april.additional_available) == (0, 0, 0)
+    refused, _ = await priced.charge("acme", "debounce", 1, key="april", at=at("2026-04-05"))
+    assert refused.refused
+    # What it spent is still billed.
+    sender = StripeSender(priced.pool, stripe_fake.client(), lambda: datetime.now(UTC))
+    report = await reconcile(priced.pool, sender, team="acme", at=at("2026-04-02"))
+    # (finalized: Stripe's automatic collection pays it, about an hour later)
+    assert [(b.tokens, bill_status(b)) for b in report.bills] == [(50, "open")]
+
+
+async def test_invoice_events_update_their_bill_by_the_invoice_state(
+    hooks: httpx.AsyncClient, priced: Ledger, stripe_fake: StripeFake, clock: Clock
+) -> None:
+    cus = stripe_fake.add_customer(card_declines="insufficient_funds")
+    await priced.set_team(
+        "acme",
+        plan="email_outreach",
+        seats=1,
+        interval="month",
+        anchor=at("2026-03-01"),
+        at=clock(),
+        stripe_customer=cus,
+    )
+    await priced.set_limit("acme", 1000, actor="ann", role="admin", at=clock())
+    await priced.charge("acme", "ai_sequence", 6, key="k", at=clock())  # 50 additional
+    sender = StripeSender(priced.pool, stripe_fake.client(), lambda: datetime.now(UTC))
+    await reconcile(priced.pool, sender, team="acme", at=at("2026-04-02"))
+    [bill] = await team_bills(priced.pool, "acme")
+    assert bill.stripe_invoice_id is not None and bill.step == "finalized"
+    invoice = stripe_fake.invoices[bill.stripe_invoice_id]
+    assert invoice["status"] == "open"
+    failed = event("invoice.payment_failed", dict(invoice))
+    response = await deliver(hooks, failed)
+    assert response.json()["result"] == f"bill {bill.id}: payment_failed"
+    [bill] = await team_bills(priced.pool, "acme")
+    assert (bill.status, bill.error_code, bill.stripe_invoice_status) == (
+        "payment_failed",
+        "payment_failed",
+        "open",
+    )
+    # Stripe's own retry collects it; then a late copy of the failure arrives.
+    stripe_fake.set_card_declines(cus, False)
+    stripe_fake.run_automatic_collection()
+    assert invoice["status"] == "paid"
+    paid = await deliver(hooks, event("invoice.paid", dict(invoice)))
+    assert paid.json()["result"] == f"bill {bill.id}: paid"
+    late = await deliver(hooks, event("invoice.payment_failed", {**invoice, "status": "open"}))
+    assert late.json()["result"] == f"bill {bill.id}: paid"
+    [bill] = await team_bills(priced.pool, "acme")
+    assert (bill.step, bill_status(bill), bill.error_code) == ("paid", "paid", None)
+
+
+async def test_a_voided_invoice_is_kept_on_its_bill(
+    hooks: httpx.AsyncClient, priced: Ledger, stripe_fake: StripeFake, clock: Clock
+) -> None:
+    cus = stripe_fake.add_customer(card_declines=True)
+    await priced.set_team(
+        "acme",
+        plan="email_outreach",
+        seats=1,
+        interval="month",
+        anchor=at("2026-03-01"),
+        at=clock(),
+        stripe_customer=cus,
+    )
+    await priced.set_limit("acme", 1000, actor="ann", role="admin", at=clock())
+    await priced.charge("acme", "ai_sequence", 6, key="k", at=clock())
+    sender = StripeSender(priced.pool, stripe_fake.client(), lambda: datetime.now(UTC))
+    await reconcile(priced.pool, sender, team="acme", at=at("2026-04-02"))
+    [bill] = await team_bills(priced.pool, "acme")
+    assert bill.stripe_invoice_id is not None
+    await stripe_fake.client().v1.invoices.void_invoice_async(bill.stripe_invoice_id)
+    voided = await deliver(hooks, event("invoice.voided", {"id": bill.stripe_invoice_id}))
+    assert voided.json()["result"] == f"bill {bill.id}: void"
+    [bill] = await team_bills(priced.pool, "acme")
+    assert (bill.status, bill.stripe_invoice_status, bill.error_code) == (
+        "void",
+        "void",
+        "invoice_void",
+    )
+    other = await deliver(hooks, event("invoice.paid", {"id": "in_not_ours", "status": "paid"}))
+    assert other.json()["result"].startswith("ignored")
+
+
+async def test_a_new_subscription_makes_an_ended_team_current_again(
+    hooks: httpx.AsyncClient, priced: Ledger, stripe_fake: StripeFake, clock: Clock
+) -> None:
+    cus = stripe_fake.add_customer()
+    old = stripe_fake.add_subscription(cus, team="acme", price="price_eo_m", anchor=MAR_1)
+    await deliver(hooks, event("customer.subscription.created", old))
+    clock.now = at("2026-03-15")
+    ended = stripe_fake.update_subscription(
+        old["id"], status="canceled", ended_at=int(clock.now.timestamp())
+    )
+    deleted = event("customer.subscription.deleted", ended)
+    await deliver(hooks, deleted)
+    assert (await priced.billing("acme", at=at("2026-04-10"))).free_granted == 0
+    clock.now = at("2026-04-10")
+    new = stripe_fake.add_subscription(
+        cus, team="acme", price="price_se_m", anchor=int(clock.now.timestamp())
+    )
+    await deliver(hooks, event("customer.subscription.created", new))
+    # A late copy of the old subscription's end does not end the new one.
+    await deliver(hooks, {**deleted, "id": deleted["id"] + "_again"})
+    team = await priced.get_team("acme")
+    assert (team.stripe_subscription, team.subscription_ended_at) == (new["id"], None)
+    section = await priced.billing("acme", at=at("2026-04-11"))
+    assert (section.plan, section.period_start, section.free_granted) == (
+        "sales_engagement",
+        at("2026-04-10"),
+        500,
+    )
+
+
+async def test_without_a_stripe_key_the_events_object_is_used(
+    priced: Ledger, arq_redis: ArqRedis, database_url: str, redis_url: str, clock: Clock
+) -> None:
+    svc = services_for(priced, arq_redis, settings_for(database_url, redis_url), clock=clock)
+    app = create_app(svc.settings, svc)
+    sub = StripeFake().add_subscription(
+        "cus_x", team="acme", price="price_eo_m", quantity=4, anchor=MAR_1
+    )
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://testserver"
+    ) as c:
+        response = await deliver(c, event("customer.subscription.created", sub))
+    assert response.status_code == 200, response.text
+    team = await priced.get_team("acme")
+    assert (team.seats, team.stripe_customer) == (4, "cus_x")
