@@ -21,6 +21,7 @@ RUN uv sync --frozen --no-dev --no-install-project
 
 # Only the packages: no local .venv, data dirs or caches from the build context.
 COPY --chown=tokens:tokens cli ./cli
+COPY --chown=tokens:tokens db ./db
 COPY --chown=tokens:tokens runtime ./runtime
 COPY --chown=tokens:tokens ledger ./ledger
 COPY --chown=tokens:tokens worker ./worker

@@ -17,7 +17,7 @@ from api.teams import READERS, TeamPath
 from cli import render
 from worker.client import enqueue
 from worker.metering import charge_key
-from worker.tasks import ACTION_JOBS, QUEUE
+from worker.queue import ACTION_JOBS, QUEUE
 
 router = APIRouter(tags=["jobs"])
 

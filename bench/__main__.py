@@ -42,9 +42,9 @@ from bench import api as api_bench
 from bench import arq_overhead, cli_start, report
 from bench import reconcile as reconcile_bench
 from bench.servers import fresh_servers, quiet_logs
+from db.pool import create_pool
 from ledger.catalog import DEFAULT_CATALOG
 from ledger.service import Ledger
-from runtime.db import create_pool
 
 ANCHOR = datetime(2025, 1, 1, tzinfo=UTC)
 AT = datetime(2025, 1, 15, 12, tzinfo=UTC)

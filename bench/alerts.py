@@ -41,10 +41,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from db.migrate import migrate
+from db.pool import create_pool
 from ledger.catalog import DEFAULT_CATALOG
-from ledger.migrate import migrate
 from ledger.service import Ledger
-from runtime.db import create_pool
 
 ANCHOR = datetime(2025, 1, 1, tzinfo=UTC)
 AT = datetime(2025, 1, 15, 12, tzinfo=UTC)

@@ -30,11 +30,11 @@ import httpx
 import jwt
 from arq.connections import ArqRedis, RedisSettings, create_pool
 
+from db.pool import create_pool as create_pg_pool
 from ledger.catalog import DEFAULT_CATALOG
 from ledger.service import Ledger
-from runtime.db import create_pool as create_pg_pool
 from worker.client import enqueue
-from worker.tasks import QUEUE
+from worker.queue import QUEUE
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "bench-app-secret-0123456789abcdef0123"

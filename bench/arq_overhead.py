@@ -63,12 +63,12 @@ from arq.jobs import JobResult, deserialize_result
 from arq.worker import Worker, func
 
 from bench.servers import fresh_servers, quiet_logs
+from db.pool import create_pool as create_pg_pool
 from ledger.catalog import DEFAULT_CATALOG
 from ledger.service import Ledger
 from runtime.config import Settings
-from runtime.db import create_pool as create_pg_pool
+from worker.queue import QUEUE
 from worker.settings import worker_kwargs
-from worker.tasks import QUEUE
 
 ANCHOR = datetime(2025, 1, 1, tzinfo=UTC)
 SETUP_AT = datetime(2025, 1, 1, 0, 0, 1, tzinfo=UTC)

@@ -48,10 +48,10 @@ from bench.servers import fresh_servers, quiet_logs
 from billing.reconcile import reconcile
 from billing.sender import StripeSender
 from billing.stripe_client import build_client
+from db.pool import create_pool
 from ledger.catalog import DEFAULT_CATALOG
 from ledger.service import Ledger
-from runtime.db import create_pool
-from tests.stripe_fake import DEFAULT_API_KEY, DEFAULT_BASE, StripeFake
+from testing.stripe_fake import DEFAULT_API_KEY, DEFAULT_BASE, StripeFake
 
 # A billing month long past, so that no team of the other benchmarks (2025) is
 # due in these runs, and these teams are due in no other run.

@@ -14,7 +14,7 @@ from pathlib import Path
 import asyncpg
 import structlog
 
-from ledger.migrate import migrate
+from db.migrate import migrate
 from runtime.embedded import ensure_postgres, ensure_redis, stop_servers
 
 

@@ -48,7 +48,7 @@ from ledger.service import Ledger
 from runtime.embedded import ensure_postgres, ensure_redis, stop_postgres, stop_redis
 from runtime.transient import is_transient
 from worker.client import enqueue
-from worker.tasks import OUTAGE_KEY_PREFIX, QUEUE
+from worker.queue import OUTAGE_KEY_PREFIX, QUEUE
 
 ROOT = Path(__file__).resolve().parent.parent
 TEAMS = ("soak-a", "soak-b", "soak-c", "soak-d")

@@ -12,9 +12,9 @@ from typing import Any
 import asyncpg
 
 from billing.models import STATUSES, Bill, bill_dict
+from db.queries import q
 from ledger import validate
 from ledger.errors import BadInput, TokensError
-from ledger.queries import q
 
 SQL = "billing.sql"
 

@@ -191,4 +191,3 @@ def bill_dict(bill: Bill, **extra: Any) -> dict[str, Any]:
         "created_at": bill.created_at,
         **extra,
     }
-

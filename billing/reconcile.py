@@ -30,8 +30,8 @@ from billing.models import Bill, bill_dict
 
 __all__ = ["ReconcileReport", "bill_dict", "bill_status", "reconcile", "team_bills"]
 from billing.sender import SQL, StripeSender
+from db.queries import q
 from ledger import validate
-from ledger.queries import q
 from runtime.metrics import BILLS, RECONCILE_SECONDS
 
 log = structlog.get_logger("tokens.billing")

@@ -58,7 +58,7 @@ import stripe
 import structlog
 
 from billing.models import Bill
-from ledger.queries import q
+from db.queries import q
 from runtime.config import Settings
 
 log = structlog.get_logger("tokens.billing")

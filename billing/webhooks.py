@@ -34,9 +34,9 @@ import stripe
 import structlog
 
 from billing.sender import FINAL_STATUSES
+from db.queries import parse
 from ledger import validate
 from ledger.errors import TokensError
-from ledger.queries import parse
 from ledger.service import Ledger
 
 log = structlog.get_logger("tokens.billing")

@@ -1,7 +1,6 @@
 """`tokens alerts TEAM [--json]`: a team's usage alerts, newest first (SPEC sections 7, 10).
 
-Registered by cli/main.py. Imports only what the command needs: the rest of
-the command line's modules are loaded when it runs, through cli.main.
+Registered by cli/main.py.
 """
 
 from __future__ import annotations
@@ -21,11 +20,11 @@ def alerts(
 ) -> None:
     """Usage alerts of the team (80 % / 100 % of the free grant and of the limit), newest first."""
     from cli import render
-    from cli.main import _run, _settings
+    from cli.common import run, settings_for
     from ledger import validate
     from runtime.app import open_ledger
 
-    settings = _settings()
+    settings = settings_for()
     until = validate.parse_moment(at, "--at") if at is not None else None
 
     async def go() -> list[dict[str, Any]]:
@@ -33,7 +32,7 @@ def alerts(
             found = await ledger.alerts(team)
         return [a.as_dict() for a in found if until is None or a.period_start <= until]
 
-    out = _run(go())
+    out = run(go())
     if json_out:
         render.print_json(out)
         return

@@ -1,6 +1,6 @@
-"""`tokens bills`, `tokens bill show`, `tokens bill reissue` (SPEC 7).
+"""`tokens reconcile`, `tokens bills`, `tokens bill show`, `tokens bill reissue` (SPEC 7).
 
-Registered by cli/main.py. Only Postgres: nothing here imports stripe.
+Registered by cli/main.py. Only `reconcile` imports stripe, when it runs.
 """
 
 from __future__ import annotations
@@ -13,10 +13,12 @@ from typing import Annotated, Any
 import typer
 
 from cli import render
+from cli.common import AtOpt, JsonOpt, clock_at, run, settings_for
+from ledger.errors import TokensError
+from runtime.app import open_ledger
 
 bill_app = typer.Typer(help="Explain and reissue bills.", no_args_is_help=True)
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 CSV_COLUMNS = (
     "bill_id",
     "charge_id",
@@ -36,17 +38,17 @@ def bills(
 ) -> None:
     """Finance's list of bills, oldest first."""
     from billing.bills import check_status, list_bills
-    from cli.main import _run, _settings
+    from cli.common import run, settings_for
     from runtime.app import open_ledger
 
-    settings = _settings()
+    settings = settings_for()
     check_status(status)
 
     async def go() -> list[dict[str, Any]]:
         async with open_ledger(settings) as ledger:
             return await list_bills(ledger.pool, team=team, status=status)
 
-    out = _run(go())
+    out = run(go())
     if json_out:
         render.print_json(out)
         return
@@ -70,17 +72,17 @@ def show(
 ) -> None:
     """Explain a bill: the exact charges whose additional tokens it billed."""
     from billing.bills import explain_bill, parse_bill_id
-    from cli.main import _run, _settings
+    from cli.common import run, settings_for
     from runtime.app import open_ledger
 
-    settings = _settings()
+    settings = settings_for()
     bill_id = parse_bill_id(bill)
 
     async def go() -> Any:
         async with open_ledger(settings) as ledger:
             return await explain_bill(ledger.pool, bill_id)
 
-    explained = _run(go())
+    explained = run(go())
     out = explained.as_dict()
     if csv_out:
         buf = io.StringIO()
@@ -114,18 +116,18 @@ def reissue(
 ) -> None:
     """Bill the same tokens again on a new invoice (a void bill, or one failed for good)."""
     from billing.bills import parse_bill_id, reissue_bill
-    from cli.main import _now, _run, _settings
+    from cli.common import clock_at, run, settings_for
     from runtime.app import open_ledger
 
-    settings = _settings()
+    settings = settings_for()
     bill_id = parse_bill_id(bill)
-    now = _now(at)
+    now = clock_at(at)
 
     async def go() -> dict[str, Any]:
         async with open_ledger(settings) as ledger:
             return await reissue_bill(ledger.pool, bill_id, at=now)
 
-    out = _run(go())
+    out = run(go())
     if json_out:
         render.print_json(out)
     else:
@@ -133,3 +135,40 @@ def reissue(
             f"bill {bill_id} reissued as bill {out['bill_id']} ({out['tokens']} tokens); "
             "`tokens reconcile` sends it to the team's current Stripe customer"
         )
+
+
+def reconcile(
+    team: Annotated[str | None, typer.Option("--team", help="Only this team")] = None,
+    at: AtOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Bill what is due and send unsent bills to Stripe (one run, for cron)."""
+    settings = settings_for(service=True)
+    now = clock_at(at)
+
+    async def go() -> dict[str, Any]:
+        from billing.reconcile import reconcile as run_reconcile
+        from billing.sender import sender_from_settings
+
+        async with open_ledger(settings) as ledger:
+            sender = sender_from_settings(ledger.pool, settings, lambda: now)
+            with render.progress_bar("sending bills", enabled=not json_out) as advance:
+                report = await run_reconcile(
+                    ledger.pool, sender, team=team, at=now, progress=advance
+                )
+        return report.as_dict()
+
+    out = run(go())
+    if json_out:
+        render.print_json(out)
+    else:
+        render.print_reconcile(out)
+    if out["bills_failed"]:
+        raise ReconcileFailed(out["bills_failed"])
+
+
+class ReconcileFailed(TokensError):
+    code = "bills_failed"
+
+    def __init__(self, failed: int) -> None:
+        super().__init__(f"{failed} bill(s) could not be sent to Stripe; they are kept and retried")

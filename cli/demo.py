@@ -25,8 +25,8 @@ from ledger.service import Ledger
 from ledger.validate import parse_moment
 from runtime.config import Settings
 from worker.client import enqueue
+from worker.queue import QUEUE
 from worker.settings import worker_kwargs
-from worker.tasks import QUEUE
 
 MONTH_START = parse_moment("2026-10-01T00:00:00Z")
 MONTH_END = parse_moment("2026-11-01T00:00:00Z")

@@ -18,9 +18,9 @@ def serve(
     ] = 8000,
 ) -> None:
     """Serve the HTTP API (JWT-authenticated /v1, Stripe webhooks, the billing page)."""
-    from cli.main import _settings
+    from cli.common import settings_for
 
-    settings = _settings(service=True)
+    settings = settings_for(service=True)
     from api.app import app_secret, create_app
 
     app_secret(settings)  # refused here, in one line, rather than at the first request
@@ -35,7 +35,3 @@ def serve(
         server_header=False,
         timeout_graceful_shutdown=30,
     )
-
-
-def register(app: typer.Typer) -> None:
-    app.command(name="serve")(serve)

@@ -30,6 +30,7 @@ from typing import Any
 import asyncpg
 import structlog
 
+from db.queries import q
 from ledger.errors import (
     BadInput,
     ChargeAlreadySettled,
@@ -38,7 +39,6 @@ from ledger.errors import (
     UnknownCharge,
     UnknownTeam,
 )
-from ledger.queries import q
 from ledger.results import ChargeRow
 
 log = structlog.get_logger("tokens.ledger")

@@ -1,6 +1,6 @@
 """The ledger's tables as SQLModel classes: the schema's single description.
 
-`ledger/migrations/*.sql` must produce exactly these tables; a test diffs the
+`db/migrations/*.sql` must produce exactly these tables; a test diffs the
 two. Constraints are declared here too, under the names the migrations use,
 so both sides agree on what makes a balance wrong.
 """

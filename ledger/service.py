@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import asyncpg
 import structlog
 
+from db.queries import q
 from ledger import validate
 from ledger.alerts import TEAM_ALERTS, AlertRow
 from ledger.catalog import Catalog
@@ -27,7 +28,6 @@ from ledger.errors import (
     translate,
 )
 from ledger.group_commit import GroupCommit
-from ledger.queries import q
 from ledger.results import (
     BillingSection,
     ChargeRow,

@@ -9,12 +9,12 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import structlog
 
+from db.migrate import migrate, pending
+from db.pool import create_pool
 from ledger.catalog import Catalog, load_catalog
 from ledger.errors import NotMigrated, Unreachable
-from ledger.migrate import migrate, pending
 from ledger.service import Ledger
 from runtime.config import Settings
-from runtime.db import create_pool
 
 log = structlog.get_logger("tokens.app")
 

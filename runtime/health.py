@@ -6,7 +6,7 @@ import asyncio
 
 import asyncpg
 
-from ledger.migrate import pending
+from db.migrate import pending
 from runtime.app import database_url, redis_url
 from runtime.config import Settings
 

@@ -9,7 +9,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -21,14 +20,15 @@ import asyncpg
 import httpx
 import pytest
 
+from db.pool import create_pool
 from ledger.catalog import DEFAULT_CATALOG
 from ledger.service import Ledger
-from runtime.db import create_pool
 from tests.api_helpers import SECRET, WEBHOOK_SECRET
 from tests.conftest import with_database
+from tests.process import TOKENS_BIN
 
 ROOT = Path(__file__).resolve().parent.parent
-TOKENS = [sys.executable, "-m", "cli.main"]
+TOKENS = [str(TOKENS_BIN)]  # the installed executable, as users run it
 _n = itertools.count()
 
 

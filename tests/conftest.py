@@ -20,12 +20,12 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
+from db.migrate import migrate
+from db.pool import create_pool
 from ledger.catalog import DEFAULT_CATALOG
-from ledger.migrate import migrate
 from ledger.service import Ledger
-from runtime.db import create_pool
+from testing.stripe_fake import StripeFake
 from tests.cli_helpers import Cli
-from tests.stripe_fake import StripeFake, stripe_fake  # noqa: F401  (fixture)
 
 TEMPLATE = "tokens_template"
 _counter = itertools.count()
@@ -130,3 +130,10 @@ def cli(
     monkeypatch.setenv("TOKENS_DATABASE_URL", database_url)
     monkeypatch.delenv("TOKENS_LOG_LEVEL", raising=False)
     return Cli(capsys)
+
+
+@pytest.fixture
+def stripe_fake() -> Iterator[StripeFake]:
+    """A fresh StripeFake on https://api.stripe.test with key sk_test_fake."""
+    with StripeFake() as fake:
+        yield fake

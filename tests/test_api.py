@@ -25,7 +25,7 @@ from tests.api_helpers import (
 from tests.cli_helpers import Cli
 from tests.conftest import at
 from tests.test_worker import run_burst
-from worker.tasks import QUEUE
+from worker.queue import QUEUE
 
 
 def leads(n: int) -> dict[str, object]:

@@ -26,7 +26,7 @@ from tests.api_helpers import (
     token,
 )
 from tests.conftest import at
-from worker.tasks import QUEUE
+from worker.queue import QUEUE
 
 OWN, OTHER = "acme", "other"
 ROLES = ("member", "admin", "service")

@@ -21,9 +21,9 @@ from billing.reconcile import bill_status, reconcile, team_bills
 from billing.sender import StripeSender
 from ledger.catalog import DEFAULT_CATALOG, Catalog, Plan
 from ledger.service import Ledger
+from testing.stripe_fake import StripeFake
 from tests.api_helpers import WEBHOOK_SECRET, arq_redis, services_for, settings_for
 from tests.conftest import at
-from tests.stripe_fake import StripeFake
 
 CATALOG = Catalog(
     actions=DEFAULT_CATALOG.actions,

@@ -11,8 +11,8 @@ import asyncpg
 
 from billing.reconcile import create_bills
 from ledger.service import Ledger
+from testing.stripe_fake import StripeFake
 from tests.conftest import at
-from tests.stripe_fake import StripeFake
 from tests.test_demo_and_crash import ROOT, TOKENS, env_for
 from tests.test_reconcile import billed_team, run, sender_for, spend
 

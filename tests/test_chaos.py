@@ -18,7 +18,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -33,17 +32,18 @@ from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.worker import Worker
 
 import worker.settings as worker_settings
+from db.migrate import migrate
 from ledger.catalog import DEFAULT_CATALOG
-from ledger.migrate import migrate
 from ledger.service import Ledger
 from runtime.config import Settings
 from runtime.embedded import ensure_postgres, ensure_redis, stop_postgres, stop_redis, stop_servers
 from runtime.transient import is_transient
 from tests.conftest import at, with_database
+from tests.process import TOKENS_BIN
 from worker.client import enqueue, result
 from worker.payloads import Lead
 from worker.providers import Providers, SearchResult
-from worker.tasks import OUTAGE_KEY_PREFIX
+from worker.queue import OUTAGE_KEY_PREFIX
 
 pytestmark = pytest.mark.chaos
 
@@ -308,9 +308,7 @@ async def test_worker_sigkilled_mid_run(servers: Servers, redis: ArqRedis) -> No
         "TOKENS_LOG_LEVEL": "WARNING",
     }
     doomed = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "cli.main",
+        str(TOKENS_BIN),
         "worker",
         env=_env(servers, **extra),
         cwd=ROOT,

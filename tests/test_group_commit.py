@@ -11,10 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from db.queries import q
 from ledger.catalog import DEFAULT_CATALOG
 from ledger.errors import IdempotencyMismatch, UnknownCharge, UnknownTeam
 from ledger.group_commit import GroupCommit
-from ledger.queries import q
 from ledger.service import Ledger
 from tests.conftest import at
 

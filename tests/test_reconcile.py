@@ -13,8 +13,8 @@ import pytest
 from billing.reconcile import ReconcileReport, bill_status, reconcile, team_bills
 from billing.sender import StripeSender
 from ledger.service import Ledger
+from testing.stripe_fake import StripeFake
 from tests.conftest import at
-from tests.stripe_fake import StripeFake
 
 JAN = at("2026-01-15T00:00:00")
 

@@ -12,7 +12,7 @@ from sqlmodel import SQLModel
 import billing.models  # noqa: F401  (registers the tables)
 import ledger.models  # noqa: F401
 from billing import webhook_events  # noqa: F401  (registers stripe_events)
-from ledger.migrate import migrate, pending
+from db.migrate import migrate, pending
 from tests.conftest import with_database
 
 COLUMNS = """

@@ -10,9 +10,9 @@ import pytest
 import stripe
 from stripe._http_client import HTTPClient
 
-from tests.stripe_fake import StripeFake, parse_form
+from testing.stripe_fake import StripeFake, parse_form
 
-# the `stripe_fake` fixture (a conftest may also import it: `from tests.stripe_fake import ...`)
+# the `stripe_fake` fixture (a conftest may also import it: `from testing.stripe_fake import ...`)
 pytest_plugins = ("tests.stripe_fake",)
 
 BASE = "https://api.stripe.test"

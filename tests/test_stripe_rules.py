@@ -20,8 +20,8 @@ from billing.reconcile import create_bills, reconcile
 from billing.sender import StripeSender
 from billing.stripe_client import Pacer, build_client, endpoint_of
 from ledger.service import Ledger
+from testing.stripe_fake import DEFAULT_API_KEY, DEFAULT_BASE, StripeFake
 from tests.conftest import at
-from tests.stripe_fake import DEFAULT_API_KEY, DEFAULT_BASE, StripeFake
 from tests.test_reconcile import billed_team, clocked, invoices_of, run, sender_for, spend
 
 T0 = "2026-01-20T01:00:00"
@@ -98,7 +98,7 @@ async def test_every_write_of_a_run_checks_its_lease_token(
         ("record_step", ("invoice_created", "sending", "in_x", None, None, None, None)),
         ("release_lease", ()),
     ]:
-        from ledger.queries import q
+        from db.queries import q
 
         extra = (at(T0), None, False) if name == "record_step" else ()
         result = await pool.execute(q(name, "billing.sql"), 1, None, *args, *extra)

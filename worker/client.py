@@ -27,7 +27,7 @@ from worker.payloads import (
     SequencePayload,
     parse,
 )
-from worker.tasks import QUEUE
+from worker.queue import QUEUE
 
 LEAD_ACTIONS = ("enrich", "debounce")
 DEFAULT_PROMPT = "A three-step cold outreach sequence for our product."

@@ -15,21 +15,15 @@ from arq.cron import cron
 from arq.worker import Worker, func
 
 from billing.sender import sender_from_settings
+from db.pool import create_pool
 from runtime.app import catalog, database_url, ensure_schema
 from runtime.config import Settings
-from runtime.db import create_pool
 from runtime.transient import is_transient, ride_out
 from worker.alerts import deliver_alerts
 from worker.context import Deps
 from worker.providers import build_providers
-from worker.tasks import (
-    JOBS,
-    QUEUE,
-    RECONCILE_JOB,
-    expire_holds,
-    reconcile_all,
-    reconcile_team,
-)
+from worker.queue import QUEUE, RECONCILE_JOB
+from worker.tasks import JOBS, expire_holds, reconcile_all, reconcile_team
 
 log = structlog.get_logger("tokens.worker")
 

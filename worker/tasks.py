@@ -28,13 +28,9 @@ from worker.memo import CALL_TIMEOUT_S, RedisSearchMemo
 from worker.metering import OutageRetry, metered, outage_defer_seconds
 from worker.payloads import DebounceLead, IcebreakerPayload, Lead, SequencePayload, parse
 from worker.providers import SearchResult
+from worker.queue import ACTION_JOBS, OUTAGE_KEY_PREFIX, QUEUE, RECONCILE_JOB
 
 log = structlog.get_logger("tokens.worker")
-
-RECONCILE_JOB = "reconcile_team"
-QUEUE = "tokens:queue"
-# How many times each job went back to the queue because of an outage (soak, operators).
-OUTAGE_KEY_PREFIX = "tokens:outage:"
 
 
 def outage_deadline(deps: Deps) -> float:
@@ -246,4 +242,4 @@ async def _ride_out_job(deps: Deps, run: Any, what: str, **fields: Any) -> dict[
 
 
 JOBS = (ai_sequence, ai_icebreaker, enrich, debounce)
-ACTION_JOBS = {f.__name__: f for f in JOBS}
+assert {f.__name__ for f in JOBS} == ACTION_JOBS, "worker/queue.py names every action's job"

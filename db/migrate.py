@@ -1,6 +1,6 @@
 """Versioned SQL migrations plus the re-applied function files.
 
-`ledger/migrations/NNNN_name.sql` run once each, in order; the function files
+`db/migrations/NNNN_name.sql` run once each, in order; the function files
 (the money path's PL/pgSQL) are re-applied whenever their text changes. All in
 one transaction under an advisory lock, so concurrent `tokens migrate` runs
 and a half-applied schema are both impossible.
@@ -12,9 +12,9 @@ import hashlib
 from dataclasses import dataclass
 from importlib import resources
 
-from runtime.db import Conn
+from db.pool import Conn
 
-MIGRATIONS_PACKAGE = "ledger.migrations"
+MIGRATIONS_PACKAGE = "db.migrations"
 # Re-applied, in this order, after the versioned migrations whenever they change.
 FUNCTION_FILES = (
     ("ledger.sql", "functions.sql"),

@@ -65,14 +65,13 @@ import random
 import re
 import string
 import time
-from collections.abc import Callable, Coroutine, Iterable, Iterator
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
-import pytest
 import respx
 import stripe
 
@@ -2243,10 +2242,3 @@ class StripeFake:
         if sub is None:
             raise _no_such("subscription", sub_id, "id", 404)
         return _clone(sub)
-
-
-@pytest.fixture
-def stripe_fake() -> Iterator[StripeFake]:
-    """A fresh StripeFake on https://api.stripe.test with key sk_test_fake."""
-    with StripeFake() as fake:
-        yield fake

@@ -1,0 +1,89 @@
+"""`tokens charge`, `tokens billing`, `tokens history`: spending and reading the ledger."""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from typing import Annotated, Any
+
+import typer
+
+from cli import render
+from cli.common import AtOpt, JsonOpt, clock_at, run, settings_for
+from ledger import validate
+from ledger.errors import NotEnoughTokens
+from runtime.app import open_ledger
+
+
+def charge(
+    team: str,
+    action: str,
+    quantity: Annotated[str, typer.Option("--quantity")] = "1",
+    key: Annotated[str | None, typer.Option("--key", help="Idempotency key")] = None,
+    at: AtOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Hold and capture tokens at once, for a search that happened."""
+    settings = settings_for()
+    qty = validate.parse_whole(quantity, "--quantity")
+    validate.quantity(qty)
+    now = clock_at(at)
+    idem = key if key is not None else f"cli:{uuid.uuid4()}"
+
+    async def go() -> dict[str, Any]:
+        async with open_ledger(settings) as ledger:
+            held, settlement = await ledger.charge(team, action, qty, key=idem, at=now)
+        if held.refused:
+            raise NotEnoughTokens(held)
+        return render.hold_dict(held, settlement)
+
+    out = run(go())
+    if json_out:
+        render.print_json(out)
+    else:
+        again = " (replayed: this key was charged before)" if out["replayed"] else ""
+        print(
+            f"charge {out['charge_id']}: {out['action']} x{out['quantity']} = {out['tokens']} "
+            f"tokens ({out['free_tokens']} free + {out['additional_tokens']} additional), "
+            f"{out['state']}{again}"
+        )
+
+
+def billing(team: str, at: AtOpt = None, json_out: JsonOpt = False) -> None:
+    """The billing section of the team's current billing month."""
+    settings = settings_for()
+    now = clock_at(at)
+
+    async def go() -> Any:
+        async with open_ledger(settings) as ledger:
+            return await ledger.billing(team, at=now)
+
+    section = run(go())
+    if json_out:
+        render.print_json(render.billing_dict(section))
+    else:
+        render.print_billing(section)
+
+
+def history(
+    team: str,
+    csv_out: Annotated[bool, typer.Option("--csv", help="Print CSV with a header row.")] = False,
+    at: AtOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Every charge of the team, oldest first (up to --at when given)."""
+    settings = settings_for()
+    until = validate.parse_moment(at, "--at") if at is not None else None
+
+    async def go() -> Any:
+        async with open_ledger(settings) as ledger:
+            charges = await ledger.history(team)
+        return [c for c in charges if until is None or c.held_at <= until]
+
+    charges = run(go())
+    if csv_out:
+        sys.stdout.write(render.history_csv(charges))
+    elif json_out:
+        render.print_json([render.charge_dict(c) for c in charges])
+    else:
+        render.print_history(charges)
