@@ -22,6 +22,11 @@ T0 = at("2026-03-10T12:00:00")
 T_NEXT = at("2026-04-10T12:00:00")  # the following billing month
 ANCHOR = at("2026-03-01")
 
+# The single-item wrappers of tokens_apply (for psql; the Ledger calls tokens_apply).
+HOLD = "SELECT * FROM tokens_hold($1, $2, $3, $4, $5, $6, $7, $8)"
+SETTLE = """SELECT (s.charge).*, s.changed, s.unbilled_additional, s.threshold_reached
+            FROM tokens_settle($1, $2, $3) s"""
+
 # -- one batch gives each item what one-at-a-time would ----------------------
 
 holds = st.lists(
@@ -51,10 +56,10 @@ async def _setup(conn: asyncpg.Connection) -> list[int]:
     await conn.execute("UPDATE teams SET additional_limit = 60 WHERE id = 'b'")
     ids = []
     for team, key, tokens in (("b", "p0", 30), ("b", "p1", 30), ("b", "p2", 30), ("a", "p3", 10)):
-        row = await conn.fetchrow(q("hold"), team, key, "enrich", 1, tokens, T0, None, None)
+        row = await conn.fetchrow(HOLD, team, key, "enrich", 1, tokens, T0, None, None)
         assert row is not None
         ids.append(row["charge_id"])
-    await conn.execute(q("settle"), ids[3], "captured", T0)
+    await conn.execute(SETTLE, ids[3], "captured", T0)
     return ids
 
 
@@ -141,7 +146,7 @@ async def test_one_batch_equals_one_at_a_time(
                 cid = known_b[cid_index] if cid_index < 4 else 10**12
                 try:
                     async with conn.transaction():
-                        r = await conn.fetchrow(q("settle"), cid, state, T0)
+                        r = await conn.fetchrow(SETTLE, cid, state, T0)
                     assert r is not None
                     single[("settle", pos)] = (r["state"], r["changed"])
                 except asyncpg.PostgresError as exc:
@@ -152,7 +157,7 @@ async def test_one_batch_equals_one_at_a_time(
                 try:
                     async with conn.transaction():
                         r = await conn.fetchrow(
-                            q("hold"), team, key, action, quantity, tokens, when, None, None
+                            HOLD, team, key, action, quantity, tokens, when, None, None
                         )
                     single[("hold", pos)] = _hold_outcome(r, known_b)
                 except asyncpg.PostgresError as exc:
