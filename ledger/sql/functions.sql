@@ -283,6 +283,8 @@ DECLARE
     ns integer := coalesce(array_length(s_charge, 1), 0);
     nh integer := coalesce(array_length(h_team, 1), 0);
     settled bigint[] := '{}';
+    s_team text[] := '{}';
+    s_month timestamptz[] := '{}';
     -- Per hold: its error, its month, its charge (new, replayed, or the one its
     -- reused key belongs to), whether it was refused, and the room left after it.
     h_code text[] := array_fill(NULL::text, ARRAY[nh]);
@@ -291,9 +293,13 @@ DECLARE
     h_replayed boolean[] := array_fill(NULL::boolean, ARRAY[nh]);
     h_refused boolean[] := array_fill(false, ARRAY[nh]);
     h_free bigint[] := array_fill(NULL::bigint, ARRAY[nh]);
+    h_lim bigint[] := array_fill(NULL::bigint, ARRAY[nh]);
     h_free_av bigint[] := array_fill(NULL::bigint, ARRAY[nh]);
     h_add_av bigint[] := array_fill(NULL::bigint, ARRAY[nh]);
     new_pos integer[] := '{}';
+    inserted integer[] := '{}';
+    l_team text[];
+    l_month timestamptz[];
     ord integer[];
     i integer;
     k record;
@@ -312,13 +318,14 @@ BEGIN
     --    Statements on charges here reach rows by id only (the primary key), so a plan
     --    cached while the table was small cannot wander onto another index later.
     IF ns > 0 THEN
-        SELECT coalesce(array_agg(l.id) FILTER (
-                   WHERE l.state = 'held'
-                     AND s_state[array_position(s_charge, l.id)]
-                         IN ('captured', 'released', 'expired')
-               ), '{}')
-          INTO settled
-          FROM (SELECT ch.id, ch.state FROM charges ch WHERE ch.id = ANY (s_charge)
+        SELECT coalesce(array_agg(l.id) FILTER (WHERE l.go), '{}'),
+               coalesce(array_agg(l.team_id) FILTER (WHERE l.go), '{}'),
+               coalesce(array_agg(l.period_start) FILTER (WHERE l.go), '{}')
+          INTO settled, s_team, s_month
+          FROM (SELECT ch.id, ch.team_id, ch.period_start,
+                       ch.state = 'held' AND s_state[array_position(s_charge, ch.id)]
+                           IN ('captured', 'released', 'expired') AS go
+                  FROM charges ch WHERE ch.id = ANY (s_charge)
                  ORDER BY ch.id FOR UPDATE) l;
     END IF;
 
@@ -326,11 +333,16 @@ BEGIN
     --    queue on the month lock. One lookup for the whole call, planned afresh
     --    (see tokens_charge_by_key).
     IF nh > 0 THEN
-        FOR k IN EXECUTE
+        FOR k IN EXECUTE CASE WHEN nh = 1 THEN
+            'SELECT 1 AS i, ch.id, ch.action, ch.quantity FROM charges ch
+              WHERE ch.team_id = $1[1] AND ch.idempotency_key = $2[1]'
+        ELSE
             'SELECT u.i::integer AS i, ch.id, ch.action, ch.quantity
                FROM unnest($1::text[], $2::text[]) WITH ORDINALITY u(t, k, i)
-               JOIN charges ch ON ch.team_id = u.t AND ch.idempotency_key = u.k'
-            USING h_team, h_key
+               JOIN LATERAL (SELECT c.id, c.action, c.quantity FROM charges c
+                              WHERE c.team_id = u.t AND c.idempotency_key = u.k
+                             OFFSET 0) ch ON true'
+        END USING h_team, h_key
         LOOP
             h_charge[k.i] := k.id;
             IF k.action <> h_action[k.i] OR k.quantity <> h_quantity[k.i] THEN
@@ -340,14 +352,21 @@ BEGIN
             END IF;
         END LOOP;
 
-        --    Every other hold's billing month, opened on first use; teams visited in
-        --    id order.
-        SELECT coalesce(array_agg(u.i::integer ORDER BY u.t, u.i), '{}') INTO ord
-          FROM unnest(h_team) WITH ORDINALITY u(t, i);
+        --    Every other hold's billing month, opened on first use, and its team's
+        --    additional-token limit; teams visited in id order.
+        IF nh = 1 THEN
+            ord := '{1}';
+        ELSE
+            SELECT coalesce(array_agg(u.i::integer ORDER BY u.t, u.i), '{}') INTO ord
+              FROM unnest(h_team) WITH ORDINALITY u(t, i);
+        END IF;
         FOREACH i IN ARRAY ord LOOP
             IF h_team[i] IS DISTINCT FROM cur_team THEN
                 cur_team := h_team[i];
-                cur_known := EXISTS (SELECT 1 FROM teams t WHERE t.id = cur_team);
+                SELECT CASE WHEN p.additional_allowed THEN t.additional_limit ELSE 0 END
+                  INTO lim
+                  FROM teams t JOIN plans p ON p.name = t.plan WHERE t.id = cur_team;
+                cur_known := FOUND;
                 cur_start := NULL;
             END IF;
             IF NOT cur_known THEN
@@ -361,17 +380,31 @@ BEGIN
                 cur_end := m.period_end;
             END IF;
             h_month[i] := cur_start;
+            h_lim[i] := lim;
         END LOOP;
     END IF;
 
     -- 3. Every month this call changes, locked in (team, month) order.
-    PERFORM 1 FROM billing_months b
-     WHERE (b.team_id, b.period_start) IN (
-               SELECT ch.team_id, ch.period_start FROM charges ch WHERE ch.id = ANY (settled)
-               UNION
-               SELECT u.t, u.ms FROM unnest(h_team, h_month) u(t, ms) WHERE u.ms IS NOT NULL)
-     ORDER BY b.team_id, b.period_start
-       FOR NO KEY UPDATE;
+    --
+    --    Here and below, a month (or charge, team) row is reached by its key, one
+    --    lookup per item: joined to a whole table instead, a plan made while the
+    --    table was small, or for the rows a generic plan guesses an array has,
+    --    scans all of it on every call. And the items are walked by
+    --    generate_subscripts, not unnest: Postgres estimates unnest from the
+    --    array itself, so the plan for a one-item call looks cheaper than the
+    --    cached one, and each call would be planned anew (costlier than running
+    --    it); generate_subscripts gives one estimate whatever the array, and the
+    --    plan is made once per connection.
+    l_team := s_team || h_team;
+    l_month := s_month || h_month;
+    PERFORM 1
+       FROM (SELECT DISTINCT l_team[j] AS t, l_month[j] AS ms
+               FROM generate_subscripts(l_team, 1) j
+              WHERE l_month[j] IS NOT NULL
+              ORDER BY 1, 2) k,
+            LATERAL (SELECT 1 FROM billing_months b
+                      WHERE b.team_id = k.t AND b.period_start = k.ms
+                        FOR NO KEY UPDATE) l;
 
     -- 4. Settlements: a held charge takes its new state and moves its tokens from
     --    held to spent (captured) or back (released, expired), one update per month.
@@ -399,14 +432,58 @@ BEGIN
                                AS additional_spent
                       FROM done GROUP BY done.team_id, done.period_start) d
              WHERE b.team_id = d.team_id AND b.period_start = d.period_start
+               AND b.team_id = ANY (s_team)
         )
         SELECT count(*) INTO i FROM done;
     END IF;
 
-    -- 5. Holds, decided one by one on each month's running totals: free first, then
+    -- 5. What each settlement gets back (the holds below change no column it reads);
+    --    an error with the ids it concerns.
+    IF ns > 0 THEN
+        RETURN QUERY
+        SELECT 'settle', u.i::integer, e.code,
+               CASE WHEN e.code IS NOT NULL THEN tokens_error_message(e.code, e.detail) END,
+               e.detail,
+               ch.id, ch.team_id, ch.period_start, mb.period_end, ch.idempotency_key, ch.action,
+               ch.quantity, ch.tokens, ch.free_tokens, ch.additional_tokens, ch.state,
+               ch.job_id, ch.lead_id, ch.held_at, ch.settled_at, NULL::boolean,
+               ch.id = ANY (settled), NULL::bigint, NULL::bigint, mb.unbilled, mb.reached
+          FROM (SELECT j AS i, s_charge[j] AS id, s_state[j] AS st
+                  FROM generate_subscripts(s_charge, 1) j) u
+          LEFT JOIN LATERAL (SELECT * FROM charges c1 WHERE c1.id = u.id OFFSET 0) ch ON true
+          CROSS JOIN LATERAL (
+              SELECT x.code,
+                     CASE WHEN x.code IS NOT NULL THEN jsonb_build_object(
+                         'charge', u.id, 'team', ch.team_id, 'key', ch.idempotency_key,
+                         'state', ch.state, 'wanted', u.st) END AS detail
+                FROM (SELECT CASE WHEN ch.id IS NULL THEN 'TK003'
+                                  WHEN u.st IS NULL
+                                       OR u.st NOT IN ('captured', 'released', 'expired')
+                                      THEN 'TK006'
+                                  WHEN ch.state <> u.st THEN 'TK004' END AS code) x) e
+          LEFT JOIN LATERAL (
+              SELECT b.period_end, b.additional_spent - b.additional_billed AS unbilled,
+                     (b.additional_spent - b.additional_billed) * p.unit_price * 100
+                         >= p.threshold_cents AS reached
+                FROM billing_months b
+                JOIN teams t ON t.id = b.team_id
+                JOIN plans p ON p.name = t.plan
+               WHERE b.team_id = ch.team_id AND b.period_start = ch.period_start
+              OFFSET 0) mb ON true;
+    END IF;
+
+    IF nh = 0 THEN
+        RETURN;
+    END IF;
+
+    -- 6. Holds, decided one by one on each month's running totals: free first, then
     --    additional up to the team's limit, refused whole when short...
-    SELECT coalesce(array_agg(u.i::integer ORDER BY u.t, u.ms, u.i), '{}') INTO ord
-      FROM unnest(h_team, h_month) WITH ORDINALITY u(t, ms, i) WHERE u.ms IS NOT NULL;
+    IF nh = 1 THEN
+        ord := CASE WHEN h_month[1] IS NULL THEN '{}' ELSE '{1}' END;
+    ELSE
+        SELECT coalesce(array_agg(u.i::integer ORDER BY u.t, u.ms, u.i), '{}') INTO ord
+          FROM unnest(h_team, h_month) WITH ORDINALITY u(t, ms, i) WHERE u.ms IS NOT NULL;
+    END IF;
     cur_team := NULL;
     cur_start := NULL;
     FOREACH i IN ARRAY ord LOOP
@@ -415,10 +492,8 @@ BEGIN
             cur_start := h_month[i];
             SELECT * INTO m FROM billing_months b
              WHERE b.team_id = cur_team AND b.period_start = cur_start;
-            SELECT CASE WHEN p.additional_allowed THEN t.additional_limit ELSE 0 END INTO lim
-              FROM teams t JOIN plans p ON p.name = t.plan WHERE t.id = cur_team;
             free_av := m.free_granted - m.free_held - m.free_spent;
-            add_av := greatest(lim - m.additional_held - m.additional_spent, 0);
+            add_av := greatest(h_lim[i] - m.additional_held - m.additional_spent, 0);
         END IF;
         h_replayed[i] := false;
         IF h_tokens[i] <= free_av + add_av THEN
@@ -434,37 +509,38 @@ BEGIN
     END LOOP;
 
     --    ...then inserted together, and each month's held totals raised once by
-    --    what was inserted. A key that a concurrent transaction committed since
+    --    what was inserted (a batch holds a (team, key) once: its key finds it). A key that a concurrent transaction committed since
     --    step 2 is not inserted (ON CONFLICT) and answers with that charge; the
     --    room it was given stays unused by this call.
     IF cardinality(new_pos) > 0 THEN
         FOR k IN
-            WITH ins AS (
-                INSERT INTO charges (team_id, period_start, idempotency_key, action, quantity,
-                                     tokens, free_tokens, additional_tokens, state, job_id,
-                                     lead_id, held_at)
-                SELECT h_team[j], h_month[j], h_key[j], h_action[j], h_quantity[j],
-                       h_tokens[j], h_free[j], h_tokens[j] - h_free[j], 'held', h_job[j],
-                       h_lead[j], h_at[j]
-                  FROM unnest(new_pos) j
-                ON CONFLICT (team_id, idempotency_key) DO NOTHING
-                RETURNING charges.id, charges.team_id, charges.idempotency_key,
-                          charges.period_start, charges.free_tokens, charges.additional_tokens
-            ), months AS (
-                UPDATE billing_months b
-                   SET free_held = b.free_held + d.free_tokens,
-                       additional_held = b.additional_held + d.additional_tokens
-                  FROM (SELECT ins.team_id, ins.period_start,
-                               sum(ins.free_tokens) AS free_tokens,
-                               sum(ins.additional_tokens) AS additional_tokens
-                          FROM ins GROUP BY ins.team_id, ins.period_start) d
-                 WHERE b.team_id = d.team_id AND b.period_start = d.period_start
-            )
-            SELECT j AS i, ins.id FROM unnest(new_pos) j
-              JOIN ins ON ins.team_id = h_team[j] AND ins.idempotency_key = h_key[j]
+            INSERT INTO charges (team_id, period_start, idempotency_key, action, quantity,
+                                 tokens, free_tokens, additional_tokens, state, job_id,
+                                 lead_id, held_at)
+            SELECT h_team[j], h_month[j], h_key[j], h_action[j], h_quantity[j],
+                   h_tokens[j], h_free[j], h_tokens[j] - h_free[j], 'held', h_job[j],
+                   h_lead[j], h_at[j]
+              FROM (SELECT new_pos[n] AS j FROM generate_subscripts(new_pos, 1) n) p
+            ON CONFLICT (team_id, idempotency_key) DO NOTHING
+            RETURNING charges.id, charges.team_id, charges.idempotency_key
         LOOP
-            h_charge[k.i] := k.id;
+            FOREACH i IN ARRAY array_positions(h_key, k.idempotency_key) LOOP
+                IF h_team[i] = k.team_id THEN
+                    h_charge[i] := k.id;
+                    inserted := inserted || i;
+                END IF;
+            END LOOP;
         END LOOP;
+        UPDATE billing_months b
+           SET free_held = b.free_held + d.free_tokens,
+               additional_held = b.additional_held + d.additional_tokens
+          FROM (SELECT h_team[j] AS team_id, h_month[j] AS period_start,
+                       sum(h_free[j]) AS free_tokens,
+                       sum(h_tokens[j] - h_free[j]) AS additional_tokens
+                  FROM (SELECT inserted[n] AS j FROM generate_subscripts(inserted, 1) n) p
+                 GROUP BY 1, 2) d
+         WHERE b.team_id = d.team_id AND b.period_start = d.period_start
+           AND b.team_id = ANY (h_team);
     END IF;
 
     --    A refusal, or a key that lost the race, looks for a charge with its key.
@@ -483,56 +559,31 @@ BEGIN
         END IF;
     END LOOP;
 
-    -- 6. What each item gets back, read after every change above; an error with
+    -- 7. What each hold gets back, read after every change above; an error with
     --    the ids it concerns.
-    IF ns > 0 THEN
-        RETURN QUERY
-        SELECT 'settle', u.i::integer, e.code, tokens_error_message(e.code, e.detail), e.detail,
-               ch.id, ch.team_id, ch.period_start, b.period_end, ch.idempotency_key, ch.action,
-               ch.quantity, ch.tokens, ch.free_tokens, ch.additional_tokens, ch.state,
-               ch.job_id, ch.lead_id, ch.held_at, ch.settled_at, NULL::boolean,
-               ch.id = ANY (settled), NULL::bigint, NULL::bigint,
-               b.additional_spent - b.additional_billed,
-               (b.additional_spent - b.additional_billed) * p.unit_price * 100
-                   >= p.threshold_cents
-          FROM unnest(s_charge, s_state) WITH ORDINALITY u(id, st, i)
-          LEFT JOIN LATERAL (SELECT * FROM charges c1 WHERE c1.id = u.id) ch ON true
-          CROSS JOIN LATERAL (
-              SELECT x.code,
-                     CASE WHEN x.code IS NOT NULL THEN jsonb_build_object(
-                         'charge', u.id, 'team', ch.team_id, 'key', ch.idempotency_key,
-                         'state', ch.state, 'wanted', u.st) END AS detail
-                FROM (SELECT CASE WHEN ch.id IS NULL THEN 'TK003'
-                                  WHEN u.st IS NULL
-                                       OR u.st NOT IN ('captured', 'released', 'expired')
-                                      THEN 'TK006'
-                                  WHEN ch.state <> u.st THEN 'TK004' END AS code) x) e
-          LEFT JOIN billing_months b
-            ON b.team_id = ch.team_id AND b.period_start = ch.period_start
-          LEFT JOIN teams t ON t.id = ch.team_id
-          LEFT JOIN plans p ON p.name = t.plan;
-    END IF;
-    IF nh > 0 THEN
-        RETURN QUERY
-        SELECT 'hold', u.i::integer, h_code[u.i], tokens_error_message(h_code[u.i], e.detail),
-               e.detail,
-               ch.id, u.t, coalesce(ch.period_start, h_month[u.i]), b.period_end,
-               h_key[u.i], h_action[u.i], h_quantity[u.i], coalesce(ch.tokens, h_tokens[u.i]),
-               coalesce(ch.free_tokens, 0), coalesce(ch.additional_tokens, 0),
-               CASE WHEN h_refused[u.i] THEN 'refused' ELSE ch.state END,
-               ch.job_id, ch.lead_id, ch.held_at, ch.settled_at, h_replayed[u.i],
-               NULL::boolean, h_free_av[u.i], h_add_av[u.i], NULL::bigint, NULL::boolean
-          FROM unnest(h_team) WITH ORDINALITY u(t, i)
-          LEFT JOIN LATERAL (SELECT * FROM charges c1 WHERE c1.id = h_charge[u.i]) ch ON true
-          LEFT JOIN LATERAL (
-              SELECT jsonb_build_object(
-                         'team', u.t, 'key', h_key[u.i], 'charge', ch.id,
-                         'action', h_action[u.i], 'quantity', h_quantity[u.i],
-                         'used_action', ch.action, 'used_quantity', ch.quantity) AS detail
-               WHERE h_code[u.i] IS NOT NULL) e ON true
-          LEFT JOIN billing_months b
-            ON b.team_id = u.t AND b.period_start = coalesce(ch.period_start, h_month[u.i]);
-    END IF;
+    RETURN QUERY
+    SELECT 'hold', u.i::integer, h_code[u.i],
+           CASE WHEN h_code[u.i] IS NOT NULL THEN tokens_error_message(h_code[u.i], e.detail) END,
+           e.detail,
+           ch.id, u.t, coalesce(ch.period_start, h_month[u.i]), b.period_end,
+           h_key[u.i], h_action[u.i], h_quantity[u.i], coalesce(ch.tokens, h_tokens[u.i]),
+           coalesce(ch.free_tokens, 0), coalesce(ch.additional_tokens, 0),
+           CASE WHEN h_refused[u.i] THEN 'refused' ELSE ch.state END,
+           ch.job_id, ch.lead_id, ch.held_at, ch.settled_at, h_replayed[u.i],
+           NULL::boolean, h_free_av[u.i], h_add_av[u.i], NULL::bigint, NULL::boolean
+      FROM (SELECT j AS i, h_team[j] AS t FROM generate_subscripts(h_team, 1) j) u
+      LEFT JOIN LATERAL (SELECT * FROM charges c1 WHERE c1.id = h_charge[u.i] OFFSET 0) ch
+        ON true
+      LEFT JOIN LATERAL (
+          SELECT jsonb_build_object(
+                     'team', u.t, 'key', h_key[u.i], 'charge', ch.id,
+                     'action', h_action[u.i], 'quantity', h_quantity[u.i],
+                     'used_action', ch.action, 'used_quantity', ch.quantity) AS detail
+           WHERE h_code[u.i] IS NOT NULL) e ON true
+      LEFT JOIN LATERAL (
+          SELECT b.period_end FROM billing_months b
+           WHERE b.team_id = u.t AND b.period_start = coalesce(ch.period_start, h_month[u.i])
+          OFFSET 0) b ON true;
 END
 $$;
 
