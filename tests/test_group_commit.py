@@ -17,6 +17,7 @@ from ledger.group_commit import GroupCommit
 from ledger.queries import q
 from ledger.service import Ledger
 from tests.conftest import at
+from tests.factories import make_team
 
 T0 = at("2026-03-10T12:00:00")
 T_NEXT = at("2026-04-10T12:00:00")  # the following billing month
@@ -178,16 +179,8 @@ async def test_one_batch_equals_one_at_a_time(
 # -- through the Ledger: batching, isolation, failures -------------------------
 
 
-async def _team(ledger: Ledger, team: str, *, seats: int = 1, limit: int = 0) -> None:
-    await ledger.set_team(
-        team, plan="email_outreach", seats=seats, interval="month", anchor=ANCHOR, at=T0
-    )
-    if limit:
-        await ledger.set_limit(team, limit, actor="ann", role="admin", at=T0)
-
-
 async def test_concurrent_holds_share_transactions(ledger: Ledger) -> None:
-    await _team(ledger, "hot", seats=4)  # 1,000 free tokens
+    await make_team(ledger, "hot", seats=4)  # 1,000 free tokens
     before = ledger.group.batches
     held = await asyncio.gather(
         *(ledger.hold("hot", "enrich", 1, key=f"j{i}", at=T0) for i in range(64))
@@ -201,7 +194,7 @@ async def test_concurrent_holds_share_transactions(ledger: Ledger) -> None:
 
 
 async def test_the_one_hold_that_does_not_fit_is_refused_alone(ledger: Ledger) -> None:
-    await _team(ledger, "small", limit=5)  # 250 free + 5 additional
+    await make_team(ledger, "small", limit=5)  # 250 free + 5 additional
     first = await ledger.hold("small", "enrich", 24, key="big", at=T0)  # 240
     assert not first.refused
     results = await asyncio.gather(
@@ -217,7 +210,7 @@ async def test_the_one_hold_that_does_not_fit_is_refused_alone(ledger: Ledger) -
 
 
 async def test_one_bad_item_fails_only_its_caller(ledger: Ledger) -> None:
-    await _team(ledger, "t")
+    await make_team(ledger, "t")
     done = await ledger.hold("t", "enrich", 1, key="used", at=T0)
     before = ledger.group.batches
     outcomes = await asyncio.gather(
@@ -241,7 +234,7 @@ async def test_one_bad_item_fails_only_its_caller(ledger: Ledger) -> None:
 async def test_a_failed_batch_is_applied_again_item_by_item(ledger: Ledger) -> None:
     """A batch that Postgres rejects as a whole (here: a CHECK violated by one item,
     which the Ledger's validation would never let through) costs only that item."""
-    await _team(ledger, "t")
+    await make_team(ledger, "t")
     group = GroupCommit(ledger.pool)
     good = [group.hold("t", f"g{i}", "enrich", 1, 10, T0, None, None) for i in range(3)]
     bad = group.hold("t", "bad", "enrich", 1, 0, T0, None, None)  # tokens must be > 0
@@ -256,7 +249,7 @@ async def test_a_failed_batch_is_applied_again_item_by_item(ledger: Ledger) -> N
 
 
 async def test_a_cancelled_caller_does_not_cancel_its_batch(ledger: Ledger) -> None:
-    await _team(ledger, "t")
+    await make_team(ledger, "t")
     gone = asyncio.create_task(ledger.hold("t", "enrich", 1, key="gone", at=T0))
     stays = asyncio.create_task(ledger.hold("t", "enrich", 1, key="stays", at=T0))
     await asyncio.sleep(0)  # one turn of the loop: both are queued, nothing sent yet
@@ -273,7 +266,7 @@ async def test_processes_batching_at_once_never_deadlock(ledger: Ledger, databas
     teams in opposite orders while the expiry sweep runs: no deadlock, no drift."""
     teams = [f"t{n}" for n in range(6)]
     for t in teams:
-        await _team(ledger, t, seats=40)
+        await make_team(ledger, t, seats=40)
     pools = [await asyncpg.create_pool(database_url, min_size=2, max_size=4) for _ in range(4)]
     try:
         ledgers = [Ledger(p, DEFAULT_CATALOG) for p in pools]
@@ -313,7 +306,7 @@ async def test_two_processes_holding_the_same_keys_make_one_charge_each(
 ) -> None:
     """The same 30 keys from two 'processes' at once: one charge per key, both
     callers get it (one of them through the unique index, ON CONFLICT)."""
-    await _team(ledger, "t", seats=4)
+    await make_team(ledger, "t", seats=4)
     pools = [await asyncpg.create_pool(database_url, min_size=2, max_size=4) for _ in range(2)]
     try:
         a, b = (Ledger(p, DEFAULT_CATALOG) for p in pools)
@@ -332,7 +325,7 @@ async def test_two_processes_holding_the_same_keys_make_one_charge_each(
 
 
 async def test_the_same_charge_captured_twice_at_once_changes_once(ledger: Ledger) -> None:
-    await _team(ledger, "t")
+    await make_team(ledger, "t")
     held = await ledger.hold("t", "enrich", 1, key="k", at=T0)
     assert held.charge_id is not None
     first, second = await asyncio.gather(
