@@ -12,7 +12,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ledger.catalog import DEFAULT_CATALOG
-from ledger.errors import IdempotencyMismatch, UnknownCharge, UnknownTeam
+from ledger.errors import (
+    BadInput,
+    ChargeAlreadySettled,
+    IdempotencyMismatch,
+    TokensError,
+    UnknownCharge,
+    UnknownTeam,
+    translate,
+)
 from ledger.group_commit import GroupCommit
 from ledger.queries import q
 from ledger.service import Ledger
@@ -333,3 +341,86 @@ async def test_the_same_charge_captured_twice_at_once_changes_once(ledger: Ledge
     )
     assert (first.changed, second.changed) == (True, False)
     assert (await ledger.billing("t", at=T0)).free_spent == 10
+
+
+# -- one path: every route through tokens_apply, one error translation ----------
+
+
+async def test_every_route_goes_through_tokens_apply(ledger: Ledger) -> None:
+    """Without the single-item wrappers, every Ledger route still works: none uses them."""
+    await ledger.pool.execute(
+        "DROP FUNCTION tokens_hold(text, text, text, integer, bigint, timestamptz, text, text);"
+        "DROP FUNCTION tokens_settle(bigint, text, timestamptz)"
+    )
+    await make_team(ledger, "t", limit=50)
+    alone = await ledger.hold("t", "enrich", 1, key="alone", at=T0)
+    batch = await asyncio.gather(
+        *(ledger.hold("t", "enrich", 1, key=f"b{i}", at=T0) for i in range(5))
+    )
+    assert alone.state == "held" and all(h.state == "held" for h in batch)
+    assert (await ledger.capture(alone.charge_id or 0, at=T0)).changed
+    assert (await ledger.release(batch[0].charge_id or 0, at=T0)).changed
+    held, settled = await ledger.charge("t", "debounce", 3, key="c", at=T0)
+    assert settled is not None and settled.charge.state == "captured"
+    again, none = await ledger.charge("t", "debounce", 3, key="c", at=T_NEXT)
+    assert (again.replayed, again.charge_id, none) == (True, held.charge_id, None)
+    expired = await ledger.expire_holds(older_than=T_NEXT, at=T_NEXT)
+    assert sorted(c.id for c in expired) == sorted(h.charge_id or 0 for h in batch[1:])
+    with pytest.raises(ChargeAlreadySettled) as settled_err:
+        await ledger.capture(batch[1].charge_id or 0, at=T_NEXT)
+    assert (settled_err.value.charge_id, settled_err.value.state) == (batch[1].charge_id, "expired")
+
+
+async def _raised(conn: asyncpg.Connection, sql: str, *args: Any) -> TokensError:
+    """The typed error a single-item wrapper raises (through `translate`)."""
+    try:
+        async with conn.transaction():
+            await conn.fetch(sql, *args)
+    except asyncpg.PostgresError as exc:
+        mine = translate(exc)
+        assert mine is not None, exc
+        return mine
+    raise AssertionError(f"no error from {sql} {args}")
+
+
+def _seen(err: TokensError) -> tuple[Any, ...]:
+    ids = ("team", "key", "charge_id", "state")
+    return (type(err), str(err), *(getattr(err, n, None) for n in ids))
+
+
+async def test_an_error_is_the_same_raised_by_a_wrapper_or_given_by_a_batch(
+    ledger: Ledger,
+) -> None:
+    """tokens_apply's err_code/err_detail and a wrapper's SQLSTATE/DETAIL make the
+    same typed error, with the same ids and message."""
+    await make_team(ledger, "t")
+    used = await ledger.hold("t", "enrich", 1, key="used", at=T0)
+    done = await ledger.hold("t", "enrich", 1, key="done", at=T0)
+    await ledger.release(done.charge_id or 0, at=T0)
+    batched = await asyncio.gather(
+        ledger.hold("ghost", "enrich", 1, key="k", at=T0),
+        ledger.hold("t", "debounce", 2, key="used", at=T0),
+        ledger.capture(10**12, at=T0),
+        ledger.capture(done.charge_id or 0, at=T0),
+        return_exceptions=True,
+    )
+    async with ledger.pool.acquire() as conn:
+        raised = [
+            await _raised(conn, HOLD, "ghost", "k", "enrich", 1, 10, T0, None, None),
+            await _raised(conn, HOLD, "t", "used", "debounce", 2, 2, T0, None, None),
+            await _raised(conn, SETTLE, 10**12, "captured", T0),
+            await _raised(conn, SETTLE, done.charge_id, "captured", T0),
+        ]
+        bad_state = await _raised(conn, SETTLE, done.charge_id, "spent", T0)
+    assert all(isinstance(b, TokensError) for b in batched), batched
+    assert [_seen(b) for b in batched] == [_seen(r) for r in raised]  # type: ignore[arg-type]
+    unknown_team, mismatch, unknown_charge, settled = raised
+    assert isinstance(unknown_team, UnknownTeam) and unknown_team.team == "ghost"
+    assert isinstance(mismatch, IdempotencyMismatch)
+    assert (mismatch.team, mismatch.key, mismatch.charge_id) == ("t", "used", used.charge_id)
+    assert "enrich x1" in str(mismatch) and "debounce x2" in str(mismatch)
+    assert isinstance(unknown_charge, UnknownCharge) and unknown_charge.charge_id == 10**12
+    assert isinstance(settled, ChargeAlreadySettled)
+    assert (settled.charge_id, settled.state) == (done.charge_id, "released")
+    assert "already released, it cannot be captured" in str(settled)
+    assert type(bad_state) is BadInput and "cannot settle a charge as spent" in str(bad_state)

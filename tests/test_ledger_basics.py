@@ -77,8 +77,9 @@ async def test_capture_and_release_happen_exactly_once(ledger: Ledger) -> None:
     first = await ledger.capture(held.charge_id, at=T0)
     again = await ledger.capture(held.charge_id, at=T0)
     assert first.changed and not again.changed
-    with pytest.raises(ChargeAlreadySettled, match="already captured"):
+    with pytest.raises(ChargeAlreadySettled, match="already captured") as settled:
         await ledger.release(held.charge_id, at=T0)
+    assert (settled.value.charge_id, settled.value.state) == (held.charge_id, "captured")
     other = await ledger.hold("acme", "enrich", 1, key="job:lead2", at=T0)
     assert other.charge_id is not None
     await ledger.release(other.charge_id, at=T0)
@@ -93,8 +94,13 @@ async def test_same_key_returns_same_charge_whatever_the_clock(ledger: Ledger) -
     later = await ledger.hold("acme", "debounce", 1, key="job7:lead3", at=T0 + timedelta(days=40))
     assert later.replayed and later.charge_id == first.charge_id
     assert later.period_start == first.period_start
-    with pytest.raises(IdempotencyMismatch, match="job7:lead3"):
+    with pytest.raises(IdempotencyMismatch, match="job7:lead3") as mismatch:
         await ledger.hold("acme", "debounce", 2, key="job7:lead3", at=T0)
+    assert (mismatch.value.team, mismatch.value.key, mismatch.value.charge_id) == (
+        "acme",
+        "job7:lead3",
+        first.charge_id,
+    )
     with pytest.raises(IdempotencyMismatch):
         await ledger.hold("acme", "enrich", 1, key="job7:lead3", at=T0)
     assert len(await ledger.history("acme")) == 1

@@ -67,8 +67,9 @@ async def test_trial_conversion_starts_the_paid_month_at_the_anchor(ledger: Ledg
 async def test_anchor_cannot_move_before_an_opened_month(ledger: Ledger) -> None:
     await make_team(ledger, at="2026-03-02", anchor="2026-03-01")
     await ledger.billing("acme", at=at("2026-04-02"))  # opens Apr 1 - May 1
-    with pytest.raises(AnchorConflict, match="billing month"):
+    with pytest.raises(AnchorConflict, match="billing month") as conflict:
         await make_team(ledger, at="2026-03-20", anchor="2026-03-15")
+    assert conflict.value.team == "acme"
     team = await ledger.get_team("acme")
     assert team.anchor == at("2026-03-01")
 
