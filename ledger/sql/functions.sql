@@ -285,17 +285,21 @@ DECLARE
     settled bigint[] := '{}';
     s_team text[] := '{}';
     s_month timestamptz[] := '{}';
-    -- Per hold: its error, its month, its charge (new, replayed, or the one its
-    -- reused key belongs to), whether it was refused, and the room left after it.
-    h_code text[] := array_fill(NULL::text, ARRAY[nh]);
+    -- Per hold, by position: its error, its month (NULL: none, not to be held),
+    -- its charge (new, replayed, or the one its reused key belongs to), whether
+    -- it was refused, its split, its team's limit and the room left after it.
+    -- Filled as they are learnt (a position never set reads NULL), except
+    -- h_month, walked with h_team.
+    h_code text[] := '{}';
     h_month timestamptz[] := array_fill(NULL::timestamptz, ARRAY[nh]);
-    h_charge bigint[] := array_fill(NULL::bigint, ARRAY[nh]);
-    h_replayed boolean[] := array_fill(NULL::boolean, ARRAY[nh]);
-    h_refused boolean[] := array_fill(false, ARRAY[nh]);
-    h_free bigint[] := array_fill(NULL::bigint, ARRAY[nh]);
-    h_lim bigint[] := array_fill(NULL::bigint, ARRAY[nh]);
-    h_free_av bigint[] := array_fill(NULL::bigint, ARRAY[nh]);
-    h_add_av bigint[] := array_fill(NULL::bigint, ARRAY[nh]);
+    h_end timestamptz[] := '{}';
+    h_charge bigint[] := '{}';
+    h_replayed boolean[] := '{}';
+    h_refused boolean[] := '{}';
+    h_free bigint[] := '{}';
+    h_lim bigint[] := '{}';
+    h_free_av bigint[] := '{}';
+    h_add_av bigint[] := '{}';
     new_pos integer[] := '{}';
     inserted integer[] := '{}';
     l_team text[];
@@ -375,11 +379,18 @@ BEGIN
             END IF;
             CONTINUE WHEN h_charge[i] IS NOT NULL;
             IF cur_start IS NULL OR h_at[i] < cur_start OR h_at[i] >= cur_end THEN
-                m := tokens_open_month(cur_team, h_at[i]);
+                -- The month is there already, mostly (tokens_open_month's first look).
+                SELECT * INTO m FROM billing_months b
+                 WHERE b.team_id = cur_team AND b.period_start <= h_at[i]
+                 ORDER BY b.period_start DESC LIMIT 1;
+                IF NOT FOUND OR m.period_end <= h_at[i] THEN
+                    m := tokens_open_month(cur_team, h_at[i]);
+                END IF;
                 cur_start := m.period_start;
                 cur_end := m.period_end;
             END IF;
             h_month[i] := cur_start;
+            h_end[i] := cur_end;
             h_lim[i] := lim;
         END LOOP;
     END IF;
@@ -397,14 +408,22 @@ BEGIN
     --    plan is made once per connection.
     l_team := s_team || h_team;
     l_month := s_month || h_month;
-    PERFORM 1
-       FROM (SELECT DISTINCT l_team[j] AS t, l_month[j] AS ms
-               FROM generate_subscripts(l_team, 1) j
-              WHERE l_month[j] IS NOT NULL
-              ORDER BY 1, 2) k,
-            LATERAL (SELECT 1 FROM billing_months b
-                      WHERE b.team_id = k.t AND b.period_start = k.ms
-                        FOR NO KEY UPDATE) l;
+    IF cardinality(l_team) = 0 THEN
+        NULL;  -- nothing to change: replays and errors only
+    ELSIF cardinality(l_team) = 1 THEN  -- one item: its month, if any
+        PERFORM 1 FROM billing_months b
+         WHERE b.team_id = l_team[1] AND b.period_start = l_month[1]
+           FOR NO KEY UPDATE;
+    ELSE
+        PERFORM 1
+           FROM (SELECT DISTINCT l_team[j] AS t, l_month[j] AS ms
+                   FROM generate_subscripts(l_team, 1) j
+                  WHERE l_month[j] IS NOT NULL
+                  ORDER BY 1, 2) k,
+                LATERAL (SELECT 1 FROM billing_months b
+                          WHERE b.team_id = k.t AND b.period_start = k.ms
+                            FOR NO KEY UPDATE) l;
+    END IF;
 
     -- 4. Settlements: a held charge takes its new state and moves its tokens from
     --    held to spent (captured) or back (released, expired), one update per month.
@@ -549,6 +568,7 @@ BEGIN
         c := tokens_charge_by_key(h_team[i], h_key[i]);
         CONTINUE WHEN c.id IS NULL;  -- refused
         h_charge[i] := c.id;
+        h_end[i] := NULL;  -- its month is the charge's
         h_refused[i] := false;
         h_free_av[i] := NULL;
         h_add_av[i] := NULL;
@@ -565,7 +585,9 @@ BEGIN
     SELECT 'hold', u.i::integer, h_code[u.i],
            CASE WHEN h_code[u.i] IS NOT NULL THEN tokens_error_message(h_code[u.i], e.detail) END,
            e.detail,
-           ch.id, u.t, coalesce(ch.period_start, h_month[u.i]), b.period_end,
+           ch.id, u.t, coalesce(ch.period_start, h_month[u.i]),
+           coalesce(h_end[u.i], (SELECT b.period_end FROM billing_months b
+                                  WHERE b.team_id = u.t AND b.period_start = ch.period_start)),
            h_key[u.i], h_action[u.i], h_quantity[u.i], coalesce(ch.tokens, h_tokens[u.i]),
            coalesce(ch.free_tokens, 0), coalesce(ch.additional_tokens, 0),
            CASE WHEN h_refused[u.i] THEN 'refused' ELSE ch.state END,
@@ -579,11 +601,7 @@ BEGIN
                      'team', u.t, 'key', h_key[u.i], 'charge', ch.id,
                      'action', h_action[u.i], 'quantity', h_quantity[u.i],
                      'used_action', ch.action, 'used_quantity', ch.quantity) AS detail
-           WHERE h_code[u.i] IS NOT NULL) e ON true
-      LEFT JOIN LATERAL (
-          SELECT b.period_end FROM billing_months b
-           WHERE b.team_id = u.t AND b.period_start = coalesce(ch.period_start, h_month[u.i])
-          OFFSET 0) b ON true;
+           WHERE h_code[u.i] IS NOT NULL) e ON true;
 END
 $$;
 
