@@ -138,6 +138,13 @@ def summarize(runs: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any
             "after_items_per_commit": round(
                 statistics.median(x["items_per_commit"] for x in by["after"]), 1
             ),
+            **{
+                f"{name}_{kind}_cpu_ms_per_op": round(
+                    statistics.median(x[f"{kind}_cpu_ms_per_op"] for x in by[name]), 3
+                )
+                for name in ("before", "after")
+                for kind in ("client", "server")
+            },
         }
     return out
 
@@ -145,8 +152,9 @@ def summarize(runs: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any
 def table(result: dict[str, Any]) -> str:
     lines = [
         "| scenario | concurrency | before/s (median) | after/s (median) "
-        "| after/before (median of rounds) | min .. max | p99 ms before | p99 ms after |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| after/before (median of rounds) | min .. max | p99 ms before | p99 ms after "
+        "| Postgres CPU ms/op before | after |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for key, p in result["points"].items():
         scenario, c = key.split("/")
@@ -154,7 +162,8 @@ def table(result: dict[str, Any]) -> str:
             f"| {scenario} | {c.removeprefix('c')} | {p['before_per_s']:,.0f} "
             f"| {p['after_per_s']:,.0f} | **{p['ratio_median']:.2f}** "
             f"| {p['ratio_min']:.2f} .. {p['ratio_max']:.2f} "
-            f"| {p['before_p99_ms']:.2f} | {p['after_p99_ms']:.2f} |"
+            f"| {p['before_p99_ms']:.2f} | {p['after_p99_ms']:.2f} "
+            f"| {p['before_server_cpu_ms_per_op']:.3f} | {p['after_server_cpu_ms_per_op']:.3f} |"
         )
     return "\n".join(lines)
 

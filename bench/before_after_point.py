@@ -17,9 +17,11 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import asyncpg
 import structlog
@@ -34,6 +36,18 @@ AT = datetime(2025, 1, 15, 12, tzinfo=UTC)
 HOT_TEAM = "bench-hot"
 HUGE_LIMIT = 10**11
 SEATS = 1_000
+
+
+def _server_cpu(pids: list[int]) -> float:
+    """CPU seconds the pool's Postgres backends have used (Linux /proc; 0 elsewhere)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def many_teams(n: int) -> list[str]:
@@ -95,9 +109,17 @@ async def run(
                 latencies.append((time.perf_counter() - t0) * 1000)
                 i += 1
 
+        pids = [r[0] for r in await pool.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            " AND application_name = 'tokens' AND backend_type = 'client backend'"
+        )]  # fmt: skip
+        server0 = _server_cpu(pids)
         start = time.perf_counter()
+        cpu0 = time.process_time()
         await asyncio.gather(*(worker(w) for w in range(concurrency)))
         elapsed = time.perf_counter() - start
+        client_cpu = time.process_time() - cpu0
+        server_cpu = _server_cpu(pids) - server0
         group = ledger.group
         per_commit = group.items / max(group.batches, 1)
     finally:
@@ -111,6 +133,8 @@ async def run(
         if latencies
         else None,
         "items_per_commit": per_commit,
+        "client_cpu_ms_per_op": client_cpu * 1000 / max(len(latencies), 1),
+        "server_cpu_ms_per_op": server_cpu * 1000 / max(len(latencies), 1),
         "refused": refused,
     }
 
