@@ -32,6 +32,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from bench import report
 from bench.servers import fresh_servers
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -168,6 +169,30 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+HEADING = "## One implementation per ledger operation: before and after"
+
+
+def section(result: dict[str, Any]) -> str:
+    """The docs/benchmarks.md section of a run."""
+    return f"""Produced by `uv run python -m bench.before_after --docs docs/benchmarks.md`
+(commit `{result["base"]}`, before issue 12, against the tree), {result["rounds"]} rounds of
+{result["duration_s"]} s per point. Before: the hold and settle rules written twice
+(`tokens_hold` / `tokens_settle` for a lone call, `tokens_apply` for a batch).
+After: `tokens_apply` only, a lone call being a batch of one. Both run on one
+embedded Postgres, each in its own database migrated by its own code, each
+measurement a fresh process importing that commit's `ledger`
+(`bench/before_after_point.py`); points alternate before/after, in the other
+order every round. One operation is one `Ledger.hold` then one
+`Ledger.capture`, C callers on a pool of C connections, group commit on;
+`hot_team` puts every operation on one team, `many_teams` spreads them over
+1,000. after/before is the median over rounds of the ratio of two neighbouring
+runs; rates are medians; Postgres CPU is the pool's backends' CPU time per
+operation (commits included).
+
+{table(result)}
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.before_after", description=__doc__)
     parser.add_argument("--base", default="1e3a6bc", help="the commit to compare against")
@@ -176,13 +201,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", default="1,8,32,64")
     parser.add_argument("--teams", type=int, default=1_000)
     parser.add_argument("--json", type=Path, help="write the result as JSON here")
+    parser.add_argument("--docs", type=Path, help="write its section in this markdown file")
+    parser.add_argument("--from-json", type=Path, help="no run: the result of an earlier --json")
     args = parser.parse_args(argv)
     concurrencies = [int(c) for c in args.concurrency.split(",")]
-    result = asyncio.run(measure(args.base, args.rounds, args.duration, concurrencies, args.teams))
+    if args.from_json:
+        result = json.loads(args.from_json.read_text())
+    else:
+        result = asyncio.run(
+            measure(args.base, args.rounds, args.duration, concurrencies, args.teams)
+        )
     print()
     print(table(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
+    if args.docs:
+        report.replace_section(args.docs, HEADING, section(result))
+        print(f"wrote {args.docs}")
     return 0
 
 
