@@ -58,15 +58,8 @@ def point(tree: Path, *args: str) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENS_")}
     env["PYTHONPATH"] = str(tree)
     env["PYTHONDONTWRITEBYTECODE"] = "1"
-    done = subprocess.run(
-        [sys.executable, str(POINT), *args],
-        env=env,
-        cwd=tree,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=900,
-    )
+    command = [sys.executable, str(POINT), *args]
+    done = subprocess.run(command, env=env, cwd=tree, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{POINT.name} {' '.join(args)} failed:\n{done.stderr}")
     out: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])

@@ -23,7 +23,6 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import asyncpg
 import structlog
 
 from ledger.catalog import DEFAULT_CATALOG
@@ -55,13 +54,10 @@ def many_teams(n: int) -> list[str]:
 
 
 async def setup(dsn: str, teams: int) -> dict[str, object]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
     pool = await create_pool(dsn, min_size=2, max_size=16)
     try:
+        async with pool.acquire() as conn:
+            await migrate(conn)
         ledger = Ledger(pool, DEFAULT_CATALOG)
         await ledger.sync_catalog()
         sem = asyncio.Semaphore(16)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 from datetime import UTC, datetime
-from typing import Any, Protocol, overload
+from typing import Any, Protocol
 
 from ledger.results import TeamRow
 from ledger.service import Ledger
@@ -41,34 +41,6 @@ def _iso(value: Moment) -> str:
     return moment(value).isoformat().replace("+00:00", "Z")
 
 
-@overload
-def make_team(
-    target: Ledger,
-    team: str = ...,
-    *,
-    plan: str = ...,
-    seats: int = ...,
-    interval: str = ...,
-    anchor: Moment = ...,
-    at: Moment | None = ...,
-    limit: int = ...,
-) -> Awaitable[TeamRow]: ...
-
-
-@overload
-def make_team(
-    target: RunsCommands,
-    team: str = ...,
-    *,
-    plan: str = ...,
-    seats: int = ...,
-    interval: str = ...,
-    anchor: Moment = ...,
-    at: Moment | None = ...,
-    limit: int = ...,
-) -> None: ...
-
-
 def make_team(
     target: Ledger | RunsCommands,
     team: str = "acme",
@@ -81,10 +53,11 @@ def make_team(
     limit: int = 0,
 ) -> Awaitable[TeamRow] | None:
     """Create a team (and its additional-token limit, when `limit`), set at `at`
-    (default: the anchor)."""
+    (default: the anchor). On a Ledger: an awaitable of the team; else None."""
     when = anchor if at is None else at
     if isinstance(target, Ledger):
-        return _on_ledger(target, team, plan, seats, interval, moment(anchor), moment(when), limit)
+        fields = {"plan": plan, "seats": seats, "interval": interval}
+        return _on_ledger(target, team, limit, moment(anchor), moment(when), fields)
     target.ok(*team_set(team, plan=plan, seats=seats, interval=interval, anchor=_iso(anchor),
                         at=_iso(when)))  # fmt: skip
     if limit:
@@ -93,18 +66,9 @@ def make_team(
 
 
 async def _on_ledger(
-    ledger: Ledger,
-    team: str,
-    plan: str,
-    seats: int,
-    interval: str,
-    anchor: datetime,
-    at: datetime,
-    limit: int,
+    ledger: Ledger, team: str, limit: int, anchor: datetime, at: datetime, fields: dict[str, Any]
 ) -> TeamRow:
-    row, _ = await ledger.set_team(
-        team, plan=plan, seats=seats, interval=interval, anchor=anchor, at=at
-    )
+    row, _ = await ledger.set_team(team, anchor=anchor, at=at, **fields)
     if limit:
         await ledger.set_limit(team, limit, actor="ann", role="admin", at=at)
         row = await ledger.get_team(team)
