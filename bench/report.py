@@ -389,4 +389,37 @@ clients the difference is mostly the server's CPU per request queueing up.
 {api_table(result["api"])}
 """
     path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text + kept_sections(path))
+
+
+# Sections written by other benchmark commands (bench/before_after.py), kept
+# when a full run rewrites the file.
+KEPT_HEADINGS = ("## One implementation per ledger operation: before and after",)
+
+
+def kept_sections(path: Path) -> str:
+    """The KEPT_HEADINGS sections of the file as it is, each to the next `## `."""
+    if not path.exists():
+        return ""
+    text = path.read_text()
+    out = []
+    for heading in KEPT_HEADINGS:
+        start = text.find(heading + "\n")
+        if start < 0:
+            continue
+        end = text.find("\n## ", start + len(heading))
+        out.append("\n" + text[start : len(text) if end < 0 else end + 1].rstrip("\n") + "\n")
+    return "".join(out)
+
+
+def replace_section(path: Path, heading: str, body: str) -> None:
+    """Put `heading` + `body` in the file in place of that section (or at its end)."""
+    text = path.read_text() if path.exists() else ""
+    section = f"{heading}\n\n{body.strip()}\n"
+    start = text.find(heading + "\n")
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + len(heading))
+        text = text[:start] + section + ("" if end < 0 else text[end:])
     path.write_text(text)

@@ -1,12 +1,16 @@
 """Every refusal the ledger can give, each with the ids it concerns.
 
-Database errors are translated once, here, by SQLSTATE (raised by the
-functions in sql/functions.sql) or by constraint name.
+Database errors are translated once, here (`translate`, `from_code`): an
+error of sql/functions.sql, raised (SQLSTATE TK0xx, DETAIL) or given as one
+item's answer by tokens_apply (err_code, err_detail), becomes the same typed
+error, carrying the ids it concerns.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import json
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -81,22 +85,28 @@ class IdempotencyMismatch(TokensError):
 
     code = "idempotency_mismatch"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, team: str, key: str, charge_id: int, *, message: str) -> None:
         super().__init__(message)
+        self.team = team
+        self.key = key
+        self.charge_id = charge_id
 
 
 class ChargeAlreadySettled(TokensError):
     code = "charge_settled"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, charge_id: int, state: str, *, message: str) -> None:
         super().__init__(message)
+        self.charge_id = charge_id
+        self.state = state
 
 
 class AnchorConflict(TokensError):
     code = "anchor_conflict"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, team: str, *, message: str) -> None:
         super().__init__(message)
+        self.team = team
 
 
 class NotEnoughTokens(TokensError):
@@ -132,24 +142,39 @@ class Unreachable(TokensError):
         self.server = server
 
 
-_BY_SQLSTATE: dict[str, type[TokensError]] = {
-    "TK001": UnknownTeam,
-    "TK002": IdempotencyMismatch,
-    "TK003": UnknownCharge,
-    "TK004": ChargeAlreadySettled,
-    "TK005": AnchorConflict,
-}
+NOT_MIGRATED = "the database is not migrated: run `tokens migrate`"
+
+
+def from_code(code: str, message: str, detail: Mapping[str, Any]) -> TokensError:
+    """The typed error for an error of sql/functions.sql: its TK0xx code, its message
+    (written once, in tokens_error_message) and the ids it concerns (its DETAIL)."""
+    if code == "TK001":
+        return UnknownTeam(detail["team"])
+    if code == "TK002":
+        return IdempotencyMismatch(
+            detail["team"], detail["key"], int(detail["charge"]), message=message
+        )
+    if code == "TK003":
+        return UnknownCharge(int(detail["charge"]))
+    if code == "TK004":
+        return ChargeAlreadySettled(int(detail["charge"]), detail["state"], message=message)
+    if code == "TK005":
+        return AnchorConflict(detail["team"], message=message)
+    return BadInput(message)  # TK006: a settlement to a state that is not one
+
+
+def detail_of(text: str | None) -> dict[str, Any]:
+    """The ids of an error: its DETAIL (or tokens_apply's err_detail), a JSON object."""
+    return json.loads(text) if text else {}
 
 
 def translate(exc: asyncpg.PostgresError) -> TokensError | None:
-    """The project's error for a database error raised on purpose, else None."""
-    sqlstate = getattr(exc, "sqlstate", None)
-    kind = _BY_SQLSTATE.get(sqlstate or "")
-    if kind is None:
+    """The project's error for a database error: one raised on purpose (TK0xx), or a
+    schema that is not there yet; else None."""
+    if isinstance(exc, asyncpg.UndefinedTableError | asyncpg.UndefinedFunctionError):
+        return NotMigrated(NOT_MIGRATED)
+    sqlstate = getattr(exc, "sqlstate", None) or ""
+    if not sqlstate.startswith("TK"):
         return None
-    detail = getattr(exc, "detail", None) or ""
-    if kind is UnknownTeam:
-        return UnknownTeam(detail)
-    if kind is UnknownCharge:
-        return UnknownCharge(int(detail))
-    return kind(str(getattr(exc, "message", exc)))
+    message = str(getattr(exc, "message", None) or exc)
+    return from_code(sqlstate, message, detail_of(getattr(exc, "detail", None)))

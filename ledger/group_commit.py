@@ -1,19 +1,21 @@
 """Group commit: the concurrent holds and settlements of one process, in one transaction.
 
-One commit per charge caps a hot team at what one Postgres connection can
-commit in a row (two commits per search: the hold and the capture). Here a
-caller's hold or settlement is queued, and whatever queued while the previous
-batch was committing goes to Postgres as one `tokens_apply` call: one round
-trip, one transaction, one update of each team's month row, however many
-charges it carries. Nothing is answered before its batch has committed, so
-durability is the same as one commit per charge.
+Every hold and settlement goes to Postgres through `apply`, one `tokens_apply`
+call (sql/functions.sql, where the hold and settle rules live). One commit per
+charge caps a hot team at what one Postgres connection can commit in a row
+(two commits per search: the hold and the capture). So a caller's hold or
+settlement is queued, and whatever queued while the previous batch was
+committing goes as one call: one round trip, one transaction, one update of
+each team's month row, however many charges it carries. A lone caller goes
+at once, as a batch of one: nothing waits for a timer. Nothing is answered
+before its batch has committed, so durability is the same as one commit per
+charge.
 
 Each item keeps its own outcome: its own idempotency key, its own refusal
 (the one hold that did not fit is refused, not its batch) and its own error.
 If a batch fails as a whole (a deadlock, a lost connection, a bug), every
-item of it is applied again on its own through `tokens_hold` /
-`tokens_settle`; both are idempotent, so an item that did commit just
-replays, and one bad item can only fail itself.
+item of it is applied again alone; tokens_apply is idempotent, so an item
+that did commit just replays, and one bad item can only fail itself.
 
 A caller that is cancelled while waiting does not cancel the batch: its
 item commits or not with the others, exactly like a reply lost on the wire.
@@ -23,27 +25,26 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 import structlog
 
 from db.queries import q
-from ledger.errors import (
-    BadInput,
-    ChargeAlreadySettled,
-    IdempotencyMismatch,
-    TokensError,
-    UnknownCharge,
-    UnknownTeam,
-)
+from ledger.errors import TokensError, detail_of, from_code
 from ledger.results import ChargeRow
 
 log = structlog.get_logger("tokens.ledger")
 
 Row = dict[str, Any]
+
+
+class Fetcher(Protocol):
+    """A pool or a connection (in a transaction of the caller's)."""
+
+    async def fetch(self, query: str, *args: Any) -> list[Any]: ...
 
 
 @dataclass
@@ -56,7 +57,6 @@ class HoldItem:
     at: datetime
     job_id: str | None
     lead_id: str | None
-    done: asyncio.Future[Row] = field(repr=False)
 
 
 @dataclass
@@ -64,13 +64,12 @@ class SettleItem:
     charge_id: int
     state: str
     at: datetime
-    done: asyncio.Future[Row] = field(repr=False)
 
 
 Item = HoldItem | SettleItem
+Outcome = Row | TokensError
 
-# The columns of a hold's answer (as tokens_hold returns them) and of a
-# settlement's (the charge, as tokens_settle returns it, plus its extras).
+# The columns of a hold's answer and of a settlement's (the charge, plus its extras).
 HOLD_COLUMNS = (
     "charge_id",
     "state",
@@ -87,19 +86,6 @@ HOLD_COLUMNS = (
 CHARGE_COLUMNS = tuple(f.name for f in fields(ChargeRow) if f.name != "id")
 
 
-def item_error(item: Item, code: str, message: str) -> TokensError:
-    """The error a single-charge call would have raised for this item."""
-    if code == "TK001" and isinstance(item, HoldItem):
-        return UnknownTeam(item.team)
-    if code == "TK002":
-        return IdempotencyMismatch(message)
-    if code == "TK003" and isinstance(item, SettleItem):
-        return UnknownCharge(item.charge_id)
-    if code == "TK004":
-        return ChargeAlreadySettled(message)
-    return BadInput(message)
-
-
 def hold_row(row: asyncpg.Record) -> Row:
     return {k: row[k] for k in HOLD_COLUMNS}
 
@@ -109,6 +95,56 @@ def settle_row(row: asyncpg.Record) -> Row:
     out["id"] = row["charge_id"]
     out |= {k: row[k] for k in ("changed", "unbilled_additional", "threshold_reached")}
     return out
+
+
+async def apply(conn: Fetcher, items: Sequence[Item]) -> list[Outcome]:
+    """One tokens_apply call: each item's answer, or its typed error, in the items' order.
+
+    Only a failure of the call as a whole (a CHECK, a lost connection) raises."""
+    settles = [i for i in items if isinstance(i, SettleItem)]
+    holds = [i for i in items if isinstance(i, HoldItem)]
+    rows = await conn.fetch(
+        q("apply"),
+        [s.charge_id for s in settles],
+        [s.state for s in settles],
+        [s.at for s in settles],
+        [h.team for h in holds],
+        [h.key for h in holds],
+        [h.action for h in holds],
+        [h.quantity for h in holds],
+        [h.tokens for h in holds],
+        [h.at for h in holds],
+        [h.job_id for h in holds],
+        [h.lead_id for h in holds],
+    )
+    # Where the n-th settlement and the n-th hold stand in `items`.
+    where = {
+        "settle": [n for n, i in enumerate(items) if isinstance(i, SettleItem)],
+        "hold": [n for n, i in enumerate(items) if isinstance(i, HoldItem)],
+    }
+    out: list[Outcome | None] = [None] * len(items)
+    for row in rows:
+        if row["err_code"] is not None:
+            outcome: Outcome = from_code(
+                row["err_code"], row["err_message"], detail_of(row["err_detail"])
+            )
+        elif row["kind"] == "settle":
+            outcome = settle_row(row)
+        else:
+            outcome = hold_row(row)
+        out[where[row["kind"]][row["pos"] - 1]] = outcome
+    answered = [o for o in out if o is not None]
+    if len(answered) != len(items):  # every item has a row; this only guards against a bug
+        raise RuntimeError("tokens_apply returned no row for an item")
+    return answered
+
+
+async def apply_one(conn: Fetcher, item: Item) -> Row:
+    """One item through `apply`: its answer, or its error raised."""
+    (outcome,) = await apply(conn, [item])
+    if isinstance(outcome, TokensError):
+        raise outcome
+    return outcome
 
 
 class GroupCommit:
@@ -125,7 +161,7 @@ class GroupCommit:
         self.pool = pool
         self.max_batch = max_batch
         self.max_inflight = max_inflight
-        self._queue: list[Item] = []
+        self._queue: list[tuple[Item, asyncio.Future[Row]]] = []
         self._inflight = 0
         self._tasks: set[asyncio.Task[None]] = set()
         # What was committed how, for tests, benchmarks and metrics.
@@ -144,22 +180,22 @@ class GroupCommit:
         job_id: str | None,
         lead_id: str | None,
     ) -> Row:
-        done: asyncio.Future[Row] = asyncio.get_running_loop().create_future()
-        self._submit(HoldItem(team, key, action, quantity, tokens, at, job_id, lead_id, done))
-        return await done
+        return await self._submit(
+            HoldItem(team, key, action, quantity, tokens, at, job_id, lead_id)
+        )
 
     async def settle(self, charge_id: int, state: str, at: datetime) -> Row:
-        done: asyncio.Future[Row] = asyncio.get_running_loop().create_future()
-        self._submit(SettleItem(charge_id, state, at, done))
-        return await done
+        return await self._submit(SettleItem(charge_id, state, at))
 
-    def _submit(self, item: Item) -> None:
-        self._queue.append(item)
+    def _submit(self, item: Item) -> asyncio.Future[Row]:
+        done: asyncio.Future[Row] = asyncio.get_running_loop().create_future()
+        self._queue.append((item, done))
         if self._inflight < self.max_inflight:
             self._inflight += 1
             task = asyncio.get_running_loop().create_task(self._drain())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        return done
 
     async def _drain(self) -> None:
         try:
@@ -168,99 +204,58 @@ class GroupCommit:
         finally:
             self._inflight -= 1
 
-    def _take(self) -> list[Item]:
+    def _take(self) -> list[tuple[Item, asyncio.Future[Row]]]:
         """The next batch, in arrival order. A hold whose (team, key), or a settlement
         whose charge, is already in it waits for the next batch: tokens_apply sees
         each once, and the repeat then answers as a replay, as it would alone."""
-        batch: list[Item] = []
+        batch: list[tuple[Item, asyncio.Future[Row]]] = []
         seen: set[tuple[str, str] | int] = set()
-        rest: list[Item] = []
-        for item in self._queue:
+        rest: list[tuple[Item, asyncio.Future[Row]]] = []
+        for queued in self._queue:
+            item = queued[0]
             mark = (item.team, item.key) if isinstance(item, HoldItem) else item.charge_id
             if len(batch) >= self.max_batch or mark in seen:
-                rest.append(item)
+                rest.append(queued)
             else:
                 seen.add(mark)
-                batch.append(item)
+                batch.append(queued)
         self._queue = rest
         return batch
 
-    async def _commit(self, batch: list[Item]) -> None:
+    async def _commit(self, batch: list[tuple[Item, asyncio.Future[Row]]]) -> None:
         self.batches += 1
         self.items += len(batch)
         try:
-            if len(batch) == 1:
-                await _apply_alone(self.pool, batch[0])
-                return
             try:
-                await _apply_batch(self.pool, batch)
-            except Exception as exc:  # the whole batch failed: each item again, alone
+                outcomes = await apply(self.pool, [item for item, _ in batch])
+            except Exception as exc:
+                if len(batch) == 1:
+                    _answer(batch[0][1], exc)
+                    return
+                # The whole batch failed: each item again, alone.
                 log.warning("group_commit_retry_alone", items=len(batch), error=repr(exc))
                 self.retried_alone += len(batch)
-                await asyncio.gather(*(_apply_alone(self.pool, item) for item in batch))
+                await asyncio.gather(*(self._commit_alone(item, done) for item, done in batch))
+                return
+            for (_, done), outcome in zip(batch, outcomes, strict=True):
+                _answer(done, outcome)
         finally:
-            for item in batch:  # cancelled (loop shutting down): nobody waits forever
-                if not item.done.done():
-                    item.done.cancel()
+            for _, done in batch:  # cancelled (loop shutting down): nobody waits forever
+                if not done.done():
+                    done.cancel()
+
+    async def _commit_alone(self, item: Item, done: asyncio.Future[Row]) -> None:
+        try:
+            outcome: Outcome | BaseException = (await apply(self.pool, [item]))[0]
+        except Exception as exc:
+            outcome = exc
+        _answer(done, outcome)
 
 
-async def _apply_batch(pool: asyncpg.Pool, batch: Sequence[Item]) -> None:
-    settles = [i for i in batch if isinstance(i, SettleItem)]
-    holds = [i for i in batch if isinstance(i, HoldItem)]
-    rows = await pool.fetch(
-        q("apply"),
-        [s.charge_id for s in settles],
-        [s.state for s in settles],
-        [s.at for s in settles],
-        [h.team for h in holds],
-        [h.key for h in holds],
-        [h.action for h in holds],
-        [h.quantity for h in holds],
-        [h.tokens for h in holds],
-        [h.at for h in holds],
-        [h.job_id for h in holds],
-        [h.lead_id for h in holds],
-    )
-    for row in rows:
-        pos = row["pos"] - 1
-        item: Item = settles[pos] if row["kind"] == "settle" else holds[pos]
-        if item.done.done():
-            continue
-        if row["err_code"] is not None:
-            item.done.set_exception(item_error(item, row["err_code"], row["err_message"]))
-        elif isinstance(item, HoldItem):
-            item.done.set_result(hold_row(row))
-        else:
-            item.done.set_result(settle_row(row))
-    for item in batch:  # every item has a row; this only guards against a bug
-        if not item.done.done():
-            item.done.set_exception(RuntimeError("tokens_apply returned no row for this item"))
-
-
-async def _apply_one(pool: asyncpg.Pool, item: Item) -> None:
-    """One item through the single-charge functions (which raise their TK0xx errors)."""
-    if isinstance(item, HoldItem):
-        row = await pool.fetchrow(
-            q("hold"),
-            item.team,
-            item.key,
-            item.action,
-            item.quantity,
-            item.tokens,
-            item.at,
-            item.job_id,
-            item.lead_id,
-        )
+def _answer(done: asyncio.Future[Row], outcome: Outcome | BaseException) -> None:
+    if done.done():  # its caller was cancelled
+        return
+    if isinstance(outcome, BaseException):
+        done.set_exception(outcome)
     else:
-        row = await pool.fetchrow(q("settle"), item.charge_id, item.state, item.at)
-    assert row is not None
-    if not item.done.done():
-        item.done.set_result(dict(row))
-
-
-async def _apply_alone(pool: asyncpg.Pool, item: Item) -> None:
-    try:
-        await _apply_one(pool, item)
-    except Exception as exc:
-        if not item.done.done():
-            item.done.set_exception(exc)
+        done.set_result(outcome)

@@ -19,15 +19,8 @@ from db.queries import q
 from ledger import validate
 from ledger.alerts import TEAM_ALERTS, AlertRow
 from ledger.catalog import Catalog
-from ledger.errors import (
-    BadInput,
-    NotAdmin,
-    NotMigrated,
-    TrialNoAdditional,
-    UnknownTeam,
-    translate,
-)
-from ledger.group_commit import GroupCommit
+from ledger.errors import BadInput, NotAdmin, TrialNoAdditional, UnknownTeam, translate
+from ledger.group_commit import GroupCommit, HoldItem, SettleItem, apply_one
 from ledger.results import (
     BillingSection,
     ChargeRow,
@@ -68,10 +61,6 @@ class Ledger:
     async def _run(self, call: Callable[[], Awaitable[T]]) -> T:
         try:
             return await call()
-        except asyncpg.UndefinedTableError as exc:
-            raise NotMigrated("the database is not migrated: run `tokens migrate`") from exc
-        except asyncpg.UndefinedFunctionError as exc:
-            raise NotMigrated("the database is not migrated: run `tokens migrate`") from exc
         except asyncpg.PostgresError as exc:
             mine = translate(exc)
             if mine is None:
@@ -232,7 +221,8 @@ class Ledger:
     async def charge(
         self, team: str, action: str, quantity: int, *, key: str, at: datetime
     ) -> tuple[HoldResult, Settlement | None]:
-        """Hold and capture at once, as a search that already happened (one transaction).
+        """Hold and capture at once, as a search that already happened: the hold, then
+        its capture, each through tokens_apply, in one transaction (not group commit).
 
         A replayed key returns the existing charge untouched.
         """
@@ -240,14 +230,13 @@ class Ledger:
 
         async def run() -> tuple[HoldResult, Settlement | None]:
             async with self.pool.acquire() as conn, conn.transaction():
-                row = await conn.fetchrow(
-                    q("hold"), team, key, action, quantity, tokens, at, None, None
-                )
-                held = _hold_result(team, key, action, quantity, row)
+                item = HoldItem(team, key, action, quantity, tokens, at, None, None)
+                held = _hold_result(team, key, action, quantity, await apply_one(conn, item))
                 if held.refused or held.replayed:
                     return held, None
-                settled = await conn.fetchrow(q("settle"), held.charge_id, "captured", at)
-                return held, _settlement(settled)
+                assert held.charge_id is not None
+                row = await apply_one(conn, SettleItem(held.charge_id, "captured", at))
+                return held, _settlement(row)
 
         held, settlement = await self._run(run)
         _log_hold(held, None)

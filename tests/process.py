@@ -94,11 +94,32 @@ def assert_one_line_error(err: str) -> None:
     assert "Traceback" not in err
 
 
-def team_set(*args: str, plan: str = "email_outreach", seats: int = 1, **opts: str) -> list[str]:
-    """argv for `tokens team set` with test defaults; `opts` become `--name value`."""
-    fields = {"interval": "month", "anchor": "2026-01-01T00:00:00Z", "at": "2026-01-01T00:00:00Z"}
-    fields |= opts
-    argv = ["team", "set", *args, "--plan", plan, "--seats", str(seats)]
-    for name, value in fields.items():
-        argv += [f"--{name.replace('_', '-')}", value]
-    return argv
+def argv(*words: str | int, **opts: str | int | bool | None) -> list[str]:
+    """argv for `tokens`: the words, then `--name value` for each option (`_` in a name
+    becomes `-`; True gives the bare flag; None and False leave the option out)."""
+    out = [str(w) for w in words]
+    for name, value in opts.items():
+        flag = f"--{name.replace('_', '-')}"
+        if value is True:
+            out.append(flag)
+        elif value is not None and value is not False:
+            out += [flag, str(value)]
+    return out
+
+
+TEAM_DEFAULTS = {"interval": "month", "anchor": "2026-01-01T00:00:00Z"}
+
+
+def team_set(
+    team: str, *, plan: str = "email_outreach", seats: int | str = 1, **opts: str | bool | None
+) -> list[str]:
+    """argv for `tokens team set` with test defaults (anchor and --at 2026-01-01)."""
+    fields: dict[str, str | bool | None] = {**TEAM_DEFAULTS, "at": TEAM_DEFAULTS["anchor"]}
+    return argv("team", "set", team, plan=plan, seats=seats, **(fields | opts))
+
+
+def team_limit(
+    team: str, tokens: int | str, *, actor: str = "ann", role: str = "admin", **opts: str | None
+) -> list[str]:
+    """argv for `tokens team limit` (by an admin unless told otherwise)."""
+    return argv("team", "limit", team, tokens, actor=actor, role=role, **opts)

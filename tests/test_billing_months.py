@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from ledger.service import Ledger
 from tests.conftest import at
+from tests.factories import make_team
 
 
 async def period(pool: asyncpg.Pool, anchor: datetime, when: datetime) -> tuple[datetime, datetime]:
@@ -81,14 +82,7 @@ async def test_periods_tile_time(pool: asyncpg.Pool, anchor: datetime, when: dat
 
 
 async def test_yearly_subscriptions_have_monthly_billing_months(ledger: Ledger) -> None:
-    await ledger.set_team(
-        "y",
-        plan="sales_engagement",
-        seats=1,
-        interval="year",
-        anchor=at("2026-01-31"),
-        at=at("2026-01-31"),
-    )
+    await make_team(ledger, "y", plan="sales_engagement", interval="year", anchor="2026-01-31")
     starts = []
     for when in ("2026-02-10", "2026-03-10", "2026-04-10", "2026-12-31"):
         section = await ledger.billing("y", at=at(when))

@@ -9,23 +9,12 @@ import asyncpg
 import pytest
 
 from tests.cli_helpers import Cli
+from tests.factories import make_team
+from tests.process import argv, team_limit, team_set
 
 AT = "2026-02-28T10:00:00Z"
-TEAM = [
-    "team",
-    "set",
-    "acme",
-    "--plan",
-    "email_outreach",
-    "--seats",
-    "2",
-    "--interval",
-    "month",
-    "--anchor",
-    "2026-01-31T00:00:00Z",
-    "--at",
-    AT,
-]
+# The team of these tests: 2 seats (500 free tokens), anchored on Jan 31.
+ACME = {"seats": 2, "anchor": "2026-01-31T00:00:00Z", "at": AT}
 
 
 def test_migrate_is_idempotent(cli: Cli) -> None:
@@ -33,11 +22,9 @@ def test_migrate_is_idempotent(cli: Cli) -> None:
 
 
 def test_charge_and_billing_json_contract(cli: Cli) -> None:
-    cli.ok(*TEAM)
-    cli.ok("team", "limit", "acme", "1000", "--actor", "ann", "--role", "admin", "--at", AT)
-    charged = cli.ok(
-        "charge", "acme", "ai_sequence", "--quantity", "11", "--key", "k1", "--at", AT, "--json"
-    ).json()
+    make_team(cli, "acme", **ACME, limit=1000)
+    charge = argv("charge", "acme", "ai_sequence", quantity=11, key="k1", json=True)
+    charged = cli.ok(*charge, "--at", AT).json()
     assert {k: charged[k] for k in ("tokens", "free_tokens", "additional_tokens", "state")} == {
         "tokens": 550,
         "free_tokens": 500,
@@ -45,18 +32,7 @@ def test_charge_and_billing_json_contract(cli: Cli) -> None:
         "state": "captured",
     }
     assert isinstance(charged["charge_id"], int)
-    again = cli.ok(
-        "charge",
-        "acme",
-        "ai_sequence",
-        "--quantity",
-        "11",
-        "--key",
-        "k1",
-        "--at",
-        "2026-03-05T00:00:00Z",
-        "--json",
-    ).json()
+    again = cli.ok(*charge, "--at", "2026-03-05T00:00:00Z").json()
     assert again["charge_id"] == charged["charge_id"] and again["replayed"] is True
 
     billing = cli.ok("billing", "acme", "--at", "2026-03-01T00:00:00Z", "--json").json()
@@ -73,7 +49,7 @@ def test_charge_and_billing_json_contract(cli: Cli) -> None:
 
 
 def test_history_csv_has_a_header_row(cli: Cli) -> None:
-    cli.ok(*TEAM)
+    make_team(cli, "acme", **ACME)
     cli.ok("charge", "acme", "enrich", "--quantity", "3", "--at", AT)
     cli.ok("charge", "acme", "debounce", "--at", "2026-03-01T00:00:00Z")
     rows = list(csv.DictReader(io.StringIO(cli.ok("history", "acme", "--csv").out)))
@@ -94,87 +70,15 @@ BAD_INPUTS = [
     (["charge", "acme", "debounce", "--quantity", "two"], "--quantity must be a whole number"),
     (["charge", "acme", "debounce", "--at", "next tuesday"], "not an ISO 8601 timestamp"),
     (["charge", "acme", "ai_sequence", "--quantity", "20"], "not enough tokens"),
-    (
-        [
-            "team",
-            "set",
-            "b",
-            "--plan",
-            "gold",
-            "--seats",
-            "1",
-            "--interval",
-            "month",
-            "--anchor",
-            AT,
-        ],
-        "unknown plan 'gold'",
-    ),
-    (
-        [
-            "team",
-            "set",
-            "b",
-            "--plan",
-            "trial",
-            "--seats",
-            "-1",
-            "--interval",
-            "month",
-            "--anchor",
-            AT,
-        ],
-        "seats cannot be negative",
-    ),
-    (
-        [
-            "team",
-            "set",
-            "b",
-            "--plan",
-            "trial",
-            "--seats",
-            "1",
-            "--interval",
-            "week",
-            "--anchor",
-            AT,
-        ],
-        "interval must be month or year",
-    ),
-    (
-        [
-            "team",
-            "set",
-            "b",
-            "--plan",
-            "trial",
-            "--seats",
-            "1",
-            "--interval",
-            "month",
-            "--anchor",
-            "31/01/2026",
-        ],
-        "--anchor '31/01/2026' is not an ISO 8601",
-    ),
-    (
-        ["team", "limit", "acme", "-5", "--actor", "ann", "--role", "admin"],
-        "limit cannot be negative",
-    ),
-    (
-        ["team", "limit", "acme", "2.5", "--actor", "ann", "--role", "admin"],
-        "limit must be a whole number",
-    ),
-    (
-        ["team", "limit", "acme", "50", "--actor", "bob", "--role", "member"],
-        "only a team admin may change",
-    ),
-    (
-        ["team", "limit", "acme", "50", "--actor", "bob", "--role", "owner"],
-        "role must be admin or member",
-    ),
-    (["team", "limit", "ghost", "50", "--actor", "ann", "--role", "admin"], "unknown team 'ghost'"),
+    (team_set("b", plan="gold", anchor=AT), "unknown plan 'gold'"),
+    (team_set("b", plan="trial", seats=-1, anchor=AT), "seats cannot be negative"),
+    (team_set("b", plan="trial", interval="week", anchor=AT), "interval must be month or year"),
+    (team_set("b", plan="trial", anchor="31/01/2026"), "--anchor '31/01/2026' is not an ISO 8601"),
+    (team_limit("acme", -5), "limit cannot be negative"),
+    (team_limit("acme", "2.5"), "limit must be a whole number"),
+    (team_limit("acme", 50, actor="bob", role="member"), "only a team admin may change"),
+    (team_limit("acme", 50, actor="bob", role="owner"), "role must be admin or member"),
+    (team_limit("ghost", 50), "unknown team 'ghost'"),
     (["billing", "ghost"], "unknown team 'ghost'"),
     (["history", "ghost"], "unknown team 'ghost'"),
     (["charge", "acme"], "Missing argument"),
@@ -196,7 +100,7 @@ def test_bad_input_is_one_line_non_zero_and_writes_nothing(
 ) -> None:
     import asyncio
 
-    cli.ok(*TEAM)
+    make_team(cli, "acme", **ACME)
     cli.ok("billing", "acme")  # the current month exists, so a refusal opens nothing
     before = asyncio.run(_snapshot(database_url))
     result = cli(*args)
@@ -210,22 +114,8 @@ def test_bad_input_is_one_line_non_zero_and_writes_nothing(
 
 
 def test_trial_team_cannot_get_additional_tokens(cli: Cli, database_url: str) -> None:
-    cli.ok(
-        "team",
-        "set",
-        "t",
-        "--plan",
-        "trial",
-        "--seats",
-        "3",
-        "--interval",
-        "month",
-        "--anchor",
-        AT,
-        "--at",
-        AT,
-    )
-    result = cli("team", "limit", "t", "100", "--actor", "ann", "--role", "admin", "--at", AT)
+    make_team(cli, "t", plan="trial", seats=3, anchor=AT)
+    result = cli(*team_limit("t", 100, at=AT))
     assert result.code == 1 and "trial plan" in result.err
     assert cli.ok("billing", "t", "--at", AT, "--json").json()["additional_limit"] == 0
 

@@ -9,29 +9,15 @@ import asyncpg
 from ledger.catalog import DEFAULT_CATALOG
 from ledger.service import Ledger
 from tests.conftest import at
+from tests.factories import make_team
 
 T0 = at("2026-03-10T12:00:00")
-
-
-async def team_with(ledger: Ledger, free: int, limit: int) -> None:
-    # email_outreach grants 250 per seat; pick seats to get `free` exactly.
-    assert free % 250 == 0
-    await ledger.set_team(
-        "hot",
-        plan="email_outreach",
-        seats=free // 250,
-        interval="month",
-        anchor=at("2026-03-01"),
-        at=T0,
-    )
-    if limit:
-        await ledger.set_limit("hot", limit, actor="ann", role="admin", at=T0)
 
 
 async def test_200_concurrent_holds_succeed_exactly_floor_n_over_cost(
     ledger: Ledger, database_url: str
 ) -> None:
-    await team_with(ledger, free=500, limit=230)  # N = 730 tokens, cost 10 -> 73 fit
+    await make_team(ledger, "hot", seats=2, limit=230)  # N = 500 + 230 tokens, cost 10 -> 73 fit
     pool = await asyncpg.create_pool(database_url, min_size=20, max_size=20)
     assert pool is not None
     try:
@@ -53,7 +39,7 @@ async def test_200_concurrent_holds_succeed_exactly_floor_n_over_cost(
 async def test_50_concurrent_holds_with_one_key_make_one_charge(
     ledger: Ledger, database_url: str
 ) -> None:
-    await team_with(ledger, free=250, limit=0)
+    await make_team(ledger, "hot")  # 250 free
     pool = await asyncpg.create_pool(database_url, min_size=20, max_size=20)
     assert pool is not None
     try:
@@ -72,7 +58,7 @@ async def test_50_concurrent_holds_with_one_key_make_one_charge(
 async def test_concurrent_captures_releases_and_sweep_keep_totals_exact(
     ledger: Ledger, database_url: str
 ) -> None:
-    await team_with(ledger, free=1000, limit=0)
+    await make_team(ledger, "hot", seats=4)  # 1,000 free
     holds = [await ledger.hold("hot", "enrich", 1, key=f"k{i}", at=T0) for i in range(60)]
     ids = [h.charge_id for h in holds if h.charge_id is not None]
     pool = await asyncpg.create_pool(database_url, min_size=10, max_size=10)

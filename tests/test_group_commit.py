@@ -13,14 +13,28 @@ from hypothesis import strategies as st
 
 from db.queries import q
 from ledger.catalog import DEFAULT_CATALOG
-from ledger.errors import IdempotencyMismatch, UnknownCharge, UnknownTeam
+from ledger.errors import (
+    BadInput,
+    ChargeAlreadySettled,
+    IdempotencyMismatch,
+    TokensError,
+    UnknownCharge,
+    UnknownTeam,
+    translate,
+)
 from ledger.group_commit import GroupCommit
 from ledger.service import Ledger
 from tests.conftest import at
+from tests.factories import make_team
 
 T0 = at("2026-03-10T12:00:00")
 T_NEXT = at("2026-04-10T12:00:00")  # the following billing month
 ANCHOR = at("2026-03-01")
+
+# The single-item wrappers of tokens_apply (for psql; the Ledger calls tokens_apply).
+HOLD = "SELECT * FROM tokens_hold($1, $2, $3, $4, $5, $6, $7, $8)"
+SETTLE = """SELECT (s.charge).*, s.changed, s.unbilled_additional, s.threshold_reached
+            FROM tokens_settle($1, $2, $3) s"""
 
 # -- one batch gives each item what one-at-a-time would ----------------------
 
@@ -51,10 +65,10 @@ async def _setup(conn: asyncpg.Connection) -> list[int]:
     await conn.execute("UPDATE teams SET additional_limit = 60 WHERE id = 'b'")
     ids = []
     for team, key, tokens in (("b", "p0", 30), ("b", "p1", 30), ("b", "p2", 30), ("a", "p3", 10)):
-        row = await conn.fetchrow(q("hold"), team, key, "enrich", 1, tokens, T0, None, None)
+        row = await conn.fetchrow(HOLD, team, key, "enrich", 1, tokens, T0, None, None)
         assert row is not None
         ids.append(row["charge_id"])
-    await conn.execute(q("settle"), ids[3], "captured", T0)
+    await conn.execute(SETTLE, ids[3], "captured", T0)
     return ids
 
 
@@ -141,7 +155,7 @@ async def test_one_batch_equals_one_at_a_time(
                 cid = known_b[cid_index] if cid_index < 4 else 10**12
                 try:
                     async with conn.transaction():
-                        r = await conn.fetchrow(q("settle"), cid, state, T0)
+                        r = await conn.fetchrow(SETTLE, cid, state, T0)
                     assert r is not None
                     single[("settle", pos)] = (r["state"], r["changed"])
                 except asyncpg.PostgresError as exc:
@@ -152,7 +166,7 @@ async def test_one_batch_equals_one_at_a_time(
                 try:
                     async with conn.transaction():
                         r = await conn.fetchrow(
-                            q("hold"), team, key, action, quantity, tokens, when, None, None
+                            HOLD, team, key, action, quantity, tokens, when, None, None
                         )
                     single[("hold", pos)] = _hold_outcome(r, known_b)
                 except asyncpg.PostgresError as exc:
@@ -173,16 +187,8 @@ async def test_one_batch_equals_one_at_a_time(
 # -- through the Ledger: batching, isolation, failures -------------------------
 
 
-async def _team(ledger: Ledger, team: str, *, seats: int = 1, limit: int = 0) -> None:
-    await ledger.set_team(
-        team, plan="email_outreach", seats=seats, interval="month", anchor=ANCHOR, at=T0
-    )
-    if limit:
-        await ledger.set_limit(team, limit, actor="ann", role="admin", at=T0)
-
-
 async def test_concurrent_holds_share_transactions(ledger: Ledger) -> None:
-    await _team(ledger, "hot", seats=4)  # 1,000 free tokens
+    await make_team(ledger, "hot", seats=4)  # 1,000 free tokens
     before = ledger.group.batches
     held = await asyncio.gather(
         *(ledger.hold("hot", "enrich", 1, key=f"j{i}", at=T0) for i in range(64))
@@ -196,7 +202,7 @@ async def test_concurrent_holds_share_transactions(ledger: Ledger) -> None:
 
 
 async def test_the_one_hold_that_does_not_fit_is_refused_alone(ledger: Ledger) -> None:
-    await _team(ledger, "small", limit=5)  # 250 free + 5 additional
+    await make_team(ledger, "small", limit=5)  # 250 free + 5 additional
     first = await ledger.hold("small", "enrich", 24, key="big", at=T0)  # 240
     assert not first.refused
     results = await asyncio.gather(
@@ -212,7 +218,7 @@ async def test_the_one_hold_that_does_not_fit_is_refused_alone(ledger: Ledger) -
 
 
 async def test_one_bad_item_fails_only_its_caller(ledger: Ledger) -> None:
-    await _team(ledger, "t")
+    await make_team(ledger, "t")
     done = await ledger.hold("t", "enrich", 1, key="used", at=T0)
     before = ledger.group.batches
     outcomes = await asyncio.gather(
@@ -236,7 +242,7 @@ async def test_one_bad_item_fails_only_its_caller(ledger: Ledger) -> None:
 async def test_a_failed_batch_is_applied_again_item_by_item(ledger: Ledger) -> None:
     """A batch that Postgres rejects as a whole (here: a CHECK violated by one item,
     which the Ledger's validation would never let through) costs only that item."""
-    await _team(ledger, "t")
+    await make_team(ledger, "t")
     group = GroupCommit(ledger.pool)
     good = [group.hold("t", f"g{i}", "enrich", 1, 10, T0, None, None) for i in range(3)]
     bad = group.hold("t", "bad", "enrich", 1, 0, T0, None, None)  # tokens must be > 0
@@ -251,7 +257,7 @@ async def test_a_failed_batch_is_applied_again_item_by_item(ledger: Ledger) -> N
 
 
 async def test_a_cancelled_caller_does_not_cancel_its_batch(ledger: Ledger) -> None:
-    await _team(ledger, "t")
+    await make_team(ledger, "t")
     gone = asyncio.create_task(ledger.hold("t", "enrich", 1, key="gone", at=T0))
     stays = asyncio.create_task(ledger.hold("t", "enrich", 1, key="stays", at=T0))
     await asyncio.sleep(0)  # one turn of the loop: both are queued, nothing sent yet
@@ -268,7 +274,7 @@ async def test_processes_batching_at_once_never_deadlock(ledger: Ledger, databas
     teams in opposite orders while the expiry sweep runs: no deadlock, no drift."""
     teams = [f"t{n}" for n in range(6)]
     for t in teams:
-        await _team(ledger, t, seats=40)
+        await make_team(ledger, t, seats=40)
     pools = [await asyncpg.create_pool(database_url, min_size=2, max_size=4) for _ in range(4)]
     try:
         ledgers = [Ledger(p, DEFAULT_CATALOG) for p in pools]
@@ -308,7 +314,7 @@ async def test_two_processes_holding_the_same_keys_make_one_charge_each(
 ) -> None:
     """The same 30 keys from two 'processes' at once: one charge per key, both
     callers get it (one of them through the unique index, ON CONFLICT)."""
-    await _team(ledger, "t", seats=4)
+    await make_team(ledger, "t", seats=4)
     pools = [await asyncpg.create_pool(database_url, min_size=2, max_size=4) for _ in range(2)]
     try:
         a, b = (Ledger(p, DEFAULT_CATALOG) for p in pools)
@@ -327,7 +333,7 @@ async def test_two_processes_holding_the_same_keys_make_one_charge_each(
 
 
 async def test_the_same_charge_captured_twice_at_once_changes_once(ledger: Ledger) -> None:
-    await _team(ledger, "t")
+    await make_team(ledger, "t")
     held = await ledger.hold("t", "enrich", 1, key="k", at=T0)
     assert held.charge_id is not None
     first, second = await asyncio.gather(
@@ -335,3 +341,86 @@ async def test_the_same_charge_captured_twice_at_once_changes_once(ledger: Ledge
     )
     assert (first.changed, second.changed) == (True, False)
     assert (await ledger.billing("t", at=T0)).free_spent == 10
+
+
+# -- one path: every route through tokens_apply, one error translation ----------
+
+
+async def test_every_route_goes_through_tokens_apply(ledger: Ledger) -> None:
+    """Without the single-item wrappers, every Ledger route still works: none uses them."""
+    await ledger.pool.execute(
+        "DROP FUNCTION tokens_hold(text, text, text, integer, bigint, timestamptz, text, text);"
+        "DROP FUNCTION tokens_settle(bigint, text, timestamptz)"
+    )
+    await make_team(ledger, "t", limit=50)
+    alone = await ledger.hold("t", "enrich", 1, key="alone", at=T0)
+    batch = await asyncio.gather(
+        *(ledger.hold("t", "enrich", 1, key=f"b{i}", at=T0) for i in range(5))
+    )
+    assert alone.state == "held" and all(h.state == "held" for h in batch)
+    assert (await ledger.capture(alone.charge_id or 0, at=T0)).changed
+    assert (await ledger.release(batch[0].charge_id or 0, at=T0)).changed
+    held, settled = await ledger.charge("t", "debounce", 3, key="c", at=T0)
+    assert settled is not None and settled.charge.state == "captured"
+    again, none = await ledger.charge("t", "debounce", 3, key="c", at=T_NEXT)
+    assert (again.replayed, again.charge_id, none) == (True, held.charge_id, None)
+    expired = await ledger.expire_holds(older_than=T_NEXT, at=T_NEXT)
+    assert sorted(c.id for c in expired) == sorted(h.charge_id or 0 for h in batch[1:])
+    with pytest.raises(ChargeAlreadySettled) as settled_err:
+        await ledger.capture(batch[1].charge_id or 0, at=T_NEXT)
+    assert (settled_err.value.charge_id, settled_err.value.state) == (batch[1].charge_id, "expired")
+
+
+async def _raised(conn: asyncpg.Connection, sql: str, *args: Any) -> TokensError:
+    """The typed error a single-item wrapper raises (through `translate`)."""
+    try:
+        async with conn.transaction():
+            await conn.fetch(sql, *args)
+    except asyncpg.PostgresError as exc:
+        mine = translate(exc)
+        assert mine is not None, exc
+        return mine
+    raise AssertionError(f"no error from {sql} {args}")
+
+
+def _seen(err: TokensError) -> tuple[Any, ...]:
+    ids = ("team", "key", "charge_id", "state")
+    return (type(err), str(err), *(getattr(err, n, None) for n in ids))
+
+
+async def test_an_error_is_the_same_raised_by_a_wrapper_or_given_by_a_batch(
+    ledger: Ledger,
+) -> None:
+    """tokens_apply's err_code/err_detail and a wrapper's SQLSTATE/DETAIL make the
+    same typed error, with the same ids and message."""
+    await make_team(ledger, "t")
+    used = await ledger.hold("t", "enrich", 1, key="used", at=T0)
+    done = await ledger.hold("t", "enrich", 1, key="done", at=T0)
+    await ledger.release(done.charge_id or 0, at=T0)
+    batched = await asyncio.gather(
+        ledger.hold("ghost", "enrich", 1, key="k", at=T0),
+        ledger.hold("t", "debounce", 2, key="used", at=T0),
+        ledger.capture(10**12, at=T0),
+        ledger.capture(done.charge_id or 0, at=T0),
+        return_exceptions=True,
+    )
+    async with ledger.pool.acquire() as conn:
+        raised = [
+            await _raised(conn, HOLD, "ghost", "k", "enrich", 1, 10, T0, None, None),
+            await _raised(conn, HOLD, "t", "used", "debounce", 2, 2, T0, None, None),
+            await _raised(conn, SETTLE, 10**12, "captured", T0),
+            await _raised(conn, SETTLE, done.charge_id, "captured", T0),
+        ]
+        bad_state = await _raised(conn, SETTLE, done.charge_id, "spent", T0)
+    assert all(isinstance(b, TokensError) for b in batched), batched
+    assert [_seen(b) for b in batched] == [_seen(r) for r in raised]  # type: ignore[arg-type]
+    unknown_team, mismatch, unknown_charge, settled = raised
+    assert isinstance(unknown_team, UnknownTeam) and unknown_team.team == "ghost"
+    assert isinstance(mismatch, IdempotencyMismatch)
+    assert (mismatch.team, mismatch.key, mismatch.charge_id) == ("t", "used", used.charge_id)
+    assert "enrich x1" in str(mismatch) and "debounce x2" in str(mismatch)
+    assert isinstance(unknown_charge, UnknownCharge) and unknown_charge.charge_id == 10**12
+    assert isinstance(settled, ChargeAlreadySettled)
+    assert (settled.charge_id, settled.state) == (done.charge_id, "released")
+    assert "already released, it cannot be captured" in str(settled)
+    assert type(bad_state) is BadInput and "cannot settle a charge as spent" in str(bad_state)

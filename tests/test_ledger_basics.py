@@ -10,25 +10,17 @@ import pytest
 from ledger.errors import ChargeAlreadySettled, IdempotencyMismatch, UnknownTeam
 from ledger.service import Ledger
 from tests.conftest import at
+from tests.factories import make_team
 
 T0 = at("2026-03-10T12:00:00")
 
 
-async def paid_team(ledger: Ledger, team: str = "acme", seats: int = 2, limit: int = 0) -> None:
-    await ledger.set_team(
-        team,
-        plan="email_outreach",
-        seats=seats,
-        interval="month",
-        anchor=at("2026-01-15T00:00:00"),
-        at=T0,
-    )
-    if limit:
-        await ledger.set_limit(team, limit, actor="ann", role="admin", at=T0)
+# The paid team of these tests: email_outreach, anchored on the 15th.
+ANCHOR = at("2026-01-15T00:00:00")
 
 
 async def test_free_tokens_are_per_team_plan_times_seats(ledger: Ledger) -> None:
-    await paid_team(ledger, seats=2)
+    await make_team(ledger, seats=2, anchor=ANCHOR)
     section = await ledger.billing("acme", at=T0)
     assert section.free_granted == 500
     assert (section.period_start, section.period_end) == (
@@ -39,7 +31,7 @@ async def test_free_tokens_are_per_team_plan_times_seats(ledger: Ledger) -> None
 
 
 async def test_free_first_then_additional_in_one_charge(ledger: Ledger) -> None:
-    await paid_team(ledger, seats=1, limit=100)
+    await make_team(ledger, anchor=ANCHOR, limit=100)
     held, _ = await ledger.charge("acme", "ai_icebreaker", 24, key="k1", at=T0)  # 240 tokens
     assert (held.free_tokens, held.additional_tokens) == (240, 0)
     held, settled = await ledger.charge("acme", "ai_icebreaker", 2, key="k2", at=T0)  # 20
@@ -53,7 +45,7 @@ async def test_free_first_then_additional_in_one_charge(ledger: Ledger) -> None:
 
 
 async def test_a_charge_that_does_not_fit_is_refused_whole(ledger: Ledger) -> None:
-    await paid_team(ledger, seats=1, limit=5)  # 250 free + 5 additional
+    await make_team(ledger, anchor=ANCHOR, limit=5)  # 250 free + 5 additional
     await ledger.charge("acme", "ai_sequence", 5, key="k1", at=T0)  # 250
     held, settled = await ledger.charge("acme", "ai_icebreaker", 1, key="k2", at=T0)  # 10 > 5
     assert held.refused and settled is None
@@ -64,7 +56,7 @@ async def test_a_charge_that_does_not_fit_is_refused_whole(ledger: Ledger) -> No
 
 
 async def test_hold_counts_at_once_and_release_gives_back(ledger: Ledger) -> None:
-    await paid_team(ledger, seats=1)
+    await make_team(ledger, anchor=ANCHOR)
     held = await ledger.hold("acme", "ai_sequence", 4, key="job1", at=T0, job_id="job1")
     assert held.state == "held" and held.tokens == 200
     refused = await ledger.hold("acme", "ai_sequence", 2, key="job2", at=T0)
@@ -79,14 +71,15 @@ async def test_hold_counts_at_once_and_release_gives_back(ledger: Ledger) -> Non
 
 
 async def test_capture_and_release_happen_exactly_once(ledger: Ledger) -> None:
-    await paid_team(ledger)
+    await make_team(ledger, seats=2, anchor=ANCHOR)
     held = await ledger.hold("acme", "enrich", 1, key="job:lead", at=T0)
     assert held.charge_id is not None
     first = await ledger.capture(held.charge_id, at=T0)
     again = await ledger.capture(held.charge_id, at=T0)
     assert first.changed and not again.changed
-    with pytest.raises(ChargeAlreadySettled, match="already captured"):
+    with pytest.raises(ChargeAlreadySettled, match="already captured") as settled:
         await ledger.release(held.charge_id, at=T0)
+    assert (settled.value.charge_id, settled.value.state) == (held.charge_id, "captured")
     other = await ledger.hold("acme", "enrich", 1, key="job:lead2", at=T0)
     assert other.charge_id is not None
     await ledger.release(other.charge_id, at=T0)
@@ -96,20 +89,25 @@ async def test_capture_and_release_happen_exactly_once(ledger: Ledger) -> None:
 
 
 async def test_same_key_returns_same_charge_whatever_the_clock(ledger: Ledger) -> None:
-    await paid_team(ledger)
+    await make_team(ledger, seats=2, anchor=ANCHOR)
     first = await ledger.hold("acme", "debounce", 1, key="job7:lead3", at=T0)
     later = await ledger.hold("acme", "debounce", 1, key="job7:lead3", at=T0 + timedelta(days=40))
     assert later.replayed and later.charge_id == first.charge_id
     assert later.period_start == first.period_start
-    with pytest.raises(IdempotencyMismatch, match="job7:lead3"):
+    with pytest.raises(IdempotencyMismatch, match="job7:lead3") as mismatch:
         await ledger.hold("acme", "debounce", 2, key="job7:lead3", at=T0)
+    assert (mismatch.value.team, mismatch.value.key, mismatch.value.charge_id) == (
+        "acme",
+        "job7:lead3",
+        first.charge_id,
+    )
     with pytest.raises(IdempotencyMismatch):
         await ledger.hold("acme", "enrich", 1, key="job7:lead3", at=T0)
     assert len(await ledger.history("acme")) == 1
 
 
 async def test_capture_after_month_end_stays_in_the_hold_month(ledger: Ledger) -> None:
-    await paid_team(ledger, seats=1)
+    await make_team(ledger, anchor=ANCHOR)
     late = at("2026-03-14T23:59:59")
     held = await ledger.hold("acme", "ai_sequence", 1, key="j", at=late)
     assert held.charge_id is not None
@@ -121,7 +119,7 @@ async def test_capture_after_month_end_stays_in_the_hold_month(ledger: Ledger) -
 
 
 async def test_free_tokens_do_not_roll_over(ledger: Ledger) -> None:
-    await paid_team(ledger, seats=1)
+    await make_team(ledger, anchor=ANCHOR)
     await ledger.charge("acme", "ai_icebreaker", 1, key="a", at=T0)
     nxt = await ledger.billing("acme", at=at("2026-04-01T00:00:00"))
     assert nxt.free_granted == 250 and nxt.free_spent == 0 and nxt.free_available == 250
@@ -135,7 +133,7 @@ async def test_unknown_team_is_refused(ledger: Ledger) -> None:
 
 
 async def test_expire_holds_releases_only_old_holds(ledger: Ledger) -> None:
-    await paid_team(ledger)
+    await make_team(ledger, seats=2, anchor=ANCHOR)
     old = await ledger.hold("acme", "enrich", 1, key="old", at=T0)
     new = await ledger.hold("acme", "enrich", 1, key="new", at=T0 + timedelta(minutes=30))
     expired = await ledger.expire_holds(older_than=T0 + timedelta(minutes=1), at=T0)

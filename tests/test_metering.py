@@ -10,6 +10,7 @@ from ledger.results import Settlement
 from ledger.service import Ledger
 from runtime.config import Settings
 from tests.conftest import at
+from tests.factories import make_team
 from worker.metering import metered
 from worker.providers import Outcome, SearchResult
 
@@ -29,9 +30,7 @@ class CaptureFailsOnce(Ledger):
 
 
 async def test_capture_lost_after_search_retries_and_charges_once(ledger: Ledger) -> None:
-    await ledger.set_team(
-        "acme", plan="email_outreach", seats=1, interval="month", anchor=at("2026-03-01"), at=NOW
-    )
+    await make_team(ledger, "acme", anchor="2026-03-01", at=NOW)
     flaky = CaptureFailsOnce(ledger.pool, ledger.catalog)
     searches = 0
 

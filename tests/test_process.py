@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from arq.connections import ArqRedis, RedisSettings, create_pool
 
+from tests.factories import make_team
 from tests.process import Tokens, assert_one_line_error, clean_env, team_set
 
 pytestmark = pytest.mark.process
@@ -141,7 +142,7 @@ def test_the_issue_sequence_charges_and_reads(tokens: Tokens) -> None:
 
 def test_same_key_replays_in_a_new_process(tokens: Tokens) -> None:
     team = team_name()
-    tokens.ok(*team_set(team))
+    make_team(tokens, team)
     args = ("charge", team, "enrich", "--key", "k-1", "--json", "--at", "2026-01-02T00:00:00Z")
     first, again = tokens.ok(*args).json(), tokens.ok(*args).json()
     assert again["charge_id"] == first["charge_id"] and again["replayed"] is True
@@ -184,7 +185,7 @@ REFUSALS = [
 
 def test_refusals_change_nothing(tokens: Tokens) -> None:
     team = team_name()
-    tokens.ok(*team_set(team, plan="trial"))
+    make_team(tokens, team, plan="trial")
     before = tokens.ok("billing", team, "--json", "--at", "2026-01-01T00:00:00Z").json()
     for line, code, says in REFUSALS:
         tokens.refused(*shlex.split(line.format(team=team)), code=code, says=says)
@@ -195,7 +196,7 @@ def test_refusals_change_nothing(tokens: Tokens) -> None:
 
 def test_limit_by_admin_is_recorded(tokens: Tokens) -> None:
     team = team_name()
-    tokens.ok(*team_set(team))
+    make_team(tokens, team)
     out = tokens.ok(
         "team",
         "limit",
@@ -220,7 +221,7 @@ async def test_enqueue_then_worker_burst_charges_each_lead(tokens: Tokens, redis
         await redis.flushdb()
         await redis.aclose()
     team = team_name()
-    tokens.ok(*team_set(team, at="2026-01-01T00:00:00Z"))
+    make_team(tokens, team)
     leads = ",".join(f'{{"id": "lead-{i}", "email": "p{i}@acme.io"}}' for i in range(3))
     queued = tokens.ok(
         "enqueue", team, "debounce", "--payload", f'{{"leads": [{leads}]}}', "--json"
@@ -239,8 +240,7 @@ def test_worker_refuses_a_bad_configuration(tokens: Tokens) -> None:
 
 def test_reconcile_bills_the_month_end(tokens: Tokens) -> None:
     team = team_name()
-    tokens.ok(*team_set(team))
-    tokens.ok("team", "limit", team, "1000", "--actor", "ann", "--role", "admin")
+    make_team(tokens, team, limit=1000)
     tokens.ok("charge", team, "debounce", "--quantity", "300", "--at", "2026-01-05T00:00:00Z")
     out = tokens.ok("reconcile", "--team", team, "--json", "--at", "2026-02-01T00:00:00Z").json()
     assert set(out) >= RECONCILE_KEYS
@@ -259,7 +259,7 @@ def test_reconcile_bills_the_month_end(tokens: Tokens) -> None:
 def test_sixteen_processes_on_room_for_ten(tokens: Tokens) -> None:
     """Trial: 100 tokens once; an icebreaker costs 10. Exactly 10 of 16 succeed."""
     team = team_name()
-    tokens.ok(*team_set(team, plan="trial"))
+    make_team(tokens, team, plan="trial")
     procs = [
         tokens.popen("charge", team, "ai_icebreaker", "--json", "--at", "2026-01-02T00:00:00Z")
         for _ in range(16)
@@ -296,7 +296,7 @@ def test_stop_keeps_the_data_and_the_next_command_restarts() -> None:
     tokens = Tokens(clean_env(TOKENS_DATA_DIR=str(new_data_dir())), "stop")
     try:
         team = team_name()
-        tokens.ok(*team_set(team))
+        make_team(tokens, team)
         tokens.ok("charge", team, "enrich", "--at", "2026-01-02T00:00:00Z")
         status = tokens.ok("servers", "--json").json()
         assert status["postgres"]["running"] is True

@@ -12,9 +12,6 @@ from stripe._http_client import HTTPClient
 
 from testing.stripe_fake import StripeFake, parse_form
 
-# the `stripe_fake` fixture (a conftest may also import it: `from testing.stripe_fake import ...`)
-pytest_plugins = ("tests.stripe_fake",)
-
 BASE = "https://api.stripe.test"
 KEY = "sk_test_fake"
 

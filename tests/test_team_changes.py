@@ -7,44 +7,38 @@ import pytest
 from ledger.errors import AnchorConflict, NotAdmin, TrialNoAdditional
 from ledger.service import Ledger
 from tests.conftest import at
+from tests.factories import make_team
 
 T0 = at("2026-03-10T12:00:00")
-ANCHOR = at("2026-03-01")
-
-
-async def set_team(ledger: Ledger, plan: str, seats: int, when: str, anchor: str = "2026-03-01"):
-    return await ledger.set_team(
-        "acme", plan=plan, seats=seats, interval="month", anchor=at(anchor), at=at(when)
-    )
 
 
 async def test_seats_up_down_up_grant_the_highest_once(ledger: Ledger) -> None:
-    await set_team(ledger, "email_outreach", 1, "2026-03-02")
+    await make_team(ledger, at="2026-03-02")
     await ledger.charge("acme", "ai_sequence", 5, key="a", at=at("2026-03-02"))  # 250: all free
     grants = []
     for seats, when in [(3, "2026-03-03"), (1, "2026-03-04"), (3, "2026-03-05")]:
-        await set_team(ledger, "email_outreach", seats, when)
+        await make_team(ledger, seats=seats, at=when)
         grants.append((await ledger.billing("acme", at=at(when))).free_granted)
     assert grants == [750, 750, 750]
     section = await ledger.billing("acme", at=at("2026-03-06"))
     assert section.free_spent == 250 and section.free_available == 500
     # The next month starts from the plan and seats in force then.
-    await set_team(ledger, "email_outreach", 1, "2026-03-20")
+    await make_team(ledger, at="2026-03-20")
     assert (await ledger.billing("acme", at=at("2026-04-02"))).free_granted == 250
 
 
 async def test_upgrade_raises_at_once_downgrade_never_lowers(ledger: Ledger) -> None:
-    await set_team(ledger, "email_outreach", 2, "2026-03-02")
+    await make_team(ledger, seats=2, at="2026-03-02")
     assert (await ledger.billing("acme", at=T0)).free_granted == 500
-    await set_team(ledger, "sales_engagement", 2, "2026-03-10")
+    await make_team(ledger, plan="sales_engagement", seats=2, at="2026-03-10")
     assert (await ledger.billing("acme", at=T0)).free_granted == 1000
-    await set_team(ledger, "email_outreach", 2, "2026-03-11")
+    await make_team(ledger, seats=2, at="2026-03-11")
     assert (await ledger.billing("acme", at=at("2026-03-12"))).free_granted == 1000
     assert (await ledger.billing("acme", at=at("2026-04-01"))).free_granted == 500
 
 
 async def test_trial_grants_100_once_ever(ledger: Ledger) -> None:
-    await set_team(ledger, "trial", 5, "2026-03-01")
+    await make_team(ledger, plan="trial", seats=5, at="2026-03-01")
     first = await ledger.billing("acme", at=at("2026-03-02"))
     assert first.free_granted == 100 and first.additional_limit == 0
     nxt = await ledger.billing("acme", at=at("2026-04-02"))
@@ -54,9 +48,11 @@ async def test_trial_grants_100_once_ever(ledger: Ledger) -> None:
 
 
 async def test_trial_conversion_starts_the_paid_month_at_the_anchor(ledger: Ledger) -> None:
-    await set_team(ledger, "trial", 1, "2026-03-01")
+    await make_team(ledger, plan="trial", at="2026-03-01")
     await ledger.charge("acme", "ai_icebreaker", 3, key="t", at=at("2026-03-05"))  # 30 of 100
-    await set_team(ledger, "sales_engagement", 2, "2026-03-12", anchor="2026-03-12T00:00:00")
+    await make_team(
+        ledger, plan="sales_engagement", seats=2, at="2026-03-12", anchor="2026-03-12T00:00:00"
+    )
     trial_month = await ledger.billing("acme", at=at("2026-03-11T23:59:59"))
     assert (trial_month.period_start, trial_month.period_end) == (
         at("2026-03-01"),
@@ -69,16 +65,17 @@ async def test_trial_conversion_starts_the_paid_month_at_the_anchor(ledger: Ledg
 
 
 async def test_anchor_cannot_move_before_an_opened_month(ledger: Ledger) -> None:
-    await set_team(ledger, "email_outreach", 1, "2026-03-02", anchor="2026-03-01")
+    await make_team(ledger, at="2026-03-02", anchor="2026-03-01")
     await ledger.billing("acme", at=at("2026-04-02"))  # opens Apr 1 - May 1
-    with pytest.raises(AnchorConflict, match="billing month"):
-        await set_team(ledger, "email_outreach", 1, "2026-03-20", anchor="2026-03-15")
+    with pytest.raises(AnchorConflict, match="billing month") as conflict:
+        await make_team(ledger, at="2026-03-20", anchor="2026-03-15")
+    assert conflict.value.team == "acme"
     team = await ledger.get_team("acme")
     assert team.anchor == at("2026-03-01")
 
 
 async def test_limit_changes_are_admin_only_and_recorded(ledger: Ledger) -> None:
-    await set_team(ledger, "sales_engagement", 1, "2026-03-02")
+    await make_team(ledger, plan="sales_engagement", at="2026-03-02")
     await ledger.set_limit("acme", 100, actor="ann", role="admin", at=at("2026-03-02"))
     with pytest.raises(NotAdmin):
         await ledger.set_limit("acme", 1_000_000, actor="bob", role="member", at=T0)
@@ -91,7 +88,7 @@ async def test_limit_changes_are_admin_only_and_recorded(ledger: Ledger) -> None
 
 
 async def test_lowering_the_limit_below_spent_leaves_nothing_available(ledger: Ledger) -> None:
-    await set_team(ledger, "email_outreach", 1, "2026-03-02")
+    await make_team(ledger, at="2026-03-02")
     await ledger.set_limit("acme", 100, actor="ann", role="admin", at=T0)
     await ledger.charge("acme", "ai_sequence", 6, key="a", at=T0)  # 250 free + 50 additional
     await ledger.set_limit("acme", 20, actor="ann", role="admin", at=T0)

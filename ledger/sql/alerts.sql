@@ -58,7 +58,7 @@ BEGIN
     END IF;
     used := NEW.additional_held + NEW.additional_spent;
     IF used > OLD.additional_held + OLD.additional_spent THEN
-        SELECT CASE WHEN p.additional_allowed THEN t.additional_limit ELSE 0 END INTO lim
+        SELECT tokens_month_limit(t, p, NEW.period_start) INTO lim
           FROM teams t JOIN plans p ON p.name = t.plan
          WHERE t.id = NEW.team_id;
         IF used * 100 >= 80 * lim THEN

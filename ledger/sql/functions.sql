@@ -10,11 +10,20 @@
 -- (several months: by team, then period) -> charges (new rows).
 -- Settling locks the charge first, then its month; it never needs a team lock.
 --
--- Errors raised on purpose carry SQLSTATE TK0xx (translated in ledger/errors.py):
---   TK001 unknown team (DETAIL = team id)     TK002 idempotency key reused with other parameters
---   TK003 unknown charge (DETAIL = charge id) TK004 charge already settled otherwise
+-- The hold and settle rules live in one function, tokens_apply; everything
+-- else that holds or settles (group commit, a lone call, Ledger.charge, the
+-- expiry sweep, the tokens_hold / tokens_settle wrappers) calls it.
+--
+-- Errors raised on purpose carry SQLSTATE TK0xx, their message written once
+-- in tokens_error_message, and DETAIL = a JSON object of the ids they concern
+-- (translated in ledger/errors.py):
+--   TK001 unknown team                TK002 idempotency key reused with other parameters
+--   TK003 unknown charge              TK004 charge already settled otherwise
 --   TK005 anchor change conflicts with billing months already opened
+--   TK006 a settlement to a state that is not one
 
+DROP FUNCTION IF EXISTS tokens_error_message(text, jsonb) CASCADE;
+DROP FUNCTION IF EXISTS tokens_raise(text, jsonb) CASCADE;
 DROP FUNCTION IF EXISTS tokens_add_months(timestamptz, integer) CASCADE;
 DROP FUNCTION IF EXISTS tokens_period(timestamptz, timestamptz) CASCADE;
 DROP FUNCTION IF EXISTS tokens_grant(plans, integer, boolean) CASCADE;
@@ -29,6 +38,37 @@ DROP FUNCTION IF EXISTS tokens_apply(bigint[], text[], timestamptz[], text[], te
                                      integer[], bigint[], timestamptz[], text[], text[]) CASCADE;
 DROP FUNCTION IF EXISTS tokens_set_team(text, text, integer, text, timestamptz, text, timestamptz)
     CASCADE;
+
+-- Every error raised on purpose: its message from its code and DETAIL (the ids
+-- it concerns, as JSON). tokens_apply gives an item's error as these three
+-- columns; tokens_raise raises them.
+CREATE FUNCTION tokens_error_message(p_code text, p_detail jsonb)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+RETURN CASE p_code
+    WHEN 'TK001' THEN format('unknown team %s', p_detail->>'team')
+    WHEN 'TK002' THEN format(
+        'idempotency key %s of team %s was used for %s x%s (charge %s), not %s x%s',
+        p_detail->>'key', p_detail->>'team', p_detail->>'used_action',
+        p_detail->>'used_quantity', p_detail->>'charge', p_detail->>'action',
+        p_detail->>'quantity')
+    WHEN 'TK003' THEN format('unknown charge %s', p_detail->>'charge')
+    WHEN 'TK004' THEN format('charge %s is already %s, it cannot be %s',
+                             p_detail->>'charge', p_detail->>'state', p_detail->>'wanted')
+    WHEN 'TK005' THEN format(
+        'team %s already has a billing month starting at or after the new anchor %s',
+        p_detail->>'team', p_detail->>'anchor')
+    WHEN 'TK006' THEN format('cannot settle a charge as %s', p_detail->>'wanted')
+END;
+
+CREATE FUNCTION tokens_raise(p_code text, p_detail jsonb)
+RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION USING ERRCODE = p_code, MESSAGE = tokens_error_message(p_code, p_detail),
+                          DETAIL = p_detail::text;
+END
+$$;
 
 -- anchor + n months, Stripe's rule: the anchor's day, clamped to the month's
 -- last day (Jan 31 -> Feb 28/29, Mar 31, Apr 30), always from the anchor so
@@ -104,7 +144,7 @@ BEGIN
 
     SELECT * INTO t FROM teams WHERE id = p_team FOR UPDATE;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'unknown team %', p_team USING ERRCODE = 'TK001', DETAIL = p_team;
+        PERFORM tokens_raise('TK001', jsonb_build_object('team', p_team));
     END IF;
     -- Another transaction may have opened it while we waited for the team lock.
     SELECT * INTO m FROM billing_months
@@ -155,146 +195,6 @@ BEGIN
 END
 $$;
 
--- Hold tokens for one charge: free first, then additional up to the team's
--- limit; refused whole when short. Idempotent by (team, key): the same key
--- returns the same charge, whatever the clock; other parameters are an error.
-CREATE FUNCTION tokens_hold(
-    p_team text, p_key text, p_action text, p_quantity integer, p_tokens bigint,
-    p_at timestamptz, p_job text, p_lead text,
-    OUT charge_id bigint, OUT state text, OUT replayed boolean,
-    OUT tokens bigint, OUT free_tokens bigint, OUT additional_tokens bigint,
-    OUT period_start timestamptz, OUT period_end timestamptz, OUT held_at timestamptz,
-    OUT free_available bigint, OUT additional_available bigint
-)
-LANGUAGE plpgsql AS $$
-DECLARE
-    c charges;
-    m billing_months;
-    lim bigint;
-    take_free bigint;
-BEGIN
-    -- A retry answers from the charge, without queueing on the month lock.
-    c := tokens_charge_by_key(p_team, p_key);
-    IF c.id IS NULL THEN
-        m := tokens_open_month(p_team, p_at);
-        SELECT * INTO m FROM billing_months
-         WHERE team_id = p_team AND billing_months.period_start = m.period_start
-         FOR NO KEY UPDATE;
-        -- Re-check under the lock: a concurrent hold with this key may have committed.
-        c := tokens_charge_by_key(p_team, p_key);
-    END IF;
-    IF c.id IS NOT NULL THEN
-        IF c.action <> p_action OR c.quantity <> p_quantity THEN
-            RAISE EXCEPTION 'idempotency key % of team % was used for % x% (charge %), not % x%',
-                p_key, p_team, c.action, c.quantity, c.id, p_action, p_quantity
-                USING ERRCODE = 'TK002';
-        END IF;
-        SELECT b.period_end INTO period_end FROM billing_months b
-         WHERE b.team_id = c.team_id AND b.period_start = c.period_start;
-        charge_id := c.id; state := c.state; replayed := true; tokens := c.tokens;
-        free_tokens := c.free_tokens; additional_tokens := c.additional_tokens;
-        period_start := c.period_start; held_at := c.held_at;
-        RETURN;
-    END IF;
-
-    SELECT tokens_month_limit(t, p, m.period_start) INTO lim
-      FROM teams t JOIN plans p ON p.name = t.plan WHERE t.id = p_team;
-    free_available := m.free_granted - m.free_held - m.free_spent;
-    additional_available := greatest(lim - m.additional_held - m.additional_spent, 0);
-    replayed := false; tokens := p_tokens;
-    period_start := m.period_start; period_end := m.period_end;
-    IF p_tokens > free_available + additional_available THEN
-        state := 'refused'; free_tokens := 0; additional_tokens := 0;
-        RETURN;
-    END IF;
-
-    take_free := least(p_tokens, free_available);
-    INSERT INTO charges (team_id, period_start, idempotency_key, action, quantity, tokens,
-                         free_tokens, additional_tokens, state, job_id, lead_id, held_at)
-    VALUES (p_team, m.period_start, p_key, p_action, p_quantity, p_tokens,
-            take_free, p_tokens - take_free, 'held', p_job, p_lead, p_at)
-    RETURNING * INTO c;
-    UPDATE billing_months b
-       SET free_held = b.free_held + c.free_tokens,
-           additional_held = b.additional_held + c.additional_tokens
-     WHERE b.team_id = p_team AND b.period_start = m.period_start;
-
-    charge_id := c.id; state := c.state; held_at := c.held_at;
-    free_tokens := c.free_tokens; additional_tokens := c.additional_tokens;
-    free_available := free_available - c.free_tokens;
-    additional_available := additional_available - c.additional_tokens;
-END
-$$;
-
--- Settle a hold: 'captured' (the search happened: spent) or 'released' /
--- 'expired' (it never happened: tokens come back). Exactly once: repeating
--- the same settlement returns the charge unchanged; the other one is an error.
--- The charge stays in the billing month its hold was placed in.
-CREATE FUNCTION tokens_settle(
-    p_charge bigint, p_state text, p_at timestamptz,
-    OUT charge charges, OUT changed boolean,
-    OUT unbilled_additional bigint, OUT threshold_reached boolean
-)
-LANGUAGE plpgsql AS $$
-DECLARE
-    m billing_months;
-BEGIN
-    IF p_state NOT IN ('captured', 'released', 'expired') THEN
-        RAISE EXCEPTION 'cannot settle a charge as %', p_state USING ERRCODE = '22023';
-    END IF;
-    SELECT * INTO charge FROM charges WHERE id = p_charge FOR UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'unknown charge %', p_charge USING ERRCODE = 'TK003', DETAIL = p_charge;
-    END IF;
-    changed := false;
-    IF charge.state = p_state THEN
-        NULL;
-    ELSIF charge.state <> 'held' THEN
-        RAISE EXCEPTION 'charge % is already %, it cannot be %', p_charge, charge.state, p_state
-            USING ERRCODE = 'TK004';
-    ELSE
-        UPDATE charges SET state = p_state, settled_at = p_at WHERE id = p_charge
-        RETURNING * INTO charge;
-        UPDATE billing_months b
-           SET free_held = b.free_held - charge.free_tokens,
-               additional_held = b.additional_held - charge.additional_tokens,
-               free_spent = b.free_spent
-                   + CASE WHEN p_state = 'captured' THEN charge.free_tokens ELSE 0 END,
-               additional_spent = b.additional_spent
-                   + CASE WHEN p_state = 'captured' THEN charge.additional_tokens ELSE 0 END
-         WHERE b.team_id = charge.team_id AND b.period_start = charge.period_start;
-        changed := true;
-    END IF;
-    SELECT b.additional_spent - b.additional_billed,
-           (b.additional_spent - b.additional_billed) * p.unit_price * 100 >= p.threshold_cents
-      INTO unbilled_additional, threshold_reached
-      FROM billing_months b JOIN teams t ON t.id = b.team_id JOIN plans p ON p.name = t.plan
-     WHERE b.team_id = charge.team_id AND b.period_start = charge.period_start;
-END
-$$;
-
--- Release holds placed before p_older_than and still held: their worker is
--- presumed dead (the TTL exceeds any job's timeout). One sweep at a time;
--- holds being settled right now are skipped, not waited for.
-CREATE FUNCTION tokens_expire_holds(p_older_than timestamptz, p_at timestamptz)
-RETURNS SETOF charges
-LANGUAGE plpgsql AS $$
-DECLARE
-    cid bigint;
-BEGIN
-    PERFORM pg_advisory_xact_lock(hashtext('tokens_expire_holds'));
-    FOR cid IN
-        SELECT id FROM charges
-         WHERE state = 'held' AND held_at < p_older_than
-         -- Month locks in (team, month) order, as tokens_apply takes them.
-         ORDER BY team_id, period_start, id
-         FOR UPDATE SKIP LOCKED
-    LOOP
-        RETURN QUERY SELECT (s.charge).* FROM tokens_settle(cid, 'expired', p_at) s;
-    END LOOP;
-END
-$$;
-
 -- Create or update a team (SPEC section 2). A month's grant only grows: a
 -- plan or seat change raises the current month's grant at once to what the
 -- new plan x seats gives, never lowers it. A new anchor (a trial converting,
@@ -324,8 +224,7 @@ BEGIN
     IF p_anchor <> old.anchor THEN
         IF EXISTS (SELECT 1 FROM billing_months b
                     WHERE b.team_id = p_team AND b.period_start >= p_anchor) THEN
-            RAISE EXCEPTION 'team % already has a billing month starting at or after the new anchor %',
-                p_team, p_anchor USING ERRCODE = 'TK005';
+            PERFORM tokens_raise('TK005', jsonb_build_object('team', p_team, 'anchor', p_anchor));
         END IF;
         UPDATE billing_months b SET period_end = p_anchor
          WHERE b.team_id = p_team AND b.period_start < p_anchor AND b.period_end > p_anchor;
@@ -353,27 +252,38 @@ BEGIN
 END
 $$;
 
--- Group commit: the holds and settlements that one process gathered while
--- its previous batch was committing, applied in one transaction (one commit,
--- one round trip). Each item gets what tokens_hold / tokens_settle would have
--- given it, applied in this order: the settlements, then the holds team by
--- team, in array order within a team. A settlement never takes tokens, so
--- settling first only ever gives a hold more room. The caller sends a charge
--- and a (team, key) at most once per batch (ledger/group_commit.py keeps a
--- repeat for the next batch).
+-- The money rules, in one place: the holds and settlements of one transaction.
+-- Every route goes through here: the holds and settlements one process
+-- gathered while its previous batch was committing (ledger/group_commit.py),
+-- a lone call (a one-element batch), `Ledger.charge` (a hold, then its
+-- capture, in one transaction), the expiry sweep and the single-item
+-- wrappers below. Items are applied in this order: the settlements, then the
+-- holds team by team, in array order within a team. A settlement never takes
+-- tokens, so settling first only ever gives a hold more room. The caller
+-- sends a charge and a (team, key) at most once per call (group commit keeps
+-- a repeat for the next batch).
+--
+-- Holds: free tokens first, then additional up to the team's limit; refused
+-- whole when short. Idempotent by (team, key): the same key returns the same
+-- charge, whatever the clock; other parameters are an error (TK002).
+-- Settlements: 'captured' (the search happened: spent) or 'released' /
+-- 'expired' (it never happened: tokens come back), exactly once: repeating
+-- the same settlement returns the charge unchanged, the other one is an error
+-- (TK004). The charge stays in the billing month its hold was placed in.
 --
 -- Nothing here raises for one item: an unknown team or charge, a reused key
--- or a settled charge becomes that item's err_code (the TK0xx of the single
--- functions) and the other items go on. Month rows are locked in (team,
--- month) order, so concurrent batches, the expiry sweep and bill-making never
--- deadlock on them, and each is updated once per statement.
+-- or a settled charge becomes that item's err_code, err_message and
+-- err_detail (see tokens_error_message) and the other items go on. Month rows
+-- are locked in (team, month) order, so concurrent batches, the expiry sweep
+-- and bill-making never deadlock on them, and each is updated once per
+-- statement.
 CREATE FUNCTION tokens_apply(
     s_charge bigint[], s_state text[], s_at timestamptz[],
     h_team text[], h_key text[], h_action text[], h_quantity integer[], h_tokens bigint[],
     h_at timestamptz[], h_job text[], h_lead text[]
 )
 RETURNS TABLE (
-    kind text, pos integer, err_code text, err_message text,
+    kind text, pos integer, err_code text, err_message text, err_detail jsonb,
     charge_id bigint, team_id text, period_start timestamptz, period_end timestamptz,
     idempotency_key text, action text, quantity integer, tokens bigint,
     free_tokens bigint, additional_tokens bigint, state text, job_id text, lead_id text,
@@ -384,18 +294,30 @@ RETURNS TABLE (
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
+    ns integer := coalesce(array_length(s_charge, 1), 0);
     nh integer := coalesce(array_length(h_team, 1), 0);
-    settled bigint[];
-    h_code text[] := array_fill(NULL::text, ARRAY[nh]);
-    h_msg text[] := array_fill(NULL::text, ARRAY[nh]);
+    settled bigint[] := '{}';
+    s_team text[] := '{}';
+    s_month timestamptz[] := '{}';
+    -- Per hold, by position: its error, its month (NULL: none, not to be held),
+    -- its charge (new, replayed, or the one its reused key belongs to), whether
+    -- it was refused, its split, its team's limit and the room left after it.
+    -- Filled as they are learnt (a position never set reads NULL), except
+    -- h_month, walked with h_team.
+    h_code text[] := '{}';
     h_month timestamptz[] := array_fill(NULL::timestamptz, ARRAY[nh]);
-    h_charge bigint[] := array_fill(NULL::bigint, ARRAY[nh]);
-    h_replayed boolean[] := array_fill(NULL::boolean, ARRAY[nh]);
-    h_refused boolean[] := array_fill(false, ARRAY[nh]);
-    h_free bigint[] := array_fill(NULL::bigint, ARRAY[nh]);
-    h_free_av bigint[] := array_fill(NULL::bigint, ARRAY[nh]);
-    h_add_av bigint[] := array_fill(NULL::bigint, ARRAY[nh]);
+    h_end timestamptz[] := '{}';
+    h_charge bigint[] := '{}';
+    h_replayed boolean[] := '{}';
+    h_refused boolean[] := '{}';
+    h_free bigint[] := '{}';
+    h_lim bigint[] := '{}';
+    h_free_av bigint[] := '{}';
+    h_add_av bigint[] := '{}';
     new_pos integer[] := '{}';
+    inserted integer[] := '{}';
+    l_team text[];
+    l_month timestamptz[];
     ord integer[];
     i integer;
     k record;
@@ -405,7 +327,8 @@ DECLARE
     cur_known boolean;
     cur_start timestamptz;
     cur_end timestamptz;
-    lim bigint;
+    cur_t teams;
+    cur_p plans;
     free_av bigint;
     add_av bigint;
 BEGIN
@@ -413,97 +336,190 @@ BEGIN
     --    its month); those still held, with a valid new state, will be settled.
     --    Statements on charges here reach rows by id only (the primary key), so a plan
     --    cached while the table was small cannot wander onto another index later.
-    SELECT coalesce(array_agg(l.id) FILTER (
-               WHERE l.state = 'held'
-                 AND s_state[array_position(s_charge, l.id)] IN ('captured', 'released', 'expired')
-           ), '{}')
-      INTO settled
-      FROM (SELECT ch.id, ch.state FROM charges ch WHERE ch.id = ANY (s_charge)
-             ORDER BY ch.id FOR UPDATE) l;
+    IF ns > 0 THEN
+        SELECT coalesce(array_agg(l.id) FILTER (WHERE l.go), '{}'),
+               coalesce(array_agg(l.team_id) FILTER (WHERE l.go), '{}'),
+               coalesce(array_agg(l.period_start) FILTER (WHERE l.go), '{}')
+          INTO settled, s_team, s_month
+          FROM (SELECT ch.id, ch.team_id, ch.period_start,
+                       ch.state = 'held' AND s_state[array_position(s_charge, ch.id)]
+                           IN ('captured', 'released', 'expired') AS go
+                  FROM charges ch WHERE ch.id = ANY (s_charge)
+                 ORDER BY ch.id FOR UPDATE) l;
+    END IF;
 
-    -- 2. A known key answers from its charge, without a month (as tokens_hold does).
-    --    One lookup for the whole batch, planned afresh (see tokens_charge_by_key).
-    FOR k IN EXECUTE
-        'SELECT u.i::integer AS i, ch.id, ch.action, ch.quantity
-           FROM unnest($1::text[], $2::text[]) WITH ORDINALITY u(t, k, i)
-           JOIN charges ch ON ch.team_id = u.t AND ch.idempotency_key = u.k'
-        USING h_team, h_key
-    LOOP
-        IF k.action <> h_action[k.i] OR k.quantity <> h_quantity[k.i] THEN
-            h_code[k.i] := 'TK002';
-            h_msg[k.i] := format(
-                'idempotency key %s of team %s was used for %s x%s (charge %s), not %s x%s',
-                h_key[k.i], h_team[k.i], k.action, k.quantity, k.id,
-                h_action[k.i], h_quantity[k.i]);
+    -- 2. A known key answers from its charge, without a month: a retry does not
+    --    queue on the month lock. One lookup for the whole call, planned afresh
+    --    (see tokens_charge_by_key).
+    IF nh > 0 THEN
+        FOR k IN EXECUTE CASE WHEN nh = 1 THEN
+            'SELECT 1 AS i, ch.id, ch.action, ch.quantity FROM charges ch
+              WHERE ch.team_id = $1[1] AND ch.idempotency_key = $2[1]'
         ELSE
+            'SELECT u.i::integer AS i, ch.id, ch.action, ch.quantity
+               FROM unnest($1::text[], $2::text[]) WITH ORDINALITY u(t, k, i)
+               JOIN LATERAL (SELECT c.id, c.action, c.quantity FROM charges c
+                              WHERE c.team_id = u.t AND c.idempotency_key = u.k
+                             OFFSET 0) ch ON true'
+        END USING h_team, h_key
+        LOOP
             h_charge[k.i] := k.id;
-            h_replayed[k.i] := true;
-        END IF;
-    END LOOP;
+            IF k.action <> h_action[k.i] OR k.quantity <> h_quantity[k.i] THEN
+                h_code[k.i] := 'TK002';
+            ELSE
+                h_replayed[k.i] := true;
+            END IF;
+        END LOOP;
 
-    --    Every other hold's billing month, opened on first use; teams visited in id order.
-    SELECT coalesce(array_agg(u.i::integer ORDER BY u.t, u.i), '{}') INTO ord
-      FROM unnest(h_team) WITH ORDINALITY u(t, i);
-    FOREACH i IN ARRAY ord LOOP
-        IF h_team[i] IS DISTINCT FROM cur_team THEN
-            cur_team := h_team[i];
-            cur_known := EXISTS (SELECT 1 FROM teams t WHERE t.id = cur_team);
-            cur_start := NULL;
+        --    Every other hold's billing month, opened on first use, and its team's
+        --    additional-token limit; teams visited in id order.
+        IF nh = 1 THEN
+            ord := '{1}';
+        ELSE
+            SELECT coalesce(array_agg(u.i::integer ORDER BY u.t, u.i), '{}') INTO ord
+              FROM unnest(h_team) WITH ORDINALITY u(t, i);
         END IF;
-        IF NOT cur_known THEN
-            h_code[i] := 'TK001';
-            h_msg[i] := format('unknown team %s', cur_team);
-            CONTINUE;
-        END IF;
-        CONTINUE WHEN h_charge[i] IS NOT NULL OR h_code[i] IS NOT NULL;
-        IF cur_start IS NULL OR h_at[i] < cur_start OR h_at[i] >= cur_end THEN
-            m := tokens_open_month(cur_team, h_at[i]);
-            cur_start := m.period_start;
-            cur_end := m.period_end;
-        END IF;
-        h_month[i] := cur_start;
-    END LOOP;
+        FOREACH i IN ARRAY ord LOOP
+            IF h_team[i] IS DISTINCT FROM cur_team THEN
+                cur_team := h_team[i];
+                SELECT * INTO cur_t FROM teams t WHERE t.id = cur_team;
+                cur_known := FOUND;
+                IF cur_known THEN
+                    SELECT * INTO cur_p FROM plans p WHERE p.name = cur_t.plan;
+                END IF;
+                cur_start := NULL;
+            END IF;
+            IF NOT cur_known THEN
+                h_code[i] := 'TK001';
+                CONTINUE;
+            END IF;
+            CONTINUE WHEN h_charge[i] IS NOT NULL;
+            IF cur_start IS NULL OR h_at[i] < cur_start OR h_at[i] >= cur_end THEN
+                -- The month is there already, mostly (tokens_open_month's first look).
+                SELECT * INTO m FROM billing_months b
+                 WHERE b.team_id = cur_team AND b.period_start <= h_at[i]
+                 ORDER BY b.period_start DESC LIMIT 1;
+                IF NOT FOUND OR m.period_end <= h_at[i] THEN
+                    m := tokens_open_month(cur_team, h_at[i]);
+                END IF;
+                cur_start := m.period_start;
+                cur_end := m.period_end;
+            END IF;
+            h_month[i] := cur_start;
+            h_end[i] := cur_end;
+            -- The month's limit: 0 once the subscription has ended (tokens_month_limit).
+            h_lim[i] := tokens_month_limit(cur_t, cur_p, cur_start);
+        END LOOP;
+    END IF;
 
-    -- 3. Every month this batch changes, locked in (team, month) order.
-    PERFORM 1 FROM billing_months b
-     WHERE (b.team_id, b.period_start) IN (
-               SELECT ch.team_id, ch.period_start FROM charges ch WHERE ch.id = ANY (s_charge)
-               UNION
-               SELECT u.t, u.ms FROM unnest(h_team, h_month) u(t, ms) WHERE u.ms IS NOT NULL)
-     ORDER BY b.team_id, b.period_start
-       FOR NO KEY UPDATE;
+    -- 3. Every month this call changes, locked in (team, month) order.
+    --
+    --    Here and below, a month (or charge, team) row is reached by its key, one
+    --    lookup per item: joined to a whole table instead, a plan made while the
+    --    table was small, or for the rows a generic plan guesses an array has,
+    --    scans all of it on every call. And the items are walked by
+    --    generate_subscripts, not unnest: Postgres estimates unnest from the
+    --    array itself, so the plan for a one-item call looks cheaper than the
+    --    cached one, and each call would be planned anew (costlier than running
+    --    it); generate_subscripts gives one estimate whatever the array, and the
+    --    plan is made once per connection.
+    l_team := s_team || h_team;
+    l_month := s_month || h_month;
+    IF cardinality(l_team) = 0 THEN
+        NULL;  -- nothing to change: replays and errors only
+    ELSIF cardinality(l_team) = 1 THEN  -- one item: its month, if any
+        PERFORM 1 FROM billing_months b
+         WHERE b.team_id = l_team[1] AND b.period_start = l_month[1]
+           FOR NO KEY UPDATE;
+    ELSE
+        PERFORM 1
+           FROM (SELECT DISTINCT l_team[j] AS t, l_month[j] AS ms
+                   FROM generate_subscripts(l_team, 1) j
+                  WHERE l_month[j] IS NOT NULL
+                  ORDER BY 1, 2) k,
+                LATERAL (SELECT 1 FROM billing_months b
+                          WHERE b.team_id = k.t AND b.period_start = k.ms
+                            FOR NO KEY UPDATE) l;
+    END IF;
 
     -- 4. Settlements: a held charge takes its new state and moves its tokens from
     --    held to spent (captured) or back (released, expired), one update per month.
-    WITH done AS (
-        UPDATE charges ch
-           SET state = s_state[array_position(s_charge, ch.id)],
-               settled_at = s_at[array_position(s_charge, ch.id)]
-         WHERE ch.id = ANY (settled)
-        RETURNING ch.id, ch.team_id, ch.period_start, ch.free_tokens, ch.additional_tokens,
-                  ch.state
-    ), months AS (
-        UPDATE billing_months b
-           SET free_held = b.free_held - d.free_held,
-               additional_held = b.additional_held - d.additional_held,
-               free_spent = b.free_spent + d.free_spent,
-               additional_spent = b.additional_spent + d.additional_spent
-          FROM (SELECT done.team_id, done.period_start,
-                       sum(done.free_tokens) AS free_held,
-                       sum(done.additional_tokens) AS additional_held,
-                       coalesce(sum(done.free_tokens) FILTER (WHERE done.state = 'captured'), 0)
-                           AS free_spent,
-                       coalesce(sum(done.additional_tokens)
-                                FILTER (WHERE done.state = 'captured'), 0) AS additional_spent
-                  FROM done GROUP BY done.team_id, done.period_start) d
-         WHERE b.team_id = d.team_id AND b.period_start = d.period_start
-    )
-    SELECT count(*) INTO i FROM done;
+    IF cardinality(settled) > 0 THEN
+        WITH done AS (
+            UPDATE charges ch
+               SET state = s_state[array_position(s_charge, ch.id)],
+                   settled_at = s_at[array_position(s_charge, ch.id)]
+             WHERE ch.id = ANY (settled)
+            RETURNING ch.id, ch.team_id, ch.period_start, ch.free_tokens, ch.additional_tokens,
+                      ch.state
+        ), months AS (
+            UPDATE billing_months b
+               SET free_held = b.free_held - d.free_held,
+                   additional_held = b.additional_held - d.additional_held,
+                   free_spent = b.free_spent + d.free_spent,
+                   additional_spent = b.additional_spent + d.additional_spent
+              FROM (SELECT done.team_id, done.period_start,
+                           sum(done.free_tokens) AS free_held,
+                           sum(done.additional_tokens) AS additional_held,
+                           coalesce(sum(done.free_tokens) FILTER (WHERE done.state = 'captured'),
+                                    0) AS free_spent,
+                           coalesce(sum(done.additional_tokens)
+                                    FILTER (WHERE done.state = 'captured'), 0)
+                               AS additional_spent
+                      FROM done GROUP BY done.team_id, done.period_start) d
+             WHERE b.team_id = d.team_id AND b.period_start = d.period_start
+               AND b.team_id = ANY (s_team)
+        )
+        SELECT count(*) INTO i FROM done;
+    END IF;
 
-    -- 5. Holds, decided one by one on each month's running totals: free first, then
+    -- 5. What each settlement gets back (the holds below change no column it reads);
+    --    an error with the ids it concerns.
+    IF ns > 0 THEN
+        RETURN QUERY
+        SELECT 'settle', u.i::integer, e.code,
+               CASE WHEN e.code IS NOT NULL THEN tokens_error_message(e.code, e.detail) END,
+               e.detail,
+               ch.id, ch.team_id, ch.period_start, mb.period_end, ch.idempotency_key, ch.action,
+               ch.quantity, ch.tokens, ch.free_tokens, ch.additional_tokens, ch.state,
+               ch.job_id, ch.lead_id, ch.held_at, ch.settled_at, NULL::boolean,
+               ch.id = ANY (settled), NULL::bigint, NULL::bigint, mb.unbilled, mb.reached
+          FROM (SELECT j AS i, s_charge[j] AS id, s_state[j] AS st
+                  FROM generate_subscripts(s_charge, 1) j) u
+          LEFT JOIN LATERAL (SELECT * FROM charges c1 WHERE c1.id = u.id OFFSET 0) ch ON true
+          CROSS JOIN LATERAL (
+              SELECT x.code,
+                     CASE WHEN x.code IS NOT NULL THEN jsonb_build_object(
+                         'charge', u.id, 'team', ch.team_id, 'key', ch.idempotency_key,
+                         'state', ch.state, 'wanted', u.st) END AS detail
+                FROM (SELECT CASE WHEN ch.id IS NULL THEN 'TK003'
+                                  WHEN u.st IS NULL
+                                       OR u.st NOT IN ('captured', 'released', 'expired')
+                                      THEN 'TK006'
+                                  WHEN ch.state <> u.st THEN 'TK004' END AS code) x) e
+          LEFT JOIN LATERAL (
+              SELECT b.period_end, b.additional_spent - b.additional_billed AS unbilled,
+                     (b.additional_spent - b.additional_billed) * p.unit_price * 100
+                         >= p.threshold_cents AS reached
+                FROM billing_months b
+                JOIN teams t ON t.id = b.team_id
+                JOIN plans p ON p.name = t.plan
+               WHERE b.team_id = ch.team_id AND b.period_start = ch.period_start
+              OFFSET 0) mb ON true;
+    END IF;
+
+    IF nh = 0 THEN
+        RETURN;
+    END IF;
+
+    -- 6. Holds, decided one by one on each month's running totals: free first, then
     --    additional up to the team's limit, refused whole when short...
-    SELECT coalesce(array_agg(u.i::integer ORDER BY u.t, u.ms, u.i), '{}') INTO ord
-      FROM unnest(h_team, h_month) WITH ORDINALITY u(t, ms, i) WHERE u.ms IS NOT NULL;
+    IF nh = 1 THEN
+        ord := CASE WHEN h_month[1] IS NULL THEN '{}' ELSE '{1}' END;
+    ELSE
+        SELECT coalesce(array_agg(u.i::integer ORDER BY u.t, u.ms, u.i), '{}') INTO ord
+          FROM unnest(h_team, h_month) WITH ORDINALITY u(t, ms, i) WHERE u.ms IS NOT NULL;
+    END IF;
     cur_team := NULL;
     cur_start := NULL;
     FOREACH i IN ARRAY ord LOOP
@@ -512,10 +528,8 @@ BEGIN
             cur_start := h_month[i];
             SELECT * INTO m FROM billing_months b
              WHERE b.team_id = cur_team AND b.period_start = cur_start;
-            SELECT tokens_month_limit(t, p, cur_start) INTO lim
-              FROM teams t JOIN plans p ON p.name = t.plan WHERE t.id = cur_team;
             free_av := m.free_granted - m.free_held - m.free_spent;
-            add_av := greatest(lim - m.additional_held - m.additional_spent, 0);
+            add_av := greatest(h_lim[i] - m.additional_held - m.additional_spent, 0);
         END IF;
         h_replayed[i] := false;
         IF h_tokens[i] <= free_av + add_av THEN
@@ -531,88 +545,160 @@ BEGIN
     END LOOP;
 
     --    ...then inserted together, and each month's held totals raised once by
-    --    what was inserted. A key that a concurrent transaction committed since
+    --    what was inserted (a batch holds a (team, key) once: its key finds it). A key that a concurrent transaction committed since
     --    step 2 is not inserted (ON CONFLICT) and answers with that charge; the
-    --    room it was given stays unused by this batch.
-    FOR k IN
-        WITH ins AS (
+    --    room it was given stays unused by this call.
+    IF cardinality(new_pos) > 0 THEN
+        FOR k IN
             INSERT INTO charges (team_id, period_start, idempotency_key, action, quantity,
                                  tokens, free_tokens, additional_tokens, state, job_id,
                                  lead_id, held_at)
-            SELECT h_team[j], h_month[j], h_key[j], h_action[j], h_quantity[j], h_tokens[j],
-                   h_free[j], h_tokens[j] - h_free[j], 'held', h_job[j], h_lead[j], h_at[j]
-              FROM unnest(new_pos) j
+            SELECT h_team[j], h_month[j], h_key[j], h_action[j], h_quantity[j],
+                   h_tokens[j], h_free[j], h_tokens[j] - h_free[j], 'held', h_job[j],
+                   h_lead[j], h_at[j]
+              FROM (SELECT new_pos[n] AS j FROM generate_subscripts(new_pos, 1) n) p
             ON CONFLICT (team_id, idempotency_key) DO NOTHING
-            RETURNING charges.id, charges.team_id, charges.idempotency_key,
-                      charges.period_start, charges.free_tokens, charges.additional_tokens
-        ), months AS (
-            UPDATE billing_months b
-               SET free_held = b.free_held + d.free_tokens,
-                   additional_held = b.additional_held + d.additional_tokens
-              FROM (SELECT ins.team_id, ins.period_start, sum(ins.free_tokens) AS free_tokens,
-                           sum(ins.additional_tokens) AS additional_tokens
-                      FROM ins GROUP BY ins.team_id, ins.period_start) d
-             WHERE b.team_id = d.team_id AND b.period_start = d.period_start
-        )
-        SELECT j AS i, ins.id FROM unnest(new_pos) j
-          LEFT JOIN ins ON ins.team_id = h_team[j] AND ins.idempotency_key = h_key[j]
-    LOOP
-        h_charge[k.i] := k.id;
-    END LOOP;
+            RETURNING charges.id, charges.team_id, charges.idempotency_key
+        LOOP
+            FOREACH i IN ARRAY array_positions(h_key, k.idempotency_key) LOOP
+                IF h_team[i] = k.team_id THEN
+                    h_charge[i] := k.id;
+                    inserted := inserted || i;
+                END IF;
+            END LOOP;
+        END LOOP;
+        UPDATE billing_months b
+           SET free_held = b.free_held + d.free_tokens,
+               additional_held = b.additional_held + d.additional_tokens
+          FROM (SELECT h_team[j] AS team_id, h_month[j] AS period_start,
+                       sum(h_free[j]) AS free_tokens,
+                       sum(h_tokens[j] - h_free[j]) AS additional_tokens
+                  FROM (SELECT inserted[n] AS j FROM generate_subscripts(inserted, 1) n) p
+                 GROUP BY 1, 2) d
+         WHERE b.team_id = d.team_id AND b.period_start = d.period_start
+           AND b.team_id = ANY (h_team);
+    END IF;
 
     --    A refusal, or a key that lost the race, looks for a charge with its key.
     FOR i IN 1..nh LOOP
         CONTINUE WHEN h_month[i] IS NULL OR h_charge[i] IS NOT NULL;
         c := tokens_charge_by_key(h_team[i], h_key[i]);
         CONTINUE WHEN c.id IS NULL;  -- refused
+        h_charge[i] := c.id;
+        h_end[i] := NULL;  -- its month is the charge's
         h_refused[i] := false;
         h_free_av[i] := NULL;
         h_add_av[i] := NULL;
         IF c.action <> h_action[i] OR c.quantity <> h_quantity[i] THEN
             h_code[i] := 'TK002';
-            h_msg[i] := format(
-                'idempotency key %s of team %s was used for %s x%s (charge %s), not %s x%s',
-                h_key[i], h_team[i], c.action, c.quantity, c.id, h_action[i], h_quantity[i]);
         ELSE
-            h_charge[i] := c.id;
             h_replayed[i] := true;
         END IF;
     END LOOP;
 
-    -- 6. What each item gets back, read after every change above.
+    -- 7. What each hold gets back, read after every change above; an error with
+    --    the ids it concerns.
     RETURN QUERY
-    SELECT 'settle', u.i::integer,
-           CASE WHEN ch.id IS NULL THEN 'TK003'
-                WHEN u.st IS NULL OR u.st NOT IN ('captured', 'released', 'expired') THEN '22023'
-                WHEN ch.state <> u.st THEN 'TK004' END,
-           CASE WHEN ch.id IS NULL THEN format('unknown charge %s', u.id)
-                WHEN u.st IS NULL OR u.st NOT IN ('captured', 'released', 'expired')
-                    THEN format('cannot settle a charge as %s', u.st)
-                WHEN ch.state <> u.st
-                    THEN format('charge %s is already %s, it cannot be %s', ch.id, ch.state, u.st)
-           END,
-           ch.id, ch.team_id, ch.period_start, b.period_end, ch.idempotency_key, ch.action,
-           ch.quantity, ch.tokens, ch.free_tokens, ch.additional_tokens, ch.state,
-           ch.job_id, ch.lead_id, ch.held_at, ch.settled_at, NULL::boolean,
-           ch.id = ANY (settled), NULL::bigint, NULL::bigint,
-           b.additional_spent - b.additional_billed,
-           (b.additional_spent - b.additional_billed) * p.unit_price * 100 >= p.threshold_cents
-      FROM unnest(s_charge, s_state) WITH ORDINALITY u(id, st, i)
-      LEFT JOIN LATERAL (SELECT * FROM charges c1 WHERE c1.id = u.id) ch ON true
-      LEFT JOIN billing_months b ON b.team_id = ch.team_id AND b.period_start = ch.period_start
-      LEFT JOIN teams t ON t.id = ch.team_id
-      LEFT JOIN plans p ON p.name = t.plan;
-    RETURN QUERY
-    SELECT 'hold', u.i::integer, h_code[u.i], h_msg[u.i],
-           ch.id, u.t, coalesce(ch.period_start, h_month[u.i]), b.period_end,
+    SELECT 'hold', u.i::integer, h_code[u.i],
+           CASE WHEN h_code[u.i] IS NOT NULL THEN tokens_error_message(h_code[u.i], e.detail) END,
+           e.detail,
+           ch.id, u.t, coalesce(ch.period_start, h_month[u.i]),
+           coalesce(h_end[u.i], (SELECT b.period_end FROM billing_months b
+                                  WHERE b.team_id = u.t AND b.period_start = ch.period_start)),
            h_key[u.i], h_action[u.i], h_quantity[u.i], coalesce(ch.tokens, h_tokens[u.i]),
            coalesce(ch.free_tokens, 0), coalesce(ch.additional_tokens, 0),
            CASE WHEN h_refused[u.i] THEN 'refused' ELSE ch.state END,
-           ch.job_id, ch.lead_id, ch.held_at, ch.settled_at, h_replayed[u.i], NULL::boolean,
-           h_free_av[u.i], h_add_av[u.i], NULL::bigint, NULL::boolean
-      FROM unnest(h_team) WITH ORDINALITY u(t, i)
-      LEFT JOIN LATERAL (SELECT * FROM charges c1 WHERE c1.id = h_charge[u.i]) ch ON true
-      LEFT JOIN billing_months b
-        ON b.team_id = u.t AND b.period_start = coalesce(ch.period_start, h_month[u.i]);
+           ch.job_id, ch.lead_id, ch.held_at, ch.settled_at, h_replayed[u.i],
+           NULL::boolean, h_free_av[u.i], h_add_av[u.i], NULL::bigint, NULL::boolean
+      FROM (SELECT j AS i, h_team[j] AS t FROM generate_subscripts(h_team, 1) j) u
+      LEFT JOIN LATERAL (SELECT * FROM charges c1 WHERE c1.id = h_charge[u.i] OFFSET 0) ch
+        ON true
+      LEFT JOIN LATERAL (
+          SELECT jsonb_build_object(
+                     'team', u.t, 'key', h_key[u.i], 'charge', ch.id,
+                     'action', h_action[u.i], 'quantity', h_quantity[u.i],
+                     'used_action', ch.action, 'used_quantity', ch.quantity) AS detail
+           WHERE h_code[u.i] IS NOT NULL) e ON true;
+END
+$$;
+
+-- One hold, for psql and the tests: tokens_apply with one hold; its error raised.
+CREATE FUNCTION tokens_hold(
+    p_team text, p_key text, p_action text, p_quantity integer, p_tokens bigint,
+    p_at timestamptz, p_job text, p_lead text,
+    OUT charge_id bigint, OUT state text, OUT replayed boolean,
+    OUT tokens bigint, OUT free_tokens bigint, OUT additional_tokens bigint,
+    OUT period_start timestamptz, OUT period_end timestamptz, OUT held_at timestamptz,
+    OUT free_available bigint, OUT additional_available bigint
+)
+LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+BEGIN
+    SELECT * INTO r FROM tokens_apply('{}', '{}', '{}', ARRAY[p_team], ARRAY[p_key],
+                                      ARRAY[p_action], ARRAY[p_quantity], ARRAY[p_tokens],
+                                      ARRAY[p_at], ARRAY[p_job], ARRAY[p_lead]);
+    IF r.err_code IS NOT NULL THEN
+        PERFORM tokens_raise(r.err_code, r.err_detail);
+    END IF;
+    charge_id := r.charge_id; state := r.state; replayed := r.replayed; tokens := r.tokens;
+    free_tokens := r.free_tokens; additional_tokens := r.additional_tokens;
+    period_start := r.period_start; period_end := r.period_end; held_at := r.held_at;
+    free_available := r.free_available; additional_available := r.additional_available;
+END
+$$;
+
+-- One settlement, for psql and the tests: tokens_apply with one settlement; its
+-- error raised.
+CREATE FUNCTION tokens_settle(
+    p_charge bigint, p_state text, p_at timestamptz,
+    OUT charge charges, OUT changed boolean,
+    OUT unbilled_additional bigint, OUT threshold_reached boolean
+)
+LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+BEGIN
+    SELECT * INTO r FROM tokens_apply(ARRAY[p_charge], ARRAY[p_state], ARRAY[p_at],
+                                      '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}');
+    IF r.err_code IS NOT NULL THEN
+        PERFORM tokens_raise(r.err_code, r.err_detail);
+    END IF;
+    SELECT * INTO charge FROM charges c WHERE c.id = p_charge;
+    changed := r.changed;
+    unbilled_additional := r.unbilled_additional;
+    threshold_reached := r.threshold_reached;
+END
+$$;
+
+-- Expire holds placed before p_older_than and still held: their worker is
+-- presumed dead (the TTL exceeds any job's timeout). One sweep at a time;
+-- holds being settled right now are skipped, not waited for. Settled by
+-- tokens_apply, like any other settlement.
+CREATE FUNCTION tokens_expire_holds(p_older_than timestamptz, p_at timestamptz)
+RETURNS SETOF charges
+LANGUAGE plpgsql AS $$
+DECLARE
+    ids bigint[];
+    n integer;
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtext('tokens_expire_holds'));
+    SELECT coalesce(array_agg(l.id), '{}') INTO ids
+      FROM (SELECT ch.id FROM charges ch
+             WHERE ch.state = 'held' AND ch.held_at < p_older_than
+             ORDER BY ch.id
+             FOR UPDATE SKIP LOCKED) l;
+    n := cardinality(ids);
+    IF n = 0 THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
+    SELECT a.charge_id, a.team_id, a.period_start, a.idempotency_key, a.action, a.quantity,
+           a.tokens, a.free_tokens, a.additional_tokens, a.state, a.job_id, a.lead_id,
+           a.held_at, a.settled_at
+      FROM tokens_apply(ids, array_fill('expired'::text, ARRAY[n]), array_fill(p_at, ARRAY[n]),
+                        '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}') a
+     WHERE a.changed
+     ORDER BY a.team_id, a.period_start, a.charge_id;
 END
 $$;

@@ -35,13 +35,6 @@ RETURNING *
 -- limit_changes --
 SELECT * FROM limit_changes WHERE team_id = $1 ORDER BY id
 
--- hold --
-SELECT * FROM tokens_hold($1, $2, $3, $4, $5, $6, $7, $8)
-
--- settle --
-SELECT (s.charge).*, s.changed, s.unbilled_additional, s.threshold_reached
-FROM tokens_settle($1, $2, $3) s
-
 -- expire_holds --
 SELECT * FROM tokens_expire_holds($1, $2)
 
