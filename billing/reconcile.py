@@ -3,7 +3,7 @@ learn what Stripe did with the finalized ones.
 
 Runs from cron (`tokens reconcile`), periodically inside the worker, and
 right after a capture lifts a team over its threshold. Any number of runs
-may overlap: bills are made on locked month rows (sql/functions.sql) and
+may overlap: bills are made on locked month rows (billing/sql/functions.sql) and
 sent under a lease with a fencing token (sender.py).
 
 Every run reads the Stripe status of each bill that is open, payment_failed or

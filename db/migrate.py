@@ -17,7 +17,10 @@ from db.pool import Conn
 MIGRATIONS_PACKAGE = "db.migrations"
 # Re-applied, in this order, after the versioned migrations whenever they change.
 FUNCTION_FILES = (
-    ("ledger.sql", "functions.sql"),
+    ("ledger.sql", "errors.sql"),
+    ("ledger.sql", "periods.sql"),
+    ("ledger.sql", "holds.sql"),
+    ("ledger.sql", "teams.sql"),
     ("billing.sql", "functions.sql"),
     ("ledger.sql", "alerts.sql"),
 )

@@ -1,7 +1,7 @@
 """Every refusal the ledger can give, each with the ids it concerns.
 
 Database errors are translated once, here (`translate`, `from_code`): an
-error of sql/functions.sql, raised (SQLSTATE TK0xx, DETAIL) or given as one
+error of the money functions (sql/errors.sql), raised (SQLSTATE TK0xx, DETAIL) or given as one
 item's answer by tokens_apply (err_code, err_detail), becomes the same typed
 error, carrying the ids it concerns.
 """
@@ -146,7 +146,7 @@ NOT_MIGRATED = "the database is not migrated: run `tokens migrate`"
 
 
 def from_code(code: str, message: str, detail: Mapping[str, Any]) -> TokensError:
-    """The typed error for an error of sql/functions.sql: its TK0xx code, its message
+    """The typed error for an error of the money functions: its TK0xx code, its message
     (written once, in tokens_error_message) and the ids it concerns (its DETAIL)."""
     if code == "TK001":
         return UnknownTeam(detail["team"])

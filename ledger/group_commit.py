@@ -1,7 +1,7 @@
 """Group commit: the concurrent holds and settlements of one process, in one transaction.
 
 Every hold and settlement goes to Postgres through `apply`, one `tokens_apply`
-call (sql/functions.sql, where the hold and settle rules live). One commit per
+call (sql/holds.sql, where the hold and settle rules live). One commit per
 charge caps a hot team at what one Postgres connection can commit in a row
 (two commits per search: the hold and the capture). So a caller's hold or
 settlement is queued, and whatever queued while the previous batch was

@@ -2,7 +2,7 @@
 
 Every method validates its input first (nothing is written on bad input),
 then runs one statement or one visible transaction. The arithmetic on
-balances happens in sql/functions.sql, on locked rows.
+balances happens in sql/holds.sql, on locked rows.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 -- Every statement the ledger sends, by name. Parsed once by ledger/queries.py.
--- The state changes themselves are the functions in functions.sql.
+-- The state changes themselves are the functions in holds.sql, periods.sql, teams.sql.
 
 -- upsert_plan --
 INSERT INTO plans (name, free_tokens, per_seat, once, additional_allowed, unit_price,

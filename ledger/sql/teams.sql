@@ -1,0 +1,65 @@
+-- Teams: plan, seats, anchor and customer changes, and what they do to the current month.
+--
+-- Re-applied by `tokens migrate` whenever this file changes (after the
+-- versioned migrations, in the same transaction; db/migrate.py lists the files
+-- in the order they are applied: errors, periods, holds, teams).
+
+DROP FUNCTION IF EXISTS tokens_set_team(text, text, integer, text, timestamptz, text, timestamptz)
+    CASCADE;
+
+-- Create or update a team (SPEC section 2). A month's grant only grows: a
+-- plan or seat change raises the current month's grant at once to what the
+-- new plan x seats gives, never lowers it. A new anchor (a trial converting,
+-- a new subscription) cuts the month it falls in short, so the next month
+-- starts at the anchor; unspent free tokens end there.
+CREATE FUNCTION tokens_set_team(
+    p_team text, p_plan text, p_seats integer, p_interval text, p_anchor timestamptz,
+    p_customer text, p_at timestamptz,
+    OUT team teams, OUT created boolean
+)
+LANGUAGE plpgsql AS $$
+DECLARE
+    old teams;
+    m billing_months;
+    p plans;
+BEGIN
+    SELECT * INTO old FROM teams WHERE id = p_team FOR UPDATE;
+    created := NOT FOUND;
+    IF created THEN
+        INSERT INTO teams (id, plan, seats, billing_interval, anchor, stripe_customer,
+                           created_at, updated_at)
+        VALUES (p_team, p_plan, p_seats, p_interval, p_anchor, p_customer, p_at, p_at)
+        RETURNING * INTO team;
+        RETURN;
+    END IF;
+
+    IF p_anchor <> old.anchor THEN
+        IF EXISTS (SELECT 1 FROM billing_months b
+                    WHERE b.team_id = p_team AND b.period_start >= p_anchor) THEN
+            PERFORM tokens_raise('TK005', jsonb_build_object('team', p_team, 'anchor', p_anchor));
+        END IF;
+        UPDATE billing_months b SET period_end = p_anchor
+         WHERE b.team_id = p_team AND b.period_start < p_anchor AND b.period_end > p_anchor;
+    END IF;
+
+    UPDATE teams
+       SET plan = p_plan, seats = p_seats, billing_interval = p_interval, anchor = p_anchor,
+           stripe_customer = coalesce(p_customer, old.stripe_customer), updated_at = p_at,
+           subscription_ended_at = NULL  -- set again: the team is current
+     WHERE id = p_team
+    RETURNING * INTO team;
+
+    SELECT * INTO m FROM billing_months b
+     WHERE b.team_id = p_team AND b.period_start <= p_at AND b.period_end > p_at
+     FOR NO KEY UPDATE;
+    IF FOUND THEN
+        SELECT * INTO p FROM plans WHERE name = p_plan;
+        UPDATE billing_months b
+           SET free_granted = greatest(b.free_granted, tokens_grant(p, p_seats, team.trial_granted))
+         WHERE b.team_id = p_team AND b.period_start = m.period_start;
+        IF p.once AND NOT team.trial_granted THEN
+            UPDATE teams SET trial_granted = true WHERE id = p_team RETURNING * INTO team;
+        END IF;
+    END IF;
+END
+$$;
