@@ -144,10 +144,14 @@ async def _render(
 ) -> HTMLResponse:
     section = await svc.ledger.billing(team, at=svc.clock())
     charges, next_cursor = await history_page(svc, team, cursor=cursor, limit=PAGE_SIZE)
+    alerts = [
+        a.as_dict() for a in await svc.ledger.alerts(team) if a.period_start == section.period_start
+    ]
     return _html(
         "billing.html",
         status,
         s=render.billing_dict(section),
+        alerts=alerts,
         charges=[render.charge_dict(c) for c in charges],
         next_cursor=next_cursor,
         paged=cursor is not None,

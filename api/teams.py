@@ -130,16 +130,7 @@ async def change_limit(svc: Svc, team: str, tokens: int, who: auth.Caller) -> di
     now = svc.clock()
     change = await svc.ledger.set_limit(team, tokens, actor=who.sub, role=who.role, at=now)
     section = await svc.ledger.billing(team, at=now)
-    return {
-        "team": change.team_id,
-        "actor": change.actor,
-        "role": change.role,
-        "old_limit": change.old_limit,
-        "new_limit": change.new_limit,
-        "changed_at": render.iso(change.changed_at),
-        "additional_limit_usd": str(section.additional_limit_usd),
-        "additional_available": section.additional_available,
-    }
+    return render.limit_change_dict(change, section)
 
 
 @router.put(

@@ -12,7 +12,7 @@ from decimal import Decimal
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from ledger.results import BillingSection, ChargeRow, HoldResult, Settlement
+from ledger.results import BillingSection, ChargeRow, HoldResult, LimitChangeRow, Settlement
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -103,6 +103,20 @@ def hold_dict(held: HoldResult, settlement: Settlement | None) -> dict[str, Any]
         "replayed": held.replayed,
         "period_start": iso(held.period_start),
         "period_end": iso(held.period_end),
+    }
+
+
+def limit_change_dict(change: LimitChangeRow, after: BillingSection) -> dict[str, Any]:
+    """A limit change and what it leaves this month (command line and API alike)."""
+    return {
+        "team": change.team_id,
+        "actor": change.actor,
+        "role": change.role,
+        "old_limit": change.old_limit,
+        "new_limit": change.new_limit,
+        "changed_at": iso(change.changed_at),
+        "additional_limit_usd": str(after.additional_limit_usd),
+        "additional_available": after.additional_available,
     }
 
 

@@ -89,16 +89,7 @@ def team_limit(
         async with open_ledger(settings) as ledger:
             change = await ledger.set_limit(team, limit, actor=actor, role=role, at=now)
             section = await ledger.billing(team, at=now)
-        return {
-            "team": change.team_id,
-            "actor": change.actor,
-            "role": change.role,
-            "old_limit": change.old_limit,
-            "new_limit": change.new_limit,
-            "changed_at": render.iso(change.changed_at),
-            "additional_limit_usd": str(section.additional_limit_usd),
-            "additional_available": section.additional_available,
-        }
+        return render.limit_change_dict(change, section)
 
     out = run(go())
     if json_out:

@@ -32,11 +32,11 @@ DOCS = ROOT / "docs"
 PHONE = {"width": 390, "height": 844}
 
 
-async def cli_billing(live: LiveApi, team: str = "acme") -> dict[str, Any]:
-    """`tokens billing TEAM --json`, the installed command, on the server's database."""
+async def cli_json(live: LiveApi, *args: str) -> Any:
+    """`tokens ARGS --json`, the installed command, on the server's database."""
     proc = await asyncio.to_thread(
         subprocess.run,
-        [*TOKENS, "billing", team, "--json"],
+        [*TOKENS, *args, "--json"],
         env=live.env(),
         cwd=ROOT,
         capture_output=True,
@@ -45,8 +45,19 @@ async def cli_billing(live: LiveApi, team: str = "acme") -> dict[str, Any]:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    out: dict[str, Any] = json.loads(proc.stdout)
+    return json.loads(proc.stdout)
+
+
+async def cli_billing(live: LiveApi, team: str = "acme") -> dict[str, Any]:
+    out: dict[str, Any] = await cli_json(live, "billing", team)
     return out
+
+
+async def cli_alerts(live: LiveApi, team: str = "acme") -> list[dict[str, Any]]:
+    """The team's alerts of the current billing month, newest first."""
+    period = (await cli_billing(live, team))["period_start"]
+    out: list[dict[str, Any]] = await cli_json(live, "alerts", team)
+    return [a for a in out if a["period_start"] == period]
 
 
 async def test_the_real_process_serves_the_contract(live_api: LiveApi) -> None:
@@ -142,6 +153,14 @@ async def test_an_admin_changes_the_limit_through_the_form(live_api: LiveApi, br
     assert await _text(page, "#additional-spent-usd") == f"${cli['additional_spent_usd']}"
     assert await _text(page, "#additional-limit-usd") == f"${cli['additional_limit_usd']}"
     assert await page.locator("#history tbody tr").count() == 25  # one page of 30 charges
+    # The month's usage alerts, as `tokens alerts` has them.
+    alerts = await cli_alerts(live_api)
+    shown = page.locator("#alerts li")
+    assert await shown.count() == len(alerts) > 0
+    for i, a in enumerate(alerts):
+        item = shown.nth(i)
+        assert await item.get_attribute("data-kind") == a["kind"]
+        assert await item.get_attribute("data-level") == str(a["level"])
     if os.environ.get("TOKENS_UPDATE_SCREENSHOTS"):
         await page.screenshot(path=str(DOCS / "billing-page-desktop.png"), full_page=True)
 
