@@ -67,6 +67,7 @@ from db.pool import create_pool as create_pg_pool
 from ledger.catalog import DEFAULT_CATALOG
 from ledger.service import Ledger
 from runtime.config import Settings
+from worker.memo import _SHARED as _SHARED_MEMOS
 from worker.queue import QUEUE
 from worker.settings import worker_kwargs
 
@@ -198,6 +199,18 @@ def _group_commit_stats(worker: Worker) -> dict[str, Any] | None:
     return {"batches": batches, "items": items, "mean_batch": round(items / batches, 2)}
 
 
+def _memo_stats(worker: Worker) -> dict[str, Any] | None:
+    """How the worker's search memo batched its writes (None when it wrote none)."""
+    memo = _SHARED_MEMOS.get(worker.ctx.get("redis"))
+    if memo is None or not memo.flushes:
+        return None
+    return {
+        "flushes": memo.flushes,
+        "puts": memo.puts,
+        "mean_batch": round(memo.puts / memo.flushes, 2),
+    }
+
+
 async def _month_totals(pool: asyncpg.Pool, teams: list[str]) -> tuple[int, int]:
     """(spent, held) tokens over every billing month of these teams."""
     row = await pool.fetchrow(
@@ -278,6 +291,7 @@ async def _one_run(
     }
     if metered:
         out["group_commit"] = _group_commit_stats(worker)
+        out["memo"] = _memo_stats(worker)
     expected = "captured" if metered else "ok"
     mismatches: list[str] = []
     for job_id, r in zip(job_ids, results, strict=True):
