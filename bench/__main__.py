@@ -219,7 +219,7 @@ async def _bench_billing(pool: asyncpg.Pool, ledger: Ledger, charges: int) -> di
     }
 
 
-async def _run(quick: bool) -> dict[str, Any]:
+async def _run(quick: bool, before: str | None = None) -> dict[str, Any]:
     concurrencies = [32] if quick else [1, 8, 32, 64]
     duration_s = 3.0 if quick else 5.0
     charges = 100_000 if quick else 1_000_000
@@ -250,7 +250,7 @@ async def _run(quick: bool) -> dict[str, Any]:
         finally:
             await pool.close()
         print("arq, metered jobs against no-op jobs:", flush=True)
-        arq = await arq_overhead.run(dsn, servers.redis_url(), quick=quick)
+        arq = await arq_overhead.run(dsn, servers.redis_url(), quick=quick, before=before)
         print("reconcile:", flush=True)
         reconciled = await reconcile_bench.run(dsn, quick=quick)
         print("HTTP API:", flush=True)
@@ -285,9 +285,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--docs", type=Path, default=Path("docs/benchmarks.md"), help="full run writes this"
     )
+    parser.add_argument(
+        "--before",
+        help="a commit: also run its own arq benchmark on the same servers (arq_overhead.before)",
+    )
     args = parser.parse_args(argv)
     quiet_logs()
-    result = asyncio.run(_run(args.quick))
+    result = asyncio.run(_run(args.quick, args.before))
     print()
     print(report.summary(result))
     if args.json:
