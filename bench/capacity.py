@@ -78,7 +78,7 @@ print(json.dumps(asyncio.run(worker_main(*sys.argv[1:]))), flush=True)
 
 
 async def worker_main(dsn: str, redis_url: str, latency_ms: str, max_jobs: str) -> dict[str, Any]:
-    """One worker process: connect, say ready, wait for the signal, run the queue dry."""
+    """One worker process: start up, say ready, wait for the signal, run the queue dry."""
     from runtime.config import Settings
     from worker.settings import TokensWorker, worker_kwargs
 
@@ -96,24 +96,28 @@ async def worker_main(dsn: str, redis_url: str, latency_ms: str, max_jobs: str) 
     )
     kwargs = worker_kwargs(settings, redis_url, burst=True)
     kwargs["cron_jobs"] = []
-    worker = TokensWorker(**kwargs)
-    redis = await create_pool(RedisSettings.from_dsn(redis_url))
-    try:
+    on_startup = kwargs["on_startup"]
+    started: list[float] = []
+
+    async def ready_then_wait(ctx: dict[str, Any]) -> None:
+        # Connected to Postgres and Redis, catalog synced: the rest is the jobs.
+        await on_startup(ctx)
         print("ready", flush=True)
-        await redis.blpop([GO_KEY], timeout=120)
-        cpu0, t0 = time.process_time(), time.perf_counter()
-        try:
-            await worker.main()
-        finally:
-            await worker.close()
-        return {
-            "cpu_s": time.process_time() - cpu0,
-            "seconds": time.perf_counter() - t0,
-            "complete": worker.jobs_complete,
-            "failed": worker.jobs_failed,
-        }
+        await ctx["redis"].blpop([GO_KEY], timeout=120)
+        started.extend((time.process_time(), time.perf_counter()))
+
+    kwargs["on_startup"] = ready_then_wait
+    worker = TokensWorker(**kwargs)
+    try:
+        await worker.main()
     finally:
-        await redis.aclose()
+        await worker.close()
+    return {
+        "cpu_s": time.process_time() - started[0],
+        "seconds": time.perf_counter() - started[1],
+        "complete": worker.jobs_complete,
+        "failed": worker.jobs_failed,
+    }
 
 
 def _pg_cpu_s(postmaster: int) -> float:
