@@ -116,7 +116,11 @@ def arq_table(a: dict[str, Any]) -> str:
         "| CPU ms/job metered | CPU ms/job no-op |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, row in (("8 teams", a), ("hot team", a["hot_team"])):
+    rows: list[tuple[str, dict[str, Any]]] = [("8 teams", a), ("hot team", a["hot_team"])]
+    if a.get("before"):  # the same benchmark as an earlier commit has it, same servers
+        b = a["before"]
+        rows += [(f"8 teams at {b['rev']}", b), (f"hot team at {b['rev']}", b["hot_team"])]
+    for name, row in rows:
         lines.append(
             f"| {name} | {a['jobs']:,} | {a['max_jobs']} | {row['metered_per_s']:,.0f} "
             f"| {row['noop_per_s']:,.0f} | **{row['overhead_pct']:.1f} %** "
