@@ -11,7 +11,9 @@ the database, and measures on them:
    per operation with the same pool size and concurrency; then, at c32, the
    same with the usage-alert trigger on against off, interleaved (bench/alerts.py);
 2. the latency of `Ledger.billing` for a team with many charges;
-3. arq throughput of metered jobs against no-op jobs (bench/arq_overhead.py);
+3. arq throughput of metered jobs against no-op jobs (bench/arq_overhead.py),
+   then metered jobs/s per worker process at provider latencies 0, 100 ms and
+   1 s, and with 1 to 4 worker processes (bench/capacity.py);
 4. one reconcile run over many teams against the Stripe fake (bench/reconcile.py);
 5. the wall time of a whole `tokens billing --json` / `tokens charge --json`
    process against `python -c pass` (bench/cli_start.py);
@@ -39,7 +41,7 @@ import asyncpg
 
 from bench import alerts as alerts_bench
 from bench import api as api_bench
-from bench import arq_overhead, cli_start, report
+from bench import arq_overhead, capacity, cli_start, report
 from bench import reconcile as reconcile_bench
 from bench.servers import fresh_servers, quiet_logs
 from db.pool import create_pool
@@ -219,7 +221,7 @@ async def _bench_billing(pool: asyncpg.Pool, ledger: Ledger, charges: int) -> di
     }
 
 
-async def _run(quick: bool) -> dict[str, Any]:
+async def _run(quick: bool, before: str | None = None) -> dict[str, Any]:
     concurrencies = [32] if quick else [1, 8, 32, 64]
     duration_s = 3.0 if quick else 5.0
     charges = 100_000 if quick else 1_000_000
@@ -250,7 +252,9 @@ async def _run(quick: bool) -> dict[str, Any]:
         finally:
             await pool.close()
         print("arq, metered jobs against no-op jobs:", flush=True)
-        arq = await arq_overhead.run(dsn, servers.redis_url(), quick=quick)
+        arq = await arq_overhead.run(dsn, servers.redis_url(), quick=quick, before=before)
+        print("capacity, metered jobs/s per worker process:", flush=True)
+        capacity_result = await capacity.run(dsn, servers.redis_url(), quick=quick)
         print("reconcile:", flush=True)
         reconciled = await reconcile_bench.run(dsn, quick=quick)
         print("HTTP API:", flush=True)
@@ -271,6 +275,7 @@ async def _run(quick: bool) -> dict[str, Any]:
         "hold_capture": hold_capture,
         "alerts": alerts,
         "arq_overhead": arq,
+        "capacity": capacity_result,
         "reconcile": reconciled,
         "billing_read": billing,
         "cli": cli,
@@ -285,9 +290,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--docs", type=Path, default=Path("docs/benchmarks.md"), help="full run writes this"
     )
+    parser.add_argument(
+        "--before",
+        help="a commit: also run its own arq benchmark on the same servers (arq_overhead.before)",
+    )
     args = parser.parse_args(argv)
     quiet_logs()
-    result = asyncio.run(_run(args.quick))
+    result = asyncio.run(_run(args.quick, args.before))
     print()
     print(report.summary(result))
     if args.json:

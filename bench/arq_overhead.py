@@ -49,6 +49,9 @@ import asyncio
 import json
 import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -67,6 +70,7 @@ from db.pool import create_pool as create_pg_pool
 from ledger.catalog import DEFAULT_CATALOG
 from ledger.service import Ledger
 from runtime.config import Settings
+from worker.memo import _SHARED as _SHARED_MEMOS
 from worker.queue import QUEUE
 from worker.settings import worker_kwargs
 
@@ -198,6 +202,18 @@ def _group_commit_stats(worker: Worker) -> dict[str, Any] | None:
     return {"batches": batches, "items": items, "mean_batch": round(items / batches, 2)}
 
 
+def _memo_stats(worker: Worker) -> dict[str, Any] | None:
+    """How the worker's search memo batched its writes (None when it wrote none)."""
+    memo = _SHARED_MEMOS.get(worker.ctx.get("redis"))
+    if memo is None or not memo.flushes:
+        return None
+    return {
+        "flushes": memo.flushes,
+        "puts": memo.puts,
+        "mean_batch": round(memo.puts / memo.flushes, 2),
+    }
+
+
 async def _month_totals(pool: asyncpg.Pool, teams: list[str]) -> tuple[int, int]:
     """(spent, held) tokens over every billing month of these teams."""
     row = await pool.fetchrow(
@@ -278,6 +294,7 @@ async def _one_run(
     }
     if metered:
         out["group_commit"] = _group_commit_stats(worker)
+        out["memo"] = _memo_stats(worker)
     expected = "captured" if metered else "ok"
     mismatches: list[str] = []
     for job_id, r in zip(job_ids, results, strict=True):
@@ -377,11 +394,61 @@ def _summary(name: str, scenario: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def run(dsn: str, redis_url: str, *, quick: bool) -> dict[str, Any]:
+BEFORE_SCRIPT = """
+import asyncio, json, sys
+from bench.arq_overhead import run
+from bench.servers import quiet_logs
+quiet_logs()
+r = asyncio.run(run(sys.argv[1], sys.argv[2], quick=sys.argv[3] == "1"))
+print(json.dumps({k: v for k, v in r.items() if k not in ("scenarios", "warmup")}))
+"""
+
+
+def _extract(rev: str, tree: str) -> None:
+    """Commit `rev` of this repository, as files under `tree`."""
+    repo = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(
+        ["git", "-C", str(repo), "archive", rev], check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", tree], input=archive, check=True)
+
+
+async def run_before(rev: str, dsn: str, redis_url: str, *, quick: bool) -> dict[str, Any]:
+    """This same benchmark as commit `rev` has it, its own code (`git archive`) in a
+    child process on the same servers, right after this one: its metered and no-op
+    runs against each other, so that its overhead is comparable with this run's."""
+    with tempfile.TemporaryDirectory(prefix="tokens-before-") as tree:
+        await asyncio.to_thread(_extract, rev, tree)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            BEFORE_SCRIPT,
+            dsn,
+            redis_url,
+            "1" if quick else "0",
+            cwd=tree,
+            env={**os.environ, "PYTHONPATH": tree},
+            stdout=asyncio.subprocess.PIPE,
+        )
+        out, _ = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"the benchmark of {rev} failed ({proc.returncode})")
+    lines = out.decode().strip().splitlines()
+    for line in lines[:-1]:
+        print(f"  [{rev}] {line}", flush=True)
+    result: dict[str, Any] = json.loads(lines[-1])
+    return {"rev": rev, **result}
+
+
+async def run(
+    dsn: str, redis_url: str, *, quick: bool, before: str | None = None
+) -> dict[str, Any]:
     """Metered vs no-op arq throughput on a migrated Postgres and a running Redis.
 
     The headline (`metered_per_s`, `noop_per_s`, `overhead_pct`) is the `teams`
-    scenario, medians over the runs; `hot_team` has the same keys.
+    scenario, medians over the runs; `hot_team` has the same keys. `before`: a
+    commit whose own version of this benchmark then runs on the same servers
+    (`run_before`), reported under `before`.
     """
     quiet_logs()
     shape = QUICK if quick else FULL
@@ -412,6 +479,10 @@ async def run(dsn: str, redis_url: str, *, quick: bool) -> dict[str, Any]:
 
     mismatches = sum(s["mismatches"] for s in scenarios.values())
     mismatches += sum(w["mismatches"] for w in warmup)
+    earlier = None
+    if before is not None:
+        print(f"  arq, the same benchmark at {before}:", flush=True)
+        earlier = await run_before(before, dsn, redis_url, quick=quick)
     return {
         **{k: v for k, v in _summary("teams", scenarios["teams"]).items() if k != "scenario"},
         "jobs": shape["jobs"],
@@ -428,14 +499,15 @@ async def run(dsn: str, redis_url: str, *, quick: bool) -> dict[str, Any]:
         "verified": mismatches == 0 and not drift,
         "scenarios": scenarios,
         "warmup": warmup,
+        "before": earlier,
     }
 
 
-async def _standalone(quick: bool, profile: Path | None) -> dict[str, Any]:
+async def _standalone(quick: bool, profile: Path | None, before: str | None) -> dict[str, Any]:
     async with fresh_servers("tokens-arqbench-") as servers:
         redis_url = servers.redis_url()
         if profile is None:
-            return await run(servers.dsn, redis_url, quick=quick)
+            return await run(servers.dsn, redis_url, quick=quick, before=before)
         import cProfile
 
         profiler = cProfile.Profile()
@@ -452,9 +524,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="one pair of 1,500-job runs")
     parser.add_argument("--json", type=Path, help="write the result as one JSON object here")
     parser.add_argument("--profile", type=Path, help="cProfile the whole run into this file")
+    parser.add_argument("--before", help="also run this benchmark as this commit has it")
     args = parser.parse_args(argv)
     quiet_logs()
-    result = asyncio.run(_standalone(args.quick, args.profile))
+    result = asyncio.run(_standalone(args.quick, args.profile, args.before))
     summary = {k: v for k, v in result.items() if k not in ("scenarios", "warmup")}
     print(json.dumps(summary, indent=2))
     if args.json:

@@ -116,11 +116,30 @@ def arq_table(a: dict[str, Any]) -> str:
         "| CPU ms/job metered | CPU ms/job no-op |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, row in (("8 teams", a), ("hot team", a["hot_team"])):
+    rows: list[tuple[str, dict[str, Any]]] = [("8 teams", a), ("hot team", a["hot_team"])]
+    if a.get("before"):  # the same benchmark as an earlier commit has it, same servers
+        b = a["before"]
+        rows += [(f"8 teams at {b['rev']}", b), (f"hot team at {b['rev']}", b["hot_team"])]
+    for name, row in rows:
         lines.append(
             f"| {name} | {a['jobs']:,} | {a['max_jobs']} | {row['metered_per_s']:,.0f} "
             f"| {row['noop_per_s']:,.0f} | **{row['overhead_pct']:.1f} %** "
             f"| {row['metered_cpu_ms_per_job']:.2f} | {row['noop_cpu_ms_per_job']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def capacity_table(c: dict[str, Any]) -> str:
+    lines = [
+        "| provider latency | max_jobs | worker processes | metered jobs/s | per process "
+        "| worker CPU ms/job | Postgres CPU ms/job | worker cores | Postgres cores |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for p in [*c["per_process"], *c["scaling"]]:
+        lines.append(
+            f"| {p['latency_ms']:,} ms | {p['max_jobs']} | {p['processes']} | {p['per_s']:,.0f} "
+            f"| {p['per_s_per_process']:,.0f} | {p['worker_cpu_ms_per_job']:.2f} "
+            f"| {p['pg_cpu_ms_per_job']:.2f} | {p['worker_cores']:.2f} | {p['pg_cores']:.2f} |"
         )
     return "\n".join(lines)
 
@@ -340,6 +359,26 @@ metered/no-op. Medians of the runs; every metered job is checked `captured`
 and the ledger is checked to hold exactly the jobs' charges.
 
 {arq_table(result["arq_overhead"])}
+
+## How many workers
+
+`bench/capacity.py`: metered lead jobs (sandbox providers with the latency
+below) run by N `tokens worker` processes (`TokensWorker`, burst mode, the
+cron jobs left out), started up first and then all released at once;
+jobs/s = jobs / (last finish - first start), every job checked `captured`
+and the ledger checked. Worker CPU is the processes' own; Postgres CPU is the
+server's (backends, WAL writer, checkpointer) from /proc. Worker cores and
+Postgres cores are those CPU seconds over the point's seconds.
+
+{capacity_table(result["capacity"])}
+
+Reading: a worker process is bound by its slots when the provider is slow
+(max_jobs / latency: 32 slots at 1 s give 32 jobs/s, 128 slots about 128)
+and by its CPU when it is fast. One Postgres core keeps up with about
+{result["capacity"]["workers_per_pg_core"]} busy worker cores (worker CPU per
+job over Postgres CPU per job, latency 0). On this 2-core machine the
+workers, Postgres and Valkey share the cores, so more processes do not add
+jobs/s: the cores, not Postgres, are the limit here.
 
 ## Reconcile
 

@@ -2,7 +2,32 @@
 
 from __future__ import annotations
 
+from typing import Generic, TypeVar
+
 from prometheus_client import Counter, Histogram
+from prometheus_client.metrics import MetricWrapperBase
+
+M = TypeVar("M", bound=MetricWrapperBase)
+
+
+class Children(Generic[M]):
+    """A labelled metric's children, looked up once per label values.
+
+    `metric.labels(...)` validates and joins its label values under a lock on
+    every call; the money path counts three or four events per job, so it keeps
+    the children it has met (the same objects `labels` returns).
+    """
+
+    def __init__(self, metric: M) -> None:
+        self.metric = metric
+        self._children: dict[tuple[str, ...], M] = {}
+
+    def __call__(self, *values: str) -> M:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self.metric.labels(*values)
+        return child
+
 
 TOKENS = Counter(
     "tokens_tokens_total", "Tokens by what happened to them", ["action", "event"]
@@ -15,3 +40,6 @@ OUTAGES = Counter(
     "Ledger calls that met an unreachable Postgres/Redis",
     ["what", "event"],
 )  # what: hold, capture, release, sweep, reconcile; event: waited (in the job), deferred (requeued)
+
+tokens_counter = Children(TOKENS)
+jobs_counter = Children(JOBS)

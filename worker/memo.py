@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import weakref
 from typing import Any
 
 import structlog
@@ -27,14 +28,27 @@ CALL_TIMEOUT_S = 2.0
 
 
 class RedisSearchMemo:
+    """One per worker (`shared_memo`): the puts of the jobs that reach them in
+    the same turn of the event loop go to Redis in one pipeline, one round trip.
+
+    Each job still waits for its own put before it captures, as with one SET
+    each: batching changes the round trips, not what is remembered when.
+    """
+
     def __init__(self, redis: Any, ttl_seconds: int) -> None:
         self.redis = redis
         # A hold older than the hold TTL is released by the sweep: no memo outlives it.
         self.ttl_seconds = ttl_seconds
+        self._pending: list[tuple[str, str, asyncio.Future[None]]] = []
+        self._flushing: set[asyncio.Task[None]] = set()
+        # Round trips and puts, for tests and benchmarks.
+        self.flushes = 0
+        self.puts = 0
 
     async def get(self, key: str) -> SearchResult | None:
         try:
-            raw = await asyncio.wait_for(self.redis.get(PREFIX + key), CALL_TIMEOUT_S)
+            async with asyncio.timeout(CALL_TIMEOUT_S):
+                raw = await self.redis.get(PREFIX + key)
         except Exception as exc:
             if not is_transient(exc):
                 raise
@@ -60,11 +74,50 @@ class RedisSearchMemo:
             },
             default=str,
         )
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._pending.append((PREFIX + key, body, done))
+        if len(self._pending) == 1:
+            # Starts on the loop's next turn: every put of this turn goes with it.
+            task = loop.create_task(self._flush())
+            self._flushing.add(task)
+            task.add_done_callback(self._flushing.discard)
         try:
-            await asyncio.wait_for(
-                self.redis.set(PREFIX + key, body, ex=self.ttl_seconds), CALL_TIMEOUT_S
-            )
+            async with asyncio.timeout(CALL_TIMEOUT_S):
+                await done
         except Exception as exc:
             if not is_transient(exc):
                 raise
             log.warning("search_memo_unreachable", key=key, error=type(exc).__name__)
+
+    async def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        self.flushes += 1
+        self.puts += len(batch)
+        try:
+            async with asyncio.timeout(CALL_TIMEOUT_S):
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for key, body, _ in batch:
+                        pipe.set(key, body, ex=self.ttl_seconds)
+                    await pipe.execute()
+        except BaseException as exc:
+            for _, _, done in batch:
+                if not done.done():
+                    done.set_exception(exc if isinstance(exc, Exception) else TimeoutError())
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            for _, _, done in batch:
+                if not done.done():
+                    done.set_result(None)
+
+
+_SHARED: weakref.WeakKeyDictionary[Any, RedisSearchMemo] = weakref.WeakKeyDictionary()
+
+
+def shared_memo(redis: Any, ttl_seconds: int) -> RedisSearchMemo:
+    """The worker's one memo on this Redis connection pool (built on first use)."""
+    memo = _SHARED.get(redis)
+    if memo is None or memo.ttl_seconds != ttl_seconds:
+        memo = _SHARED[redis] = RedisSearchMemo(redis, ttl_seconds)
+    return memo

@@ -31,7 +31,7 @@ from arq.worker import Retry
 from ledger.errors import ChargeAlreadySettled
 from ledger.results import Settlement
 from ledger.service import Ledger
-from runtime.metrics import JOBS, OUTAGES, TOKENS
+from runtime.metrics import OUTAGES, jobs_counter, tokens_counter
 from runtime.transient import is_transient, ride_out
 from worker.providers import ProviderFailure, SearchResult
 
@@ -123,7 +123,7 @@ async def metered(
         outage=_Outage(outage_until, outage_wait),
         memo=memo,
     )
-    JOBS.labels(action, out["status"]).inc()
+    jobs_counter(action, out["status"]).inc()
     return out
 
 
@@ -153,7 +153,7 @@ async def _metered(
     )
     base |= {"charge_id": held.charge_id, "tokens": held.tokens}
     if held.refused:
-        TOKENS.labels(action, "refused").inc(held.tokens)
+        tokens_counter(action, "refused").inc(held.tokens)
         return base | {
             "status": "refused",
             "reason": "not enough tokens",
@@ -167,7 +167,7 @@ async def _metered(
         return base | {"status": "released", "reason": f"the hold was {held.state} earlier"}
     assert held.charge_id is not None
     if not held.replayed:
-        TOKENS.labels(action, "held").inc(held.tokens)
+        tokens_counter(action, "held").inc(held.tokens)
 
     charge_id = held.charge_id
     reused = await memo.get(f"{team}:{key}") if memo is not None and held.replayed else None
@@ -203,7 +203,7 @@ async def _metered(
             "sandbox": result.sandbox,
             "data": result.data,
         }
-    TOKENS.labels(action, "captured").inc(held.tokens)
+    tokens_counter(action, "captured").inc(held.tokens)
     if settlement.threshold_reached and on_threshold is not None:
         await on_threshold(settlement)
     return base | {
@@ -253,7 +253,7 @@ async def _search(
             "release",
             {"job_id": base["job_id"], "key": key},
         )
-        TOKENS.labels(action, "released").inc(base["tokens"])
+        tokens_counter(action, "released").inc(base["tokens"])
         log.warning("provider_failed", **base, key=key, reason=failure.reason, job_try=job_try)
         return base | {
             "status": "failed",

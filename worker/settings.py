@@ -141,7 +141,9 @@ def worker_kwargs(
         )
         try:
             await ensure_schema(pool, settings)
-            ledger = Ledger(pool, catalog(settings))
+            # One batch committing at a time: the jobs' holds and captures wait for
+            # it together, fewer round trips per job (bench/arq_overhead.py).
+            ledger = Ledger(pool, catalog(settings), batches_in_flight=1)
             await ledger.sync_catalog()
         except BaseException:
             # A worker that cannot start must not leave a pool behind, retrying its

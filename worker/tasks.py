@@ -24,7 +24,7 @@ from ledger.results import Settlement
 from runtime.metrics import OUTAGES
 from runtime.transient import is_transient, ride_out
 from worker.context import Deps, deps_of
-from worker.memo import CALL_TIMEOUT_S, RedisSearchMemo
+from worker.memo import CALL_TIMEOUT_S, shared_memo
 from worker.metering import OutageRetry, metered, outage_defer_seconds
 from worker.payloads import DebounceLead, IcebreakerPayload, Lead, SequencePayload, parse
 from worker.providers import SearchResult
@@ -115,7 +115,7 @@ async def _metered_job(
         backoff_base=settings.retry_backoff_seconds,
         outage_until=outage_deadline(deps),
         outage_wait=settings.outage_wait_seconds,
-        memo=RedisSearchMemo(ctx["redis"], settings.hold_ttl_seconds),
+        memo=shared_memo(ctx["redis"], settings.hold_ttl_seconds),
     )
 
 
