@@ -331,6 +331,12 @@ class StripeSender:
         if invoice is None or invoice.id != bill.stripe_invoice_id:
             invoice = await client.v1.invoices.retrieve_async(bill.stripe_invoice_id)
         now = self.clock()
+        # Stripe's own collection tried since we last looked, and the invoice is still
+        # open: those attempts were declined. Count them before deciding to pay, so
+        # that a card Stripe just failed is not charged again within the wait.
+        tried = int(getattr(invoice, "attempt_count", 0) or 0)
+        if invoice.status == "open" and tried > bill.declines:
+            return await self._declined_at_stripe(bill, tried, now), True
         if invoice.status == "open" and self._pay_due(bill, now):
             attempt = await self.pool.fetchval(
                 q("count_pay_attempt", SQL), bill.id, bill.lease_token
@@ -382,6 +388,30 @@ class StripeSender:
         )
         row = await self.pool.fetchrow(
             q("record_decline", SQL), bill.id, bill.lease_token, code, message, now, next_pay
+        )
+        if row is None:
+            raise LeaseLost(bill.id)
+        return Bill.model_validate(dict(row))
+
+    async def _declined_at_stripe(self, bill: Bill, attempts: int, now: datetime) -> Bill:
+        """Stripe's automatic collection failed (`attempts` in all on the invoice): the
+        bill is `payment_failed`, its declines are Stripe's count, and the next pay of
+        ours waits out DECLINE_WAIT (none after MAX_DECLINES)."""
+        next_pay = now + DECLINE_WAIT if attempts < MAX_DECLINES else None
+        message = f"Stripe's automatic collection failed ({attempts} attempt(s) on the invoice)"
+        if next_pay is None:
+            message += ": the reconciler stops paying; Stripe may retry"
+        log.warning(
+            "bill_declined_at_stripe", bill_id=bill.id, team=bill.team_id, attempts=attempts
+        )
+        row = await self.pool.fetchrow(
+            q("record_stripe_declines", SQL),
+            bill.id,
+            bill.lease_token,
+            attempts,
+            message,
+            now,
+            next_pay,
         )
         if row is None:
             raise LeaseLost(bill.id)

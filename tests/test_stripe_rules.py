@@ -269,6 +269,28 @@ async def test_stripes_own_collection_is_recognized_without_another_pay(
     assert report.bills[0].status == "paid" and len(stripe_fake.calls("pay")) == 1
 
 
+async def test_a_decline_by_stripes_own_collection_waits_a_day_before_our_pay(
+    ledger: Ledger, pool: asyncpg.Pool, stripe_fake: StripeFake
+) -> None:
+    await one_bill(ledger, stripe_fake, card_declines="insufficient_funds")
+    slow = {"pay_after": timedelta(hours=1)}
+    first = await run(pool, clocked(pool, stripe_fake, T0, **slow), T0)
+    assert first.bills[0].status == "open" and stripe_fake.calls("pay") == []
+    stripe_fake.run_automatic_collection()  # Stripe tries the card itself: declined
+    moments = ["2026-01-20T02:00:00", "2026-01-20T03:00:00", "2026-01-21T01:59:00"]
+    for when in moments:  # past pay_after, but within a day of Stripe's decline
+        report = await run(pool, clocked(pool, stripe_fake, when, **slow), T0)
+        assert report.bills[0].status == "payment_failed"
+        assert stripe_fake.calls("pay") == []
+        assert report.failed == (1 if when == moments[0] else 0)  # a new decline, once
+    row = await bill_row(pool)
+    assert (row["declines"], row["next_pay_at"]) == (1, at("2026-01-21T02:00:00"))
+    later = await run(pool, clocked(pool, stripe_fake, "2026-01-21T02:00:00", **slow), T0)
+    assert len(stripe_fake.calls("pay")) == 1  # our own pay, a day after Stripe's
+    assert later.bills[0].decline_code == "insufficient_funds"
+    assert (await bill_row(pool))["declines"] == 2
+
+
 async def test_three_requests_a_bill_when_stripe_collects(
     ledger: Ledger, pool: asyncpg.Pool, stripe_fake: StripeFake
 ) -> None:

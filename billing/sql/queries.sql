@@ -64,6 +64,16 @@ SET status = 'payment_failed', decline_code = $3, declines = declines + 1,
 WHERE id = $1 AND lease_token = $2
 RETURNING *
 
+-- record_stripe_declines --
+-- Stripe's own collection failed: $3 attempts on the invoice so far, $4 message,
+-- $5 now, $6 next pay time (NULL: stop paying). Its decline code is not on the
+-- invoice: a code already kept (one of our own pays) stays.
+UPDATE bills
+SET status = 'payment_failed', declines = $3, last_declined_at = $5, next_pay_at = $6,
+    last_error = $4, error_code = 'card_declined', updated_at = $5
+WHERE id = $1 AND lease_token = $2
+RETURNING *
+
 -- count_pay_attempt --
 UPDATE bills SET pay_attempts = pay_attempts + 1
 WHERE id = $1 AND lease_token = $2
