@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -41,6 +40,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from bench.servers import postgres_cpu_s, postmaster_of
 from db.migrate import migrate
 from db.pool import create_pool
 from ledger.catalog import DEFAULT_CATALOG
@@ -122,32 +122,6 @@ async def _database(server_dsn: str, name: str, *, alerts: bool) -> str:
     return dsn
 
 
-def _server_cpu_s(postmaster: int) -> float:
-    """CPU seconds used so far by a Postgres server: the postmaster and its children."""
-    ticks = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue  # gone meanwhile
-        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
-        pid, ppid = int(entry.name), int(fields[1])
-        if pid == postmaster or ppid == postmaster:
-            ticks += int(fields[11]) + int(fields[12])  # utime + stime
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def _parent(pid: int) -> int:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return int(stat[stat.rindex(")") + 2 :].split()[1])
-
-
-async def _postmaster(pool: asyncpg.Pool) -> int:
-    return _parent(int(await pool.fetchval("SELECT pg_backend_pid()")))
-
-
 async def _point(
     ledger: Ledger, teams: list[str], tag: str, duration_s: float, postmaster: int
 ) -> tuple[float, float]:
@@ -160,9 +134,9 @@ async def _point(
             raise RuntimeError(f"bench hold refused: {held}")
         await ledger.capture(held.charge_id, at=AT)
 
-    cpu = _server_cpu_s(postmaster)
+    cpu = postgres_cpu_s(postmaster)
     measured = await _drive(ledger.pool, op, CONCURRENCY, duration_s)
-    cpu = _server_cpu_s(postmaster) - cpu
+    cpu = postgres_cpu_s(postmaster) - cpu
     return float(measured["per_s"]), cpu * 1000 / max(measured["ops"], 1)
 
 
@@ -227,7 +201,7 @@ async def run(server_dsn: str, *, quick: bool) -> dict[str, Any]:
     }
     try:
         ledgers = {m: Ledger(pools[m], DEFAULT_CATALOG) for m in pools}
-        postmaster = await _postmaster(pools["on"])
+        postmaster = await postmaster_of(pools["on"])
         for r in range(rounds):
             for scenario in SCENARIOS:
                 for mode in ("on", "off") if r % 2 == 0 else ("off", "on"):

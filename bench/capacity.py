@@ -54,7 +54,7 @@ from bench.arq_overhead import (
     _results,
     _setup_teams,
 )
-from bench.servers import fresh_servers, quiet_logs
+from bench.servers import fresh_servers, postgres_cpu_s, postmaster_of, quiet_logs
 from db.pool import create_pool as create_pg_pool
 from ledger.catalog import DEFAULT_CATALOG
 from ledger.service import Ledger
@@ -120,35 +120,6 @@ async def worker_main(dsn: str, redis_url: str, latency_ms: str, max_jobs: str) 
     }
 
 
-def _pg_cpu_s(postmaster: int) -> float:
-    """CPU seconds of a Postgres server so far: the postmaster with the children it
-    has reaped (backends that exited), and its live children."""
-    ticks = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue  # gone meanwhile
-        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
-        pid, ppid = int(entry.name), int(fields[1])
-        if pid == postmaster:
-            ticks += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
-        elif ppid == postmaster:
-            ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def _parent(pid: int) -> int:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return int(stat[stat.rindex(")") + 2 :].split()[1])
-
-
-async def _postmaster(pool: asyncpg.Pool) -> int:
-    return _parent(int(await pool.fetchval("SELECT pg_backend_pid()")))
-
-
 def _jobs_for(latency_ms: int, max_jobs: int, processes: int, shape: dict[str, Any]) -> int:
     per_worker = (
         CPU_BOUND_PER_S if latency_ms == 0 else min(CPU_BOUND_PER_S, max_jobs * 1000 / latency_ms)
@@ -201,7 +172,7 @@ async def _point(
     procs = await asyncio.gather(
         *(_start_worker(dsn, redis_url, latency_ms, max_jobs) for _ in range(processes))
     )
-    pg0 = _pg_cpu_s(postmaster)
+    pg0 = postgres_cpu_s(postmaster)
     await redis.rpush(GO_KEY, *(["go"] * processes))
     reports = []
     for proc in procs:
@@ -209,7 +180,7 @@ async def _point(
         if proc.returncode != 0:
             raise RuntimeError(f"a bench worker failed ({proc.returncode})")
         reports.append(json.loads(out.decode().strip().splitlines()[-1]))
-    pg_cpu = _pg_cpu_s(postmaster) - pg0
+    pg_cpu = postgres_cpu_s(postmaster) - pg0
     job_ids = [j[0] for j in jobs]
     results = await _results(redis, job_ids)
     await _forget_results(redis, job_ids)
@@ -264,7 +235,7 @@ async def run(dsn: str, redis_url: str, *, quick: bool) -> dict[str, Any]:
         ledger = Ledger(pool, DEFAULT_CATALOG)
         await ledger.sync_catalog()
         await _setup_teams(ledger, teams)
-        postmaster = await _postmaster(pool)
+        postmaster = await postmaster_of(pool)
 
         async def point(latency_ms: int, max_jobs: int, processes: int) -> dict[str, Any]:
             return await _point(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -52,3 +53,32 @@ def quiet_logs() -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
     )
     logging.getLogger("arq").setLevel(logging.WARNING)
+
+
+def postgres_cpu_s(postmaster: int) -> float:
+    """CPU seconds of a Postgres server so far: the postmaster with the children it
+    has reaped (backends that exited), and its live children."""
+    ticks = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+        pid, ppid = int(entry.name), int(fields[1])
+        if pid == postmaster:
+            ticks += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+        elif ppid == postmaster:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _parent(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2 :].split()[1])
+
+
+async def postmaster_of(pool: asyncpg.Pool) -> int:
+    return _parent(int(await pool.fetchval("SELECT pg_backend_pid()")))
