@@ -179,6 +179,11 @@ REFUSALS = [
         "quantity",
     ),
     ("reconcile --at not-a-time", 1, "--at"),
+    ("bills --status bogus", 1, "unknown bill status"),
+    ("bill show 999999", 1, "unknown bill"),
+    ("bill show abc", 1, "bill id"),
+    ("bill reissue 999999", 1, "unknown bill"),
+    ("alerts nobody-{team}", 1, "unknown team"),
     ("charge {team}", 2, "missing argument"),
 ]
 
@@ -254,6 +259,31 @@ def test_reconcile_bills_the_month_end(tokens: Tokens) -> None:
     )
     again = tokens.ok("reconcile", "--team", team, "--json", "--at", "2026-02-01T00:00:00Z")
     assert again.json()["bills_created"] == 0
+
+    # Finance's view of the same bill, each command a fresh process.
+    listed = tokens.ok("bills", "--team", team, "--json").json()
+    assert [(b["bill_id"], b["tokens"], b["status"]) for b in listed] == [
+        (bill["bill_id"], 50, "unsent")
+    ]
+    assert set(listed[0]) >= {"bill_id", "team", "reason", "tokens", "amount_cents", "status"}
+    shown = tokens.ok("bill", "show", str(bill["bill_id"]), "--json").json()
+    assert shown["by_action"] == {"debounce": 50}
+    assert sum(c["additional_tokens"] for c in shown["charges"]) == 50
+    rows = list(
+        csv.DictReader(io.StringIO(tokens.ok("bill", "show", str(bill["bill_id"]), "--csv").out))
+    )
+    assert sum(int(r["additional_tokens"]) for r in rows) == 50
+    # An unsent bill (no Stripe key here) is not reissued: nothing was sent.
+    tokens.refused("bill", "reissue", str(bill["bill_id"]))
+
+
+def test_alerts_as_a_process(tokens: Tokens) -> None:
+    team = team_name()
+    make_team(tokens, team)  # 250 free tokens
+    tokens.ok("charge", team, "ai_sequence", "--quantity", "4", "--at", "2026-01-02T00:00:00Z")
+    alerts = tokens.ok("alerts", team, "--json").json()
+    assert [(a["kind"], a["level"], a["spent"]) for a in alerts] == [("free", 80, 200)]
+    assert set(alerts[0]) >= {"alert_id", "team", "kind", "level", "period_start", "spent"}
 
 
 def test_sixteen_processes_on_room_for_ten(tokens: Tokens) -> None:
