@@ -25,12 +25,14 @@ from pathlib import Path
 
 import structlog
 
+# The base commit's layout first: `db` may also be found outside PYTHONPATH (the
+# project installed in the environment), and would then migrate the tree's schema.
 try:
+    from ledger.migrate import migrate  # type: ignore[import-not-found,no-redef,unused-ignore]
+    from runtime.db import create_pool  # type: ignore[import-not-found,no-redef,unused-ignore]
+except ImportError:  # the tree's layout, with the db/ layer
     from db.migrate import migrate
     from db.pool import create_pool
-except ImportError:  # the base commit's layout, before the db/ layer
-    from ledger.migrate import migrate  # type: ignore[no-redef]
-    from runtime.db import create_pool  # type: ignore[no-redef]
 
 from ledger.catalog import DEFAULT_CATALOG
 from ledger.service import Ledger

@@ -82,7 +82,17 @@ RETURNS TABLE (
     free_available bigint, additional_available bigint,
     unbilled_additional bigint, threshold_reached boolean
 )
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- Every statement below is written to be planned once per connection (rows reached
+-- by key, items walked by generate_subscripts: see step 3), but the plan cache
+-- still made a custom plan on every call for those whose parameters are arrays
+-- (`= ANY (...)`, array_position): it costs their estimate of a one-element
+-- array against the generic one and keeps replanning. For a lone call (a batch
+-- of one) that planning was about a fifth of its Postgres CPU. The generic plan
+-- is the plan these statements were written for. EXECUTE (the key lookups,
+-- tokens_charge_by_key) still plans afresh: a one-shot plan is always custom.
+SET plan_cache_mode = force_generic_plan
+AS $$
 #variable_conflict use_column
 DECLARE
     ns integer := coalesce(array_length(s_charge, 1), 0);
