@@ -417,6 +417,22 @@ async def test_zero_decimal_currencies_are_not_multiplied_by_100(
     assert invoice["currency"] == "jpy" and invoice["total"] == 70
 
 
+async def test_the_threshold_of_a_zero_decimal_currency_is_not_reached_100x_early(
+    ledger: Ledger, pool: asyncpg.Pool, stripe_fake: StripeFake
+) -> None:
+    await billed_team(ledger, stripe_fake)
+    # 1 yen a token, threshold 5,000 yen: reached at 5,000 unbilled tokens, not at 50.
+    await pool.execute("UPDATE plans SET currency = 'jpy', unit_price = 1")
+    small, settled = await ledger.charge(
+        "acme", "debounce", 250 + 100, key="s", at=at("2026-01-20")
+    )
+    assert small.additional_tokens == 100 and settled is not None
+    assert (settled.unbilled_additional, settled.threshold_reached) == (100, False)
+    _, more = await ledger.charge("acme", "debounce", 4900, key="b", at=at("2026-01-20"))
+    assert more is not None
+    assert (more.unbilled_additional, more.threshold_reached) == (5000, True)
+
+
 async def test_each_charge_is_billed_by_exactly_one_bill_and_the_parts_add_up(
     ledger: Ledger, pool: asyncpg.Pool, stripe_fake: StripeFake
 ) -> None:

@@ -4,21 +4,10 @@
 -- billing_months.additional_billed by its tokens, on the locked month row, so
 -- two reconcilers at once serialise on that row and the second finds nothing
 -- left to bill. Sending to Stripe happens afterwards (billing/sender.py).
+-- Amounts use tokens_minor_units (ledger/sql/periods.sql).
 
 DROP FUNCTION IF EXISTS tokens_create_bills(text, timestamptz) CASCADE;
-DROP FUNCTION IF EXISTS tokens_minor_units(text) CASCADE;
 DROP FUNCTION IF EXISTS tokens_reissue_bill(bigint, timestamptz) CASCADE;
-
--- Minor units per major unit of a currency, as Stripe counts amounts: 1 for
--- Stripe's zero-decimal currencies (https://docs.stripe.com/currencies#zero-decimal),
--- 100 for the others. (Stripe's three-decimal currencies, e.g. BHD, are not
--- supported by this catalog's prices.)
-CREATE FUNCTION tokens_minor_units(p_currency text)
-RETURNS integer
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-RETURN CASE WHEN lower(p_currency) IN (
-    'bif', 'clp', 'djf', 'gnf', 'jpy', 'kmf', 'krw', 'mga', 'pyg', 'rwf', 'ugx', 'vnd',
-    'vuv', 'xaf', 'xof', 'xpf') THEN 1 ELSE 100 END;
 
 -- Bill what is due at p_at, for one team or all (p_team NULL):
 --   threshold: a month's unbilled spent additional tokens are worth at least

@@ -9,6 +9,7 @@ DROP FUNCTION IF EXISTS tokens_period(timestamptz, timestamptz) CASCADE;
 DROP FUNCTION IF EXISTS tokens_grant(plans, integer, boolean) CASCADE;
 DROP FUNCTION IF EXISTS tokens_month_limit(teams, plans, timestamptz) CASCADE;
 DROP FUNCTION IF EXISTS tokens_open_month(text, timestamptz) CASCADE;
+DROP FUNCTION IF EXISTS tokens_minor_units(text) CASCADE;
 
 -- anchor + n months, Stripe's rule: the anchor's day, clamped to the month's
 -- last day (Jan 31 -> Feb 28/29, Mar 31, Apr 30), always from the anchor so
@@ -116,3 +117,14 @@ BEGIN
     RETURN m;
 END
 $$;
+
+-- Minor units per major unit of a currency, as Stripe counts amounts: 1 for
+-- Stripe's zero-decimal currencies (https://docs.stripe.com/currencies#zero-decimal),
+-- 100 for the others. (Stripe's three-decimal currencies, e.g. BHD, are not
+-- supported by this catalog's prices.)
+CREATE FUNCTION tokens_minor_units(p_currency text)
+RETURNS integer
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+RETURN CASE WHEN lower(p_currency) IN (
+    'bif', 'clp', 'djf', 'gnf', 'jpy', 'kmf', 'krw', 'mga', 'pyg', 'rwf', 'ugx', 'vnd',
+    'vuv', 'xaf', 'xof', 'xpf') THEN 1 ELSE 100 END;
