@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
+from billing.models import BillStatus
+
 MAX_JOBS_QUANTITY = 10_000
 
 
@@ -170,17 +172,7 @@ class BillOut(BaseModel):
     unit_price_usd: str
     period_start: str
     period_end: str
-    status: Literal[
-        "unsent",
-        "sending",
-        "open",
-        "paid",
-        "payment_failed",
-        "void",
-        "uncollectible",
-        "failed",
-        "reissued",
-    ]
+    status: BillStatus
     step: str
     stripe_invoice_id: str | None
     stripe_invoice_status: str | None

@@ -158,17 +158,5 @@ async def set_team(team: TeamPath, body: TeamIn, svc: Svc, who: Who) -> JSONResp
         stripe_customer=body.stripe_customer,
     )
     section = await svc.ledger.billing(team, at=now)
-    out = {
-        "team": row.id,
-        "created": created,
-        "plan": row.plan,
-        "seats": row.seats,
-        "interval": row.billing_interval,
-        "anchor": render.iso(row.anchor),
-        "stripe_customer": row.stripe_customer,
-        "additional_limit": row.additional_limit,
-        "period_start": render.iso(section.period_start),
-        "period_end": render.iso(section.period_end),
-        "free_granted": section.free_granted,
-    }
+    out = render.team_set_dict(row, created, section)
     return JSONResponse(out, status_code=201 if created else 200)

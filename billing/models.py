@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal, get_args
 from uuid import UUID
 
 from sqlalchemy import (
@@ -26,7 +26,8 @@ from sqlmodel import Field, SQLModel
 from ledger.models import ts_column  # also registers billing_months, which bills refer to
 
 STEPS = ("created", "invoice_created", "item_added", "finalized", "paid")
-STATUSES = (
+# SPEC 4a's statuses, plus `reissued`; the API's schema uses the same type.
+BillStatus = Literal[
     "unsent",
     "sending",
     "open",
@@ -36,7 +37,8 @@ STATUSES = (
     "uncollectible",
     "failed",
     "reissued",
-)
+]
+STATUSES: tuple[str, ...] = get_args(BillStatus)
 # Statuses a reconcile run still works on: sends, or reads Stripe's status of.
 ACTIVE = ("unsent", "sending", "failed", "open", "payment_failed", "uncollectible")
 

@@ -12,7 +12,14 @@ from decimal import Decimal
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from ledger.results import BillingSection, ChargeRow, HoldResult, LimitChangeRow, Settlement
+from ledger.results import (
+    BillingSection,
+    ChargeRow,
+    HoldResult,
+    LimitChangeRow,
+    Settlement,
+    TeamRow,
+)
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -103,6 +110,23 @@ def hold_dict(held: HoldResult, settlement: Settlement | None) -> dict[str, Any]
         "replayed": held.replayed,
         "period_start": iso(held.period_start),
         "period_end": iso(held.period_end),
+    }
+
+
+def team_set_dict(team: TeamRow, created: bool, now: BillingSection) -> dict[str, Any]:
+    """A team as `tokens team set` and `PUT /v1/teams/{team}` answer: with this month."""
+    return {
+        "team": team.id,
+        "created": created,
+        "plan": team.plan,
+        "seats": team.seats,
+        "interval": team.billing_interval,
+        "anchor": iso(team.anchor),
+        "stripe_customer": team.stripe_customer,
+        "additional_limit": team.additional_limit,
+        "period_start": iso(now.period_start),
+        "period_end": iso(now.period_end),
+        "free_granted": now.free_granted,
     }
 
 

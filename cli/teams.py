@@ -43,19 +43,7 @@ def team_set(
                 stripe_customer=stripe_customer,
             )
             section = await ledger.billing(team, at=now)
-        return {
-            "team": team_row.id,
-            "created": created,
-            "plan": team_row.plan,
-            "seats": team_row.seats,
-            "interval": team_row.billing_interval,
-            "anchor": render.iso(team_row.anchor),
-            "stripe_customer": team_row.stripe_customer,
-            "additional_limit": team_row.additional_limit,
-            "period_start": render.iso(section.period_start),
-            "period_end": render.iso(section.period_end),
-            "free_granted": section.free_granted,
-        }
+        return render.team_set_dict(team_row, created, section)
 
     out = run(go())
     if json_out:
