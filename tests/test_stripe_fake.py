@@ -300,10 +300,9 @@ async def test_a_key_in_flight_gets_409_and_the_client_retry_gets_the_replay(
     stripe_fake: StripeFake,
 ) -> None:
     cus = stripe_fake.add_customer()
-    stripe_fake.delay_next("create_invoice", 0.2)
+    hold = stripe_fake.hold_next("create_invoice")  # the first request stays in flight
 
     async def create(retries: int) -> Any:
-        await asyncio.sleep(0.05 if retries == 0 else 0)
         try:
             return await make_client(retries).v1.invoices.create_async(
                 {"customer": cus}, {"idempotency_key": "k"}
@@ -311,7 +310,11 @@ async def test_a_key_in_flight_gets_409_and_the_client_retry_gets_the_replay(
         except stripe.APIError as exc:
             return exc
 
-    slow, fast = await asyncio.gather(create(2), create(0))
+    first = asyncio.create_task(create(2))
+    await hold.arrived.wait()
+    fast = await create(0)  # the same key while the first is still running at Stripe
+    hold.release()
+    slow = await first
     assert isinstance(fast, stripe.APIError) and fast.http_status == 409
     assert fast.json_body and fast.json_body["error"]["code"] == "idempotency_key_in_use"
     assert isinstance(slow, stripe.Invoice)
