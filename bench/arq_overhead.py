@@ -72,7 +72,7 @@ from ledger.service import Ledger
 from runtime.config import Settings
 from worker.memo import _SHARED as _SHARED_MEMOS
 from worker.queue import QUEUE
-from worker.settings import worker_kwargs
+from worker.settings import TokensWorker, worker_kwargs
 
 ANCHOR = datetime(2025, 1, 1, tzinfo=UTC)
 SETUP_AT = datetime(2025, 1, 1, 0, 0, 1, tzinfo=UTC)
@@ -183,7 +183,7 @@ async def _worker_run(
         started.extend((time.perf_counter(), time.process_time()))
 
     kwargs["on_startup"] = timed_startup
-    worker = Worker(**kwargs)
+    worker = TokensWorker(**kwargs)
     t0 = time.perf_counter()
     try:
         await worker.main()
