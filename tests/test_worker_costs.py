@@ -20,7 +20,7 @@ from ledger.catalog import DEFAULT_CATALOG
 from ledger.logs import cached_logger
 from ledger.service import Ledger
 from runtime.metrics import Children
-from worker.memo import PREFIX, RedisSearchMemo, shared_memo
+from worker.memo import _SHARED, PREFIX, RedisSearchMemo, shared_memo
 from worker.providers import Outcome, SearchResult
 
 
@@ -162,3 +162,212 @@ async def test_with_one_batch_in_flight_what_arrives_meanwhile_goes_together(
     held = await asyncio.gather(*first, *second, *(hold(n) for n in range(2, 9)))
     assert all(h.state == "held" for h in held)
     assert (ledger.group.batches, ledger.group.items) == (batches, 9)
+
+
+# -- the worker: the jobs one poll takes start together ------------------------------
+
+
+async def _burst(worker: Any) -> None:
+    try:
+        await worker.main()
+    finally:
+        await worker.close()
+
+
+def _tokens_worker(database_url: str, redis_url: str, **kwargs: Any) -> Any:
+    from runtime.config import Settings
+    from worker.settings import TokensWorker, worker_kwargs
+
+    settings = Settings(
+        database_url=database_url, redis_url=redis_url, retry_backoff_seconds=0.01, job_max_tries=3
+    )
+    return TokensWorker(**(worker_kwargs(settings, redis_url, burst=True) | kwargs))
+
+
+@pytest.mark.parametrize(("jobs", "group"), [(6, 16), (10, 4)])
+async def test_no_job_of_a_group_starts_before_the_group_is_taken(
+    redis: ArqRedis, database_url: str, redis_url: str, jobs: int, group: int
+) -> None:
+    from arq.worker import func
+
+    from worker.queue import QUEUE
+
+    taken: list[str] = []
+    taken_at_start: list[int] = []
+
+    async def record(ctx: dict[str, Any]) -> str:
+        taken_at_start.append(len(taken))  # jobs taken so far by this worker
+        return str(ctx["job_id"])
+
+    for n in range(jobs):
+        await redis.enqueue_job("record", _job_id=f"j{n}", _queue_name=QUEUE)
+    worker = _tokens_worker(
+        database_url, redis_url, functions=[func(record, name="record")], cron_jobs=[]
+    )
+    worker.start_group = group
+    run_job = worker.run_job
+
+    def counting(job_id: str, score: int) -> Any:
+        taken.append(job_id)  # arq builds a job's run_job when it has taken the job
+        return run_job(job_id, score)
+
+    worker.run_job = counting
+    await _burst(worker)
+    assert worker.jobs_complete == jobs and worker.jobs_failed == 0
+    assert len(taken_at_start) == jobs
+    # arq alone starts each job as soon as it is taken: the first would see 1 taken.
+    assert min(taken_at_start) >= min(group, jobs)
+    if group >= jobs:
+        assert taken_at_start == [jobs] * jobs
+
+
+async def _metered_team(ledger: Ledger) -> None:
+    from tests.conftest import at
+
+    await ledger.set_team(
+        "acme",
+        plan="sales_engagement",
+        seats=10,
+        interval="month",
+        anchor=at("2026-01-01T00:00:00Z"),
+        at=at("2026-01-01T00:00:00Z"),
+    )
+
+
+async def _enqueue_leads(redis: ArqRedis, n: int) -> list[str]:
+    from worker.client import enqueue
+
+    payload = {"leads": [{"id": f"l{i}", "email": f"p{i}@acme.io"} for i in range(n)]}
+    jobs = await enqueue(redis, DEFAULT_CATALOG, "acme", "enrich", payload=payload, job_id="b")
+    return [j.job_id for j in jobs]
+
+
+def _count_searches(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    from worker.providers.sandbox import SandboxEnrichProvider
+
+    searches: dict[str, int] = {}
+    enrich = SandboxEnrichProvider.enrich
+
+    async def counting(self: Any, lead: Any) -> SearchResult:
+        searches[lead.id] = searches.get(lead.id, 0) + 1
+        return await enrich(self, lead)
+
+    monkeypatch.setattr(SandboxEnrichProvider, "enrich", counting)
+    return searches
+
+
+async def _charges(pool: asyncpg.Pool) -> list[tuple[str, str]]:
+    rows = await pool.fetch("SELECT idempotency_key, state FROM charges ORDER BY idempotency_key")
+    return [(r["idempotency_key"], r["state"]) for r in rows]
+
+
+async def test_jobs_started_together_make_one_charge_each_in_shared_batches(
+    ledger: Ledger,
+    pool: asyncpg.Pool,
+    redis: ArqRedis,
+    database_url: str,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from worker.client import result
+
+    n = 12
+    await _metered_team(ledger)
+    searches = _count_searches(monkeypatch)
+    job_ids = await _enqueue_leads(redis, n)
+    worker = _tokens_worker(database_url, redis_url, cron_jobs=[])
+    await _burst(worker)
+    out = [await result(redis, j) for j in job_ids]
+    assert [r["status"] for r in out] == ["captured"] * n
+    assert searches == {f"l{i}": 1 for i in range(n)}
+    keys = sorted(f"{j}:{j.rsplit(':', 1)[1]}" for j in job_ids)  # job id and lead
+    assert await _charges(pool) == [(k, "captured") for k in keys]
+    group = worker.ctx["deps"]["ledger"].group
+    memo = _SHARED.get(worker.ctx["redis"])
+    assert memo is not None and memo.puts == n  # every search remembered before its capture
+    assert group.items == 2 * n  # one hold and one capture per job
+    # Started together, the jobs share batches: fewer than one per hold and capture,
+    # fewer memo round trips than memo writes.
+    assert group.batches < 2 * n and memo.flushes < n
+    assert await ledger.drift() == []
+
+
+async def test_a_capture_batch_whose_answer_is_lost_charges_once(
+    ledger: Ledger,
+    pool: asyncpg.Pool,
+    redis: ArqRedis,
+    database_url: str,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first batch with captures commits, then its answer is lost on the wire:
+    its captures are sent again (alone, or by the job's outage wait) and replay."""
+    from ledger import group_commit
+    from worker.client import result
+
+    n = 8
+    await _metered_team(ledger)
+    searches = _count_searches(monkeypatch)
+    apply = group_commit.apply
+    lost: list[int] = []
+
+    async def losing(conn: Any, items: Any) -> Any:
+        out = await apply(conn, items)
+        if not lost and any(isinstance(i, group_commit.SettleItem) for i in items):
+            lost.append(len(items))
+            raise ConnectionResetError(104, "Connection reset by peer")
+        return out
+
+    monkeypatch.setattr(group_commit, "apply", losing)
+    job_ids = await _enqueue_leads(redis, n)
+    await _burst(_tokens_worker(database_url, redis_url, cron_jobs=[]))
+    assert lost  # the failure happened
+    out = [await result(redis, j) for j in job_ids]
+    assert [r["status"] for r in out] == ["captured"] * n
+    assert searches == {f"l{i}": 1 for i in range(n)}
+    assert [s for _, s in await _charges(pool)] == ["captured"] * n
+    assert await ledger.drift() == []
+
+
+@pytest.mark.parametrize("committed", [False, True])
+async def test_a_job_stopped_at_its_capture_runs_again_without_a_second_search_or_charge(
+    ledger: Ledger,
+    pool: asyncpg.Pool,
+    redis: ArqRedis,
+    database_url: str,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    committed: bool,
+) -> None:
+    """Each job is cancelled (a worker stopping) at its first capture, before it was
+    sent or after it committed: arq runs it again; the memo gives back the search
+    or the hold replays as captured. One search and one charge per lead either way."""
+    from worker.client import result
+
+    n = 6
+    await _metered_team(ledger)
+    searches = _count_searches(monkeypatch)
+    capture = Ledger.capture
+    stopped: set[int] = set()
+
+    async def stopping(self: Ledger, charge_id: int, *, at: Any) -> Any:
+        if charge_id in stopped:
+            return await capture(self, charge_id, at=at)
+        stopped.add(charge_id)
+        if committed:
+            await capture(self, charge_id, at=at)
+        raise asyncio.CancelledError
+
+    monkeypatch.setattr(Ledger, "capture", stopping)
+    job_ids = await _enqueue_leads(redis, n)
+    worker = _tokens_worker(database_url, redis_url, cron_jobs=[])
+    await _burst(worker)
+    assert worker.jobs_retried == n and len(stopped) == n
+    out = [await result(redis, j) for j in job_ids]
+    if committed:
+        assert [r["status"] for r in out] == ["already_charged"] * n
+    else:
+        assert [(r["status"], r["search_reused"]) for r in out] == [("captured", True)] * n
+    assert searches == {f"l{i}": 1 for i in range(n)}
+    assert [s for _, s in await _charges(pool)] == ["captured"] * n
+    assert await ledger.drift() == []
