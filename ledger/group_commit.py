@@ -147,27 +147,72 @@ async def apply_one(conn: Fetcher, item: Item) -> Row:
     return outcome
 
 
-class GroupCommit:
-    """Queues holds and settlements; up to `max_inflight` batches commit at once.
+@dataclass
+class _Queued:
+    item: Item
+    done: asyncio.Future[Row]
+    team: str | None  # None: a settlement whose team this process does not know
+    seq: int  # arrival order
 
-    One per process (per Ledger). Batches start on demand, without a timer:
-    a lone caller is sent at once, and callers arriving while batches are
-    committing wait for the next one, so batches grow exactly with load.
+
+Batch = list[_Queued]
+
+
+class GroupCommit:
+    """Queues holds and settlements and commits them in batches, several at once.
+
+    One per process (per Ledger). Batches start on demand, without a timer: what
+    queued during one turn of the event loop is formed into batches at the end
+    of that turn, and a lone caller goes at once, as a batch of one.
+
+    How many batches, and how big, follows the callers. The waiting items are
+    spread over up to `max_inflight` batches (by default one per pool
+    connection), as many as keep each at `min_batch` items or more: 8 callers
+    make 8 / min_batch batches, 64 callers more, each still large enough that
+    its round trip and commit are shared. Several batches in flight keep
+    Postgres busy while this process decodes one batch's answers and forms the
+    next (one batch at a time, each side waits for the other), and batches on
+    different teams commit in parallel.
+
+    Batches are partitioned by team: a team's items are in at most
+    `team_inflight` batches in flight. Batches of one team serialize on its
+    month row anyway; with one batch per team, no batch of this process ever
+    waits for another's lock (and so never holds the months it locked first
+    while waiting). A hot team keeps a pipeline of two by default: the second
+    batch locks its charges and reads its keys while the first commits, and
+    this process forms the third meanwhile. A settlement is routed by the
+    team it is given (the Ledger knows it for the holds it made); one without
+    a team may join any batch.
     """
 
-    def __init__(self, pool: asyncpg.Pool, *, max_batch: int = 512, max_inflight: int = 2) -> None:
-        if max_batch < 1 or max_inflight < 1:
-            raise ValueError("max_batch and max_inflight must be at least 1")
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        max_batch: int = 512,
+        max_inflight: int | None = None,
+        min_batch: int = 8,
+        team_inflight: int = 2,
+    ) -> None:
+        max_inflight = pool.get_max_size() if max_inflight is None else max_inflight
+        if min(max_batch, max_inflight, min_batch, team_inflight) < 1:
+            raise ValueError("max_batch, max_inflight, min_batch, team_inflight must be >= 1")
         self.pool = pool
         self.max_batch = max_batch
         self.max_inflight = max_inflight
-        self._queue: list[tuple[Item, asyncio.Future[Row]]] = []
+        self.min_batch = min_batch
+        self.team_inflight = team_inflight
+        self._queue: list[_Queued] = []
+        self._seq = 0
+        self._forming = False  # a _form is scheduled for the end of this loop turn
         self._inflight = 0
+        self._busy: dict[str, int] = {}  # team -> its batches in flight
         self._tasks: set[asyncio.Task[None]] = set()
         # What was committed how, for tests, benchmarks and metrics.
         self.batches = 0
         self.items = 0
         self.retried_alone = 0
+        self.most_inflight = 0
 
     async def hold(
         self,
@@ -181,68 +226,126 @@ class GroupCommit:
         lead_id: str | None,
     ) -> Row:
         return await self._submit(
-            HoldItem(team, key, action, quantity, tokens, at, job_id, lead_id)
+            HoldItem(team, key, action, quantity, tokens, at, job_id, lead_id), team
         )
 
-    async def settle(self, charge_id: int, state: str, at: datetime) -> Row:
-        return await self._submit(SettleItem(charge_id, state, at))
+    async def settle(
+        self, charge_id: int, state: str, at: datetime, team: str | None = None
+    ) -> Row:
+        """`team`: the charge's team, when known (a hint for routing only)."""
+        return await self._submit(SettleItem(charge_id, state, at), team)
 
-    def _submit(self, item: Item) -> asyncio.Future[Row]:
-        done: asyncio.Future[Row] = asyncio.get_running_loop().create_future()
-        self._queue.append((item, done))
-        if self._inflight < self.max_inflight:
-            self._inflight += 1
-            task = asyncio.get_running_loop().create_task(self._drain())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+    def _submit(self, item: Item, team: str | None) -> asyncio.Future[Row]:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Row] = loop.create_future()
+        self._seq += 1
+        self._queue.append(_Queued(item, done, team, self._seq))
+        if not self._forming:
+            self._forming = True
+            loop.call_soon(self._form)
         return done
 
-    async def _drain(self) -> None:
+    def _form(self) -> None:
+        """Start batches for the waiting items that can go now; the others wait
+        for a free connection or for their team's batch to commit."""
+        self._forming = False
+        free = self.max_inflight - self._inflight
+        ready = [w for w in self._queue if w.team is None or self._room(w.team) > 0]
+        if free < 1 or not ready:
+            return
+        # How many batches: as many as keep each at min_batch items or more.
+        count = min(free, max(1, len(ready) // self.min_batch))
+        size = -(-len(ready) // count)  # ceil: the items spread evenly
+        # A team's items go together; a team with more than one batch's worth is
+        # cut, in arrival order, into as many parts as it may have batches in flight.
+        parts: list[Batch] = []
+        by_team: dict[str, Batch] = {}
+        for w in ready:
+            if w.team is None:
+                parts.append([w])
+            else:
+                by_team.setdefault(w.team, []).append(w)
+        for team, entries in by_team.items():
+            n = min(self._room(team), count, -(-len(entries) // size))
+            step = -(-len(entries) // n)
+            parts += [entries[i : i + step] for i in range(0, len(entries), step)]
+        # Largest parts first, each into the smallest batch that has none of its team.
+        batches: list[Batch] = [[] for _ in range(count)]
+        teams: list[set[str]] = [set() for _ in range(count)]
+        for part in sorted(parts, key=len, reverse=True):
+            owner = part[0].team
+            b = min(
+                (b for b in range(count) if owner is None or owner not in teams[b]),
+                key=lambda b: len(batches[b]),
+            )
+            batches[b] += part
+            if owner is not None:
+                teams[b].add(owner)
+        taken: set[int] = set()  # id() of the entries that go now
+        loop = asyncio.get_running_loop()
+        for batch, batch_teams in zip(batches, teams, strict=True):
+            if not batch:
+                continue
+            # tokens_apply sees a (team, key) or a charge once per call: a repeat
+            # waits for a later batch, and then answers as a replay, as it would alone.
+            # Beyond max_batch, items wait too.
+            marks: set[tuple[str, str] | int] = set()
+            going: Batch = []
+            for w in sorted(batch, key=lambda w: w.seq):  # arrival order: the first goes
+                mark = _mark(w.item)
+                if mark not in marks and len(going) < self.max_batch:
+                    marks.add(mark)
+                    going.append(w)
+                    taken.add(id(w))
+            for team in batch_teams:
+                self._busy[team] = self._busy.get(team, 0) + 1
+            self._inflight += 1
+            self.most_inflight = max(self.most_inflight, self._inflight)
+            task = loop.create_task(self._run(going, batch_teams))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        self._queue = [w for w in self._queue if id(w) not in taken]
+
+    def _room(self, team: str) -> int:
+        """How many more batches of this team may go now."""
+        return self.team_inflight - self._busy.get(team, 0)
+
+    async def _run(self, batch: Batch, teams: set[str]) -> None:
         try:
-            while self._queue:
-                await self._commit(self._take())
+            await self._commit(batch)
         finally:
             self._inflight -= 1
+            for team in teams:
+                self._busy[team] -= 1
+                if not self._busy[team]:
+                    del self._busy[team]
+            # Its callers run first (their wake-ups were scheduled when they were
+            # answered), so what they send next is in the queue when _form runs.
+            if self._queue and not self._forming:
+                self._forming = True
+                asyncio.get_running_loop().call_soon(self._form)
 
-    def _take(self) -> list[tuple[Item, asyncio.Future[Row]]]:
-        """The next batch, in arrival order. A hold whose (team, key), or a settlement
-        whose charge, is already in it waits for the next batch: tokens_apply sees
-        each once, and the repeat then answers as a replay, as it would alone."""
-        batch: list[tuple[Item, asyncio.Future[Row]]] = []
-        seen: set[tuple[str, str] | int] = set()
-        rest: list[tuple[Item, asyncio.Future[Row]]] = []
-        for queued in self._queue:
-            item = queued[0]
-            mark = (item.team, item.key) if isinstance(item, HoldItem) else item.charge_id
-            if len(batch) >= self.max_batch or mark in seen:
-                rest.append(queued)
-            else:
-                seen.add(mark)
-                batch.append(queued)
-        self._queue = rest
-        return batch
-
-    async def _commit(self, batch: list[tuple[Item, asyncio.Future[Row]]]) -> None:
+    async def _commit(self, batch: Batch) -> None:
         self.batches += 1
         self.items += len(batch)
         try:
             try:
-                outcomes = await apply(self.pool, [item for item, _ in batch])
+                outcomes = await apply(self.pool, [w.item for w in batch])
             except Exception as exc:
                 if len(batch) == 1:
-                    _answer(batch[0][1], exc)
+                    _answer(batch[0].done, exc)
                     return
                 # The whole batch failed: each item again, alone.
                 log.warning("group_commit_retry_alone", items=len(batch), error=repr(exc))
                 self.retried_alone += len(batch)
-                await asyncio.gather(*(self._commit_alone(item, done) for item, done in batch))
+                await asyncio.gather(*(self._commit_alone(w.item, w.done) for w in batch))
                 return
-            for (_, done), outcome in zip(batch, outcomes, strict=True):
-                _answer(done, outcome)
+            for w, outcome in zip(batch, outcomes, strict=True):
+                _answer(w.done, outcome)
         finally:
-            for _, done in batch:  # cancelled (loop shutting down): nobody waits forever
-                if not done.done():
-                    done.cancel()
+            for w in batch:  # cancelled (loop shutting down): nobody waits forever
+                if not w.done.done():
+                    w.done.cancel()
 
     async def _commit_alone(self, item: Item, done: asyncio.Future[Row]) -> None:
         try:
@@ -250,6 +353,10 @@ class GroupCommit:
         except Exception as exc:
             outcome = exc
         _answer(done, outcome)
+
+
+def _mark(item: Item) -> tuple[str, str] | int:
+    return (item.team, item.key) if isinstance(item, HoldItem) else item.charge_id
 
 
 def _answer(done: asyncio.Future[Row], outcome: Outcome | BaseException) -> None:
