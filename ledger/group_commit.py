@@ -161,28 +161,28 @@ Batch = list[_Queued]
 class GroupCommit:
     """Queues holds and settlements and commits them in batches, several at once.
 
-    One per process (per Ledger). Batches start on demand, without a timer: what
-    queued during one turn of the event loop is formed into batches at the end
-    of that turn, and a lone caller goes at once, as a batch of one.
+    One per process (per Ledger). Batches start on demand, without a timer:
+    what queued during one turn of the event loop is formed into batches at the
+    end of that turn. When no batch is in flight, whatever waits goes at once
+    (a lone caller: a batch of one). While batches are in flight, another one
+    starts only for `min_batch` waiting items or more, and the waiting items are
+    spread over as many batches as keep each at `min_batch` or more, up to
+    `max_inflight` in flight (by default one per pool connection). So batches
+    in flight follow the callers: one at a time under light load (what arrives
+    meanwhile waits and goes together), more under heavy load, each large
+    enough to share its round trip and commit. Measured on 2 cores
+    (docs/benchmarks.md, "Adaptive group commit"): a batch costs Postgres
+    about 0.5-0.7 ms of CPU before its first item, so two batches of 16 cost
+    more than one of 32 and gained nothing there; min_batch = 32 splits only
+    what a single batch would make very large.
 
-    How many batches, and how big, follows the callers. The waiting items are
-    spread over up to `max_inflight` batches (by default one per pool
-    connection), as many as keep each at `min_batch` items or more: 8 callers
-    make 8 / min_batch batches, 64 callers more, each still large enough that
-    its round trip and commit are shared. Several batches in flight keep
-    Postgres busy while this process decodes one batch's answers and forms the
-    next (one batch at a time, each side waits for the other), and batches on
-    different teams commit in parallel.
-
-    Batches are partitioned by team: a team's items are in at most
-    `team_inflight` batches in flight. Batches of one team serialize on its
-    month row anyway; with one batch per team, no batch of this process ever
-    waits for another's lock (and so never holds the months it locked first
-    while waiting). A hot team keeps a pipeline of two by default: the second
-    batch locks its charges and reads its keys while the first commits, and
-    this process forms the third meanwhile. A settlement is routed by the
-    team it is given (the Ledger knows it for the holds it made); one without
-    a team may join any batch.
+    Batches are partitioned by team: a team's items are in at most one batch
+    in flight, and go together. Batches of one team would serialize on its
+    month row anyway; this way no batch of this process waits for another's
+    lock (holding the months it locked first meanwhile). A settlement is routed
+    by the team it is given (the Ledger knows it for the holds it made); one
+    without a team may join any batch. `by_team=False` (one commit per call)
+    lets every item go alone at once.
     """
 
     def __init__(
@@ -191,22 +191,22 @@ class GroupCommit:
         *,
         max_batch: int = 512,
         max_inflight: int | None = None,
-        min_batch: int = 8,
-        team_inflight: int = 2,
+        min_batch: int = 32,
+        by_team: bool = True,
     ) -> None:
         max_inflight = pool.get_max_size() if max_inflight is None else max_inflight
-        if min(max_batch, max_inflight, min_batch, team_inflight) < 1:
-            raise ValueError("max_batch, max_inflight, min_batch, team_inflight must be >= 1")
+        if min(max_batch, max_inflight, min_batch) < 1:
+            raise ValueError("max_batch, max_inflight and min_batch must be at least 1")
         self.pool = pool
         self.max_batch = max_batch
         self.max_inflight = max_inflight
         self.min_batch = min_batch
-        self.team_inflight = team_inflight
+        self.by_team = by_team
         self._queue: list[_Queued] = []
         self._seq = 0
         self._forming = False  # a _form is scheduled for the end of this loop turn
         self._inflight = 0
-        self._busy: dict[str, int] = {}  # team -> its batches in flight
+        self._busy: set[str] = set()  # teams with a batch in flight
         self._tasks: set[asyncio.Task[None]] = set()
         # What was committed how, for tests, benchmarks and metrics.
         self.batches = 0
@@ -246,49 +246,37 @@ class GroupCommit:
         return done
 
     def _form(self) -> None:
-        """Start batches for the waiting items that can go now; the others wait
-        for a free connection or for their team's batch to commit."""
+        """Start the batches that the waiting items make now; the others wait for a
+        batch to commit (a free connection, their team's batch, or more company)."""
         self._forming = False
-        free = self.max_inflight - self._inflight
-        ready = [w for w in self._queue if w.team is None or self._room(w.team) > 0]
-        if free < 1 or not ready:
+        ready = [w for w in self._queue if w.team not in self._busy]
+        # How many batches: as many as keep each at min_batch items or more;
+        # with nothing in flight, one at least.
+        count = min(self.max_inflight - self._inflight, len(ready) // self.min_batch)
+        if self._inflight == 0:
+            count = max(count, 1)
+        if count < 1 or not ready:
             return
-        # How many batches: as many as keep each at min_batch items or more.
-        count = min(free, max(1, len(ready) // self.min_batch))
-        size = -(-len(ready) // count)  # ceil: the items spread evenly
-        # A team's items go together; a team with more than one batch's worth is
-        # cut, in arrival order, into as many parts as it may have batches in flight.
+        # A team's items go together (in arrival order): one part per team, or
+        # per item where there is no team to keep together.
         parts: list[Batch] = []
         by_team: dict[str, Batch] = {}
         for w in ready:
-            if w.team is None:
+            if w.team is None or not self.by_team:
                 parts.append([w])
             else:
                 by_team.setdefault(w.team, []).append(w)
-        for team, entries in by_team.items():
-            n = min(self._room(team), count, -(-len(entries) // size))
-            step = -(-len(entries) // n)
-            parts += [entries[i : i + step] for i in range(0, len(entries), step)]
-        # Largest parts first, each into the smallest batch that has none of its team.
+        parts += by_team.values()
+        # Largest parts first, each into the smallest batch.
         batches: list[Batch] = [[] for _ in range(count)]
-        teams: list[set[str]] = [set() for _ in range(count)]
         for part in sorted(parts, key=len, reverse=True):
-            owner = part[0].team
-            b = min(
-                (b for b in range(count) if owner is None or owner not in teams[b]),
-                key=lambda b: len(batches[b]),
-            )
-            batches[b] += part
-            if owner is not None:
-                teams[b].add(owner)
-        taken: set[int] = set()  # id() of the entries that go now
+            min(batches, key=len).extend(part)
+        taken: set[int] = set()  # the seq of the items that go now
         loop = asyncio.get_running_loop()
-        for batch, batch_teams in zip(batches, teams, strict=True):
-            if not batch:
-                continue
+        for batch in batches:
             # tokens_apply sees a (team, key) or a charge once per call: a repeat
-            # waits for a later batch, and then answers as a replay, as it would alone.
-            # Beyond max_batch, items wait too.
+            # waits for a later batch, and then answers as a replay, as it would
+            # alone. Beyond max_batch, items wait too.
             marks: set[tuple[str, str] | int] = set()
             going: Batch = []
             for w in sorted(batch, key=lambda w: w.seq):  # arrival order: the first goes
@@ -296,29 +284,24 @@ class GroupCommit:
                 if mark not in marks and len(going) < self.max_batch:
                     marks.add(mark)
                     going.append(w)
-                    taken.add(id(w))
-            for team in batch_teams:
-                self._busy[team] = self._busy.get(team, 0) + 1
+                    taken.add(w.seq)
+            if not going:
+                continue
+            teams = {w.team for w in going if w.team is not None} if self.by_team else set()
+            self._busy |= teams
             self._inflight += 1
             self.most_inflight = max(self.most_inflight, self._inflight)
-            task = loop.create_task(self._run(going, batch_teams))
+            task = loop.create_task(self._run(going, teams))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        self._queue = [w for w in self._queue if id(w) not in taken]
-
-    def _room(self, team: str) -> int:
-        """How many more batches of this team may go now."""
-        return self.team_inflight - self._busy.get(team, 0)
+        self._queue = [w for w in self._queue if w.seq not in taken]
 
     async def _run(self, batch: Batch, teams: set[str]) -> None:
         try:
             await self._commit(batch)
         finally:
             self._inflight -= 1
-            for team in teams:
-                self._busy[team] -= 1
-                if not self._busy[team]:
-                    del self._busy[team]
+            self._busy -= teams
             # Its callers run first (their wake-ups were scheduled when they were
             # answered), so what they send next is in the queue when _form runs.
             if self._queue and not self._forming:

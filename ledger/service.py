@@ -69,9 +69,7 @@ class Ledger:
         self.group = (
             GroupCommit(pool, max_inflight=batches_in_flight)
             if group_commit
-            else GroupCommit(
-                pool, max_batch=1, max_inflight=1 << 30, min_batch=1, team_inflight=1 << 30
-            )
+            else GroupCommit(pool, max_batch=1, max_inflight=1 << 30, min_batch=1, by_team=False)
         )
         # The team of each charge this Ledger held and has not settled yet, oldest
         # first: a settlement carries only its charge id, and group commit routes it
