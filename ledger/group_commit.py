@@ -3,13 +3,14 @@
 Every hold and settlement goes to Postgres through `apply`, one `tokens_apply`
 call (sql/holds.sql, where the hold and settle rules live). One commit per
 charge caps a hot team at what one Postgres connection can commit in a row
-(two commits per search: the hold and the capture). So a caller's hold or
-settlement is queued, and whatever queued while the previous batch was
-committing goes as one call: one round trip, one transaction, one update of
-each team's month row, however many charges it carries. A lone caller goes
-at once, as a batch of one: nothing waits for a timer. Nothing is answered
-before its batch has committed, so durability is the same as one commit per
-charge.
+(two commits per search: the hold and the capture), and each call costs
+Postgres about 0.5-0.7 ms of CPU whatever it carries. So a caller's hold or
+settlement is queued, and what queued while batches were committing goes in
+as few calls as keep the connections busy (GroupCommit says how many): one
+round trip, one transaction, one update of each team's month row per batch,
+however many charges it carries. A lone caller goes at once, as a batch of
+one: nothing waits for a timer. Nothing is answered before its batch has
+committed, so durability is the same as one commit per charge.
 
 Each item keeps its own outcome: its own idempotency key, its own refusal
 (the one hold that did not fit is refused, not its batch) and its own error.
