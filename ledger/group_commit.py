@@ -258,20 +258,7 @@ class GroupCommit:
             count = max(count, 1)
         if count < 1 or not ready:
             return
-        # A team's items go together (in arrival order): one part per team, or
-        # per item where there is no team to keep together.
-        parts: list[Batch] = []
-        by_team: dict[str, Batch] = {}
-        for w in ready:
-            if w.team is None or not self.by_team:
-                parts.append([w])
-            else:
-                by_team.setdefault(w.team, []).append(w)
-        parts += by_team.values()
-        # Largest parts first, each into the smallest batch.
-        batches: list[Batch] = [[] for _ in range(count)]
-        for part in sorted(parts, key=len, reverse=True):
-            min(batches, key=len).extend(part)
+        batches = [ready] if count == 1 else self._spread(ready, count)
         taken: set[int] = set()  # the seq of the items that go now
         loop = asyncio.get_running_loop()
         for batch in batches:
@@ -280,7 +267,7 @@ class GroupCommit:
             # alone. Beyond max_batch, items wait too.
             marks: set[tuple[str, str] | int] = set()
             going: Batch = []
-            for w in sorted(batch, key=lambda w: w.seq):  # arrival order: the first goes
+            for w in batch:
                 mark = _mark(w.item)
                 if mark not in marks and len(going) < self.max_batch:
                     marks.add(mark)
@@ -295,7 +282,29 @@ class GroupCommit:
             task = loop.create_task(self._run(going, teams))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        self._queue = [w for w in self._queue if w.seq not in taken]
+        if len(taken) == len(self._queue):
+            self._queue = []
+        else:
+            self._queue = [w for w in self._queue if w.seq not in taken]
+
+    def _spread(self, ready: Batch, count: int) -> list[Batch]:
+        """`ready` over `count` batches, evenly; each in arrival order."""
+        # A team's items go together (in arrival order): one part per team, or
+        # per item where there is no team to keep together.
+        parts: list[Batch] = []
+        by_team: dict[str, Batch] = {}
+        for w in ready:
+            if w.team is None or not self.by_team:
+                parts.append([w])
+            else:
+                by_team.setdefault(w.team, []).append(w)
+        parts += by_team.values()
+        # Largest parts first, each into the smallest batch.
+        batches: list[Batch] = [[] for _ in range(count)]
+        for part in sorted(parts, key=len, reverse=True):
+            min(batches, key=len).extend(part)
+        # Arrival order in each batch: of two items with one mark, the first goes.
+        return [sorted(b, key=lambda w: w.seq) for b in batches]
 
     async def _run(self, batch: Batch, teams: set[str]) -> None:
         try:
