@@ -311,8 +311,8 @@ measurements per point, one after the other:
 - **hold+capture**: the Ledger as it runs, with group commit
   (`ledger/group_commit.py`): the holds and captures that wait while batches
   are committing go together, one `tokens_apply` call, one transaction, one
-  update of each month row per batch; a further batch in flight for every 32
-  waiting (here: one at c1-c32, two at c64 over many teams), a team in one
+  update of each month row per batch; a further batch in flight for every 64
+  waiting (here: one at every point), a team in one
   batch at a time;
 - **one commit each**: the same operations with `Ledger(group_commit=False)`,
   one transaction per hold and per capture (what this project did before);

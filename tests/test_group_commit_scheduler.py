@@ -114,12 +114,12 @@ async def test_callers_on_many_teams_commit_on_several_connections_at_once(
 
 
 async def test_the_default_splits_only_large_crowds(ledger: Ledger) -> None:
-    """min_batch 32: 31 callers on 31 teams go as one batch, 64 on 64 teams as two."""
-    teams = [f"t{n:02d}" for n in range(64)]
+    """min_batch 64: 127 callers on 127 teams go as one batch, 128 as two."""
+    teams = [f"t{n:03d}" for n in range(128)]
     for t in teams:
         await make_team(ledger, t)
     group = ledger.group
-    await asyncio.gather(*(ledger.hold(t, "enrich", 1, key="a", at=T0) for t in teams[:31]))
+    await asyncio.gather(*(ledger.hold(t, "enrich", 1, key="a", at=T0) for t in teams[:127]))
     assert (group.batches, group.most_inflight) == (1, 1)
     await asyncio.gather(*(ledger.hold(t, "enrich", 1, key="b", at=T0) for t in teams))
     assert (group.batches, group.most_inflight) == (3, 2)

@@ -137,8 +137,8 @@ def test_cached_logger_follows_a_new_configuration() -> None:
 @pytest.mark.parametrize(
     ("in_flight", "min_batch", "batches"),
     [
-        (1, 32, 2),  # the worker's: one batch at a time
-        (None, 32, 2),  # the default: a second batch only for min_batch waiting items
+        (1, 64, 2),  # the worker's: one batch at a time
+        (None, 64, 2),  # the default: a second batch only for min_batch waiting items
         (2, 1, 3),  # a second batch for any item: the second hold goes alone
     ],
 )
