@@ -1,6 +1,6 @@
 """Benchmarks: hold+capture throughput against a raw-UPDATE baseline, billing reads.
 
-    python -m bench [--quick] [--json FILE]
+    python -m bench [--quick] [--json FILE] [--only hold_capture] [--concurrency 1,8,32,64]
 
 Starts an embedded Postgres and Valkey in a fresh temporary data dir, migrates
 the database, and measures on them:
@@ -21,6 +21,10 @@ the database, and measures on them:
    concurrent clients against the bare `Ledger.billing` (bench/api.py).
 
 The full run (no --quick) also writes docs/benchmarks.md and its plot.
+`--only hold_capture` runs section 1's hold+capture points alone (no alerts,
+no docs written), at the concurrencies of `--concurrency` (default: those of
+the run); each point also reports the client's and Postgres's CPU per
+operation, to tell which of them bounds it.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from bench import alerts as alerts_bench
 from bench import api as api_bench
 from bench import arq_overhead, capacity, cli_start, report
 from bench import reconcile as reconcile_bench
-from bench.servers import fresh_servers, quiet_logs
+from bench.servers import fresh_servers, postgres_cpu_s, postmaster_of, quiet_logs
 from db.pool import create_pool
 from ledger.catalog import DEFAULT_CATALOG
 from ledger.service import Ledger
@@ -69,8 +73,11 @@ def _percentile(sorted_ms: list[float], p: float) -> float:
 
 
 async def _drive(pool: asyncpg.Pool, op: Op, concurrency: int, duration_s: float) -> dict[str, Any]:
-    """Run `op` in `concurrency` workers for `duration_s`; ops/s and latencies in ms."""
+    """Run `op` in `concurrency` workers for `duration_s`; ops/s, latencies in ms, and
+    the CPU per operation (in ms) of this process and of the Postgres server."""
     latencies: list[float] = []
+    postmaster = await postmaster_of(pool)
+    cpu0, pg0 = time.process_time(), postgres_cpu_s(postmaster)
     deadline = time.perf_counter() + duration_s
 
     async def worker(w: int) -> None:
@@ -84,8 +91,12 @@ async def _drive(pool: asyncpg.Pool, op: Op, concurrency: int, duration_s: float
     start = time.perf_counter()
     await asyncio.gather(*(worker(w) for w in range(concurrency)))
     elapsed = time.perf_counter() - start
+    cpu, pg = time.process_time() - cpu0, postgres_cpu_s(postmaster) - pg0
     latencies.sort()
+    n = max(len(latencies), 1)
     return {
+        "client_cpu_ms": 1000 * cpu / n,
+        "postgres_cpu_ms": 1000 * pg / n,
         "ops": len(latencies),
         "per_s": len(latencies) / elapsed,
         "p50_ms": _percentile(latencies, 50),
@@ -159,6 +170,11 @@ async def _bench_hold_capture(
                 "single_ratio": round(single["per_s"] / baseline["per_s"], 3),
                 "single_p99_ms": round(single["p99_ms"], 3),
                 "items_per_commit": round(grouped.group.items / max(grouped.group.batches, 1), 1),
+                # CPU per operation (ms): this process's, and the Postgres server's.
+                "client_cpu_ms": round(measured["client_cpu_ms"], 3),
+                "postgres_cpu_ms": round(measured["postgres_cpu_ms"], 3),
+                "single_client_cpu_ms": round(single["client_cpu_ms"], 3),
+                "single_postgres_cpu_ms": round(single["postgres_cpu_ms"], 3),
                 "ops": measured["ops"],
                 "pool_size": c,
                 "duration_s": duration_s,
@@ -169,7 +185,8 @@ async def _bench_hold_capture(
                 f"(one commit each {point['single_per_s']:>7.1f}/s)  "
                 f"baseline {point['baseline_per_s']:>8.1f}/s  ratio {point['ratio']:.2f}  "
                 f"p50 {point['p50_ms']:.2f} ms  p99 {point['p99_ms']:.2f} ms  "
-                f"{point['items_per_commit']} per commit",
+                f"{point['items_per_commit']} per commit  "
+                f"cpu ms/op client {point['client_cpu_ms']:.3f} pg {point['postgres_cpu_ms']:.3f}",
                 flush=True,
             )
     results["refused"] = refused
@@ -221,8 +238,38 @@ async def _bench_billing(pool: asyncpg.Pool, ledger: Ledger, charges: int) -> di
     }
 
 
-async def _run(quick: bool, before: str | None = None) -> dict[str, Any]:
-    concurrencies = [32] if quick else [1, 8, 32, 64]
+async def _hold_capture_only(concurrencies: list[int], duration_s: float) -> dict[str, Any]:
+    """Section 1's hold+capture points alone, on fresh servers."""
+    async with fresh_servers() as servers:
+        conn = await asyncpg.connect(servers.dsn)
+        try:
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS bench_counter (id int PRIMARY KEY, n bigint NOT NULL)"
+            )
+            await conn.execute("INSERT INTO bench_counter VALUES (1, 0)")
+            postgres = await conn.fetchval("SELECT version()")
+        finally:
+            await conn.close()
+        pool = await create_pool(servers.dsn, min_size=2, max_size=16)
+        try:
+            ledger = Ledger(pool, DEFAULT_CATALOG)
+            await ledger.sync_catalog()
+            print("hold+capture:", flush=True)
+            hold_capture = await _bench_hold_capture(servers.dsn, ledger, concurrencies, duration_s)
+        finally:
+            await pool.close()
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "duration_s": duration_s,
+        "machine": {"nproc": os.cpu_count(), "postgres": postgres},
+        "hold_capture": hold_capture,
+    }
+
+
+async def _run(
+    quick: bool, before: str | None = None, concurrencies: list[int] | None = None
+) -> dict[str, Any]:
+    concurrencies = concurrencies or ([32] if quick else [1, 8, 32, 64])
     duration_s = 3.0 if quick else 5.0
     charges = 100_000 if quick else 1_000_000
     async with fresh_servers() as servers:
@@ -294,9 +341,23 @@ def main(argv: list[str] | None = None) -> int:
         "--before",
         help="a commit: also run its own arq benchmark on the same servers (arq_overhead.before)",
     )
+    parser.add_argument(
+        "--only", choices=["hold_capture"], help="run this section alone (writes no docs)"
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=lambda v: [int(c) for c in v.split(",")],
+        help="hold+capture concurrencies, comma-separated (default: 32 quick, else 1,8,32,64)",
+    )
     args = parser.parse_args(argv)
     quiet_logs()
-    result = asyncio.run(_run(args.quick, args.before))
+    if args.only == "hold_capture":
+        concurrencies = args.concurrency or ([32] if args.quick else [1, 8, 32, 64])
+        only = asyncio.run(_hold_capture_only(concurrencies, 3.0 if args.quick else 5.0))
+        if args.json:
+            args.json.write_text(json.dumps(only, indent=2, default=str) + "\n")
+        return 0
+    result = asyncio.run(_run(args.quick, args.before, args.concurrency))
     print()
     print(report.summary(result))
     if args.json:

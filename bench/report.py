@@ -311,9 +311,11 @@ nothing is refused); `many_teams` spreads them over 1,000 teams. Three
 measurements per point, one after the other:
 
 - **hold+capture**: the Ledger as it runs, with group commit
-  (`ledger/group_commit.py`): the holds and captures that arrive while a batch
-  is committing go together in the next one, one `tokens_apply` call, one
-  transaction, one update of each month row;
+  (`ledger/group_commit.py`): the holds and captures that wait while batches
+  are committing go together, one `tokens_apply` call, one transaction, one
+  update of each month row per batch; a further batch in flight for every 64
+  waiting (here: one at every point), a team in one
+  batch at a time;
 - **one commit each**: the same operations with `Ledger(group_commit=False)`,
   one transaction per hold and per capture (what this project did before);
 - **baseline**: one autocommit `UPDATE bench_counter SET n = n - 1 WHERE id = 1`

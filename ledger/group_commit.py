@@ -3,13 +3,14 @@
 Every hold and settlement goes to Postgres through `apply`, one `tokens_apply`
 call (sql/holds.sql, where the hold and settle rules live). One commit per
 charge caps a hot team at what one Postgres connection can commit in a row
-(two commits per search: the hold and the capture). So a caller's hold or
-settlement is queued, and whatever queued while the previous batch was
-committing goes as one call: one round trip, one transaction, one update of
-each team's month row, however many charges it carries. A lone caller goes
-at once, as a batch of one: nothing waits for a timer. Nothing is answered
-before its batch has committed, so durability is the same as one commit per
-charge.
+(two commits per search: the hold and the capture), and each call costs
+Postgres about 0.5-0.7 ms of CPU whatever it carries. So a caller's hold or
+settlement is queued, and what queued while batches were committing goes in
+as few calls as keep the connections busy (GroupCommit says how many): one
+round trip, one transaction, one update of each team's month row per batch,
+however many charges it carries. A lone caller goes at once, as a batch of
+one: nothing waits for a timer. Nothing is answered before its batch has
+committed, so durability is the same as one commit per charge.
 
 Each item keeps its own outcome: its own idempotency key, its own refusal
 (the one hold that did not fit is refused, not its batch) and its own error.
@@ -147,27 +148,74 @@ async def apply_one(conn: Fetcher, item: Item) -> Row:
     return outcome
 
 
+@dataclass
+class _Queued:
+    item: Item
+    done: asyncio.Future[Row]
+    team: str | None  # None: a settlement whose team this process does not know
+    seq: int  # arrival order
+
+
+Batch = list[_Queued]
+
+
 class GroupCommit:
-    """Queues holds and settlements; up to `max_inflight` batches commit at once.
+    """Queues holds and settlements and commits them in batches, several at once.
 
     One per process (per Ledger). Batches start on demand, without a timer:
-    a lone caller is sent at once, and callers arriving while batches are
-    committing wait for the next one, so batches grow exactly with load.
+    what queued during one turn of the event loop is formed into batches at the
+    end of that turn. When no batch is in flight, whatever waits goes at once
+    (a lone caller: a batch of one). While batches are in flight, another one
+    starts only for `min_batch` waiting items or more, and the waiting items are
+    spread over as many batches as keep each at `min_batch` or more, up to
+    `max_inflight` in flight (by default one per pool connection). So batches
+    in flight follow the callers: one at a time under light load (what arrives
+    meanwhile waits and goes together), more under heavy load, each large
+    enough to share its round trip and commit. Measured on 2 cores
+    (docs/benchmarks.md, "Adaptive group commit"): a batch costs Postgres
+    about 0.5-0.7 ms of CPU before its first item, and two batches in flight
+    cost more CPU than they win in overlap there (2 x 32 against 1 x 64: 35 %
+    more Postgres CPU per operation, 17 % fewer operations per second); so
+    min_batch = 64 splits only crowds of 128 and more. Lower it on a machine
+    with cores to spare.
+
+    Batches are partitioned by team: a team's items are in at most one batch
+    in flight, and go together. Batches of one team would serialize on its
+    month row anyway; this way no batch of this process waits for another's
+    lock (holding the months it locked first meanwhile). A settlement is routed
+    by the team it is given (the Ledger knows it for the holds it made); one
+    without a team may join any batch. `by_team=False` (one commit per call)
+    lets every item go alone at once.
     """
 
-    def __init__(self, pool: asyncpg.Pool, *, max_batch: int = 512, max_inflight: int = 2) -> None:
-        if max_batch < 1 or max_inflight < 1:
-            raise ValueError("max_batch and max_inflight must be at least 1")
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        max_batch: int = 512,
+        max_inflight: int | None = None,
+        min_batch: int = 64,
+        by_team: bool = True,
+    ) -> None:
+        max_inflight = pool.get_max_size() if max_inflight is None else max_inflight
+        if min(max_batch, max_inflight, min_batch) < 1:
+            raise ValueError("max_batch, max_inflight and min_batch must be at least 1")
         self.pool = pool
         self.max_batch = max_batch
         self.max_inflight = max_inflight
-        self._queue: list[tuple[Item, asyncio.Future[Row]]] = []
+        self.min_batch = min_batch
+        self.by_team = by_team
+        self._queue: list[_Queued] = []
+        self._seq = 0
+        self._forming = False  # a _form is scheduled for the end of this loop turn
         self._inflight = 0
+        self._busy: set[str] = set()  # teams with a batch in flight
         self._tasks: set[asyncio.Task[None]] = set()
         # What was committed how, for tests, benchmarks and metrics.
         self.batches = 0
         self.items = 0
         self.retried_alone = 0
+        self.most_inflight = 0
 
     async def hold(
         self,
@@ -181,68 +229,118 @@ class GroupCommit:
         lead_id: str | None,
     ) -> Row:
         return await self._submit(
-            HoldItem(team, key, action, quantity, tokens, at, job_id, lead_id)
+            HoldItem(team, key, action, quantity, tokens, at, job_id, lead_id), team
         )
 
-    async def settle(self, charge_id: int, state: str, at: datetime) -> Row:
-        return await self._submit(SettleItem(charge_id, state, at))
+    async def settle(
+        self, charge_id: int, state: str, at: datetime, team: str | None = None
+    ) -> Row:
+        """`team`: the charge's team, when known (a hint for routing only)."""
+        return await self._submit(SettleItem(charge_id, state, at), team)
 
-    def _submit(self, item: Item) -> asyncio.Future[Row]:
-        done: asyncio.Future[Row] = asyncio.get_running_loop().create_future()
-        self._queue.append((item, done))
-        if self._inflight < self.max_inflight:
-            self._inflight += 1
-            task = asyncio.get_running_loop().create_task(self._drain())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+    def _submit(self, item: Item, team: str | None) -> asyncio.Future[Row]:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Row] = loop.create_future()
+        self._seq += 1
+        self._queue.append(_Queued(item, done, team, self._seq))
+        if not self._forming:
+            self._forming = True
+            loop.call_soon(self._form)
         return done
 
-    async def _drain(self) -> None:
+    def _form(self) -> None:
+        """Start the batches that the waiting items make now; the others wait for a
+        batch to commit (a free connection, their team's batch, or more company)."""
+        self._forming = False
+        ready = [w for w in self._queue if w.team not in self._busy]
+        # How many batches: as many as keep each at min_batch items or more;
+        # with nothing in flight, one at least.
+        count = min(self.max_inflight - self._inflight, len(ready) // self.min_batch)
+        if self._inflight == 0:
+            count = max(count, 1)
+        if count < 1 or not ready:
+            return
+        batches = [ready] if count == 1 else self._spread(ready, count)
+        taken: set[int] = set()  # the seq of the items that go now
+        loop = asyncio.get_running_loop()
+        for batch in batches:
+            # tokens_apply sees a (team, key) or a charge once per call: a repeat
+            # waits for a later batch, and then answers as a replay, as it would
+            # alone. Beyond max_batch, items wait too.
+            marks: set[tuple[str, str] | int] = set()
+            going: Batch = []
+            for w in batch:
+                mark = _mark(w.item)
+                if mark not in marks and len(going) < self.max_batch:
+                    marks.add(mark)
+                    going.append(w)
+                    taken.add(w.seq)
+            if not going:
+                continue
+            teams = {w.team for w in going if w.team is not None} if self.by_team else set()
+            self._busy |= teams
+            self._inflight += 1
+            self.most_inflight = max(self.most_inflight, self._inflight)
+            task = loop.create_task(self._run(going, teams))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        if len(taken) == len(self._queue):
+            self._queue = []
+        else:
+            self._queue = [w for w in self._queue if w.seq not in taken]
+
+    def _spread(self, ready: Batch, count: int) -> list[Batch]:
+        """`ready` over `count` batches, evenly; each in arrival order."""
+        # A team's items go together (in arrival order): one part per team, or
+        # per item where there is no team to keep together.
+        parts: list[Batch] = []
+        by_team: dict[str, Batch] = {}
+        for w in ready:
+            if w.team is None or not self.by_team:
+                parts.append([w])
+            else:
+                by_team.setdefault(w.team, []).append(w)
+        parts += by_team.values()
+        # Largest parts first, each into the smallest batch.
+        batches: list[Batch] = [[] for _ in range(count)]
+        for part in sorted(parts, key=len, reverse=True):
+            min(batches, key=len).extend(part)
+        # Arrival order in each batch: of two items with one mark, the first goes.
+        return [sorted(b, key=lambda w: w.seq) for b in batches]
+
+    async def _run(self, batch: Batch, teams: set[str]) -> None:
         try:
-            while self._queue:
-                await self._commit(self._take())
+            await self._commit(batch)
         finally:
             self._inflight -= 1
+            self._busy -= teams
+            # Its callers run first (their wake-ups were scheduled when they were
+            # answered), so what they send next is in the queue when _form runs.
+            if self._queue and not self._forming:
+                self._forming = True
+                asyncio.get_running_loop().call_soon(self._form)
 
-    def _take(self) -> list[tuple[Item, asyncio.Future[Row]]]:
-        """The next batch, in arrival order. A hold whose (team, key), or a settlement
-        whose charge, is already in it waits for the next batch: tokens_apply sees
-        each once, and the repeat then answers as a replay, as it would alone."""
-        batch: list[tuple[Item, asyncio.Future[Row]]] = []
-        seen: set[tuple[str, str] | int] = set()
-        rest: list[tuple[Item, asyncio.Future[Row]]] = []
-        for queued in self._queue:
-            item = queued[0]
-            mark = (item.team, item.key) if isinstance(item, HoldItem) else item.charge_id
-            if len(batch) >= self.max_batch or mark in seen:
-                rest.append(queued)
-            else:
-                seen.add(mark)
-                batch.append(queued)
-        self._queue = rest
-        return batch
-
-    async def _commit(self, batch: list[tuple[Item, asyncio.Future[Row]]]) -> None:
+    async def _commit(self, batch: Batch) -> None:
         self.batches += 1
         self.items += len(batch)
         try:
             try:
-                outcomes = await apply(self.pool, [item for item, _ in batch])
+                outcomes = await apply(self.pool, [w.item for w in batch])
             except Exception as exc:
                 if len(batch) == 1:
-                    _answer(batch[0][1], exc)
+                    _answer(batch[0].done, exc)
                     return
                 # The whole batch failed: each item again, alone.
                 log.warning("group_commit_retry_alone", items=len(batch), error=repr(exc))
                 self.retried_alone += len(batch)
-                await asyncio.gather(*(self._commit_alone(item, done) for item, done in batch))
+                await asyncio.gather(*(self._commit_alone(w.item, w.done) for w in batch))
                 return
-            for (_, done), outcome in zip(batch, outcomes, strict=True):
-                _answer(done, outcome)
+            for w, outcome in zip(batch, outcomes, strict=True):
+                _answer(w.done, outcome)
         finally:
-            for _, done in batch:  # cancelled (loop shutting down): nobody waits forever
-                if not done.done():
-                    done.cancel()
+            for w in batch:  # cancelled (loop shutting down): nobody waits forever
+                if not w.done.done():
+                    w.done.cancel()
 
     async def _commit_alone(self, item: Item, done: asyncio.Future[Row]) -> None:
         try:
@@ -250,6 +348,10 @@ class GroupCommit:
         except Exception as exc:
             outcome = exc
         _answer(done, outcome)
+
+
+def _mark(item: Item) -> tuple[str, str] | int:
+    return (item.team, item.key) if isinstance(item, HoldItem) else item.charge_id
 
 
 def _answer(done: asyncio.Future[Row], outcome: Outcome | BaseException) -> None:

@@ -45,12 +45,16 @@ class Ledger:
     """Tokens of every team, in Postgres. One instance per process; safe to share.
 
     Holds and settlements go through group commit (ledger/group_commit.py):
-    concurrent calls share one transaction. `group_commit=False` sends each
-    one alone, as one transaction per call (for comparisons and tests).
-    `batches_in_flight` is how many batches may commit at once: the worker
-    uses 1, so that what its jobs send while one batch commits goes together
-    in the next (fewer, larger batches: fewer round trips per job).
+    concurrent calls share transactions, several batches in flight at once, up
+    to one per pool connection. `group_commit=False` sends each one alone, as
+    one transaction per call (for comparisons and tests). `batches_in_flight`
+    caps the batches committing at once: the worker uses 1, so that what its
+    jobs send while one batch commits goes together in the next (fewer, larger
+    batches: less CPU per job in the worker's busy event loop).
     """
+
+    # How many charges' teams a Ledger remembers for routing their settlements.
+    REMEMBERED_TEAMS = 100_000
 
     def __init__(
         self,
@@ -58,15 +62,19 @@ class Ledger:
         catalog: Catalog,
         *,
         group_commit: bool = True,
-        batches_in_flight: int = 2,
+        batches_in_flight: int | None = None,
     ) -> None:
         self.pool = pool
         self.catalog = catalog
         self.group = (
             GroupCommit(pool, max_inflight=batches_in_flight)
             if group_commit
-            else GroupCommit(pool, max_batch=1, max_inflight=1 << 30)
+            else GroupCommit(pool, max_batch=1, max_inflight=1 << 30, min_batch=1, by_team=False)
         )
+        # The team of each charge this Ledger held and has not settled yet, oldest
+        # first: a settlement carries only its charge id, and group commit routes it
+        # with its team's other items (a hint only: unknown, it may join any batch).
+        self._charge_team: dict[int, str] = {}
 
     async def _run(self, call: Callable[[], Awaitable[T]]) -> T:
         try:
@@ -199,6 +207,11 @@ class Ledger:
             lambda: self.group.hold(team, key, action, quantity, tokens, at, job_id, lead_id)
         )
         result = _hold_result(team, key, action, quantity, row)
+        if result.state == "held" and result.charge_id is not None:
+            remembered = self._charge_team
+            remembered[result.charge_id] = team
+            if len(remembered) > self.REMEMBERED_TEAMS:  # settled elsewhere: forget the oldest
+                del remembered[next(iter(remembered))]
         _log_hold(result, job_id)
         return result
 
@@ -212,7 +225,8 @@ class Ledger:
 
     async def _settle(self, charge_id: int, state: str, at: datetime) -> Settlement:
         at = validate.moment(at)
-        row = await self._run(lambda: self.group.settle(charge_id, state, at))
+        team = self._charge_team.pop(charge_id, None)
+        row = await self._run(lambda: self.group.settle(charge_id, state, at, team))
         settlement = _settlement(row)
         c = settlement.charge
         if settlement.changed:

@@ -134,31 +134,43 @@ def test_cached_logger_follows_a_new_configuration() -> None:
 # -- the worker's ledger: one batch at a time ------------------------------------
 
 
-@pytest.mark.parametrize(("in_flight", "batches"), [(1, 2), (2, 3)])
-async def test_with_one_batch_in_flight_what_arrives_meanwhile_goes_together(
-    pool: asyncpg.Pool, in_flight: int, batches: int
+@pytest.mark.parametrize(
+    ("in_flight", "min_batch", "batches"),
+    [
+        (1, 64, 2),  # the worker's: one batch at a time
+        (None, 64, 2),  # the default: a second batch only for min_batch waiting items
+        (2, 1, 3),  # a second batch for any item: the second hold goes alone
+    ],
+)
+async def test_while_a_batch_commits_what_arrives_meanwhile_goes_together(
+    pool: asyncpg.Pool, in_flight: int | None, min_batch: int, batches: int
 ) -> None:
+    from ledger.group_commit import GroupCommit
     from tests.conftest import at
 
     ledger = Ledger(pool, DEFAULT_CATALOG, batches_in_flight=in_flight)
+    ledger.group = GroupCommit(pool, max_inflight=in_flight, min_batch=min_batch)
     await ledger.sync_catalog()
-    await ledger.set_team(
-        "acme",
-        plan="sales_engagement",
-        seats=10,
-        interval="month",
-        anchor=at("2025-01-01T00:00:00Z"),
-        at=at("2025-01-01T00:00:01Z"),
-    )
+    for team in ("acme", "other"):
+        await ledger.set_team(
+            team,
+            plan="sales_engagement",
+            seats=10,
+            interval="month",
+            anchor=at("2025-01-01T00:00:00Z"),
+            at=at("2025-01-01T00:00:01Z"),
+        )
     when = at("2025-01-02T00:00:00Z")
 
-    def hold(n: int) -> asyncio.Future[Any]:
-        return asyncio.ensure_future(ledger.hold("acme", "debounce", 1, key=f"k{n}", at=when))
+    def hold(n: int, team: str = "acme") -> asyncio.Future[Any]:
+        return asyncio.ensure_future(ledger.hold(team, "debounce", 1, key=f"k{n}", at=when))
 
     first = [hold(0)]
-    await asyncio.sleep(0)  # the first batch (one hold) is on its way
-    second = [hold(1)]
-    await asyncio.sleep(0)  # with two in flight, a second batch of one goes too
+    await asyncio.sleep(0)  # turn 1: the hold is queued
+    await asyncio.sleep(0)  # turn 2: its batch of one is formed and on its way
+    second = [hold(1, "other")]  # another team: only min_batch decides whether it waits
+    await asyncio.sleep(0)  # queued, and formed into a batch or left waiting
+    await asyncio.sleep(0)
     held = await asyncio.gather(*first, *second, *(hold(n) for n in range(2, 9)))
     assert all(h.state == "held" for h in held)
     assert (ledger.group.batches, ledger.group.items) == (batches, 9)
