@@ -16,19 +16,28 @@ import structlog
 
 
 class CachedLogger:
-    __slots__ = ("_config", "_logger", "_name")
+    __slots__ = ("_factory", "_logger", "_name", "_processors", "_wrapper")
 
     def __init__(self, name: str) -> None:
         self._name = name
         self._logger: Any = None
-        self._config: tuple[Any, ...] = ()
+        self._processors: Any = None
+        self._wrapper: Any = None
+        self._factory: Any = None
 
     def _bound(self) -> Any:
+        # Three identity checks, no tuple or generator: this runs twice per charge.
         config = structlog.get_config()
-        key = (config["processors"], config["wrapper_class"], config["logger_factory"])
-        if self._logger is None or any(a is not b for a, b in zip(key, self._config, strict=True)):
+        if (
+            self._logger is None
+            or config["processors"] is not self._processors
+            or config["wrapper_class"] is not self._wrapper
+            or config["logger_factory"] is not self._factory
+        ):
             self._logger = structlog.get_logger(self._name).bind()
-            self._config = key
+            self._processors = config["processors"]
+            self._wrapper = config["wrapper_class"]
+            self._factory = config["logger_factory"]
         return self._logger
 
     def __getattr__(self, name: str) -> Any:
