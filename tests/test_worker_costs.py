@@ -233,6 +233,30 @@ async def test_no_job_of_a_group_starts_before_the_group_is_taken(
         assert taken_at_start == [jobs] * jobs
 
 
+async def test_a_group_larger_than_the_free_slots_never_stalls_the_worker(
+    redis: ArqRedis, database_url: str, redis_url: str
+) -> None:
+    """More jobs than job slots: the group stops at the last free slot and its gate
+    opens, or the jobs holding the slots would wait on the gate for ever while the
+    poll waits for a slot. (arq's semaphore has one spare permit, so its own check
+    returns instead of blocking; this keeps that true through TokensWorker.)"""
+    from arq.worker import func
+
+    from worker.queue import QUEUE
+
+    async def record(ctx: dict[str, Any]) -> str:
+        return str(ctx["job_id"])
+
+    for n in range(10):
+        await redis.enqueue_job("record", _job_id=f"s{n}", _queue_name=QUEUE)
+    worker = _tokens_worker(
+        database_url, redis_url, functions=[func(record, name="record")], cron_jobs=[],
+        max_jobs=3, queue_read_limit=10,
+    )  # fmt: skip
+    await asyncio.wait_for(_burst(worker), 30)
+    assert worker.jobs_complete == 10 and worker.jobs_failed == 0
+
+
 async def _metered_team(ledger: Ledger) -> None:
     from tests.conftest import at
 
