@@ -72,9 +72,11 @@ def _percentile(sorted_ms: list[float], p: float) -> float:
     return sorted_ms[index]
 
 
-async def _drive(pool: asyncpg.Pool, op: Op, concurrency: int, duration_s: float) -> dict[str, Any]:
-    """Run `op` in `concurrency` workers for `duration_s`; ops/s, latencies in ms, and
-    the CPU per operation (in ms) of this process and of the Postgres server."""
+async def _drive_raw(
+    pool: asyncpg.Pool, op: Op, concurrency: int, duration_s: float
+) -> dict[str, Any]:
+    """Run `op` in `concurrency` workers for `duration_s`: its latencies (ms), the
+    elapsed time, and the CPU seconds of this process and of the Postgres server."""
     latencies: list[float] = []
     postmaster = await postmaster_of(pool)
     cpu0, pg0 = time.process_time(), postgres_cpu_s(postmaster)
@@ -90,18 +92,45 @@ async def _drive(pool: asyncpg.Pool, op: Op, concurrency: int, duration_s: float
 
     start = time.perf_counter()
     await asyncio.gather(*(worker(w) for w in range(concurrency)))
-    elapsed = time.perf_counter() - start
-    cpu, pg = time.process_time() - cpu0, postgres_cpu_s(postmaster) - pg0
-    latencies.sort()
+    return {
+        "latencies": latencies,
+        "elapsed": time.perf_counter() - start,
+        "cpu": time.process_time() - cpu0,
+        "pg": postgres_cpu_s(postmaster) - pg0,
+    }
+
+
+def _summary(*runs: dict[str, Any]) -> dict[str, Any]:
+    """ops/s, latencies in ms, and the CPU per operation (in ms) of this process and
+    of the Postgres server, over one or more runs of the same operation."""
+    latencies = sorted(x for r in runs for x in r["latencies"])
     n = max(len(latencies), 1)
     return {
-        "client_cpu_ms": 1000 * cpu / n,
-        "postgres_cpu_ms": 1000 * pg / n,
+        "client_cpu_ms": 1000 * sum(r["cpu"] for r in runs) / n,
+        "postgres_cpu_ms": 1000 * sum(r["pg"] for r in runs) / n,
         "ops": len(latencies),
-        "per_s": len(latencies) / elapsed,
+        "per_s": len(latencies) / sum(r["elapsed"] for r in runs),
         "p50_ms": _percentile(latencies, 50),
         "p99_ms": _percentile(latencies, 99),
     }
+
+
+async def _drive(pool: asyncpg.Pool, op: Op, concurrency: int, duration_s: float) -> dict[str, Any]:
+    """`_summary` of one run of `op` (see `_drive_raw`)."""
+    return _summary(await _drive_raw(pool, op, concurrency, duration_s))
+
+
+async def _drive_pair(
+    pool: asyncpg.Pool, op_a: Op, op_b: Op, concurrency: int, duration_s: float
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`op_a` and `op_b` for `duration_s` each, in the order A B B A (two halves each),
+    so that neither gains from going first or from a drift during the run."""
+    half = duration_s / 2
+    a1 = await _drive_raw(pool, op_a, concurrency, half)
+    b1 = await _drive_raw(pool, op_b, concurrency, half)
+    b2 = await _drive_raw(pool, op_b, concurrency, half)
+    a2 = await _drive_raw(pool, op_a, concurrency, half)
+    return _summary(a1, a2), _summary(b1, b2)
 
 
 async def _setup_team(ledger: Ledger, team: str) -> None:
@@ -150,10 +179,14 @@ async def _bench_hold_capture(
                 grouped = Ledger(pool, DEFAULT_CATALOG)
                 alone = Ledger(pool, DEFAULT_CATALOG, group_commit=False)
                 run_id += 1
-                measured = await _drive(
-                    pool, ledger_op(teams, grouped, f"g{run_id}"), c, duration_s
+                # Group commit and one commit per call, A B B A: neither goes first.
+                measured, single = await _drive_pair(
+                    pool,
+                    ledger_op(teams, grouped, f"g{run_id}"),
+                    ledger_op(teams, alone, f"s{run_id}"),
+                    c,
+                    duration_s,
                 )
-                single = await _drive(pool, ledger_op(teams, alone, f"s{run_id}"), c, duration_s)
                 baseline = await _drive(pool, baseline_op, c, duration_s)
             finally:
                 await pool.close()

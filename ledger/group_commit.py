@@ -168,16 +168,22 @@ class GroupCommit:
     (a lone caller: a batch of one). While batches are in flight, another one
     starts only for `min_batch` waiting items or more, and the waiting items are
     spread over as many batches as keep each at `min_batch` or more, up to
-    `max_inflight` in flight (by default one per pool connection). So batches
-    in flight follow the callers: one at a time under light load (what arrives
-    meanwhile waits and goes together), more under heavy load, each large
-    enough to share its round trip and commit. Measured on 2 cores
-    (docs/benchmarks.md, "Adaptive group commit"): a batch costs Postgres
-    about 0.5-0.7 ms of CPU before its first item, and two batches in flight
-    cost more CPU than they win in overlap there (2 x 32 against 1 x 64: 35 %
-    more Postgres CPU per operation, 17 % fewer operations per second); so
-    min_batch = 64 splits only crowds of 128 and more. Lower it on a machine
-    with cores to spare.
+    `max_inflight` in flight. So batches in flight follow the callers: one at a
+    time under light load (what arrives meanwhile waits and goes together), two
+    under load, each large enough to share its round trip and commit.
+
+    Why two (measured on 2 cores, docs/benchmarks.md, "Adaptive group commit"):
+    with one batch in flight this process and Postgres take turns (the callers
+    answer, then send again), so one of them is always idle. With two, one
+    batch is answered and the next formed here while the other runs in
+    Postgres: 32 callers over 1,000 teams as 2 x 16 made 23-27 % more
+    hold+captures per second than 1 x 32, and 64 as 2 x 32 24-26 % more than
+    1 x 64, although each batch costs Postgres about 0.4 ms of CPU before its
+    first item (30-37 % more Postgres CPU per operation). Batches of 8, or four
+    in flight, lost: the fixed cost outgrew the overlap. `max_inflight` is
+    capped by the pool's size; raise it where Postgres has cores to spare.
+    Runs taken while other benchmarks shared the same 2 cores found the
+    opposite: the overlap needs an idle core.
 
     Batches are partitioned by team: a team's items are in at most one batch
     in flight, and go together. Batches of one team would serialize on its
@@ -188,16 +194,19 @@ class GroupCommit:
     lets every item go alone at once.
     """
 
+    DEFAULT_INFLIGHT = 2
+
     def __init__(
         self,
         pool: asyncpg.Pool,
         *,
         max_batch: int = 512,
         max_inflight: int | None = None,
-        min_batch: int = 64,
+        min_batch: int = 16,
         by_team: bool = True,
     ) -> None:
-        max_inflight = pool.get_max_size() if max_inflight is None else max_inflight
+        if max_inflight is None:
+            max_inflight = min(self.DEFAULT_INFLIGHT, pool.get_max_size())
         if min(max_batch, max_inflight, min_batch) < 1:
             raise ValueError("max_batch, max_inflight and min_batch must be at least 1")
         self.pool = pool

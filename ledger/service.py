@@ -45,8 +45,8 @@ class Ledger:
     """Tokens of every team, in Postgres. One instance per process; safe to share.
 
     Holds and settlements go through group commit (ledger/group_commit.py):
-    concurrent calls share transactions, several batches in flight at once, up
-    to one per pool connection. `group_commit=False` sends each one alone, as
+    concurrent calls share transactions, up to two batches in flight at once
+    (GroupCommit says why). `group_commit=False` sends each one alone, as
     one transaction per call (for comparisons and tests). `batches_in_flight`
     caps the batches committing at once: the worker uses 1, so that what its
     jobs send while one batch commits goes together in the next (fewer, larger

@@ -89,7 +89,7 @@ async def test_callers_on_many_teams_commit_on_several_connections_at_once(
     for t in teams:
         await make_team(ledger, t)
         await ledger.hold(t, "enrich", 1, key="first", at=T0)  # the month exists
-    ledger.group = GroupCommit(ledger.pool, min_batch=2)
+    ledger.group = GroupCommit(ledger.pool, min_batch=2, max_inflight=4)
     async with ledger.pool.acquire() as blocker:
         tx = blocker.transaction()
         await tx.start()
@@ -113,16 +113,28 @@ async def test_callers_on_many_teams_commit_on_several_connections_at_once(
     assert ledger.group.batches == 4
 
 
-async def test_the_default_splits_only_large_crowds(ledger: Ledger) -> None:
-    """min_batch 64: 127 callers on 127 teams go as one batch, 128 as two."""
+async def test_the_default_keeps_two_batches_of_16_or_more_in_flight(ledger: Ledger) -> None:
+    """min_batch 16, two in flight: 31 callers on 31 teams go as one batch, 32 as
+    two of 16, and 128 as two of 64, never more than two at once."""
     teams = [f"t{n:03d}" for n in range(128)]
     for t in teams:
         await make_team(ledger, t)
     group = ledger.group
-    await asyncio.gather(*(ledger.hold(t, "enrich", 1, key="a", at=T0) for t in teams[:127]))
-    assert (group.batches, group.most_inflight) == (1, 1)
-    await asyncio.gather(*(ledger.hold(t, "enrich", 1, key="b", at=T0) for t in teams))
-    assert (group.batches, group.most_inflight) == (3, 2)
+    assert ledger.pool.get_max_size() > 2  # the cap is the default's, not the pool's
+    sizes: list[int] = []
+    commit = group._commit
+
+    async def spied(batch: Batch) -> None:
+        sizes.append(len(batch))
+        await commit(batch)
+
+    group._commit = spied  # type: ignore[method-assign]
+    await asyncio.gather(*(ledger.hold(t, "enrich", 1, key="a", at=T0) for t in teams[:31]))
+    assert (sizes, group.most_inflight) == ([31], 1)
+    await asyncio.gather(*(ledger.hold(t, "enrich", 1, key="b", at=T0) for t in teams[:32]))
+    assert (sizes[1:], group.most_inflight) == ([16, 16], 2)
+    await asyncio.gather(*(ledger.hold(t, "enrich", 1, key="c", at=T0) for t in teams))
+    assert (sizes[3:], group.most_inflight) == ([64, 64], 2)
 
 
 async def test_a_hot_team_holds_in_arrival_order_and_refuses_exactly(ledger: Ledger) -> None:
