@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -89,3 +90,30 @@ async def test_yearly_subscriptions_have_monthly_billing_months(ledger: Ledger) 
         starts.append(section.period_start)
         assert section.free_granted == 500
     assert starts == [at("2026-01-31"), at("2026-02-28"), at("2026-03-31"), at("2026-12-31")]
+
+
+async def test_a_hold_after_its_months_end_goes_into_the_next_month(ledger: Ledger) -> None:
+    """Alone, and in one batch with holds of the months around it in any order: each
+    charge is in the month its hold was placed in (opened by the hold if need be),
+    and each month counts its own holds only."""
+    jan, feb, mar = at("2026-01-01"), at("2026-02-01"), at("2026-03-01")
+    await make_team(ledger, "alone", seats=1)
+    await make_team(ledger, "batch", seats=1)
+    last = await ledger.hold("alone", "enrich", 1, key="jan", at=at("2026-01-31T23:59:59"))
+    first = await ledger.hold("alone", "enrich", 1, key="feb", at=feb)
+    assert (last.period_start, first.period_start) == (jan, feb)
+
+    await ledger.hold("batch", "enrich", 1, key="open", at=at("2026-01-10"))  # January open
+    batches = ledger.group.batches
+    held = await asyncio.gather(
+        ledger.hold("batch", "enrich", 1, key="feb", at=feb),
+        ledger.hold("batch", "enrich", 1, key="jan", at=at("2026-01-31T23:59:59")),
+        ledger.hold("batch", "enrich", 1, key="mar", at=at("2026-03-02")),
+    )
+    assert ledger.group.batches == batches + 1  # one tokens_apply call
+    assert [h.period_start for h in held] == [feb, jan, mar]
+    assert [h.period_end for h in held] == [mar, feb, at("2026-04-01")]
+    tokens = held[0].tokens
+    for month, count in ((jan, 2), (feb, 1), (mar, 1)):
+        section = await ledger.billing("batch", at=month)
+        assert (section.period_start, section.held) == (month, count * tokens)

@@ -122,18 +122,21 @@ DECLARE
     inserted integer[];
     l_team text[];
     l_month timestamptz[];
-    ord integer[];
     i integer;
     k record;
+    teams_of refcursor;  -- step 2's teams
     c charges;
     m billing_months;
     cur_team text;
     cur_known boolean;
     cur_start timestamptz;
     cur_end timestamptz;
-    cur_tp record;  -- the team (cur_tp.team) and its plan (cur_tp.plan)
-    free_av bigint;
-    add_av bigint;
+    cur_lim bigint;
+    -- Step 6's months, numbered g: each hold's month, and its running room.
+    g integer;
+    h_group integer[];
+    g_free_av bigint[];
+    g_add_av bigint[];
 BEGIN
     -- 1. The charges to settle, locked in id order (every path locks a charge before
     --    its month); those still held, with a valid new state, will be settled.
@@ -175,42 +178,76 @@ BEGIN
         END LOOP;
 
         --    Every other hold's billing month, opened on first use, and its team's
-        --    additional-token limit; teams visited in id order.
+        --    additional-token limit: one statement reads each team, its plan and the
+        --    month of its earliest hold (a statement per team cost more to start than
+        --    its lookups); teams visited in id order, a team's holds in array order.
+        --    A hold outside that month (a month's end within the call) or without
+        --    one looks its own up, and opens it if need be (tokens_open_month). A
+        --    hold's month and limit depend on no other hold: a team's holds are
+        --    taken in any order (an ordered aggregate costs a sort per call).
+        --    A lone hold (most calls) skips the grouping: the same lookups, for it.
         IF nh = 1 THEN
-            ord := '{1}';
+            OPEN teams_of FOR
+                SELECT '{1}'::integer[] AS items, tp.team, tp.plan, mo.period_start,
+                       mo.period_end
+                  FROM (SELECT 1) one
+                  LEFT JOIN (SELECT t AS team, p AS plan
+                               FROM teams t JOIN plans p ON p.name = t.plan
+                              WHERE t.id = h_team[1]) tp ON true
+                  LEFT JOIN (SELECT b.period_start, b.period_end FROM billing_months b
+                              WHERE b.team_id = h_team[1] AND b.period_start <= h_at[1]
+                              ORDER BY b.period_start DESC LIMIT 1) mo ON true;
         ELSE
-            SELECT coalesce(array_agg(u.i::integer ORDER BY u.t, u.i), '{}') INTO ord
-              FROM unnest(h_team) WITH ORDINALITY u(t, i);
+            OPEN teams_of FOR
+                SELECT d.items, tp.team, tp.plan, mo.period_start, mo.period_end
+                  FROM (SELECT h_team[j] AS team_id, min(h_at[j]) AS first_at,
+                               array_agg(j::integer) AS items
+                          FROM generate_subscripts(h_team, 1) j GROUP BY 1) d
+                  LEFT JOIN LATERAL (SELECT t AS team, p AS plan
+                                       FROM teams t JOIN plans p ON p.name = t.plan
+                                      WHERE t.id = d.team_id OFFSET 0) tp ON true
+                  LEFT JOIN LATERAL (SELECT b.period_start, b.period_end
+                                       FROM billing_months b
+                                      WHERE b.team_id = d.team_id
+                                        AND b.period_start <= d.first_at
+                                      ORDER BY b.period_start DESC LIMIT 1) mo ON true
+                 ORDER BY d.team_id;
         END IF;
-        FOREACH i IN ARRAY ord LOOP
-            IF h_team[i] IS DISTINCT FROM cur_team THEN
-                cur_team := h_team[i];
-                SELECT t AS team, p AS plan INTO cur_tp
-                  FROM teams t JOIN plans p ON p.name = t.plan WHERE t.id = cur_team;
-                cur_known := FOUND;
-                cur_start := NULL;
-            END IF;
-            IF NOT cur_known THEN
-                h_code[i] := 'TK001';
-                CONTINUE;
-            END IF;
-            CONTINUE WHEN h_charge[i] IS NOT NULL;
-            IF cur_start IS NULL OR h_at[i] < cur_start OR h_at[i] >= cur_end THEN
-                -- The month is there already, mostly (tokens_open_month's first look).
-                SELECT * INTO m FROM billing_months b
-                 WHERE b.team_id = cur_team AND b.period_start <= h_at[i]
-                 ORDER BY b.period_start DESC LIMIT 1;
-                IF NOT FOUND OR m.period_end <= h_at[i] THEN
-                    m := tokens_open_month(cur_team, h_at[i]);
+        LOOP
+            FETCH teams_of INTO k;
+            EXIT WHEN NOT FOUND;
+            cur_team := h_team[k.items[1]];
+            cur_start := k.period_start;
+            cur_end := k.period_end;
+            cur_lim := NULL;
+            FOREACH i IN ARRAY k.items LOOP
+                IF k.team IS NULL THEN
+                    h_code[i] := 'TK001';
+                    CONTINUE;
                 END IF;
-                cur_start := m.period_start;
-                cur_end := m.period_end;
-            END IF;
-            h_month[i] := cur_start;
-            h_end[i] := cur_end;
-            -- The month's limit: 0 once the subscription has ended (tokens_month_limit).
-            h_lim[i] := tokens_month_limit(cur_tp.team, cur_tp.plan, cur_start);
+                CONTINUE WHEN h_charge[i] IS NOT NULL;
+                IF cur_start IS NULL OR h_at[i] < cur_start OR h_at[i] >= cur_end THEN
+                    -- The month is there already, mostly (tokens_open_month's first look).
+                    SELECT * INTO m FROM billing_months b
+                     WHERE b.team_id = cur_team AND b.period_start <= h_at[i]
+                     ORDER BY b.period_start DESC LIMIT 1;
+                    IF NOT FOUND OR m.period_end <= h_at[i] THEN
+                        m := tokens_open_month(cur_team, h_at[i]);
+                    END IF;
+                    cur_start := m.period_start;
+                    cur_end := m.period_end;
+                    cur_lim := NULL;
+                END IF;
+                -- The month's limit: 0 once the subscription has ended (tokens_month_limit).
+                IF cur_lim IS NULL THEN
+                    cur_lim := tokens_month_limit(k.team, k.plan, cur_start);
+                END IF;
+                h_month[i] := cur_start;
+                h_end[i] := cur_end;
+                h_lim[i] := cur_lim;
+            END LOOP;
         END LOOP;
+        CLOSE teams_of;
     END IF;
 
     -- 3. Every month this call changes, locked in (team, month) order.
@@ -334,34 +371,48 @@ BEGIN
 
     -- 6. Holds, decided one by one on each month's running totals: free first, then
     --    additional up to the team's limit, refused whole when short...
-    IF nh = 1 THEN
-        ord := CASE WHEN h_month[1] IS NULL THEN '{}' ELSE '{1}' END;
+    --    Each month's row is read after the settlements above, in one statement for
+    --    the call, into its group's running totals; then the holds are decided in
+    --    array order, each on its month's totals.
+    IF nh = 1 THEN  -- a lone hold: its month, if it is to be held
+        SELECT * INTO m FROM billing_months b
+         WHERE b.team_id = h_team[1] AND b.period_start = h_month[1];
+        g_free_av[1] := m.free_granted - m.free_held - m.free_spent;
+        g_add_av[1] := greatest(h_lim[1] - m.additional_held - m.additional_spent, 0);
+        h_group[1] := CASE WHEN h_month[1] IS NOT NULL THEN 1 END;
     ELSE
-        SELECT coalesce(array_agg(u.i::integer ORDER BY u.t, u.ms, u.i), '{}') INTO ord
-          FROM unnest(h_team, h_month) WITH ORDINALITY u(t, ms, i) WHERE u.ms IS NOT NULL;
+    FOR k IN
+        SELECT d.items, b.free_granted - b.free_held - b.free_spent AS free_av,
+               b.additional_held + b.additional_spent AS add_used
+          FROM (SELECT h_team[j] AS t, h_month[j] AS ms, array_agg(j::integer) AS items
+                  FROM generate_subscripts(h_team, 1) j
+                 WHERE h_month[j] IS NOT NULL
+                 GROUP BY 1, 2) d
+          JOIN LATERAL (SELECT * FROM billing_months b1
+                         WHERE b1.team_id = d.t AND b1.period_start = d.ms OFFSET 0) b ON true
+    LOOP
+        g := coalesce(g, 0) + 1;
+        g_free_av[g] := k.free_av;
+        g_add_av[g] := greatest(h_lim[k.items[1]] - k.add_used, 0);
+        FOREACH i IN ARRAY k.items LOOP
+            h_group[i] := g;
+        END LOOP;
+    END LOOP;
     END IF;
-    cur_team := NULL;
-    cur_start := NULL;
-    FOREACH i IN ARRAY ord LOOP
-        IF h_team[i] IS DISTINCT FROM cur_team OR h_month[i] IS DISTINCT FROM cur_start THEN
-            cur_team := h_team[i];
-            cur_start := h_month[i];
-            SELECT * INTO m FROM billing_months b
-             WHERE b.team_id = cur_team AND b.period_start = cur_start;
-            free_av := m.free_granted - m.free_held - m.free_spent;
-            add_av := greatest(h_lim[i] - m.additional_held - m.additional_spent, 0);
-        END IF;
+    FOR i IN 1..nh LOOP
+        g := h_group[i];
+        CONTINUE WHEN g IS NULL;  -- an error or a known key: not to be held
         h_replayed[i] := false;
-        IF h_tokens[i] <= free_av + add_av THEN
-            h_free[i] := least(h_tokens[i], free_av);
-            free_av := free_av - h_free[i];
-            add_av := add_av - (h_tokens[i] - h_free[i]);
+        IF h_tokens[i] <= g_free_av[g] + g_add_av[g] THEN
+            h_free[i] := least(h_tokens[i], g_free_av[g]);
+            g_free_av[g] := g_free_av[g] - h_free[i];
+            g_add_av[g] := g_add_av[g] - (h_tokens[i] - h_free[i]);
             new_pos := new_pos || i;
         ELSE
             h_refused[i] := true;
         END IF;
-        h_free_av[i] := free_av;
-        h_add_av[i] := add_av;
+        h_free_av[i] := g_free_av[g];
+        h_add_av[i] := g_add_av[g];
     END LOOP;
 
     --    ...then inserted together, and each month's held totals raised once by
