@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import platform
@@ -157,10 +158,17 @@ async def _bench_hold_capture(
     run_id = 0
 
     def ledger_op(teams: list[str], ledger: Ledger, tag: str) -> Op:
+        # A new key for every call, however many runs drive this op (_drive_pair
+        # runs it twice, and each run counts i from 0): a key used before would
+        # replay its charge, not hold and capture.
+        keys = itertools.count()
+
         async def op(pool: asyncpg.Pool, w: int, i: int) -> None:
             nonlocal refused
             team = teams[(w * 7919 + i) % len(teams)]
-            held = await ledger.hold(team, "debounce", 1, key=f"{tag}-{w}-{i}", at=AT)
+            held = await ledger.hold(team, "debounce", 1, key=f"{tag}-{next(keys)}", at=AT)
+            if held.replayed:
+                raise RuntimeError(f"bench key {held.key} replayed: the op reused a key")
             if held.refused or held.charge_id is None:
                 refused += 1
                 return
