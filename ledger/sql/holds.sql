@@ -128,7 +128,6 @@ DECLARE
     c charges;
     m billing_months;
     cur_team text;
-    cur_known boolean;
     cur_start timestamptz;
     cur_end timestamptz;
     cur_lim bigint;
@@ -180,11 +179,12 @@ BEGIN
         --    Every other hold's billing month, opened on first use, and its team's
         --    additional-token limit: one statement reads each team, its plan and the
         --    month of its earliest hold (a statement per team cost more to start than
-        --    its lookups); teams visited in id order, a team's holds in array order.
+        --    its lookups); teams visited in id order (tokens_open_month locks the team).
         --    A hold outside that month (a month's end within the call) or without
-        --    one looks its own up, and opens it if need be (tokens_open_month). A
-        --    hold's month and limit depend on no other hold: a team's holds are
-        --    taken in any order (an ordered aggregate costs a sort per call).
+        --    one looks its own up, and opens it if need be. A hold's month and limit
+        --    depend on no other hold, so a team's holds are taken in any order here
+        --    (an ordered aggregate costs a sort per call); step 6 decides them in
+        --    array order.
         --    A lone hold (most calls) skips the grouping: the same lookups, for it.
         IF nh = 1 THEN
             OPEN teams_of FOR
@@ -374,12 +374,14 @@ BEGIN
     --    Each month's row is read after the settlements above, in one statement for
     --    the call, into its group's running totals; then the holds are decided in
     --    array order, each on its month's totals.
-    IF nh = 1 THEN  -- a lone hold: its month, if it is to be held
-        SELECT * INTO m FROM billing_months b
-         WHERE b.team_id = h_team[1] AND b.period_start = h_month[1];
-        g_free_av[1] := m.free_granted - m.free_held - m.free_spent;
-        g_add_av[1] := greatest(h_lim[1] - m.additional_held - m.additional_spent, 0);
-        h_group[1] := CASE WHEN h_month[1] IS NOT NULL THEN 1 END;
+    IF nh = 1 THEN  -- a lone hold: its month, if it is to be held (not an error or a replay)
+        IF h_month[1] IS NOT NULL THEN
+            SELECT * INTO m FROM billing_months b
+             WHERE b.team_id = h_team[1] AND b.period_start = h_month[1];
+            g_free_av[1] := m.free_granted - m.free_held - m.free_spent;
+            g_add_av[1] := greatest(h_lim[1] - m.additional_held - m.additional_spent, 0);
+            h_group[1] := 1;
+        END IF;
     ELSE
     FOR k IN
         SELECT d.items, b.free_granted - b.free_held - b.free_spent AS free_av,
