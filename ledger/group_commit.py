@@ -25,8 +25,8 @@ item commits or not with the others, exactly like a reply lost on the wire.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -35,11 +35,12 @@ import structlog
 
 from db.queries import q
 from ledger.errors import TokensError, detail_of, from_code
-from ledger.results import ChargeRow
 
 log = structlog.get_logger("tokens.ledger")
 
-Row = dict[str, Any]
+# A row of tokens_apply (an asyncpg Record; tests may answer with dicts): the
+# hold's or the settled charge's columns, read by name by the Ledger.
+Row = Mapping[str, Any]
 
 
 class Fetcher(Protocol):
@@ -70,40 +71,22 @@ class SettleItem:
 Item = HoldItem | SettleItem
 Outcome = Row | TokensError
 
-# The columns of a hold's answer and of a settlement's (the charge, plus its extras).
-HOLD_COLUMNS = (
-    "charge_id",
-    "state",
-    "replayed",
-    "tokens",
-    "free_tokens",
-    "additional_tokens",
-    "period_start",
-    "period_end",
-    "held_at",
-    "free_available",
-    "additional_available",
-)
-CHARGE_COLUMNS = tuple(f.name for f in fields(ChargeRow) if f.name != "id")
-
-
-def hold_row(row: asyncpg.Record) -> Row:
-    return {k: row[k] for k in HOLD_COLUMNS}
-
-
-def settle_row(row: asyncpg.Record) -> Row:
-    out = {k: row[k] for k in CHARGE_COLUMNS}
-    out["id"] = row["charge_id"]
-    out |= {k: row[k] for k in ("changed", "unbilled_additional", "threshold_reached")}
-    return out
-
 
 async def apply(conn: Fetcher, items: Sequence[Item]) -> list[Outcome]:
     """One tokens_apply call: each item's answer, or its typed error, in the items' order.
 
     Only a failure of the call as a whole (a CHECK, a lost connection) raises."""
-    settles = [i for i in items if isinstance(i, SettleItem)]
-    holds = [i for i in items if isinstance(i, HoldItem)]
+    settles: list[SettleItem] = []
+    holds: list[HoldItem] = []
+    # Where the n-th settlement and the n-th hold stand in `items`.
+    where: dict[str, list[int]] = {"settle": [], "hold": []}
+    for n, item in enumerate(items):
+        if isinstance(item, SettleItem):
+            settles.append(item)
+            where["settle"].append(n)
+        else:
+            holds.append(item)
+            where["hold"].append(n)
     rows = await conn.fetch(
         q("apply"),
         [s.charge_id for s in settles],
@@ -118,21 +101,14 @@ async def apply(conn: Fetcher, items: Sequence[Item]) -> list[Outcome]:
         [h.job_id for h in holds],
         [h.lead_id for h in holds],
     )
-    # Where the n-th settlement and the n-th hold stand in `items`.
-    where = {
-        "settle": [n for n, i in enumerate(items) if isinstance(i, SettleItem)],
-        "hold": [n for n, i in enumerate(items) if isinstance(i, HoldItem)],
-    }
     out: list[Outcome | None] = [None] * len(items)
     for row in rows:
         if row["err_code"] is not None:
             outcome: Outcome = from_code(
                 row["err_code"], row["err_message"], detail_of(row["err_detail"])
             )
-        elif row["kind"] == "settle":
-            outcome = settle_row(row)
         else:
-            outcome = hold_row(row)
+            outcome = row
         out[where[row["kind"]][row["pos"] - 1]] = outcome
     answered = [o for o in out if o is not None]
     if len(answered) != len(items):  # every item has a row; this only guards against a bug

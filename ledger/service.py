@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import asyncpg
 
@@ -80,10 +80,7 @@ class Ledger:
         try:
             return await call()
         except asyncpg.PostgresError as exc:
-            mine = translate(exc)
-            if mine is None:
-                raise
-            raise mine from exc
+            _raise_translated(exc)
 
     async def sync_catalog(self) -> None:
         """Write the catalog's plans where the money functions can read them."""
@@ -203,9 +200,10 @@ class Ledger:
     ) -> HoldResult:
         """Hold the tokens of one search before it runs (one round trip)."""
         tokens, at = self._hold_args(team, action, quantity, key, at)
-        row = await self._run(
-            lambda: self.group.hold(team, key, action, quantity, tokens, at, job_id, lead_id)
-        )
+        try:
+            row = await self.group.hold(team, key, action, quantity, tokens, at, job_id, lead_id)
+        except asyncpg.PostgresError as exc:
+            _raise_translated(exc)
         result = _hold_result(team, key, action, quantity, row)
         if result.state == "held" and result.charge_id is not None:
             remembered = self._charge_team
@@ -226,7 +224,10 @@ class Ledger:
     async def _settle(self, charge_id: int, state: str, at: datetime) -> Settlement:
         at = validate.moment(at)
         team = self._charge_team.pop(charge_id, None)
-        row = await self._run(lambda: self.group.settle(charge_id, state, at, team))
+        try:
+            row = await self.group.settle(charge_id, state, at, team)
+        except asyncpg.PostgresError as exc:
+            _raise_translated(exc)
         settlement = _settlement(row)
         c = settlement.charge
         if settlement.changed:
@@ -353,6 +354,14 @@ class Ledger:
         return [dict(r) for r in await self.pool.fetch(q("ledger_drift"))]
 
 
+def _raise_translated(exc: asyncpg.PostgresError) -> NoReturn:
+    """Our error for a Postgres one we know (a refusal raised in SQL), else it as is."""
+    mine = translate(exc)
+    if mine is None:
+        raise exc
+    raise mine from exc
+
+
 def _hold_result(
     team: str, key: str, action: str, quantity: int, row: Mapping[str, Any] | asyncpg.Record | None
 ) -> HoldResult:
@@ -379,7 +388,7 @@ def _hold_result(
 def _settlement(row: Mapping[str, Any] | asyncpg.Record | None) -> Settlement:
     assert row is not None
     return Settlement(
-        charge=ChargeRow.from_record(row),
+        charge=ChargeRow.from_record(row, id=row["charge_id"]),
         changed=row["changed"],
         unbilled_additional=row["unbilled_additional"],
         threshold_reached=row["threshold_reached"],

@@ -1,10 +1,13 @@
-"""The search memo in Redis: a job's search that happened, kept until its capture.
+"""The search memo in Redis: a search that happened, whose capture did not answer.
 
 A job that searched and then could not capture (Postgres away past the job's
-wait, the worker killed between the two) runs again; its hold replays as
-`held` and the memo gives back what the provider answered, so the lead is not
-searched twice. Best effort by design: Redis unreachable means no memo (the
-job then searches again, and is still charged once by its idempotency key).
+wait, the worker stopped or its capture's answer lost) writes the memo before
+it gives up, and runs again; its hold replays as `held` and the memo gives
+back what the provider answered, so the lead is not searched twice. A capture
+that answers writes nothing (worker/metering.py). Best effort by design:
+Redis unreachable, or a worker killed outright between the search and the
+capture's commit, means no memo (the job then searches again, and is still
+charged once by its idempotency key).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ class RedisSearchMemo:
     """One per worker (`shared_memo`): the puts of the jobs that reach them in
     the same turn of the event loop go to Redis in one pipeline, one round trip.
 
-    Each job still waits for its own put before it captures, as with one SET
+    Each job still waits for its own put before it goes on, as with one SET
     each: batching changes the round trips, not what is remembered when.
     """
 

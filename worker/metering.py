@@ -12,9 +12,10 @@ the capture and the release are tried again with backoff inside the job, up
 to a deadline below the job's timeout; past it the job is put back in the
 queue (`OutageRetry`), which the worker does not count as one of the job's
 tries (worker/tasks.py). The hold's idempotency key makes every repeat safe.
-A search that happened is remembered (`SearchMemo`, in Redis) until its
-capture, so a job that searched and then lost Postgres captures on its next
-run without searching again.
+A search whose capture does not answer (Postgres away, the worker stopping)
+is remembered first (`SearchMemo`, in Redis, until the hold TTL), so the job's
+next run captures it without searching again; a capture that answers, nearly
+every one, costs no memo write.
 """
 
 from __future__ import annotations
@@ -183,13 +184,13 @@ async def _metered(
         if not isinstance(searched, SearchResult):
             return searched  # the search did not happen: the job's result says why
         result = searched
-        if memo is not None:
+
+    async def remember() -> None:
+        if memo is not None and reused is None:
             await memo.put(f"{team}:{key}", result)
 
     try:
-        settlement = await outage.guard(
-            lambda: ledger.capture(charge_id, at=clock()), "capture", fields
-        )
+        settlement = await _capture(ledger, charge_id, clock, outage, fields, remember)
     except ChargeAlreadySettled:
         # The hold outlived TOKENS_HOLD_TTL_SECONDS (an outage longer than the TTL) and
         # the sweep gave the tokens back: the search happened but is not charged.
@@ -218,6 +219,39 @@ async def _metered(
         # True when an earlier run's search was captured (no second search).
         "search_reused": reused is not None,
     }
+
+
+async def _capture(
+    ledger: Ledger,
+    charge_id: int,
+    clock: Callable[[], datetime],
+    outage: _Outage,
+    fields: dict[str, Any],
+    remember: Callable[[], Awaitable[None]],
+) -> Settlement:
+    """The capture of a search that happened.
+
+    One that answers needs no memo (nearly every one: no Redis round trip per
+    job). One that does not (Postgres away, the worker stopping, a lost
+    answer) calls `remember` first, so that the job's next run captures the
+    search without searching again; then an outage is waited out as for any
+    ledger call. Only a worker killed outright between the search and the
+    capture's commit leaves no memo: that lead is searched again on the next
+    run, and still charged once.
+    """
+
+    async def capture() -> Settlement:
+        return await ledger.capture(charge_id, at=clock())
+
+    try:
+        return await capture()
+    except BaseException as exc:
+        if not isinstance(exc, ChargeAlreadySettled):
+            await remember()
+        if not (isinstance(exc, Exception) and is_transient(exc)):
+            raise
+        failed = exc
+    return await outage.wait_out(capture, "capture", fields, failed)
 
 
 async def _search(
@@ -271,8 +305,25 @@ class _Outage:
 
     async def guard(self, call: Callable[[], Awaitable[T]], what: str, fields: dict[str, Any]) -> T:
         try:
+            return await call()  # nearly always: no deadline to work out, no wrapper
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            failed = exc
+        return await self.wait_out(call, what, fields, failed)
+
+    async def wait_out(
+        self,
+        call: Callable[[], Awaitable[T]],
+        what: str,
+        fields: dict[str, Any],
+        failed: Exception,
+    ) -> T:
+        """`call` failed, Postgres (or Redis) being away: `call` again, with backoff,
+        until the deadline; past it, or without one, put the job back (OutageRetry)."""
+        try:
             if self.until is None:
-                return await call()
+                raise failed
             until = min(self.until, time.monotonic() + self.wait)
             return await ride_out(
                 call,

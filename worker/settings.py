@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -24,6 +23,7 @@ from worker.alerts import deliver_alerts
 from worker.context import Deps
 from worker.providers import build_providers
 from worker.queue import QUEUE, RECONCILE_JOB
+from worker.start_groups import Member, StartGroup
 from worker.tasks import JOBS, expire_holds, reconcile_all, reconcile_team
 
 log = structlog.get_logger("tokens.worker")
@@ -95,34 +95,46 @@ class TokensWorker(Worker):
     the job slot it had taken.
     """
 
-    # At most this many jobs taken in a row wait for each other (see start_jobs).
+    # At most this many jobs taken in a row wait for each other (worker/start_groups.py).
     start_group = 16
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._start_gate: asyncio.Event | None = None
+        self._members: dict[str, Member] = {}  # taken, not yet running
+        self._running: dict[str, Member] = {}
+        on_job_start = self.on_job_start
+
+        async def meet_then_start(ctx: dict[str, Any]) -> None:
+            member = self._running.get(ctx["job_id"])
+            if member is not None:
+                await member.meet()
+            if on_job_start is not None:
+                await on_job_start(ctx)
+
+        self.on_job_start = meet_then_start
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         """arq's, one job at a time (each its own WATCH), with two changes.
 
         Outages: see the class. Start together: the jobs taken by one poll
-        start together, up to `start_group` at a time, once they are all
-        taken, instead of each as soon as it is (arq takes a job in four
-        Redis round trips). Their holds, search-memo writes and captures then
-        meet in the same ledger batch and the same Redis pipeline: fewer round
-        trips per job (bench/arq_overhead.py). Nothing else changes: a job is
-        taken exactly as arq takes it, and runs exactly as arq runs it.
+        start together, up to `start_group` at a time (worker/start_groups.py):
+        once they are all taken, and their functions once they have all read
+        their jobs. Their holds and captures then meet in the same ledger
+        batch: fewer round trips per job (bench/arq_overhead.py). Nothing
+        else changes: a job is taken exactly as arq takes it, and runs
+        exactly as arq runs it.
         """
-        gate = self._start_gate = asyncio.Event()
-        taken = len(self.tasks)  # arq adds each job it starts to self.tasks
+        group = StartGroup()
         try:
             for job_id in job_ids:
                 if self.job_counter >= self.max_jobs:
                     return  # arq's own check, before it takes anything: no slot left
-                if len(self.tasks) - taken >= self.start_group:
-                    gate.set()
-                    gate = self._start_gate = asyncio.Event()
-                    taken = len(self.tasks)
+                if group.size >= self.start_group:
+                    group.close()
+                    group = StartGroup()
+                name = job_id.decode()
+                member = self._members[name] = group.join()
+                before = self.tasks.get(name)  # arq adds each job it starts to self.tasks
                 try:
                     await super().start_jobs([job_id])
                 except Exception as exc:
@@ -134,15 +146,25 @@ class TokensWorker(Worker):
                     self.sem.release()
                     log.warning("worker_redis_outage", where="start_jobs", error=repr(exc)[:200])
                     return
+                finally:
+                    if self.tasks.get(name) is before:  # not started (taken elsewhere, ...)
+                        self._members.pop(name, None)
+                        member.arrived()
         finally:
-            self._start_gate = None
-            gate.set()
+            group.close()
 
     async def run_job(self, job_id: str, score: int) -> None:
-        gate = self._start_gate
-        if gate is not None:
-            await gate.wait()
-        await super().run_job(job_id, score)
+        member = self._members.pop(job_id, None)
+        if member is None:
+            await super().run_job(job_id, score)
+            return
+        await member.group.taken()
+        self._running[job_id] = member
+        try:
+            await super().run_job(job_id, score)
+        finally:
+            del self._running[job_id]
+            member.arrived()  # ended before its start (expired, out of tries, ...)
 
     async def heart_beat(self) -> None:
         try:
