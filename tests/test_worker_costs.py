@@ -257,6 +257,21 @@ async def test_a_group_larger_than_the_free_slots_never_stalls_the_worker(
     assert worker.jobs_complete == 10 and worker.jobs_failed == 0
 
 
+def test_arq_builds_a_repr_of_each_result_only_when_its_logger_prints_it() -> None:
+    from runtime.config import Settings
+    from worker.settings import worker_kwargs
+
+    arq_log = logging.getLogger("arq.worker")
+    level = arq_log.level
+    try:
+        arq_log.setLevel(logging.WARNING)  # as `tokens worker` runs: nothing set up for arq
+        assert worker_kwargs(Settings(), "redis://localhost")["log_results"] is False
+        arq_log.setLevel(logging.INFO)
+        assert worker_kwargs(Settings(), "redis://localhost")["log_results"] is True
+    finally:
+        arq_log.setLevel(level)
+
+
 async def test_a_group_meets_only_once_taken_and_every_member_is_there() -> None:
     from worker.start_groups import StartGroup
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -246,6 +247,9 @@ def worker_kwargs(
         "job_timeout": settings.job_timeout_seconds,
         "max_tries": settings.job_max_tries,
         "keep_result": 24 * 3600,
+        # arq builds repr(result) for its "job finished" line whether or not its
+        # logger prints INFO (it prints nothing unless logging is set up for it).
+        "log_results": logging.getLogger("arq.worker").isEnabledFor(logging.INFO),
         "burst": burst,
         "poll_delay": 0.05 if burst else 0.5,
         # SIGTERM: stop taking jobs, let running ones finish (they hold tokens),

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import re
 from typing import Any
+
+from pydantic import BaseModel
 
 from worker.payloads import IcebreakerPayload, Lead, SequencePayload
 from worker.providers.base import VERIFY_OUTCOMES, Outcome, ProviderFailure, SearchResult, one_line
@@ -42,8 +43,13 @@ _OPENERS = (
 )
 
 
-def _digest(value: Any) -> bytes:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).digest()
+_SLUG_GAPS = re.compile(r"[^a-z0-9]+")
+_LABEL_PARTS = re.compile(r"[-_]")
+
+
+def _digest(payload: BaseModel) -> bytes:
+    """The payload's fingerprint: the same payload always gets the same fake answer."""
+    return hashlib.sha256(payload.model_dump_json().encode()).digest()
 
 
 def _pick(options: tuple[Any, ...], digest: bytes, index: int) -> Any:
@@ -64,7 +70,7 @@ def _lead_domain(lead: Lead) -> str | None:
 
 def _company_name(domain: str) -> str:
     label = domain.removeprefix("www.").split(".")[0]
-    return " ".join(part.capitalize() for part in re.split(r"[-_]", label) if part) or domain
+    return " ".join(part.capitalize() for part in _LABEL_PARTS.split(label) if part) or domain
 
 
 def _sandbox_failures(provider: str, text: str) -> None:
@@ -88,7 +94,7 @@ class SandboxAIProvider:
         _sandbox_failures(self.name, text)
         if "notfound" in text:
             return self._result(Outcome.NOT_FOUND, {"raw": ""})
-        digest = _digest(payload.model_dump(mode="json"))
+        digest = _digest(payload)
         subjects = _pick(_SUBJECTS, digest, 0)
         brief = one_line(payload.prompt)
         bodies = (
@@ -106,7 +112,7 @@ class SandboxAIProvider:
         _sandbox_failures(self.name, text)
         if "notfound" in text:
             return self._result(Outcome.NOT_FOUND, {"raw": ""})
-        digest = _digest(payload.model_dump(mode="json"))
+        digest = _digest(payload)
         first = lead.first_name or "there"
         domain = _lead_domain(lead)
         company = _company_name(domain) if domain else "your company"
@@ -125,12 +131,12 @@ class SandboxEnrichProvider:
         _sandbox_failures(self.name, text)
         if "notfound" in text:
             return SearchResult(Outcome.NOT_FOUND, {}, self.name, sandbox=True)
-        digest = _digest(lead.model_dump(mode="json"))
+        digest = _digest(lead)
         first = lead.first_name or _pick(_FIRST_NAMES, digest, 0)
         last = lead.last_name or _pick(_LAST_NAMES, digest, 1)
         domain = _lead_domain(lead) or f"{_pick(_COMPANIES, digest, 2).lower()}.example"
         email = lead.email or f"{first}.{last}@{domain}".lower().replace(" ", "")
-        slug = re.sub(r"[^a-z0-9]+", "-", f"{first} {last}".lower()).strip("-")
+        slug = _SLUG_GAPS.sub("-", f"{first} {last}".lower()).strip("-")
         person = {
             "email": email,
             "phone": f"+1-{200 + digest[3] % 800:03d}-555-01{digest[4] % 100:02d}",
