@@ -12,6 +12,7 @@ the database, and measures on them:
    same with the usage-alert trigger on against off, interleaved (bench/alerts.py);
 2. the latency of `Ledger.billing` for a team with many charges;
 3. arq throughput of metered jobs against no-op jobs (bench/arq_overhead.py),
+   where the metered job's extra worker CPU goes (bench/arq_breakdown.py),
    then metered jobs/s per worker process at provider latencies 0, 100 ms and
    1 s, and with 1 to 4 worker processes (bench/capacity.py);
 4. one reconcile run over many teams against the Stripe fake (bench/reconcile.py);
@@ -46,7 +47,7 @@ import asyncpg
 
 from bench import alerts as alerts_bench
 from bench import api as api_bench
-from bench import arq_overhead, capacity, cli_start, report
+from bench import arq_breakdown, arq_overhead, capacity, cli_start, report
 from bench import reconcile as reconcile_bench
 from bench.servers import fresh_servers, postgres_cpu_s, postmaster_of, quiet_logs
 from db.pool import create_pool
@@ -349,6 +350,8 @@ async def _run(
             await pool.close()
         print("arq, metered jobs against no-op jobs:", flush=True)
         arq = await arq_overhead.run(dsn, servers.redis_url(), quick=quick, before=before)
+        print("arq, where a metered job's extra worker CPU goes:", flush=True)
+        breakdown = await arq_breakdown.run(dsn, servers.redis_url(), quick=quick)
         print("capacity, metered jobs/s per worker process:", flush=True)
         capacity_result = await capacity.run(dsn, servers.redis_url(), quick=quick)
         print("reconcile:", flush=True)
@@ -371,6 +374,7 @@ async def _run(
         "hold_capture": hold_capture,
         "alerts": alerts,
         "arq_overhead": arq,
+        "arq_breakdown": breakdown,
         "capacity": capacity_result,
         "reconcile": reconciled,
         "billing_read": billing,

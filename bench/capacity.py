@@ -30,7 +30,6 @@ is sized to last about `seconds` (a few seconds).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -38,11 +37,10 @@ import statistics
 import sys
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import asyncpg
-from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.connections import ArqRedis
 
 from bench.arq_overhead import (
     SPREAD_TEAMS,
@@ -52,12 +50,9 @@ from bench.arq_overhead import (
     _jobs,
     _month_totals,
     _results,
-    _setup_teams,
+    bench_clients,
 )
-from bench.servers import fresh_servers, postgres_cpu_s, postmaster_of, quiet_logs
-from db.pool import create_pool as create_pg_pool
-from ledger.catalog import DEFAULT_CATALOG
-from ledger.service import Ledger
+from bench.servers import postgres_cpu_s, postmaster_of, quiet_logs, standalone_main
 from worker.queue import QUEUE
 
 GO_KEY = "bench:capacity:go"
@@ -229,12 +224,7 @@ async def run(dsn: str, redis_url: str, *, quick: bool) -> dict[str, Any]:
     quiet_logs()
     shape = QUICK if quick else FULL
     teams = [f"cap-team-{n}" for n in range(SPREAD_TEAMS)]
-    pool = await create_pg_pool(dsn, min_size=1, max_size=4)
-    redis = await create_pool(RedisSettings.from_dsn(redis_url))
-    try:
-        ledger = Ledger(pool, DEFAULT_CATALOG)
-        await ledger.sync_catalog()
-        await _setup_teams(ledger, teams)
+    async with bench_clients(dsn, redis_url, teams) as (pool, redis):
         postmaster = await postmaster_of(pool)
 
         async def point(latency_ms: int, max_jobs: int, processes: int) -> dict[str, Any]:
@@ -253,9 +243,6 @@ async def run(dsn: str, redis_url: str, *, quick: bool) -> dict[str, Any]:
 
         per_process = [await point(lat, mj, 1) for lat in LATENCIES_MS for mj in MAX_JOBS]
         scaling = [await point(0, 32, n) for n in PROCESSES]
-    finally:
-        await redis.aclose()
-        await pool.close()
     ratios = [p["workers_per_pg_core"] for p in per_process + scaling if p["latency_ms"] == 0]
     return {
         "seconds_per_point": shape["seconds"],
@@ -269,22 +256,10 @@ async def run(dsn: str, redis_url: str, *, quick: bool) -> dict[str, Any]:
     }
 
 
-async def _standalone(quick: bool) -> dict[str, Any]:
-    async with fresh_servers("tokens-capacity-") as servers:
-        return await run(servers.dsn, servers.redis_url(), quick=quick)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.capacity", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="2 s points")
-    parser.add_argument("--json", type=Path, help="write the result as one JSON object here")
-    args = parser.parse_args(argv)
-    quiet_logs()
-    result = asyncio.run(_standalone(args.quick))
-    print(json.dumps(result, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-    return 0
+    return standalone_main(
+        argv, prog="python -m bench.capacity", doc=__doc__, quick_help="2 s points", run=run
+    )
 
 
 if __name__ == "__main__":

@@ -131,6 +131,25 @@ def arq_table(a: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+BREAKDOWN_ROWS = (
+    ("noop", "no-op job (the baseline)"),
+    ("metered", "metered job"),
+    ("metered_postgres_in_process", "metered, Postgres answered in-process"),
+    ("metered_production_logs", "metered, INFO logs as JSON lines (the default)"),
+)
+
+
+def breakdown_table(b: dict[str, Any]) -> str:
+    lines = ["| variant | worker CPU ms/job | over the no-op job |", "|---|---:|---:|"]
+    for key, name in BREAKDOWN_ROWS:
+        over = b["cpu_overhead_pct"].get(key)
+        lines.append(
+            f"| {name} | {b['cpu_ms_per_job'][key]:.3f} "
+            f"| {'-' if over is None else f'**{over:.1f} %**'} |"
+        )
+    return "\n".join(lines)
+
+
 def capacity_table(c: dict[str, Any]) -> str:
     lines = [
         "| provider latency | max_jobs | worker processes | metered jobs/s | per process "
@@ -365,6 +384,16 @@ ms per job - 1 (the worker's own). Medians of the runs; every metered job is
 checked `captured` and the ledger is checked to hold exactly the jobs' charges.
 
 {arq_table(result["arq_overhead"])}
+
+Where the metered job's extra worker CPU goes (`bench/arq_breakdown.py`, 8
+teams, {result["arq_breakdown"]["rounds"]} alternated rounds of
+{result["arq_breakdown"]["jobs"]:,} jobs, medians): "Postgres answered
+in-process" replays recorded `tokens_apply` rows instead of the round trip,
+so what it costs over the no-op job is the worker's own metering code; what
+the real metered job adds over it is the round trips (asyncpg, the pool, the
+socket) and Postgres working on the same two cores.
+
+{breakdown_table(result["arq_breakdown"])}
 
 ## How many workers
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import json
 import logging
 import os
 import shutil
 import sys
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import structlog
@@ -82,3 +86,29 @@ def _parent(pid: int) -> int:
 
 async def postmaster_of(pool: asyncpg.Pool) -> int:
     return _parent(int(await pool.fetchval("SELECT pg_backend_pid()")))
+
+
+Run = Callable[..., Awaitable[dict[str, Any]]]
+
+
+def standalone_main(
+    argv: list[str] | None, *, prog: str, doc: str | None, quick_help: str, run: Run
+) -> int:
+    """`python -m bench.X [--quick] [--json FILE]` for a benchmark whose
+    `run(dsn, redis_url, quick=...)` measures on servers it is given: here fresh
+    ones; prints the result but its list of runs, writes it whole to FILE."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--json", type=Path, help="write the result as one JSON object here")
+    args = parser.parse_args(argv)
+    quiet_logs()
+
+    async def standalone() -> dict[str, Any]:
+        async with fresh_servers(f"tokens-{prog.rsplit('.', 1)[-1]}-") as servers:
+            return await run(servers.dsn, servers.redis_url(), quick=args.quick)
+
+    result = asyncio.run(standalone())
+    print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2, default=str))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return 0

@@ -20,6 +20,7 @@ every one, costs no memo write.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -245,7 +246,7 @@ async def _capture(
 
     try:
         return await capture()
-    except BaseException as exc:
+    except (Exception, asyncio.CancelledError) as exc:
         if not isinstance(exc, ChargeAlreadySettled):
             await remember()
         if not (isinstance(exc, Exception) and is_transient(exc)):
