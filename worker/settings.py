@@ -164,7 +164,8 @@ class TokensWorker(Worker):
         try:
             await super().run_job(job_id, score)
         finally:
-            del self._running[job_id]
+            if self._running.get(job_id) is member:  # not a later run of the same job
+                del self._running[job_id]
             member.arrived()  # ended before its start (expired, out of tries, ...)
 
     async def heart_beat(self) -> None:
