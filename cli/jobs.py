@@ -111,7 +111,7 @@ def worker(
         from prometheus_client import start_http_server
 
         start_http_server(settings.metrics_port)
-    run(go())
+    run(go(), uvloop=True)
 
 
 def demo(

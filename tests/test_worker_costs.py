@@ -272,6 +272,30 @@ def test_arq_builds_a_repr_of_each_result_only_when_its_logger_prints_it() -> No
         arq_log.setLevel(level)
 
 
+def test_tokens_worker_runs_on_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cli import common, jobs
+
+    seen: list[dict[str, Any]] = []
+
+    def recording(coro: Any, **kwargs: Any) -> None:
+        seen.append(kwargs)
+        coro.close()
+
+    monkeypatch.setattr(jobs, "run", recording)
+    config = structlog.get_config()
+    try:
+        jobs.worker(burst=True)  # sets up logging as the command does
+    finally:
+        structlog.configure(**config)
+    assert seen == [{"uvloop": True}]
+
+    async def loop_module() -> str:
+        return type(asyncio.get_running_loop()).__module__
+
+    assert common.run(loop_module(), uvloop=True).startswith("uvloop")
+    assert common.run(loop_module()).startswith("asyncio")
+
+
 async def test_a_group_meets_only_once_taken_and_every_member_is_there() -> None:
     from worker.start_groups import StartGroup
 
