@@ -65,10 +65,12 @@ CPU_BOUND_PER_S = 700
 QUICK = {"seconds": 2.0, "max_jobs_count": 3_000}
 FULL = {"seconds": 4.0, "max_jobs_count": 6_000}
 
+# On uvloop's event loop, as `tokens worker` runs (cli/jobs.py).
 WORKER_SCRIPT = """
-import asyncio, json, sys, time
+import json, sys
 from bench.capacity import worker_main
-print(json.dumps(asyncio.run(worker_main(*sys.argv[1:]))), flush=True)
+from cli.common import run
+print(json.dumps(run(worker_main(*sys.argv[1:]), uvloop=True)), flush=True)
 """
 
 
