@@ -303,10 +303,25 @@ async def test_a_group_meets_only_once_taken_and_every_member_is_there() -> None
     first, second, third = group.join(), group.join(), group.join()
     meeting = [asyncio.ensure_future(m.meet()) for m in (first, second)]
     third.arrived()  # ended before its start (expired, out of tries): not waited for
-    await asyncio.sleep(0)
-    assert not any(m.done() for m in meeting)  # all there, but the group is still being taken
+    await asyncio.sleep(0)  # one loop turn: both members have arrived and wait
+    assert not group.met  # all there, but the group is still being taken
     group.close()
+    assert group.met  # taken and all there: released at once, not by the wait's timer
     await asyncio.wait_for(asyncio.gather(*meeting), 5)
+
+
+async def test_a_group_waits_for_a_member_still_reading_its_job() -> None:
+    from worker.start_groups import StartGroup
+
+    group = StartGroup()
+    here, reading = group.join(), group.join()
+    group.close()
+    meeting = asyncio.ensure_future(here.meet())
+    await asyncio.sleep(0)  # one loop turn: `here` has arrived and waits
+    assert not group.met and not meeting.done()
+    await asyncio.wait_for(reading.meet(), 5)  # the last to arrive releases the group
+    assert group.met
+    await asyncio.wait_for(meeting, 5)
 
 
 async def test_a_member_that_never_arrives_keeps_the_others_at_most_the_meet_wait(

@@ -51,6 +51,11 @@ class StartGroup:
     async def taken(self) -> None:
         await self._taken.wait()
 
+    @property
+    def met(self) -> bool:
+        """Its members may start: all there (or ended) once taken, or the wait is over."""
+        return self._met.is_set()
+
     async def meet(self) -> None:
         if self._met.is_set():
             return
@@ -84,9 +89,9 @@ class Member:
         """At its function's start: wait for the rest of the group."""
         if self._here:
             return
-        met_before = self.group._met.is_set()
+        met_before = self.group.met
         self.arrived()
-        woke_others = not met_before and self.group._met.is_set()
+        woke_others = not met_before and self.group.met
         await self.group.meet()
         if woke_others:
             # The last to arrive woke the others for the next loop turn: it waits
