@@ -28,8 +28,8 @@ import structlog
 # The base commit's layout first: `db` may also be found outside PYTHONPATH (the
 # project installed in the environment), and would then migrate the tree's schema.
 try:
-    from ledger.migrate import migrate  # type: ignore[import-not-found,no-redef,unused-ignore]
-    from runtime.db import create_pool  # type: ignore[import-not-found,no-redef,unused-ignore]
+    from ledger.migrate import migrate  # type: ignore[import-not-found,import-untyped,no-redef,unused-ignore]
+    from runtime.db import create_pool  # type: ignore[import-not-found,import-untyped,no-redef,unused-ignore]
 except ImportError:  # the tree's layout, with the db/ layer
     from db.migrate import migrate
     from db.pool import create_pool

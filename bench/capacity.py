@@ -124,7 +124,7 @@ def _jobs_for(latency_ms: int, max_jobs: int, processes: int, shape: dict[str, A
     n = int(per_worker * processes * shape["seconds"])
     if latency_ms:
         n = max(n, max_jobs * processes * 2)  # at least two rounds of every slot
-    return min(n, shape["max_jobs_count"])
+    return min(n, int(shape["max_jobs_count"]))
 
 
 async def _start_worker(dsn: str, redis_url: str, latency_ms: int, max_jobs: int) -> Any:
@@ -170,7 +170,8 @@ async def _point(
         *(_start_worker(dsn, redis_url, latency_ms, max_jobs) for _ in range(processes))
     )
     pg0 = postgres_cpu_s(postmaster)
-    await redis.rpush(GO_KEY, *(["go"] * processes))
+    # redis-py types rpush for its sync and async clients at once (Awaitable | int).
+    await redis.rpush(GO_KEY, *(["go"] * processes))  # type: ignore[misc]
     reports = []
     for proc in procs:
         out, _ = await proc.communicate()

@@ -118,7 +118,7 @@ async def _setup(dsn: str, redis: ArqRedis, leads: int) -> list[str]:
         }
         jobs = await enqueue(redis, DEFAULT_CATALOG, team, "enrich", payload=payload, job_id=team)
         job_ids += [j.job_id for j in jobs]
-    await redis.execute_command("WAITAOF", 1, 0, 5000)  # queued means on disk
+    await redis.execute_command("WAITAOF", 1, 0, 5000)  # type: ignore[no-untyped-call]  # queued means on disk
     return job_ids
 
 
