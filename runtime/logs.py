@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+from collections.abc import Callable
+from typing import Any
 
+import orjson
 import structlog
 
 
@@ -18,11 +22,24 @@ class _CurrentStderr:
         sys.stderr.flush()
 
 
+def _dumps(obj: Any, default: Callable[[Any], Any] | None = None, **_: Any) -> str:
+    """JSON for structlog's renderer by orjson: a third of a log line's cost with
+    json.dumps was the encoding (two lines per metered job in production).
+    Datetimes come out as ISO 8601; what orjson cannot encode goes through
+    structlog's fallback (`__structlog__`, else repr), as with json.dumps. What
+    orjson refuses outright (an integer beyond 64 bits) goes to json.dumps: a log
+    call must not raise."""
+    try:
+        return orjson.dumps(obj, default=default, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:
+        return json.dumps(obj, default=default)
+
+
 def configure_logging(fmt: str = "auto", level: str = "INFO") -> None:
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     renderer: structlog.typing.Processor
     if use_json:
-        renderer = structlog.processors.JSONRenderer()
+        renderer = structlog.processors.JSONRenderer(serializer=_dumps)
     else:
         # Imported only here: structlog.dev pulls in rich's tracebacks (about 30 ms
         # of every command's start-up).

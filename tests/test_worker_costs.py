@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -19,6 +22,7 @@ from db.pool import create_pool as create_pg_pool
 from ledger.catalog import DEFAULT_CATALOG
 from ledger.logs import cached_logger
 from ledger.service import Ledger
+from runtime.logs import configure_logging
 from runtime.metrics import Children
 from worker.memo import _SHARED, PREFIX, RedisSearchMemo, shared_memo
 from worker.providers import Outcome, SearchResult
@@ -129,6 +133,35 @@ def test_cached_logger_follows_a_new_configuration() -> None:
     assert [e["event"] for e in first] == ["one"]
     assert [(e["event"], e["n"]) for e in second] == [("two", 2)]
     assert third == []
+
+
+def test_json_log_lines_encode_what_json_dumps_did_and_more(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The production renderer (orjson) writes one JSON object per line, whatever the
+    values: a datetime as ISO 8601, a Decimal through structlog's fallback (repr), an
+    integer beyond 64 bits and a non-string key (both refused by orjson's defaults)."""
+    saved = structlog.get_config()
+    log = cached_logger("tokens.test")
+    try:
+        configure_logging("json", "INFO")
+        log.info("capture", team="t1", tokens=3, at=datetime(2025, 1, 15, 12, tzinfo=UTC))
+        log.info("odd", price=Decimal("0.01"), counts={1: 2})
+        log.info("huge", n=2**70)
+    finally:
+        structlog.configure(**saved)
+    lines = [json.loads(x) for x in capsys.readouterr().err.strip().splitlines()]
+    assert [(e["event"], e["level"]) for e in lines] == [
+        ("capture", "info"),
+        ("odd", "info"),
+        ("huge", "info"),
+    ]
+    assert lines[0]["at"] == "2025-01-15T12:00:00+00:00"
+    assert (lines[0]["team"], lines[0]["tokens"]) == ("t1", 3)
+    assert lines[1]["price"] == "Decimal('0.01')"
+    assert lines[1]["counts"] == {"1": 2}
+    assert lines[2]["n"] == 2**70
+    assert lines[0]["timestamp"].endswith("Z")
 
 
 # -- the worker's ledger: one batch at a time ------------------------------------
