@@ -16,9 +16,11 @@ the database, and measures on them:
    then metered jobs/s per worker process at provider latencies 0, 100 ms and
    1 s, and with 1 to 4 worker processes (bench/capacity.py);
 4. one reconcile run over many teams against the Stripe fake (bench/reconcile.py);
-5. the wall time of a whole `tokens billing --json` / `tokens charge --json`
+5. where Postgres spends a `tokens_apply` call, statement by statement
+   (bench/apply_statements.py, on its own Postgres with pg_stat_statements);
+6. the wall time of a whole `tokens billing --json` / `tokens charge --json`
    process against `python -c pass` (bench/cli_start.py);
-6. the HTTP API: 10,000 leads enqueued in one request, and GET billing at 32
+7. the HTTP API: 10,000 leads enqueued in one request, and GET billing at 32
    concurrent clients against the bare `Ledger.billing` (bench/api.py).
 
 The full run (no --quick) also writes docs/benchmarks.md and its plot.
@@ -47,7 +49,7 @@ import asyncpg
 
 from bench import alerts as alerts_bench
 from bench import api as api_bench
-from bench import arq_breakdown, arq_overhead, capacity, cli_start, report
+from bench import apply_statements, arq_breakdown, arq_overhead, capacity, cli_start, report
 from bench import reconcile as reconcile_bench
 from bench.servers import fresh_servers, postgres_cpu_s, postmaster_of, quiet_logs
 from db.pool import create_pool
@@ -358,6 +360,8 @@ async def _run(
         reconciled = await reconcile_bench.run(dsn, quick=quick)
         print("HTTP API:", flush=True)
         api = await api_bench.run(dsn, servers.redis_url(), quick=quick)
+    print("where Postgres spends a tokens_apply call:", flush=True)
+    statements = await apply_statements.run(quick=quick)
     print("command start-up:", flush=True)
     cli = await asyncio.to_thread(cli_start.run, quick=quick)
 
@@ -372,6 +376,7 @@ async def _run(
             "postgres": postgres,
         },
         "hold_capture": hold_capture,
+        "apply_statements": statements,
         "alerts": alerts,
         "arq_overhead": arq,
         "arq_breakdown": breakdown,

@@ -1,0 +1,68 @@
+"""The benchmark report: a full run rewrites its sections and keeps everyone else's."""
+
+from __future__ import annotations
+
+from bench.apply_statements import step_of
+from bench.report import merge_sections
+
+OLD = """# Benchmarks
+old intro
+
+## Latest quick run
+by hand
+
+## Targets
+old targets
+
+## Issue 15, part 2
+by hand, after the targets
+
+## hold + capture
+old table
+
+## One implementation per ledger operation: before and after
+by bench/before_after.py
+"""
+
+NEW = """# Benchmarks
+new intro
+
+## Targets
+new targets
+
+## hold + capture
+new table
+
+## Where Postgres spends a tokens_apply call
+new section
+"""
+
+
+def test_a_full_run_rewrites_its_sections_and_keeps_the_others_in_place() -> None:
+    merged = merge_sections(OLD, NEW)
+    headings = [line for line in merged.splitlines() if line.startswith("## ")]
+    assert headings == [
+        "## Latest quick run",
+        "## Targets",
+        "## Issue 15, part 2",
+        "## hold + capture",
+        "## One implementation per ledger operation: before and after",
+        "## Where Postgres spends a tokens_apply call",
+    ]
+    assert merged.startswith("# Benchmarks\nnew intro\n")
+    assert "new targets" in merged and "old targets" not in merged
+    assert "old table" not in merged
+    assert "by hand, after the targets" in merged and "by bench/before_after.py" in merged
+
+
+def test_a_first_run_writes_only_its_own_sections() -> None:
+    assert merge_sections("", NEW) == NEW
+
+
+def test_statements_of_tokens_apply_are_told_apart_by_their_text() -> None:
+    assert step_of("INSERT INTO charges (team_id, period_start)") == "6. insert the charges"
+    assert step_of("SELECT 'hold', u.i::integer, h_code[u.i]") == "7. answer the holds"
+    assert step_of(
+        "WITH done AS (\n  UPDATE charges ch SET state = s_state[1]"
+    ) == "4. settle the charges"
+    assert step_of("SELECT something else") == "other: SELECT something else"
