@@ -346,8 +346,8 @@ measurements per point, one after the other:
 - **hold+capture**: the Ledger as it runs, with group commit
   (`ledger/group_commit.py`): the holds and captures that wait while batches
   are committing go together, one `tokens_apply` call, one transaction, one
-  update of each month row per batch; a further batch in flight for every 64
-  waiting (here: one at every point), a team in one
+  update of each month row per batch; up to two batches in flight, the second
+  only for 16 or more waiting items (`GroupCommit`'s defaults), a team in one
   batch at a time;
 - **one commit each**: the same operations with `Ledger(group_commit=False)`,
   one transaction per hold and per capture (what this project did before);
@@ -426,22 +426,32 @@ socket) and Postgres working on the same two cores.
 ## How many workers
 
 `bench/capacity.py`: metered lead jobs (sandbox providers with the latency
-below) run by N `tokens worker` processes (`TokensWorker`, burst mode, the
-cron jobs left out), started up first and then all released at once;
-jobs/s = jobs / (last finish - first start), every job checked `captured`
-and the ledger checked. Worker CPU is the processes' own; Postgres CPU is the
-server's (backends, WAL writer, checkpointer) from /proc. Worker cores and
-Postgres cores are those CPU seconds over the point's seconds.
+below) run by N worker processes (`TokensWorker` on uvloop, as `tokens
+worker` runs it, burst mode, the cron jobs left out), started up first and
+then all released at once; jobs/s = jobs / (last finish - first start),
+every job checked `captured` and the ledger checked. Worker CPU is the
+processes' own; Postgres CPU is the server's (backends, WAL writer,
+checkpointer) from /proc. Worker cores and Postgres cores are those CPU
+seconds over the point's seconds.
 
 {capacity_table(result["capacity"])}
 
 Reading: a worker process is bound by its slots when the provider is slow
-(max_jobs / latency: 32 slots at 1 s give 32 jobs/s, 128 slots about 128)
-and by its CPU when it is fast. One Postgres core keeps up with about
-{result["capacity"]["workers_per_pg_core"]} busy worker cores (worker CPU per
-job over Postgres CPU per job, latency 0). On this 2-core machine the
-workers, Postgres and Valkey share the cores, so more processes do not add
-jobs/s: the cores, not Postgres, are the limit here.
+(max_jobs / latency, plus the two ledger round trips: 32 slots at 1 s give
+about 31 jobs/s, 128 slots about 116-128) and by its own event loop when it
+is fast (arq takes jobs one at a time, four Redis round trips each). The jobs
+a worker takes together start together (start groups of 16: 16 holds in one
+`tokens_apply`, 16 captures in another), so Postgres spends a fraction of
+the worker's CPU per job; with slow providers the jobs finish one by one and
+batch less, but such a worker idles most of the time. One Postgres core keeps
+up with about {result["capacity"]["workers_per_pg_core"]} fully busy worker
+processes (worker CPU per job over Postgres CPU per job, latency 0): that is
+the point where Postgres, not the workers, becomes the limit. On this 2-core
+machine the workers, Postgres and Valkey share the cores, so more processes
+do not add jobs/s: the cores are the limit here. For a load of R jobs/s with
+provider latency L: processes = R / min(max_jobs / (L + about 10 ms), the
+0 ms rate per process above), and R times the Postgres CPU per job above of
+Postgres CPU per second.
 
 ## Reconcile
 
