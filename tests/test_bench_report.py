@@ -62,7 +62,8 @@ def test_a_first_run_writes_only_its_own_sections() -> None:
 def test_statements_of_tokens_apply_are_told_apart_by_their_text() -> None:
     assert step_of("INSERT INTO charges (team_id, period_start)") == "6. insert the charges"
     assert step_of("SELECT 'hold', u.i::integer, h_code[u.i]") == "7. answer the holds"
-    assert step_of(
-        "WITH done AS (\n  UPDATE charges ch SET state = s_state[1]"
-    ) == "4. settle the charges"
+    assert (
+        step_of("WITH done AS (\n  UPDATE charges ch SET state = s_state[1]")
+        == "4. settle the charges"
+    )
     assert step_of("SELECT something else") == "other: SELECT something else"
