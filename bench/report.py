@@ -370,9 +370,13 @@ caller (every call a lone item: a call's fixed cost) and at 32 (the c32
 batches), {result["apply_statements"]["seconds"]} s per point. Each cell: the
 statement's execution plus planning time per `tokens_apply` call, and its
 share of the call's own time in the server. "The function itself" is what is
-left: PL/pgSQL between the statements (assignments, loops, the call's set-up,
-the result set). Wall time in the server, so a statement waiting for a row
-lock looks costly; the commit (its WAL flush) comes on top of these.
+left: PL/pgSQL between the statements (assignments, loops, the result set),
+and for every statement its executor start-up and its cached plan's
+revalidation, which pg_stat_statements does not count as the statement's
+(a perf profile of lone calls put executor start-up at about 19 % of
+Postgres's CPU and plan revalidation at 8 %: the cost of a statement, paid
+however few rows it touches). Wall time in the server, so a statement
+waiting for a row lock looks costly; the commit (its WAL flush) comes on top.
 
 {apply_statements.table(result["apply_statements"])}
 
