@@ -13,8 +13,9 @@ top-level statement) spent in each of its statements, and their execution and
 planning ms per `tokens_apply` call. What is left ("the function itself") is
 PL/pgSQL between statements (assignments, loops, the result's tuplestore) and
 each statement's executor start-up and plan revalidation, which
-pg_stat_statements leaves out of the statement's own time. Times are wall time inside the server (a wait for a row lock counts),
-so at c32 on one hot team a statement that waits for the month row looks costly.
+pg_stat_statements leaves out of the statement's own time. Times are wall time
+inside the server (a wait for a row lock counts), so at c32 on one hot team a
+statement that waits for the month row looks costly.
 The commit is not a statement here: its fsync is outside these figures.
 """
 
