@@ -51,7 +51,7 @@ from bench import alerts as alerts_bench
 from bench import api as api_bench
 from bench import apply_statements, arq_breakdown, arq_overhead, capacity, cli_start, report
 from bench import reconcile as reconcile_bench
-from bench.servers import fresh_servers, postgres_cpu_s, postmaster_of, quiet_logs
+from bench.servers import fresh_servers, postgres_cpu_s, postmaster_of, quiet_logs, wake_cost_us
 from db.pool import create_pool
 from ledger.catalog import DEFAULT_CATALOG
 from ledger.service import Ledger
@@ -324,6 +324,7 @@ async def _run(
     concurrencies = concurrencies or ([32] if quick else [1, 8, 32, 64])
     duration_s = 3.0 if quick else 5.0
     charges = 100_000 if quick else 1_000_000
+    wake_us = wake_cost_us()  # before any server runs
     async with fresh_servers() as servers:
         dsn = servers.dsn
         conn = await asyncpg.connect(dsn)
@@ -374,6 +375,7 @@ async def _run(
             "python": platform.python_version(),
             "platform": platform.platform(),
             "postgres": postgres,
+            "wake_cost_us": wake_us,
         },
         "hold_capture": hold_capture,
         "apply_statements": statements,

@@ -143,6 +143,7 @@ async def run(dsn: str, redis_url: str, *, quick: bool) -> dict[str, Any]:
                 runs[name].append(point)
                 print(
                     f"    {name:<30} cpu {point['cpu_ms_per_job']:.3f} ms/job"
+                    f"  {point['sleeps_per_job']:.2f} sleeps/job"
                     f"  {point['per_s']:>7.1f} jobs/s  mismatches {point['mismatches']}",
                     flush=True,
                 )
@@ -152,6 +153,9 @@ async def run(dsn: str, redis_url: str, *, quick: bool) -> dict[str, Any]:
         "jobs": shape["jobs"],
         "rounds": shape["rounds"],
         "cpu_ms_per_job": {v: round(c, 4) for v, c in cpu.items()},
+        "sleeps_per_job": {
+            v: round(statistics.median(p["sleeps_per_job"] for p in runs[v]), 3) for v in VARIANTS
+        },
         # Each variant's worker CPU per job over the no-op job's, minus 1.
         "cpu_overhead_pct": {
             v: round((cpu[v] / cpu["noop"] - 1) * 100, 2) for v in VARIANTS if v != "noop"

@@ -74,7 +74,7 @@ from arq.constants import result_key_prefix
 from arq.jobs import JobResult, deserialize_result
 from arq.worker import Worker, func
 
-from bench.servers import fresh_servers, quiet_logs
+from bench.servers import fresh_servers, quiet_logs, sleeps_so_far
 from db.pool import create_pool as create_pg_pool
 from ledger.catalog import DEFAULT_CATALOG
 from ledger.service import Ledger
@@ -194,9 +194,10 @@ def _steady_per_s(results: list[JobResult | None]) -> float | None:
 
 async def _worker_run(
     settings: Settings, redis_url: str, functions: list[Any] | None
-) -> tuple[Worker, float, float, float]:
+) -> tuple[Worker, float, float, float, int]:
     """Run one burst worker to the end: the worker, its startup seconds, then the
-    seconds and this process's CPU seconds from the end of startup to the last job."""
+    seconds, this process's CPU seconds and its sleeps (voluntary context switches)
+    from the end of startup to the last job."""
     kwargs = worker_kwargs(settings, redis_url, burst=True)
     if functions is not None:
         kwargs["functions"] = functions
@@ -207,17 +208,17 @@ async def _worker_run(
 
     async def timed_startup(ctx: dict[str, Any]) -> None:
         await on_startup(ctx)
-        started.extend((time.perf_counter(), time.process_time()))
+        started.extend((time.perf_counter(), time.process_time(), sleeps_so_far()))
 
     kwargs["on_startup"] = timed_startup
     worker = TokensWorker(**kwargs)
     t0 = time.perf_counter()
     try:
         await worker.main()
-        t1, cpu1 = time.perf_counter(), time.process_time()
+        t1, cpu1, sleeps1 = time.perf_counter(), time.process_time(), sleeps_so_far()
     finally:
         await worker.close()
-    return worker, started[0] - t0, t1 - started[0], cpu1 - started[1]
+    return worker, started[0] - t0, t1 - started[0], cpu1 - started[1], sleeps1 - int(started[2])
 
 
 def _group_commit_stats(worker: Worker) -> dict[str, Any] | None:
@@ -307,7 +308,9 @@ async def _one_run(
     load = os.getloadavg()[0]
     functions = None if metered else [func(noop, name=NOOP)]
     assert settings.redis_url is not None
-    worker, startup_s, jobs_s, cpu_s = await _worker_run(settings, settings.redis_url, functions)
+    worker, startup_s, jobs_s, cpu_s, sleeps = await _worker_run(
+        settings, settings.redis_url, functions
+    )
     job_ids = [j[0] for j in jobs]
     results = await _results(redis, job_ids)
     await _forget_results(redis, job_ids)
@@ -316,6 +319,9 @@ async def _one_run(
         "steady_per_s": _steady_per_s(results),
         "seconds": round(jobs_s, 4),
         "cpu_ms_per_job": round(cpu_s / n * 1000, 4),
+        # How often the worker went idle and was woken, per job: on a VM each wake
+        # costs tens of us of CPU (bench.servers.wake_cost_us), whatever the code.
+        "sleeps_per_job": round(sleeps / n, 3),
         "startup_s": round(startup_s, 4),
         "enqueue_s": round(enqueue_s, 4),
         "loadavg_1m": round(load, 2),

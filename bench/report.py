@@ -142,12 +142,18 @@ BREAKDOWN_ROWS = (
 
 
 def breakdown_table(b: dict[str, Any]) -> str:
-    lines = ["| variant | worker CPU ms/job | over the no-op job |", "|---|---:|---:|"]
+    lines = [
+        "| variant | worker CPU ms/job | over the no-op job | worker sleeps per job |",
+        "|---|---:|---:|---:|",
+    ]
+    sleeps = b.get("sleeps_per_job", {})  # not in runs before 2026-12-07's second
     for key, name in BREAKDOWN_ROWS:
         over = b["cpu_overhead_pct"].get(key)
+        slept = sleeps.get(key)
         lines.append(
             f"| {name} | {b['cpu_ms_per_job'][key]:.3f} "
-            f"| {'-' if over is None else f'**{over:.1f} %**'} |"
+            f"| {'-' if over is None else f'**{over:.1f} %**'} "
+            f"| {'-' if slept is None else f'{slept:.2f}'} |"
         )
     return "\n".join(lines)
 
@@ -308,6 +314,16 @@ def targets(result: dict[str, Any]) -> list[tuple[str, str, bool]]:
     ]
 
 
+def _wake_line(machine: dict[str, Any]) -> str:
+    us = machine.get("wake_cost_us")  # measured since 2026-12-07's second run
+    if us is None:
+        return ""
+    return (
+        f"\nA 3 ms `time.sleep` costs this process {us:.0f} us of CPU: the price of"
+        "\ngoing idle and being woken, paid on every round trip a caller waits for."
+    )
+
+
 def write_docs(result: dict[str, Any], path: Path) -> None:
     m = result["machine"]
     png = path.with_suffix(".png")
@@ -324,7 +340,7 @@ ratio compares two measurements taken in the same run on the same servers,
 so that noise on a shared machine cancels out; absolute rates are not
 comparable between runs.
 
-Machine: {m["nproc"]} CPUs (`nproc`), Python {m["python"]}, {m["platform"]}.
+Machine: {m["nproc"]} CPUs (`nproc`), Python {m["python"]}, {m["platform"]}.{_wake_line(m)}
 PostgreSQL: `{m["postgres"]}`, embedded, Unix socket, on the same 2 cores as
 the client, default settings (fsync on, synchronous_commit on). Valkey
 (embedded) for arq.

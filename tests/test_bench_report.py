@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bench.apply_statements import step_of
-from bench.report import merge_sections
+from bench.report import breakdown_table, merge_sections
 
 OLD = """# Benchmarks
 old intro
@@ -67,3 +67,32 @@ def test_statements_of_tokens_apply_are_told_apart_by_their_text() -> None:
         == "4. settle the charges"
     )
     assert step_of("SELECT something else") == "other: SELECT something else"
+
+
+def _breakdown(**extra: object) -> dict[str, object]:
+    cpu = {
+        "noop": 1.0,
+        "metered": 1.25,
+        "metered_postgres_in_process": 1.1,
+        "metered_production_logs": 1.3,
+    }
+    over = {k: round((v - 1) * 100, 2) for k, v in cpu.items() if k != "noop"}
+    return {"cpu_ms_per_job": cpu, "cpu_overhead_pct": over, **extra}
+
+
+def test_the_breakdown_shows_how_often_the_worker_slept_per_job() -> None:
+    sleeps = {
+        "noop": 3.43,
+        "metered": 3.22,
+        "metered_postgres_in_process": 3.14,
+        "metered_production_logs": 3.11,
+    }
+    table = breakdown_table(_breakdown(sleeps_per_job=sleeps))
+    assert "worker sleeps per job" in table.splitlines()[0]
+    assert "| no-op job (the baseline) | 1.000 | - | 3.43 |" in table
+    assert "| metered job | 1.250 | **25.0 %** | 3.22 |" in table
+
+
+def test_a_breakdown_from_before_sleeps_were_counted_still_renders() -> None:
+    table = breakdown_table(_breakdown())
+    assert "| metered job | 1.250 | **25.0 %** | - |" in table
