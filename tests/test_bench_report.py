@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
+from bench.apply_ab import apply_function
 from bench.apply_statements import step_of
 from bench.report import breakdown_table, merge_sections
 
@@ -96,3 +101,18 @@ def test_the_breakdown_shows_how_often_the_worker_slept_per_job() -> None:
 def test_a_breakdown_from_before_sleeps_were_counted_still_renders() -> None:
     table = breakdown_table(_breakdown())
     assert "| metered job | 1.250 | **25.0 %** | - |" in table
+
+
+def test_apply_ab_installs_the_money_function_under_another_name() -> None:
+    holds_sql = (Path(__file__).resolve().parent.parent / "ledger/sql/holds.sql").read_text()
+    created = apply_function(holds_sql, "tokens_apply_tree")
+    assert created.startswith("CREATE OR REPLACE FUNCTION tokens_apply_tree(")
+    assert created.endswith("$$;")
+    # Only tokens_apply: not the wrappers after it, which call it by its own name.
+    assert "CREATE FUNCTION tokens_hold" not in created
+    assert "tokens_apply(" not in created.removeprefix("CREATE OR REPLACE FUNCTION ")
+
+
+def test_apply_ab_refuses_a_file_without_the_money_function() -> None:
+    with pytest.raises(ValueError, match="no CREATE FUNCTION tokens_apply"):
+        apply_function("CREATE FUNCTION tokens_hold() ...", "x")
