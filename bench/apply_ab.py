@@ -33,10 +33,10 @@ import re
 import statistics
 import subprocess
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.__main__ import AT, _setup_team
 from bench.servers import fresh_servers, postgres_cpu_s, postmaster_of, quiet_logs
 from db.pool import Conn, create_pool
 from ledger.catalog import DEFAULT_CATALOG
@@ -44,11 +44,8 @@ from ledger.service import Ledger
 
 ROOT = Path(__file__).resolve().parent.parent
 HOLDS = "ledger/sql/holds.sql"
-ANCHOR = datetime(2025, 1, 1, tzinfo=UTC)
-AT = datetime(2025, 1, 15, 12, tzinfo=UTC)
 CYCLES_PER_ROUND = 60
 WARMUP_CYCLES = 20
-FOREIGN_KEY = "charges_team_id_period_start_fkey"
 # Fields that differ from one cycle to the next whatever the function.
 VARYING = {
     "charge_id",
@@ -126,11 +123,23 @@ class Cycles:
         return list(held), list(captured)
 
 
-async def _foreign_key(conn: Conn, present: bool) -> None:
-    await conn.execute(f"ALTER TABLE charges DROP CONSTRAINT IF EXISTS {FOREIGN_KEY}")
+async def _foreign_key_name(conn: Conn) -> str:
+    """The foreign key from charges to billing_months, by the catalog: a wrong
+    guess at its name would drop nothing and measure nothing."""
+    name = await conn.fetchval(
+        "SELECT conname FROM pg_constraint WHERE contype = 'f' "
+        "AND conrelid = 'charges'::regclass AND confrelid = 'billing_months'::regclass"
+    )
+    if name is None:
+        raise SystemExit("charges has no foreign key to billing_months to measure")
+    return str(name)
+
+
+async def _foreign_key(conn: Conn, name: str, *, present: bool) -> None:
+    await conn.execute(f"ALTER TABLE charges DROP CONSTRAINT IF EXISTS {name}")
     if present:
         await conn.execute(
-            f"ALTER TABLE charges ADD CONSTRAINT {FOREIGN_KEY} FOREIGN KEY "
+            f"ALTER TABLE charges ADD CONSTRAINT {name} FOREIGN KEY "
             "(team_id, period_start) REFERENCES billing_months (team_id, period_start) NOT VALID"
         )
 
@@ -145,22 +154,14 @@ async def measure(
             ledger = Ledger(pool, DEFAULT_CATALOG)
             await ledger.sync_catalog()
             names = [f"ab-team-{i:04d}" for i in range(teams)]
-            for team in names:
-                await ledger.set_team(
-                    team,
-                    plan="sales_engagement",
-                    seats=1_000,
-                    interval="month",
-                    anchor=ANCHOR,
-                    at=AT,
-                )
-                await ledger.set_limit(team, 10**11, actor="bench", role="admin", at=AT)
-                await ledger.billing(team, at=AT)  # its month opened before any round
+            for team in names:  # as `python -m bench` does: plenty of room, month open
+                await _setup_team(ledger, team)
             postmaster = await postmaster_of(pool)
             async with pool.acquire() as conn:
                 await conn.execute(apply_function(base_sql, "tokens_apply_base"))
                 await conn.execute(apply_function(tree_sql, "tokens_apply_tree"))
                 cycles = Cycles(conn, names, batch)
+                fk = await _foreign_key_name(conn) if without_fk else ""
                 base_rows = await cycles.run("tokens_apply_base")
                 tree_rows = await cycles.run("tokens_apply_tree")
                 if [comparable(r) for r in base_rows] != [comparable(r) for r in tree_rows]:
@@ -169,7 +170,7 @@ async def measure(
                 for r in range(rounds + 1):  # round 0 warms both up, unmeasured
                     for side in ("base", "tree") if r % 2 == 0 else ("tree", "base"):
                         if without_fk:
-                            await _foreign_key(conn, present=side == "base")
+                            await _foreign_key(conn, fk, present=side == "base")
                         function = f"tokens_apply_{side}"
                         for _ in range(WARMUP_CYCLES if r == 0 else 3):
                             await cycles.run(function)
@@ -185,7 +186,7 @@ async def measure(
                             )
                         )
                 if without_fk:
-                    await _foreign_key(conn, present=True)
+                    await _foreign_key(conn, fk, present=True)
         finally:
             await pool.close()
 

@@ -25,18 +25,16 @@ import itertools
 import statistics
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import uvloop
 
+from bench.__main__ import AT, _setup_team
 from bench.servers import fresh_servers, quiet_logs
 from db.pool import create_pool
 from ledger.catalog import DEFAULT_CATALOG
 from ledger.service import Ledger
 
-AT = datetime(2025, 1, 15, 12, tzinfo=UTC)
-ANCHOR = datetime(2025, 1, 1, tzinfo=UTC)
 BATCH = 32
 STATEMENTS = 300
 
@@ -110,14 +108,7 @@ async def _insert() -> list[tuple[str, float, float]]:
         try:
             ledger = Ledger(pool, DEFAULT_CATALOG)
             await ledger.sync_catalog()
-            await ledger.set_team(
-                "probe",
-                plan="sales_engagement",
-                seats=1_000,
-                interval="month",
-                anchor=ANCHOR,
-                at=AT,
-            )
+            await _setup_team(ledger, "probe")
             month = await ledger.billing("probe", at=AT)
             keys = itertools.count()
             async with pool.acquire() as conn:

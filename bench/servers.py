@@ -97,7 +97,7 @@ def wake_cost_us(sleeps: int = 100, rounds: int = 5) -> float:
     """CPU (us) this process is charged per `time.sleep(0.003)`: the price of going
     idle and being woken, median over `rounds`. It is part of every round trip a
     worker or client waits for, and it varies between machines far more than the
-    Python code does (45-55 us on the 2-core VMs of 2026-12-07)."""
+    Python code does (42-55 us on the 2-core VMs of 2026-12-07)."""
     per_sleep = []
     for _ in range(rounds):
         cpu0 = time.process_time()
