@@ -4,10 +4,12 @@
     python -m bench.probes insert   what a 32-row insert into `charges` pays for
 
 `wake`: the CPU (process time) charged per iteration of a 3 ms `time.sleep`, a
-3 ms and a zero `asyncio.sleep` on asyncio's loop and on uvloop, and a
-`SELECT 1` round trip through asyncpg (a fresh embedded Postgres). On a VM,
-going idle and being woken costs far more CPU than the Python code around it,
-and every round trip a worker or client waits for pays it.
+3 ms and a zero `asyncio.sleep` on asyncio's loop and on uvloop, and three
+round trips through asyncpg (a fresh embedded Postgres) that differ only in
+how long the server takes to answer: `SELECT 1`, a 2 ms `pg_sleep`, and 2-3
+ms of server work. On a VM, going idle and being woken costs far more CPU
+than the Python code around it, and every round trip a worker or client
+waits for pays it: the longer the wait, the more it pays.
 
 `insert`: the statement `tokens_apply` uses to insert a batch's charges, 32
 rows at a time, into copies of `charges` with parts of its schema taken away
@@ -37,6 +39,17 @@ from ledger.service import Ledger
 
 BATCH = 32
 STATEMENTS = 300
+
+# Round trips with the same client code whose answers come later and later: what
+# the client is charged for waiting (going idle, being woken) grows with the wait.
+ROUND_TRIPS = (
+    ("SELECT 1 round trip (asyncpg), client side", "SELECT 1"),
+    ("the same client code, answered after pg_sleep(0.002)", "SELECT pg_sleep(0.002)"),
+    (
+        "the same client code, answered after 2-3 ms of server work",
+        "SELECT count(*) FROM generate_series(1, 20000)",
+    ),
+)
 
 # The copy of `charges` each insert variant writes to: (name, DDL).
 COPIES = (
@@ -84,19 +97,25 @@ def wake(n: int = 300) -> dict[str, float]:
                 _async_cpu_us_per(lambda d=delay: asyncio.sleep(d), n)  # type: ignore[misc]
             )
 
-    async def round_trip() -> float:
+    async def round_trips() -> dict[str, float]:
         async with fresh_servers("tokens-probe-") as servers:
             pool = await create_pool(servers.dsn, min_size=1, max_size=1)
             try:
                 async with pool.acquire() as conn:
-                    for _ in range(50):
-                        await conn.fetchval("SELECT 1")
-                    return await _async_cpu_us_per(lambda: conn.fetchval("SELECT 1"), n)
+                    found = {}
+                    for name, sql in ROUND_TRIPS:
+                        for _ in range(50):
+                            await conn.fetchval(sql)
+                        found[name] = await _async_cpu_us_per(
+                            lambda sql=sql: conn.fetchval(sql),  # type: ignore[misc]
+                            n,
+                        )
+                    return found
             finally:
                 await pool.close()
 
     quiet_logs()
-    out["SELECT 1 round trip (asyncpg), client side"] = asyncio.run(round_trip())
+    out |= asyncio.run(round_trips())
     return {k: round(v, 1) for k, v in out.items()}
 
 
