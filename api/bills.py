@@ -38,7 +38,7 @@ def plain(value: Any) -> Any:
 
 
 @router.get(
-    "/v1/teams/{team}/bills",
+    "/v1/teams/{team:path}/bills",
     response_model=None,
     responses={200: {"model": BillsOut}, **documented(*AUTHED)},
 )

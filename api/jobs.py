@@ -23,7 +23,7 @@ router = APIRouter(tags=["jobs"])
 
 
 @router.post(
-    "/v1/teams/{team}/jobs",
+    "/v1/teams/{team:path}/jobs",
     status_code=202,
     response_model=None,
     responses={202: {"model": JobsOut}, **documented(*AUTHED)},

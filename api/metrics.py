@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -14,6 +15,11 @@ REQUESTS = Histogram(
     ["route", "method", "status"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
 )
+
+
+# `{team:path}` is labelled `{team}`: the convertor is how a route reads the id,
+# not part of the route's name on dashboards.
+_CONVERTOR = re.compile(r"\{(\w+):\w+\}")
 
 
 class RequestMetrics:
@@ -40,7 +46,7 @@ class RequestMetrics:
             await self.app(scope, receive, send_status)
         finally:
             route: Any = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            template = _CONVERTOR.sub(r"{\1}", getattr(route, "path", None) or "unmatched")
             REQUESTS.labels(template, scope["method"], str(status)).observe(
                 time.perf_counter() - started
             )

@@ -86,7 +86,7 @@ def _session(request: Request, svc: Services) -> tuple[str, auth.Caller]:
     return token, auth.decode(token, svc.app_secret)
 
 
-@router.get("/teams/{team}/billing", response_class=HTMLResponse)
+@router.get("/teams/{team:path}/billing", response_class=HTMLResponse)
 async def billing_page(
     team: str,
     request: Request,
@@ -172,7 +172,7 @@ def _same_origin(request: Request) -> bool:
     return urlsplit(origin).netloc == request.headers.get("host")
 
 
-@router.post("/teams/{team}/billing/limit", response_class=HTMLResponse)
+@router.post("/teams/{team:path}/billing/limit", response_class=HTMLResponse)
 async def change_limit_form(
     team: str,
     request: Request,

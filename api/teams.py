@@ -25,13 +25,18 @@ from ledger import validate
 
 router = APIRouter(prefix="/v1/teams", tags=["teams"])
 
+# `{team:path}` in every route: a team id may hold a "/" (ledger/validate.py), sent
+# raw or as %2F (servers decode it before routing). Each route ends in its own
+# fixed suffix, so the id is whatever comes before it: /v1/teams/org/7/billing is
+# the billing of "org/7". The one ambiguity: PUT /v1/teams/x/limit is the limit
+# of "x", so a team whose id ends in "/limit" is set up by the CLI, not by PUT.
 TeamPath = Annotated[str, Path(min_length=1, max_length=200, description="team id")]
 READERS = (auth.MEMBER, auth.ADMIN, auth.SERVICE)
 MAX_PAGE = 500
 
 
 @router.get(
-    "/{team}/billing",
+    "/{team:path}/billing",
     response_model=None,
     responses={200: {"model": BillingOut}, **documented(*AUTHED)},
 )
@@ -61,7 +66,7 @@ async def history_page(
 
 
 @router.get(
-    "/{team}/history",
+    "/{team:path}/history",
     response_model=None,
     responses={200: {"model": HistoryPage}, **documented(*AUTHED)},
 )
@@ -81,7 +86,7 @@ async def history(
 
 
 @router.get(
-    "/{team}/history.csv",
+    "/{team:path}/history.csv",
     response_class=Response,
     responses={
         200: {"content": {"text/csv": {"schema": {"type": "string"}}}},
@@ -96,12 +101,14 @@ async def history_csv(team: TeamPath, svc: Svc, who: Who) -> Response:
     return Response(
         render.history_csv(charges),
         media_type="text/csv; charset=utf-8",
-        headers={"Content-Disposition": f'attachment; filename="{team}-history.csv"'},
+        headers={
+            "Content-Disposition": (f'attachment; filename="{team.replace("/", "_")}-history.csv"')
+        },
     )
 
 
 @router.get(
-    "/{team}/alerts",
+    "/{team:path}/alerts",
     response_model=None,
     responses={200: {"model": AlertsOut}, **documented(*AUTHED)},
 )
@@ -114,7 +121,7 @@ async def alerts(team: TeamPath, svc: Svc, who: Who) -> JSONResponse:
 
 
 @router.put(
-    "/{team}/limit",
+    "/{team:path}/limit",
     response_model=None,
     responses={200: {"model": LimitOut}, **documented(*AUTHED)},
 )
@@ -134,7 +141,7 @@ async def change_limit(svc: Svc, team: str, tokens: int, who: auth.Caller) -> di
 
 
 @router.put(
-    "/{team}",
+    "/{team:path}",
     response_model=None,
     responses={
         200: {"model": TeamOut, "description": "updated"},

@@ -346,3 +346,41 @@ async def test_healthz_and_metrics(ledger: Ledger, client: httpx.AsyncClient) ->
     metrics = await client.get("/metrics")
     assert metrics.status_code == 200
     assert 'route="/v1/teams/{team}/billing"' in metrics.text
+
+
+async def test_a_team_id_with_a_slash_is_reached_by_every_team_route(
+    ledger: Ledger, client: httpx.AsyncClient
+) -> None:
+    # The ledger takes "/" in a team id; every route must reach such a team, whether
+    # the client sends the "/" raw or as %2F.
+    await make_team(ledger, "org/7", limit=100)
+    member, admin = bearer("member", "org/7"), bearer("admin", "org/7", sub="ann")
+    for team_in_path in ("org/7", "org%2F7"):
+        billing = await client.get(f"/v1/teams/{team_in_path}/billing", headers=member)
+        assert billing.status_code == 200 and billing.json()["team"] == "org/7"
+    history = await client.get("/v1/teams/org/7/history", headers=member)
+    assert history.status_code == 200 and history.json()["charges"] == []
+    csv = await client.get("/v1/teams/org/7/history.csv", headers=member)
+    assert csv.status_code == 200
+    assert csv.headers["content-disposition"] == 'attachment; filename="org_7-history.csv"'
+    alerts = await client.get("/v1/teams/org/7/alerts", headers=member)
+    assert alerts.status_code == 200 and alerts.json() == {"team": "org/7", "alerts": []}
+    bills = await client.get("/v1/teams/org/7/bills", headers=admin)
+    assert bills.status_code == 200 and bills.json() == {"team": "org/7", "bills": []}
+    limit = await client.put("/v1/teams/org/7/limit", json={"tokens": 500}, headers=admin)
+    assert limit.status_code == 200 and limit.json()["new_limit"] == 500
+    assert (await ledger.get_team("org/7")).additional_limit == 500
+    queued = await client.post(
+        "/v1/teams/org%2F7/jobs", json={"action": "enrich", "payload": leads(2)}, headers=member
+    )
+    assert queued.status_code == 202 and len(queued.json()["jobs"]) == 2
+    created = await client.put(
+        "/v1/teams/org/8",
+        json={"plan": "trial", "seats": 1, "interval": "month", "anchor": "2026-03-01T00:00:00"},
+        headers=bearer("service", None),
+    )
+    assert created.status_code == 201 and created.json()["team"] == "org/8"
+    assert (await ledger.get_team("org/8")).plan == "trial"
+    # Another team's token still stops at the team in the path.
+    other = await client.get("/v1/teams/org/7/billing", headers=bearer("member", "org"))
+    assert other.status_code == 403

@@ -77,6 +77,29 @@ async def test_the_real_process_serves_the_contract(live_api: LiveApi) -> None:
     assert "tokens_http_request_seconds" in metrics.text
 
 
+async def test_the_real_process_reaches_a_team_whose_id_holds_a_slash(live_api: LiveApi) -> None:
+    # uvicorn decodes %2F before routing: the team id is whatever precedes the route's suffix.
+    async with httpx.AsyncClient(base_url=live_api.base_url) as c:
+        created = await c.put(
+            "/v1/teams/org%2F7",
+            json={"plan": "trial", "seats": 1, "interval": "month", "anchor": "2026-01-01"},
+            headers={"Authorization": f"Bearer {token('service', None)}"},
+        )
+        billing = await c.get(
+            "/v1/teams/org%2F7/billing",
+            headers={"Authorization": f"Bearer {token('member', 'org/7')}"},
+        )
+        # The token moves to a cookie, then the page comes back without it in its address.
+        page = await c.get(
+            f"/teams/org%2F7/billing?token={token('admin', 'org/7')}", follow_redirects=True
+        )
+    assert created.status_code == 201, created.text
+    assert billing.status_code == 200
+    assert billing.json() == await cli_billing(live_api, "org/7")
+    assert page.status_code == 200 and page.history[0].status_code == 303
+    assert 'action="/teams/org/7/billing/limit"' in page.text
+
+
 async def test_serve_refuses_to_start_without_the_app_secret(live_api: LiveApi) -> None:
     env = {k: v for k, v in live_api.env().items() if k != "TOKENS_APP_SECRET"}
     proc = await asyncio.to_thread(
