@@ -74,7 +74,7 @@ from arq.constants import result_key_prefix
 from arq.jobs import JobResult, deserialize_result
 from arq.worker import Worker, func
 
-from bench.servers import fresh_servers, quiet_logs, sleeps_so_far
+from bench.servers import fresh_servers, quiet_logs, sleeps_so_far, user_cpu_s
 from db.pool import create_pool as create_pg_pool
 from ledger.catalog import DEFAULT_CATALOG
 from ledger.service import Ledger
@@ -194,10 +194,10 @@ def _steady_per_s(results: list[JobResult | None]) -> float | None:
 
 async def _worker_run(
     settings: Settings, redis_url: str, functions: list[Any] | None
-) -> tuple[Worker, float, float, float, int]:
+) -> tuple[Worker, float, float, float, float, int]:
     """Run one burst worker to the end: the worker, its startup seconds, then the
-    seconds, this process's CPU seconds and its sleeps (voluntary context switches)
-    from the end of startup to the last job."""
+    seconds, this process's CPU seconds, the user-mode part of them and its sleeps
+    (voluntary context switches) from the end of startup to the last job."""
     kwargs = worker_kwargs(settings, redis_url, burst=True)
     if functions is not None:
         kwargs["functions"] = functions
@@ -208,17 +208,25 @@ async def _worker_run(
 
     async def timed_startup(ctx: dict[str, Any]) -> None:
         await on_startup(ctx)
-        started.extend((time.perf_counter(), time.process_time(), sleeps_so_far()))
+        started.extend((time.perf_counter(), time.process_time(), user_cpu_s(), sleeps_so_far()))
 
     kwargs["on_startup"] = timed_startup
     worker = TokensWorker(**kwargs)
     t0 = time.perf_counter()
     try:
         await worker.main()
-        t1, cpu1, sleeps1 = time.perf_counter(), time.process_time(), sleeps_so_far()
+        t1, cpu1, user1 = time.perf_counter(), time.process_time(), user_cpu_s()
+        sleeps1 = sleeps_so_far()
     finally:
         await worker.close()
-    return worker, started[0] - t0, t1 - started[0], cpu1 - started[1], sleeps1 - int(started[2])
+    return (
+        worker,
+        started[0] - t0,
+        t1 - started[0],
+        cpu1 - started[1],
+        user1 - started[2],
+        sleeps1 - int(started[3]),
+    )
 
 
 def _group_commit_stats(worker: Worker) -> dict[str, Any] | None:
@@ -308,7 +316,7 @@ async def _one_run(
     load = os.getloadavg()[0]
     functions = None if metered else [func(noop, name=NOOP)]
     assert settings.redis_url is not None
-    worker, startup_s, jobs_s, cpu_s, sleeps = await _worker_run(
+    worker, startup_s, jobs_s, cpu_s, user_s, sleeps = await _worker_run(
         settings, settings.redis_url, functions
     )
     job_ids = [j[0] for j in jobs]
@@ -319,6 +327,8 @@ async def _one_run(
         "steady_per_s": _steady_per_s(results),
         "seconds": round(jobs_s, 4),
         "cpu_ms_per_job": round(cpu_s / n * 1000, 4),
+        # Its user-mode part: the code's work, without the kernel's (syscalls, wake-ups).
+        "user_cpu_ms_per_job": round(user_s / n * 1000, 4),
         # How often the worker went idle and was woken, per job: on a VM each wake
         # costs tens of us of CPU (bench.servers.wake_cost_us), whatever the code.
         "sleeps_per_job": round(sleeps / n, 3),
@@ -421,6 +431,8 @@ def _summary(name: str, scenario: dict[str, Any]) -> dict[str, Any]:
 
     metered_cpu = median("metered", "cpu_ms_per_job")
     noop_cpu = median("noop", "cpu_ms_per_job")
+    metered_user = median("metered", "user_cpu_ms_per_job")
+    noop_user = median("noop", "user_cpu_ms_per_job")
     return {
         "scenario": name,
         "metered_per_s": scenario["metered_per_s"],
@@ -433,6 +445,13 @@ def _summary(name: str, scenario: dict[str, Any]) -> dict[str, Any]:
         # The worker's own CPU per metered job over a no-op job's, minus 1.
         "cpu_overhead_pct": (
             round((metered_cpu / noop_cpu - 1) * 100, 2) if metered_cpu and noop_cpu else None
+        ),
+        "metered_user_cpu_ms_per_job": metered_user,
+        "noop_user_cpu_ms_per_job": noop_user,
+        # The same in user-mode CPU only: what the code does, apart from what the kernel
+        # (and a VM's hypervisor) charges for its syscalls and wake-ups.
+        "user_cpu_overhead_pct": (
+            round((metered_user / noop_user - 1) * 100, 2) if metered_user and noop_user else None
         ),
     }
 

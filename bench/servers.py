@@ -87,6 +87,12 @@ def _parent(pid: int) -> int:
     return int(stat[stat.rindex(")") + 2 :].split()[1])
 
 
+def user_cpu_s() -> float:
+    """This process's user-mode CPU seconds so far (`time.process_time` adds the
+    kernel's, which on a VM is mostly the price of sleeping and being woken)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_utime
+
+
 def sleeps_so_far() -> int:
     """This process's voluntary context switches so far: how often it went to sleep
     (waiting on a socket, a timer or a lock) and was woken again."""

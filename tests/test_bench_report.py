@@ -8,7 +8,7 @@ import pytest
 
 from bench.apply_ab import apply_function
 from bench.apply_statements import step_of
-from bench.report import breakdown_table, merge_sections
+from bench.report import _user_mode, breakdown_table, merge_sections
 
 OLD = """# Benchmarks
 old intro
@@ -116,3 +116,10 @@ def test_apply_ab_installs_the_money_function_under_another_name() -> None:
 def test_apply_ab_refuses_a_file_without_the_money_function() -> None:
     with pytest.raises(ValueError, match="no CREATE FUNCTION tokens_apply"):
         apply_function("CREATE FUNCTION tokens_hold() ...", "x")
+
+
+def test_the_overhead_in_user_mode_cpu_is_shown_where_the_run_measured_it() -> None:
+    measured = {"user_cpu_overhead_pct": 21.04, "hot_team": {"user_cpu_overhead_pct": 30.96}}
+    assert _user_mode(measured) == "; user-mode CPU only 21.0 % (hot team 31.0 %)"
+    # A run from before the evening of 2026-12-07 has no such figure: nothing is added.
+    assert _user_mode({"hot_team": {}}) == ""
