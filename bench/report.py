@@ -143,16 +143,19 @@ BREAKDOWN_ROWS = (
 
 def breakdown_table(b: dict[str, Any]) -> str:
     lines = [
-        "| variant | worker CPU ms/job | over the no-op job | worker sleeps per job |",
-        "|---|---:|---:|---:|",
+        "| variant | worker CPU ms/job | over the no-op job | user-mode CPU only, over the "
+        "no-op job | worker sleeps per job |",
+        "|---|---:|---:|---:|---:|",
     ]
     sleeps = b.get("sleeps_per_job", {})  # not in runs before 2026-12-07's second
+    user = b.get("user_cpu_overhead_pct", {})  # not in runs before 2026-12-07's evening
     for key, name in BREAKDOWN_ROWS:
-        over = b["cpu_overhead_pct"].get(key)
+        over, user_over = b["cpu_overhead_pct"].get(key), user.get(key)
         slept = sleeps.get(key)
         lines.append(
             f"| {name} | {b['cpu_ms_per_job'][key]:.3f} "
             f"| {'-' if over is None else f'**{over:.1f} %**'} "
+            f"| {'-' if user_over is None else f'{user_over:.1f} %'} "
             f"| {'-' if slept is None else f'{slept:.2f}'} |"
         )
     return "\n".join(lines)

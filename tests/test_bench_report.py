@@ -94,13 +94,21 @@ def test_the_breakdown_shows_how_often_the_worker_slept_per_job() -> None:
     }
     table = breakdown_table(_breakdown(sleeps_per_job=sleeps))
     assert "worker sleeps per job" in table.splitlines()[0]
-    assert "| no-op job (the baseline) | 1.000 | - | 3.43 |" in table
-    assert "| metered job | 1.250 | **25.0 %** | 3.22 |" in table
+    assert "| no-op job (the baseline) | 1.000 | - | - | 3.43 |" in table
+    assert "| metered job | 1.250 | **25.0 %** | - | 3.22 |" in table
 
 
 def test_a_breakdown_from_before_sleeps_were_counted_still_renders() -> None:
     table = breakdown_table(_breakdown())
-    assert "| metered job | 1.250 | **25.0 %** | - |" in table
+    assert "| metered job | 1.250 | **25.0 %** | - | - |" in table
+
+
+def test_the_breakdown_shows_the_overhead_in_user_mode_cpu() -> None:
+    user = {"metered": 31.25, "metered_postgres_in_process": 12.0, "metered_production_logs": 40}
+    table = breakdown_table(_breakdown(user_cpu_overhead_pct=user))
+    assert "user-mode CPU only" in table.splitlines()[0]
+    assert "| no-op job (the baseline) | 1.000 | - | - | - |" in table
+    assert "| metered job | 1.250 | **25.0 %** | 31.2 % | - |" in table
 
 
 def test_apply_ab_installs_the_money_function_under_another_name() -> None:
