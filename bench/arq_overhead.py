@@ -66,7 +66,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 from arq.connections import ArqRedis, RedisSettings, create_pool
@@ -192,12 +192,20 @@ def _steady_per_s(results: list[JobResult | None]) -> float | None:
     return round((hi - lo) / (finished[hi] - finished[lo]), 1)
 
 
-async def _worker_run(
-    settings: Settings, redis_url: str, functions: list[Any] | None
-) -> tuple[Worker, float, float, float, float, int]:
-    """Run one burst worker to the end: the worker, its startup seconds, then the
-    seconds, this process's CPU seconds, the user-mode part of them and its sleeps
-    (voluntary context switches) from the end of startup to the last job."""
+class WorkerRun(NamedTuple):
+    """One burst worker run: everything but `startup_s` from the end of startup to
+    the last job."""
+
+    worker: Worker
+    startup_s: float
+    jobs_s: float
+    cpu_s: float  # this process's CPU, user and kernel
+    user_s: float  # its user-mode part
+    sleeps: int  # voluntary context switches: how often it went idle and was woken
+
+
+async def _worker_run(settings: Settings, redis_url: str, functions: list[Any] | None) -> WorkerRun:
+    """Run one burst worker to the end."""
     kwargs = worker_kwargs(settings, redis_url, burst=True)
     if functions is not None:
         kwargs["functions"] = functions
@@ -219,13 +227,13 @@ async def _worker_run(
         sleeps1 = sleeps_so_far()
     finally:
         await worker.close()
-    return (
+    return WorkerRun(
         worker,
-        started[0] - t0,
-        t1 - started[0],
-        cpu1 - started[1],
-        user1 - started[2],
-        sleeps1 - int(started[3]),
+        startup_s=started[0] - t0,
+        jobs_s=t1 - started[0],
+        cpu_s=cpu1 - started[1],
+        user_s=user1 - started[2],
+        sleeps=sleeps1 - int(started[3]),
     )
 
 
@@ -316,23 +324,22 @@ async def _one_run(
     load = os.getloadavg()[0]
     functions = None if metered else [func(noop, name=NOOP)]
     assert settings.redis_url is not None
-    worker, startup_s, jobs_s, cpu_s, user_s, sleeps = await _worker_run(
-        settings, settings.redis_url, functions
-    )
+    run = await _worker_run(settings, settings.redis_url, functions)
+    worker = run.worker
     job_ids = [j[0] for j in jobs]
     results = await _results(redis, job_ids)
     await _forget_results(redis, job_ids)
     out: dict[str, Any] = {
-        "per_s": round(n / jobs_s, 1),
+        "per_s": round(n / run.jobs_s, 1),
         "steady_per_s": _steady_per_s(results),
-        "seconds": round(jobs_s, 4),
-        "cpu_ms_per_job": round(cpu_s / n * 1000, 4),
+        "seconds": round(run.jobs_s, 4),
+        "cpu_ms_per_job": round(run.cpu_s / n * 1000, 4),
         # Its user-mode part: the code's work, without the kernel's (syscalls, wake-ups).
-        "user_cpu_ms_per_job": round(user_s / n * 1000, 4),
+        "user_cpu_ms_per_job": round(run.user_s / n * 1000, 4),
         # How often the worker went idle and was woken, per job: on a VM each wake
         # costs tens of us of CPU (bench.servers.wake_cost_us), whatever the code.
-        "sleeps_per_job": round(sleeps / n, 3),
-        "startup_s": round(startup_s, 4),
+        "sleeps_per_job": round(run.sleeps / n, 3),
+        "startup_s": round(run.startup_s, 4),
         "enqueue_s": round(enqueue_s, 4),
         "loadavg_1m": round(load, 2),
         "complete": worker.jobs_complete,

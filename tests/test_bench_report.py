@@ -8,7 +8,7 @@ import pytest
 
 from bench.apply_ab import apply_function
 from bench.apply_statements import step_of
-from bench.report import _user_mode, breakdown_table, merge_sections
+from bench.report import breakdown_table, merge_sections, user_mode_overhead
 
 OLD = """# Benchmarks
 old intro
@@ -103,7 +103,7 @@ def test_a_breakdown_from_before_sleeps_were_counted_still_renders() -> None:
     assert "| metered job | 1.250 | **25.0 %** | - | - |" in table
 
 
-def test_the_breakdown_shows_the_overhead_in_user_mode_cpu() -> None:
+def test_the_breakdown_shows_the_overhead_inuser_mode_overhead_cpu() -> None:
     user = {"metered": 31.25, "metered_postgres_in_process": 12.0, "metered_production_logs": 40}
     table = breakdown_table(_breakdown(user_cpu_overhead_pct=user))
     assert "user-mode CPU only" in table.splitlines()[0]
@@ -126,8 +126,8 @@ def test_apply_ab_refuses_a_file_without_the_money_function() -> None:
         apply_function("CREATE FUNCTION tokens_hold() ...", "x")
 
 
-def test_the_overhead_in_user_mode_cpu_is_shown_where_the_run_measured_it() -> None:
+def test_the_overhead_inuser_mode_overhead_cpu_is_shown_where_the_run_measured_it() -> None:
     measured = {"user_cpu_overhead_pct": 21.04, "hot_team": {"user_cpu_overhead_pct": 30.96}}
-    assert _user_mode(measured) == "; user-mode CPU only 21.0 % (hot team 31.0 %)"
+    assert user_mode_overhead(measured) == "; user-mode CPU only 21.0 % (hot team 31.0 %)"
     # A run from before the evening of 2026-12-07 has no such figure: nothing is added.
-    assert _user_mode({"hot_team": {}}) == ""
+    assert user_mode_overhead({"hot_team": {}}) == ""
