@@ -120,6 +120,12 @@ class Ledger:
         anchor, at = validate.moment(anchor), validate.moment(at)
         if stripe_customer is not None and not stripe_customer.strip():
             raise BadInput("stripe customer id cannot be empty")
+        if not validate.reachable_over_http(team) and await self._team_row(team) is None:
+            # Refused for new teams only: one made before this rule keeps working.
+            raise BadInput(
+                f"invalid team id {team!r}: a '.' or '..' between slashes is not allowed "
+                "(HTTP clients rewrite such paths, the team's URLs would reach another team)"
+            )
         row = await self._run(
             lambda: self.pool.fetchrow(
                 q("set_team"), team, plan, seats, interval, anchor, stripe_customer, at
@@ -139,8 +145,11 @@ class Ledger:
         )
         return result, created
 
+    async def _team_row(self, team: str) -> asyncpg.Record | None:
+        return await self._run(lambda: self.pool.fetchrow(q("get_team"), team))
+
     async def get_team(self, team: str) -> TeamRow:
-        row = await self._run(lambda: self.pool.fetchrow(q("get_team"), team))
+        row = await self._team_row(team)
         if row is None:
             raise UnknownTeam(team)
         return TeamRow.from_record(row)

@@ -24,6 +24,13 @@ def team_id(value: str) -> str:
     return value
 
 
+def reachable_over_http(value: str) -> bool:
+    """False for an id with a "." or ".." segment (`a/../b`): HTTP clients and
+    proxies rewrite such paths (RFC 3986, 5.2.4), so /v1/teams/a/../b/billing
+    arrives as /v1/teams/b/billing, another team's URL."""
+    return not any(part in (".", "..") for part in value.split("/"))
+
+
 def quantity(value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise BadInput(f"quantity must be a whole number, got {value!r}")

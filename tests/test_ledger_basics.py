@@ -7,7 +7,8 @@ from decimal import Decimal
 
 import pytest
 
-from ledger.errors import ChargeAlreadySettled, IdempotencyMismatch, UnknownTeam
+from db.queries import q
+from ledger.errors import BadInput, ChargeAlreadySettled, IdempotencyMismatch, UnknownTeam
 from ledger.service import Ledger
 from tests.conftest import at
 from tests.factories import make_team
@@ -130,6 +131,30 @@ async def test_unknown_team_is_refused(ledger: Ledger) -> None:
         await ledger.hold("ghost", "debounce", 1, key="k", at=T0)
     with pytest.raises(UnknownTeam):
         await ledger.billing("ghost", at=T0)
+
+
+async def test_a_new_team_id_with_a_dot_segment_is_refused(ledger: Ledger) -> None:
+    # HTTP clients rewrite /v1/teams/a/../b/billing to /v1/teams/b/billing.
+    for team in ("a/../b", "a/./b", "a/..", "org/."):
+        with pytest.raises(BadInput, match="between slashes"):
+            await make_team(ledger, team)
+        with pytest.raises(UnknownTeam):
+            await ledger.get_team(team)
+    for team in ("a..b", "a/..b/c", "v1.2/x"):  # dots inside a segment are fine
+        assert (await make_team(ledger, team)).id == team
+
+
+async def test_a_team_made_before_the_dot_segment_rule_keeps_working(ledger: Ledger) -> None:
+    # As Ledger.set_team made it before the rule: the same SQL, without the check.
+    await ledger.pool.fetchrow(
+        q("set_team"), "old/../team", "email_outreach", 1, "month", ANCHOR, None, T0
+    )
+    row, created = await ledger.set_team(
+        "old/../team", plan="email_outreach", seats=3, interval="month", anchor=ANCHOR, at=T0
+    )
+    assert not created and row.seats == 3
+    held = await ledger.hold("old/../team", "debounce", 1, key="k", at=T0)
+    assert held.charge_id is not None
 
 
 async def test_expire_holds_releases_only_old_holds(ledger: Ledger) -> None:

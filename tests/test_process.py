@@ -158,6 +158,7 @@ ANCHOR = "--interval month --anchor 2026-01-01T00:00:00Z"
 REFUSALS = [
     (f"team set {{team}} --plan gold --seats 1 {ANCHOR}", 1, "unknown plan"),
     (f"team set {{team}} --plan trial --seats -1 {ANCHOR}", 1, "seats"),
+    (f"team set {{team}}/../x --plan trial --seats 1 {ANCHOR}", 1, "'..' between slashes"),
     ("team set {team} --plan trial --seats 1 --interval week --anchor 2026-01-01", 1, "interval"),
     ("team set {team} --plan trial --seats 1 --interval month --anchor yesterday", 1, "--anchor"),
     ("team limit {team} 100 --actor bob --role member", 1, "admin"),
