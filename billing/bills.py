@@ -38,6 +38,8 @@ def parse_bill_id(text: str) -> int:
         raise BadInput(f"BILL must be a bill id (a whole number), not {text!r}") from None
     if value <= 0:
         raise BadInput(f"BILL must be a positive bill id, not {text!r}")
+    if value >= 2**63:  # bills.id is a bigint: no bill has such an id
+        raise BadInput(f"BILL {text!r} is too large to be a bill id")
     return value
 
 

@@ -118,8 +118,8 @@ class Ledger:
         validate.seats(seats)
         validate.interval(interval)
         anchor, at = validate.moment(anchor), validate.moment(at)
-        if stripe_customer is not None and not stripe_customer.strip():
-            raise BadInput("stripe customer id cannot be empty")
+        if stripe_customer is not None:
+            validate.stripe_customer(stripe_customer)
         if not validate.reachable_over_http(team) and await self._team_row(team) is None:
             # Refused for new teams only: one made before this rule keeps working.
             raise BadInput(

@@ -13,6 +13,8 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/+-]{0,199}$")
 _MAX_QUANTITY = 1_000_000
 _MAX_SEATS = 1_000_000
 _MAX_LIMIT = 10**12
+MAX_KEY = 255
+_MAX_ACTOR = 255
 
 
 def team_id(value: str) -> str:
@@ -74,33 +76,66 @@ def limit(value: int) -> int:
 
 
 def key(value: str) -> str:
-    if not value or len(value) > 255 or not value.isprintable():
-        raise BadInput("idempotency key must be 1-255 printable characters")
+    if not value or len(value) > MAX_KEY or not value.isprintable():
+        raise BadInput(f"idempotency key must be 1-{MAX_KEY} printable characters")
     return value
 
 
 def actor(value: str) -> str:
+    """Who made a change, as the audit trail records it."""
     if not value.strip():
         raise BadInput("actor must name the user making the change")
+    if len(value) > _MAX_ACTOR or not value.isprintable():
+        raise BadInput(
+            f"actor must be at most {_MAX_ACTOR} printable characters (no NUL, newline or tab)"
+        )
     return value
 
 
-def moment(value: datetime) -> datetime:
-    """A timezone-aware instant, normalised to UTC."""
+def stripe_customer(value: str) -> str:
+    """A Stripe customer id (cus_...): one printable word."""
+    if not value.strip():
+        raise BadInput("stripe customer id cannot be empty")
+    if len(value) > 255 or not value.isprintable() or any(c.isspace() for c in value):
+        raise BadInput(
+            f"stripe customer id {value[:60]!r} must be at most 255 printable characters, "
+            "without spaces"
+        )
+    return value
+
+
+# Every instant the ledger takes lies in this range: past its edges Postgres and
+# Python part ways (asyncpg sends datetime.min as -infinity, year 10000 does not
+# decode), and no billing month is that far from today.
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)  # excluded
+
+
+def moment(value: datetime, what: str = "timestamp") -> datetime:
+    """A timezone-aware instant in [EARLIEST, LATEST), normalised to UTC."""
     if value.tzinfo is None or value.utcoffset() is None:
-        raise BadInput(f"timestamp {value.isoformat()} has no timezone")
-    return value.astimezone(UTC)
+        raise BadInput(f"{what} {value.isoformat()} has no timezone")
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+05:00 is in year 0 in UTC
+        utc = None
+    if utc is None or not EARLIEST <= utc < LATEST:
+        raise BadInput(
+            f"{what} {value.isoformat()} is out of range: from "
+            f"{EARLIEST.date().isoformat()} to before {LATEST.date().isoformat()} (UTC)"
+        )
+    return utc
 
 
 def parse_moment(text: str, what: str = "timestamp") -> datetime:
-    """ISO 8601 text to an aware UTC datetime; no offset means UTC."""
+    """ISO 8601 text to an aware UTC datetime in range; no offset means UTC."""
     try:
         parsed = datetime.fromisoformat(text.strip())
     except ValueError:
         raise BadInput(f"{what} {text!r} is not an ISO 8601 timestamp") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    return moment(parsed, what)
 
 
 def parse_whole(text: str, what: str) -> int:

@@ -6,11 +6,13 @@ import asyncio
 
 import asyncpg
 import httpx
+import pytest
 from arq.connections import ArqRedis
 from arq.jobs import Job
 
 from api.app import Services, create_app
 from billing.reconcile import create_bills
+from ledger.errors import UnknownTeam
 from ledger.service import Ledger
 from tests.api_helpers import (
     NOW,
@@ -162,6 +164,26 @@ async def test_put_team_is_for_the_service_role(ledger: Ledger, client: httpx.As
     )
     assert week.status_code == 422
     assert (await ledger.get_team("newco")).seats == 3
+
+
+async def test_an_anchor_out_of_range_is_refused_and_creates_nothing(
+    ledger: Ledger, client: httpx.AsyncClient
+) -> None:
+    body = {"plan": "sales_engagement", "seats": 2, "interval": "month"}
+    # Year 1 went to Postgres as -infinity; +05:00 and year 9999 overflowed Python's dates.
+    for anchor in (
+        "0001-01-01T00:00:00Z",
+        "0001-01-01T00:00:00+05:00",
+        "9999-12-31T23:59:59-05:00",
+    ):
+        refused = await client.put(
+            "/v1/teams/edge", json=body | {"anchor": anchor}, headers=bearer("service", None)
+        )
+        assert refused.status_code == 422, (anchor, refused.text)
+        assert refused.json()["error"]["code"] == "bad_input"
+        assert "out of range" in refused.json()["error"]["message"]
+    with pytest.raises(UnknownTeam):
+        await ledger.get_team("edge")
 
 
 async def test_jobs_are_queued_once_per_id(

@@ -157,6 +157,56 @@ async def test_a_team_made_before_the_dot_segment_rule_keeps_working(ledger: Led
     assert held.charge_id is not None
 
 
+@pytest.mark.parametrize(
+    "when",
+    [
+        "0001-01-01T00:00:00Z",
+        "1999-12-31T23:59:59Z",
+        "2200-01-01T00:00:00Z",
+        "9999-12-31T00:00:00Z",
+    ],
+)
+async def test_an_instant_out_of_range_is_refused_before_anything_is_written(
+    ledger: Ledger, when: str
+) -> None:
+    await make_team(ledger, anchor=ANCHOR)
+    edge = at(when)
+    before = await ledger.billing("acme", at=T0)
+    calls = (
+        lambda: make_team(ledger, "edge", anchor=edge, at=T0),
+        lambda: make_team(ledger, "edge", anchor=ANCHOR, at=edge),
+        lambda: ledger.set_limit("acme", 10, actor="ann", role="admin", at=edge),
+        lambda: ledger.charge("acme", "enrich", 1, key="k", at=edge),
+        lambda: ledger.billing("acme", at=edge),
+    )
+    for call in calls:
+        with pytest.raises(BadInput, match="out of range"):
+            await call()
+    with pytest.raises(UnknownTeam):
+        await ledger.get_team("edge")
+    assert await ledger.limit_changes("acme") == []
+    async with ledger.pool.acquire() as conn:
+        months = await conn.fetchval("SELECT count(*) FROM billing_months WHERE team_id = 'acme'")
+    assert months == 1 and await ledger.billing("acme", at=T0) == before
+
+
+async def test_text_that_postgres_or_the_audit_trail_cannot_take_is_refused(
+    ledger: Ledger,
+) -> None:
+    await make_team(ledger, anchor=ANCHOR)
+    for actor in ("ann\x00", "ann\nroot", "a" * 256):
+        with pytest.raises(BadInput, match="actor"):
+            await ledger.set_limit("acme", 10, actor=actor, role="admin", at=T0)
+    for customer in ("cus_\x00", "cus 1", "cus_1\n", "c" * 256):
+        with pytest.raises(BadInput, match="stripe customer id"):
+            await ledger.set_team(
+                "acme", plan="email_outreach", seats=1, interval="month", anchor=ANCHOR, at=T0,
+                stripe_customer=customer,
+            )  # fmt: skip
+    assert await ledger.limit_changes("acme") == []
+    assert (await ledger.get_team("acme")).stripe_customer is None
+
+
 async def test_expire_holds_releases_only_old_holds(ledger: Ledger) -> None:
     await make_team(ledger, seats=2, anchor=ANCHOR)
     old = await ledger.hold("acme", "enrich", 1, key="old", at=T0)

@@ -14,7 +14,7 @@ from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.worker import Worker
 
 from ledger.catalog import DEFAULT_CATALOG
-from ledger.errors import NotMigrated
+from ledger.errors import BadInput, NotMigrated
 from ledger.service import Ledger
 from runtime.config import Settings
 from tests.conftest import at, with_database
@@ -149,6 +149,25 @@ async def test_malformed_payload_fails_the_job_and_charges_nothing(
     with pytest.raises(Exception, match=r"malformed debounce lead payload: .*needs an email"):
         await result(redis, "bad")
     assert await ledger.history("acme") == []
+
+
+@pytest.mark.parametrize(
+    ("lead_id", "says"),
+    [
+        ("a\x00b", "control characters"),  # Postgres cannot store a NUL
+        ("line\nbreak", "control characters"),
+        ("x" * 130, "at most 255"),  # key b1:<id>:<id>: 264 characters
+    ],
+)
+async def test_a_lead_the_worker_could_not_charge_is_refused_at_enqueue(
+    redis: ArqRedis, lead_id: str, says: str
+) -> None:
+    payload = {
+        "leads": [{"id": "fine", "email": "a@acme.io"}, {"id": lead_id, "email": "b@acme.io"}]
+    }
+    with pytest.raises(BadInput, match=says):
+        await enqueue(redis, DEFAULT_CATALOG, "acme", "enrich", payload=payload, job_id="b1")
+    assert await redis.zcard("tokens:queue") == 0  # nothing of the request was queued
 
 
 async def test_threshold_capture_enqueues_the_team_reconcile(

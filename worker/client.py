@@ -17,9 +17,10 @@ from arq.jobs import Job
 
 from ledger.catalog import Catalog
 from ledger.errors import BadInput
+from ledger.validate import MAX_KEY, team_id
 from ledger.validate import quantity as check_quantity
-from ledger.validate import team_id
 from worker.bulk import JobSpec, enqueue_many
+from worker.metering import charge_key
 from worker.payloads import (
     DebounceLeadList,
     IcebreakerPayload,
@@ -69,6 +70,14 @@ def plan_jobs(
             jobs.append((f"{base}:{lead_key}", (team, lead.model_dump(exclude_none=True)), lead.id))
         if len({j[0] for j in jobs}) != len(jobs):
             raise BadInput(f"malformed {action} payload: lead ids must be unique")
+        for jid, _, lead_id in jobs:
+            key = charge_key(jid, lead_id)
+            if len(key) > MAX_KEY:
+                raise BadInput(
+                    f"malformed {action} payload: lead id {lead_id!r} is too long for job id "
+                    f"{base!r}: the charge's key (job id, then lead id) would have "
+                    f"{len(key)} characters, at most {MAX_KEY}"
+                )
         return jobs
     count = check_quantity(quantity if quantity is not None else 1)
     if action == "ai_sequence":

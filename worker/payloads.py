@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ledger.errors import BadInput
 
@@ -18,6 +25,14 @@ class Lead(BaseModel):
     last_name: str | None = Field(default=None, max_length=200)
     company_domain: str | None = Field(default=None, max_length=255)
     linkedin_url: str | None = Field(default=None, max_length=500)
+
+    @field_validator("*")
+    @classmethod
+    def _printable(cls, value: str | None) -> str | None:
+        # A NUL cannot be stored in Postgres, and a lead id ends up in the charge's key.
+        if value is not None and not value.isprintable():
+            raise ValueError("must not hold control characters (NUL, newline, tab, ...)")
+        return value
 
     @model_validator(mode="after")
     def _something_to_search(self) -> Lead:
