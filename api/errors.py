@@ -30,6 +30,7 @@ STATUS: dict[type[ledger_errors.TokensError], int] = {
     ledger_errors.UnknownCharge: 404,
     ledger_errors.NotAdmin: 403,
     ledger_errors.IdempotencyMismatch: 409,
+    ledger_errors.JobIdReused: 409,
     ledger_errors.ChargeAlreadySettled: 409,
     ledger_errors.AnchorConflict: 409,
     ledger_errors.NotEnoughTokens: 409,

@@ -105,7 +105,13 @@ async def job_status(
     if info is None or info.function not in ACTION_JOBS or not info.args:
         raise ApiError(404, "unknown_job", f"unknown job {job_id!r}")
     team = str(info.args[0])
-    auth.authorize(who, team, READERS)
+    try:
+        auth.authorize(who, team, READERS)
+    except ApiError as refused:
+        if refused.code != "forbidden_team":
+            raise
+        # Not "acts for team x, not y": the job's id must not tell who owns it.
+        raise ApiError(403, "forbidden_team", "this job belongs to another team") from None
     lead_id = _lead_id(info.function, info.args)
     charge = await svc.ledger.charge_by_key(team, charge_key(job_id, lead_id))
     out = {

@@ -208,6 +208,37 @@ async def test_jobs_are_queued_once_per_id(
     assert await arq_redis.zcard(QUEUE) == 3
 
 
+async def test_a_job_id_used_for_another_request_is_a_409_and_queues_nothing(
+    ledger: Ledger, client: httpx.AsyncClient, arq_redis: ArqRedis
+) -> None:
+    await make_team(ledger)
+    await make_team(ledger, "rival")
+    payload = {"prompt": "hello", "tone": "warm"}
+    body = {"action": "ai_sequence", "payload": payload, "job_id": "j2", "quantity": 2}
+    first = await client.post("/v1/teams/rival/jobs", json=body, headers=bearer("service", None))
+    assert [j["queued"] for j in first.json()["jobs"]] == [True, True]
+    # The same request again (its keys in another order) is a replay, as before.
+    spelled = body | {"payload": {"tone": "warm", "prompt": "hello"}}
+    again = await client.post("/v1/teams/rival/jobs", json=spelled, headers=bearer("service", None))
+    assert again.status_code == 202 and [j["queued"] for j in again.json()["jobs"]] == [False] * 2
+    # Another team with the same id: its jobs would have been "already queued", never run.
+    for team, other in (
+        ("acme", body),
+        ("rival", body | {"quantity": 3}),
+        ("rival", body | {"payload": {"prompt": "other"}}),
+        ("rival", {"action": "enrich", "payload": leads(2), "job_id": "j2"}),
+    ):
+        refused = await client.post(
+            f"/v1/teams/{team}/jobs", json=other, headers=bearer("service", None)
+        )
+        assert refused.status_code == 409, (team, other, refused.text)
+        error = refused.json()["error"]
+        assert error["code"] == "job_id_reused" and "rival" not in error["message"]
+    assert await arq_redis.zcard(QUEUE) == 2
+    info = await Job("j2:0", arq_redis, _queue_name=QUEUE).info()
+    assert info is not None and info.args == ("rival", payload)
+
+
 async def _commands(redis: ArqRedis) -> dict[str, int]:
     stats = await redis.info("commandstats")
     return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
@@ -264,7 +295,7 @@ async def test_job_status_from_queue_to_charge(
     refused = await client.get("/v1/jobs/j2:l0", headers=bearer("service", None))
     assert refused.json()["status"] == "refused" and refused.json()["charge"] is None
     other = await client.get("/v1/jobs/j2:l0", headers=bearer("admin"))
-    assert other.status_code == 403
+    assert other.status_code == 403 and "another team" in other.json()["error"]["message"]
     slashed = await client.post(
         "/v1/teams/acme/jobs",
         json={"action": "debounce", "payload": {"leads": [{"id": "a/b", "email": "x@y.io"}]}},

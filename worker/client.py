@@ -8,6 +8,8 @@ they are fresh.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +18,7 @@ from arq.connections import ArqRedis
 from arq.jobs import Job
 
 from ledger.catalog import Catalog
-from ledger.errors import BadInput
+from ledger.errors import BadInput, JobIdReused
 from ledger.validate import MAX_KEY, team_id
 from ledger.validate import quantity as check_quantity
 from worker.bulk import JobSpec, enqueue_many
@@ -102,8 +104,17 @@ async def enqueue(
     payload: dict[str, Any] | None = None,
     job_id: str | None = None,
 ) -> list[Enqueued]:
-    """Validate, then queue every job of the request in batches (worker/bulk.py)."""
+    """Validate, then queue every job of the request in batches (worker/bulk.py).
+
+    A job id given by the caller is the request's idempotency key: the same request
+    again queues nothing new, and another request with it (another team, action,
+    quantity or payload) is refused whole (`JobIdReused`). Without that check, a
+    job of another team that happened to have the id would make this one's jobs
+    "already queued", and they would never run.
+    """
     jobs = plan_jobs(catalog, team, action, quantity=quantity, payload=payload, job_id=job_id)
+    if job_id is not None:
+        await _claim(redis, job_id, _fingerprint(action, jobs))
     queued = await enqueue_many(
         redis, [JobSpec(action, jid, args) for jid, args, _ in jobs], queue=QUEUE
     )
@@ -111,6 +122,38 @@ async def enqueue(
         Enqueued(job_id=jid, action=action, lead_id=lead_id, queued=new)
         for (jid, _, lead_id), new in zip(jobs, queued, strict=True)
     ]
+
+
+# Longer than any trace arq keeps of a job: a day queued at most (its job key's
+# expiry), then its result for a day.
+CLAIM_TTL_MS = 3 * 24 * 3600 * 1000
+CLAIM_PREFIX = "tokens:job-id:"
+
+# KEYS: the claim. ARGV: the request's fingerprint, the TTL. The fingerprint the id
+# is claimed with: this one when the id was free.
+_CLAIM = """
+local held = redis.call('GET', KEYS[1])
+if held then
+    return held
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return ARGV[1]
+"""
+
+
+def _fingerprint(action: str, jobs: list[tuple[str, tuple[Any, ...], str | None]]) -> str:
+    """What a request queues (ids and arguments, the team among them), whatever the
+    payload's spelling (key order, whitespace that validation strips)."""
+    planned = [action, [[jid, list(args)] for jid, args, _ in jobs]]
+    text = json.dumps(planned, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+async def _claim(redis: ArqRedis, job_id: str, fingerprint: str) -> None:
+    claim = redis.register_script(_CLAIM)
+    held = await claim(keys=[CLAIM_PREFIX + job_id], args=[fingerprint, CLAIM_TTL_MS])
+    if (held.decode() if isinstance(held, bytes) else held) != fingerprint:
+        raise JobIdReused(job_id)
 
 
 async def result(redis: ArqRedis, job_id: str, wait_s: float | None = None) -> Any:
