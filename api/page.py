@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 from functools import cache
 from typing import Annotated, Any
@@ -191,8 +192,11 @@ async def change_limit_form(
         return _error_page(exc)
     text = tokens.strip()
     try:
-        if not text.isdigit():
-            raise ApiError(422, "invalid_limit", f"the limit must be a whole number, got {text!r}")
+        # ASCII digits only: str.isdigit() and int() take other scripts' digits too.
+        if not re.fullmatch(r"-?[0-9]{1,30}", text):
+            raise ApiError(
+                422, "invalid_limit", f"the limit must be a whole number, got {text[:40]!r}"
+            )
         await change_limit(svc, team, int(text), who)
     except ApiError as exc:
         return await _render(svc, team, who, session, cursor=None, error=exc.message, status=422)

@@ -130,8 +130,10 @@ class JobsIn(BaseModel):
         default=None,
         min_length=1,
         max_length=150,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@/+-]*$",
-        description="base job id; the same id again queues nothing new",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@/+-]*$",
+        description="base job id, the request's idempotency key: the same request again "
+        "queues nothing new, another request with it is a 409; no ':' (it joins the id to a "
+        "lead or a generation)",
     )
 
 

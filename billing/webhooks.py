@@ -205,6 +205,8 @@ class WebhookHandler:
         stripe_status = str(invoice.get("status"))
         news = bill_news(kind, stripe_status)
         if news is None:
+            if invoice_id is None or invoice.get("status") is None:
+                return "ignored: an invoice event without the invoice's id or status"
             return f"ignored: invoice {invoice_id} is {stripe_status}"
         status, code, message = news
         row = await self.pool.fetchrow(

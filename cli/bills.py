@@ -8,12 +8,13 @@ from __future__ import annotations
 import csv
 import io
 import sys
+from decimal import Decimal
 from typing import Annotated, Any
 
 import typer
 
 from cli import render
-from cli.common import AtOpt, JsonOpt, clock_at, run, settings_for
+from cli.common import AtOpt, JsonOpt, clock_at, refuse_both, run, settings_for
 from ledger.errors import TokensError
 from runtime.app import open_ledger
 
@@ -46,6 +47,8 @@ def bills(
 
     async def go() -> list[dict[str, Any]]:
         async with open_ledger(settings) as ledger:
+            if team is not None:
+                await ledger.get_team(team)  # a typo is "unknown team", not an empty list
             return await list_bills(ledger.pool, team=team, status=status)
 
     out = run(go())
@@ -75,6 +78,7 @@ def show(
     from cli.common import run, settings_for
     from runtime.app import open_ledger
 
+    refuse_both(csv_out, json_out)
     settings = settings_for()
     bill_id = parse_bill_id(bill)
 
@@ -90,14 +94,14 @@ def show(
         writer.writerow(CSV_COLUMNS)
         for c in explained.charges:
             row = {**c, "bill_id": bill_id, "time": render.iso(c["time"])}
-            writer.writerow([row[k] if row[k] is not None else "" for k in CSV_COLUMNS])
+            writer.writerow([render.csv_cell(row[k]) for k in CSV_COLUMNS])
         sys.stdout.write(buf.getvalue())
     elif json_out:
         render.print_json(out)
     else:
         print(
             f"bill {out['bill_id']} ({out['team']}, {out['reason']}): {out['tokens']} tokens, "
-            f"{out['amount_cents']} {out['currency']} minor units, {out['status']}"
+            f"{out['currency'].upper()} {Decimal(out['amount_cents']) / 100:.2f}, {out['status']}"
             + (f", invoice {out['stripe_invoice_id']}" if out["stripe_invoice_id"] else "")
             + (f", error {out['error_code']}: {out['error']}" if out["error_code"] else "")
         )

@@ -12,6 +12,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from ledger import validate
+from ledger.errors import BadInput
 from runtime.config import Settings, load_settings
 from runtime.logs import configure_logging
 
@@ -36,6 +37,12 @@ def settings_for(*, service: bool = False, quiet: bool = False) -> Settings:
         level = "ERROR" if quiet else "WARNING"
     configure_logging(settings.log_format, level)
     return settings
+
+
+def refuse_both(csv_out: bool, json_out: bool) -> None:
+    """--csv and --json name two outputs: one of them would be ignored."""
+    if csv_out and json_out:
+        raise BadInput("--csv and --json cannot be combined: choose one")
 
 
 def clock_at(at: str | None) -> datetime:

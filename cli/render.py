@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
 
 # rich is imported only to print for people: a --json command is a whole
 # process, and rich costs it about 40 ms of start-up.
+
+_NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?")
 
 
 @cache
@@ -258,10 +261,25 @@ def print_reconcile(out: dict[str, Any]) -> None:
     console().print(table)
 
 
+def csv_cell(value: Any) -> Any:
+    """A value as a CSV cell: None empty, and text that a spreadsheet would run as a
+    formula (=, +, @, a tab or CR first, or - before anything but a number) behind a
+    quote. Keys and lead ids come from the application's users."""
+    if value is None:
+        return ""
+    if (
+        isinstance(value, str)
+        and value
+        and (value[0] in "=+@\t\r" or (value[0] == "-" and not _NUMBER.fullmatch(value)))
+    ):
+        return "'" + value
+    return value
+
+
 def history_csv(charges: list[ChargeRow]) -> str:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for c in charges:
-        writer.writerow({k: ("" if v is None else v) for k, v in charge_dict(c).items()})
+        writer.writerow({k: csv_cell(v) for k, v in charge_dict(c).items()})
     return out.getvalue()

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from cli import render
-from cli.common import AtOpt, JsonOpt, clock_at, run, settings_for
+from cli.common import AtOpt, JsonOpt, clock_at, refuse_both, run, settings_for
 from ledger import validate
 from ledger.errors import NotEnoughTokens
 from runtime.app import open_ledger
@@ -72,6 +72,7 @@ def history(
     json_out: JsonOpt = False,
 ) -> None:
     """Every charge of the team, oldest first (up to --at when given)."""
+    refuse_both(csv_out, json_out)
     settings = settings_for()
     until = validate.parse_moment(at, "--at") if at is not None else None
 

@@ -14,13 +14,14 @@ _MAX_QUANTITY = 1_000_000
 _MAX_SEATS = 1_000_000
 _MAX_LIMIT = 10**12
 MAX_KEY = 255
+_WHOLE = re.compile(r"[+-]?[0-9]{1,30}")
 _MAX_ACTOR = 255
 
 
 def team_id(value: str) -> str:
     if not _ID.match(value):
         raise BadInput(
-            f"invalid team id {value!r}: 1-200 characters, letters, digits and _.:@/+- "
+            f"invalid team id {value[:60]!r}: 1-200 characters, letters, digits and _.:@/+- "
             "(starting with a letter or digit)"
         )
     return value
@@ -140,7 +141,7 @@ def parse_moment(text: str, what: str = "timestamp") -> datetime:
 
 def parse_whole(text: str, what: str) -> int:
     """A CLI integer argument, with a message that names it."""
-    try:
-        return int(text.strip(), 10)
-    except ValueError:
-        raise BadInput(f"{what} must be a whole number, got {text!r}") from None
+    # int() also takes "1_000" and other scripts' digits ("\uff17" is 7): not a typo's friend.
+    if not _WHOLE.fullmatch(text.strip()):
+        raise BadInput(f"{what} must be a whole number, got {text[:40]!r}")
+    return int(text.strip(), 10)

@@ -234,6 +234,12 @@ async def test_a_job_id_used_for_another_request_is_a_409_and_queues_nothing(
         assert refused.status_code == 409, (team, other, refused.text)
         error = refused.json()["error"]
         assert error["code"] == "job_id_reused" and "rival" not in error["message"]
+    # Nor may a job id name another request's job: "j2:0" is rival's first generation.
+    colon = await client.post(
+        "/v1/teams/acme/jobs", json=body | {"job_id": "j2:0", "quantity": 1},
+        headers=bearer("service", None),
+    )  # fmt: skip
+    assert colon.status_code == 422 and "job_id" in colon.json()["error"]["message"]
     assert await arq_redis.zcard(QUEUE) == 2
     info = await Job("j2:0", arq_redis, _queue_name=QUEUE).info()
     assert info is not None and info.args == ("rival", payload)

@@ -204,10 +204,12 @@ async def test_an_admin_changes_the_limit_through_the_form(live_api: LiveApi, br
 
     # The browser itself refuses a negative number (min="0"); the server does too.
     csrf = await page.locator("input[name=csrf]").get_attribute("value")
-    bad = await context.request.post(
-        f"{live_api.base_url}/teams/acme/billing/limit", form={"tokens": "-3", "csrf": csrf}
-    )
-    assert bad.status == 422 and 'id="form-error"' in await bad.text()
+    for typed, says in (("-3", "cannot be negative"), ("\uff17", "whole number")):  # a full-width 7
+        bad = await context.request.post(
+            f"{live_api.base_url}/teams/acme/billing/limit", form={"tokens": typed, "csrf": csrf}
+        )
+        assert bad.status == 422 and 'id="form-error"' in await bad.text()
+        assert says in await bad.text(), typed
     assert (await cli_billing(live_api))["additional_limit"] == 2500
     await context.close()
 

@@ -8,7 +8,10 @@ import io
 import asyncpg
 import pytest
 
+from cli import render
+from ledger.service import Ledger
 from tests.cli_helpers import Cli
+from tests.conftest import at
 from tests.factories import make_team
 from tests.process import argv, team_limit, team_set
 
@@ -62,6 +65,20 @@ def test_history_csv_has_a_header_row(cli: Cli) -> None:
     assert [r["action"] for r in until] == ["enrich"]
 
 
+async def test_a_csv_cell_a_spreadsheet_would_run_is_quoted(ledger: Ledger) -> None:
+    await ledger.set_team(
+        "acme", plan="email_outreach", seats=1, interval="month", anchor=at(AT), at=at(AT)
+    )
+    await ledger.hold(
+        "acme", "enrich", 1, key="=cmd|' /C calc'!A0", at=at(AT), job_id="+1", lead_id="@x"
+    )
+    await ledger.hold("acme", "enrich", 1, key="-5", at=at(AT), job_id="-x", lead_id="\tl")
+    rows = list(csv.DictReader(io.StringIO(render.history_csv(await ledger.history("acme")))))
+    cells = [(r["key"], r["job_id"], r["lead_id"]) for r in rows]
+    assert cells == [("'=cmd|' /C calc'!A0", "'+1", "'@x"), ("-5", "'-x", "'\tl")]
+    assert rows[0]["tokens"] == "10" and rows[0]["settled_at"] == ""
+
+
 BAD_INPUTS = [
     (["charge", "ghost", "debounce"], "unknown team 'ghost'"),
     (["charge", "acme", "translate"], "unknown action 'translate'"),
@@ -82,6 +99,14 @@ BAD_INPUTS = [
     (["billing", "ghost"], "unknown team 'ghost'"),
     (["history", "ghost"], "unknown team 'ghost'"),
     (["charge", "acme"], "Missing argument"),
+    (team_limit("acme", "\uff17"), "limit must be a whole number"),  # a full-width 7
+    (team_limit("acme", "1_000"), "limit must be a whole number"),
+    (["charge", "acme", "debounce", "--at", "9999-12-31T00:00:00Z"], "out of range"),
+    (team_set("b", plan="trial", anchor="0001-01-01T00:00:00Z"), "out of range"),
+    (team_set("b/../c", plan="trial", anchor=AT), "'..' between slashes"),
+    (["history", "acme", "--csv", "--json"], "--csv and --json cannot be combined"),
+    (["bill", "show", "1", "--csv", "--json"], "--csv and --json cannot be combined"),
+    (["bills", "--team", "ghost"], "unknown team 'ghost'"),
 ]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,9 @@ from worker.payloads import (
 from worker.queue import QUEUE
 
 LEAD_ACTIONS = ("enrich", "debounce")
+# A caller's job id, without ':' so that no request's id is another's job
+# (`b` with leads is `b:<lead>`; were `b:x` allowed, it would name b's lead x).
+_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@/+-]{0,149}$")
 DEFAULT_PROMPT = "A three-step cold outreach sequence for our product."
 
 
@@ -57,6 +61,11 @@ def plan_jobs(
     anything is queued: a bad request queues nothing."""
     team_id(team)
     catalog.action(action)
+    if job_id is not None and not _JOB_ID.match(job_id):
+        raise BadInput(
+            f"job_id {job_id[:60]!r} must be 1-150 letters, digits and _.@/+- (starting with a "
+            "letter or digit); not ':', which joins a job id to its lead or generation"
+        )
     base = job_id or uuid.uuid4().hex
     if action in LEAD_ACTIONS:
         if quantity is not None:
