@@ -64,6 +64,22 @@ async def test_trial_conversion_starts_the_paid_month_at_the_anchor(ledger: Ledg
     assert paid.free_granted == 1000 and paid.free_spent == 0  # unspent trial tokens ended
 
 
+async def test_an_anchor_already_past_ends_the_month_at_the_change(ledger: Ledger) -> None:
+    # Nov 15 - Dec 15; on Dec 7 the anchor becomes Nov 20 (a webhook delivered late).
+    await make_team(ledger, at="2026-11-15", anchor="2026-11-15")
+    await ledger.charge("acme", "enrich", 25, key="spent", at=at("2026-12-07T09:00:00"))
+    await make_team(ledger, at="2026-12-07T10:00:00", anchor="2026-11-20")
+    old = await ledger.billing("acme", at=at("2026-12-07T09:59:59"))
+    # Not cut at Nov 20, which would leave the Dec 7 charge in a month that ended before it.
+    assert (old.period_start, old.period_end) == (at("2026-11-15"), at("2026-12-07T10:00:00"))
+    assert old.free_spent == 250 and [c.idempotency_key for c in old.recent_charges] == ["spent"]
+    new = await ledger.billing("acme", at=at("2026-12-07T10:00:00"))
+    assert (new.period_start, new.period_end) == (at("2026-12-07T10:00:00"), at("2026-12-20"))
+    assert new.free_spent == 0 and new.recent_charges == []
+    after = await ledger.billing("acme", at=at("2026-12-21"))
+    assert (after.period_start, after.period_end) == (at("2026-12-20"), at("2027-01-20"))
+
+
 async def test_anchor_cannot_move_before_an_opened_month(ledger: Ledger) -> None:
     await make_team(ledger, at="2026-03-02", anchor="2026-03-01")
     await ledger.billing("acme", at=at("2026-04-02"))  # opens Apr 1 - May 1

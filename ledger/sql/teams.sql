@@ -38,8 +38,13 @@ BEGIN
                     WHERE b.team_id = p_team AND b.period_start >= p_anchor) THEN
             PERFORM tokens_raise('TK005', jsonb_build_object('team', p_team, 'anchor', p_anchor));
         END IF;
-        UPDATE billing_months b SET period_end = p_anchor
-         WHERE b.team_id = p_team AND b.period_start < p_anchor AND b.period_end > p_anchor;
+        -- The running month ends at the new anchor, or at the change itself when the
+        -- anchor is already past (a webhook Stripe delivered late, an anchor set back
+        -- by hand): what was charged until the change stays in the month whose grant
+        -- paid for it, and the new month starts no earlier than the change.
+        UPDATE billing_months b SET period_end = greatest(p_anchor, p_at)
+         WHERE b.team_id = p_team AND b.period_start < greatest(p_anchor, p_at)
+           AND b.period_end > greatest(p_anchor, p_at);
     END IF;
 
     UPDATE teams
