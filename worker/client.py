@@ -85,8 +85,8 @@ def plan_jobs(
             key = charge_key(jid, lead_id)
             if len(key) > MAX_KEY:
                 raise BadInput(
-                    f"malformed {action} payload: lead id {lead_id!r} is too long for job id "
-                    f"{base!r}: the charge's key (job id, then lead id) would have "
+                    f"malformed {action} payload: lead id {(lead_id or '')[:60]!r} is too long "
+                    f"for job id {base!r}: the charge's key (job id, then lead id) would have "
                     f"{len(key)} characters, at most {MAX_KEY}"
                 )
         return jobs
@@ -154,7 +154,9 @@ def _fingerprint(action: str, jobs: list[tuple[str, tuple[Any, ...], str | None]
     """What a request queues (ids and arguments, the team among them), whatever the
     payload's spelling (key order, whitespace that validation strips)."""
     planned = [action, [[jid, list(args)] for jid, args, _ in jobs]]
-    text = json.dumps(planned, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    text = json.dumps(
+        planned, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+    )
     return hashlib.sha256(text.encode()).hexdigest()
 
 
