@@ -36,7 +36,7 @@ import structlog
 from billing.sender import FINAL_STATUSES
 from db.queries import parse
 from ledger import validate
-from ledger.errors import TokensError
+from ledger.errors import AnchorConflict, TokensError
 from ledger.service import Ledger
 
 log = structlog.get_logger("tokens.billing")
@@ -178,17 +178,34 @@ class WebhookHandler:
         if anchor is None:
             return f"ignored: subscription {sub_id} has no billing_cycle_anchor"
         seats = int(item.get("quantity") or 0)
-        await self.ledger.set_team(
-            team,
-            plan=plan,
-            seats=seats,
-            interval=str(interval),
-            anchor=anchor,
-            at=now,
-            stripe_customer=_id(sub.get("customer")),
-        )
+        customer = _id(sub.get("customer"))
+
+        async def set_team(anchored: datetime) -> None:
+            await self.ledger.set_team(
+                team,
+                plan=plan,
+                seats=seats,
+                interval=str(interval),
+                anchor=anchored,
+                at=now,
+                stripe_customer=customer,
+            )
+
+        kept = ""
+        try:
+            await set_team(anchor)
+        except AnchorConflict as conflict:
+            # A month is already open from where the new anchor would take effect (a
+            # clock set ahead): the plan, the seats and the customer must not be lost
+            # with the anchor, nor every later event of this subscription.
+            current = (await self.ledger.get_team(team)).anchor
+            await set_team(current)
+            log.warning("webhook_anchor_kept", team=team, stripe_anchor=anchor.isoformat(),
+                        kept=current.isoformat(), reason=str(conflict))  # fmt: skip
+            kept = f" (anchor {anchor.isoformat()} refused, kept {current.isoformat()})"
+            anchor = current
         await self.pool.execute(q("set_subscription"), team, sub_id)
-        return f"team {team}: {plan} x{seats} {interval}ly from {anchor.isoformat()}"
+        return f"team {team}: {plan} x{seats} {interval}ly from {anchor.isoformat()}{kept}"
 
     def _plan_item(self, sub: Mapping[str, Any]) -> tuple[str | None, Mapping[str, Any] | None]:
         for item in (sub.get("items") or {}).get("data") or []:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 import asyncpg
 import httpx
@@ -155,15 +156,29 @@ async def test_put_team_is_for_the_service_role(ledger: Ledger, client: httpx.As
         "/v1/teams/newco", json=body | {"plan": "gold"}, headers=bearer("service", None)
     )
     assert unknown.status_code == 422 and unknown.json()["error"]["code"] == "unknown_plan"
+    # An anchor already past takes effect now: the month ends at the change (NOW, Mar 10).
     earlier = await client.put(
         "/v1/teams/newco", json=body | {"anchor": "2026-02-15"}, headers=bearer("service", None)
     )
-    assert earlier.status_code == 409 and earlier.json()["error"]["code"] == "anchor_conflict"
+    assert earlier.status_code == 200, earlier.text
+    assert (earlier.json()["period_start"], earlier.json()["period_end"]) == (
+        "2026-03-10T12:00:00Z",
+        "2026-03-15T00:00:00Z",
+    )
+    ended = await ledger.billing("newco", at=NOW - timedelta(seconds=1))
+    assert (ended.period_start, ended.period_end) == (at("2026-03-01"), NOW)
+    # A month opened ahead (a clock set forward) is not rewritten: a conflict.
+    await ledger.billing("newco", at=at("2026-04-20"))
+    ahead = await client.put(
+        "/v1/teams/newco", json=body | {"anchor": "2026-03-05"}, headers=bearer("service", None)
+    )
+    assert ahead.status_code == 409 and ahead.json()["error"]["code"] == "anchor_conflict"
     week = await client.put(
         "/v1/teams/newco", json=body | {"interval": "week"}, headers=bearer("service", None)
     )
     assert week.status_code == 422
-    assert (await ledger.get_team("newco")).seats == 3
+    team = await ledger.get_team("newco")  # as the last accepted PUT (the anchor's) left it
+    assert (team.seats, team.anchor) == (2, at("2026-02-15"))
 
 
 async def test_an_anchor_out_of_range_is_refused_and_creates_nothing(

@@ -166,6 +166,61 @@ async def test_subscription_syncs_plan_seats_interval_anchor_customer(
     assert ignored.json()["result"].startswith("ignored: no catalog plan")
 
 
+async def test_a_late_subscription_event_moves_the_anchor_from_its_arrival(
+    hooks: httpx.AsyncClient, priced: Ledger, stripe_fake: StripeFake, clock: Clock
+) -> None:
+    # A trial from Mar 5; Stripe's subscription is anchored Mar 1, its event arrives Mar 10.
+    await priced.set_team(
+        "acme",
+        plan="trial",
+        seats=1,
+        interval="month",
+        anchor=at("2026-03-05"),
+        at=at("2026-03-05"),
+    )
+    await priced.charge("acme", "ai_icebreaker", 3, key="trial", at=at("2026-03-06"))
+    cus = stripe_fake.add_customer()
+    sub = stripe_fake.add_subscription(
+        cus, team="acme", price="price_se_m", quantity=3, anchor=MAR_1
+    )
+    response = await deliver(hooks, event("customer.subscription.created", sub))
+    assert response.status_code == 200 and response.json()["result"].startswith("team acme: "), (
+        response.text
+    )
+    team = await priced.get_team("acme")
+    assert (team.plan, team.seats, team.stripe_customer) == ("sales_engagement", 3, cus)
+    trial = await priced.billing("acme", at=at("2026-03-06"))
+    assert (trial.period_start, trial.period_end, trial.free_spent) == (
+        at("2026-03-05"), clock(), 30,
+    )  # fmt: skip
+    paid = await priced.billing("acme", at=clock())
+    assert (paid.period_start, paid.period_end) == (clock(), at("2026-04-01"))
+    assert (paid.plan, paid.free_granted, paid.free_spent) == ("sales_engagement", 1500, 0)
+
+
+async def test_a_conflicting_anchor_keeps_the_plan_seats_and_customer(
+    hooks: httpx.AsyncClient, priced: Ledger, stripe_fake: StripeFake, clock: Clock
+) -> None:
+    await priced.set_team(
+        "acme", plan="email_outreach", seats=1, interval="month", anchor=at("2026-02-20"),
+        at=at("2026-02-20"),
+    )  # fmt: skip
+    await priced.billing("acme", at=at("2026-04-25"))  # a month opened ahead: Apr 20 - May 20
+    cus = stripe_fake.add_customer()
+    sub = stripe_fake.add_subscription(
+        cus, team="acme", price="price_se_m", quantity=4, anchor=MAR_1
+    )
+    response = await deliver(hooks, event("customer.subscription.created", sub))
+    assert response.status_code == 200
+    assert "refused, kept 2026-02-20" in response.json()["result"]
+    team = await priced.get_team("acme")
+    assert (team.plan, team.seats, team.stripe_customer, team.stripe_subscription) == (
+        "sales_engagement", 4, cus, sub["id"],
+    )  # fmt: skip
+    assert team.anchor == at("2026-02-20")
+    assert (await priced.billing("acme", at=clock())).free_granted == 2000  # 4 seats, at once
+
+
 async def test_a_duplicate_is_stored_once_and_handled_once(
     hooks: httpx.AsyncClient, pool: asyncpg.Pool, stripe_fake: StripeFake
 ) -> None:

@@ -32,8 +32,8 @@ RETURN CASE p_code
     WHEN 'TK004' THEN format('charge %s is already %s, it cannot be %s',
                              p_detail->>'charge', p_detail->>'state', p_detail->>'wanted')
     WHEN 'TK005' THEN format(
-        'team %s already has a billing month starting at or after the new anchor %s',
-        p_detail->>'team', p_detail->>'anchor')
+        'team %s already has a billing month starting at or after %s, where the new anchor %s '
+        'would take effect', p_detail->>'team', p_detail->>'from', p_detail->>'anchor')
     WHEN 'TK006' THEN format('cannot settle a charge as %s', p_detail->>'wanted')
 END;
 

@@ -10,8 +10,9 @@ DROP FUNCTION IF EXISTS tokens_set_team(text, text, integer, text, timestamptz, 
 -- Create or update a team (SPEC section 2). A month's grant only grows: a
 -- plan or seat change raises the current month's grant at once to what the
 -- new plan x seats gives, never lowers it. A new anchor (a trial converting,
--- a new subscription) cuts the month it falls in short, so the next month
--- starts at the anchor; unspent free tokens end there.
+-- a new subscription) cuts the running month short where it takes effect (at
+-- the anchor, or at the change when the anchor is already past), so the next
+-- month starts there; unspent free tokens end there.
 CREATE FUNCTION tokens_set_team(
     p_team text, p_plan text, p_seats integer, p_interval text, p_anchor timestamptz,
     p_customer text, p_at timestamptz,
@@ -22,6 +23,7 @@ DECLARE
     old teams;
     m billing_months;
     p plans;
+    cut timestamptz;
 BEGIN
     SELECT * INTO old FROM teams WHERE id = p_team FOR UPDATE;
     created := NOT FOUND;
@@ -34,17 +36,20 @@ BEGIN
     END IF;
 
     IF p_anchor <> old.anchor THEN
+        -- A new anchor takes effect at itself, or at the change when it is already
+        -- past (a trial converted days ago and Stripe delivered the webhook late, an
+        -- app that set the team up a few seconds after Stripe's anchor): the running
+        -- month ends then, what was charged until then stays in the month whose
+        -- grant paid for it, and the months after follow the new anchor. Only a
+        -- month already opened from that point on (by a clock set ahead) conflicts.
+        cut := greatest(p_anchor, p_at);
         IF EXISTS (SELECT 1 FROM billing_months b
-                    WHERE b.team_id = p_team AND b.period_start >= p_anchor) THEN
-            PERFORM tokens_raise('TK005', jsonb_build_object('team', p_team, 'anchor', p_anchor));
+                    WHERE b.team_id = p_team AND b.period_start >= cut) THEN
+            PERFORM tokens_raise('TK005', jsonb_build_object(
+                'team', p_team, 'anchor', p_anchor, 'from', cut));
         END IF;
-        -- The running month ends at the new anchor, or at the change itself when the
-        -- anchor is already past (a webhook Stripe delivered late, an anchor set back
-        -- by hand): what was charged until the change stays in the month whose grant
-        -- paid for it, and the new month starts no earlier than the change.
-        UPDATE billing_months b SET period_end = greatest(p_anchor, p_at)
-         WHERE b.team_id = p_team AND b.period_start < greatest(p_anchor, p_at)
-           AND b.period_end > greatest(p_anchor, p_at);
+        UPDATE billing_months b SET period_end = cut
+         WHERE b.team_id = p_team AND b.period_start < cut AND b.period_end > cut;
     END IF;
 
     UPDATE teams
