@@ -24,6 +24,7 @@ from ledger.service import Ledger
 from testing.stripe_fake import StripeFake
 from tests.api_helpers import WEBHOOK_SECRET, arq_redis, services_for, settings_for
 from tests.conftest import at
+from tests.factories import make_team
 
 CATALOG = Catalog(
     actions=DEFAULT_CATALOG.actions,
@@ -170,14 +171,7 @@ async def test_a_late_subscription_event_moves_the_anchor_from_its_arrival(
     hooks: httpx.AsyncClient, priced: Ledger, stripe_fake: StripeFake, clock: Clock
 ) -> None:
     # A trial from Mar 5; Stripe's subscription is anchored Mar 1, its event arrives Mar 10.
-    await priced.set_team(
-        "acme",
-        plan="trial",
-        seats=1,
-        interval="month",
-        anchor=at("2026-03-05"),
-        at=at("2026-03-05"),
-    )
+    await make_team(priced, plan="trial", anchor="2026-03-05")
     await priced.charge("acme", "ai_icebreaker", 3, key="trial", at=at("2026-03-06"))
     cus = stripe_fake.add_customer()
     sub = stripe_fake.add_subscription(
@@ -201,10 +195,7 @@ async def test_a_late_subscription_event_moves_the_anchor_from_its_arrival(
 async def test_a_conflicting_anchor_keeps_the_plan_seats_and_customer(
     hooks: httpx.AsyncClient, priced: Ledger, stripe_fake: StripeFake, clock: Clock
 ) -> None:
-    await priced.set_team(
-        "acme", plan="email_outreach", seats=1, interval="month", anchor=at("2026-02-20"),
-        at=at("2026-02-20"),
-    )  # fmt: skip
+    await make_team(priced, anchor="2026-02-20")
     await priced.billing("acme", at=at("2026-04-25"))  # a month opened ahead: Apr 20 - May 20
     cus = stripe_fake.add_customer()
     sub = stripe_fake.add_subscription(
