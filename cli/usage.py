@@ -31,21 +31,42 @@ def charge(
     idem = key if key is not None else f"cli:{uuid.uuid4()}"
 
     async def go() -> dict[str, Any]:
+        bills: list[Any] = []
         async with open_ledger(settings) as ledger:
             held, settlement = await ledger.charge(team, action, qty, key=idem, at=now)
+            if settlement is not None and settlement.threshold_reached:
+                # SPEC 4 (c): the bill is made at once, as the worker's jobs do it; the
+                # next `tokens reconcile` (cron) or the worker's periodic run sends it.
+                from billing.reconcile import create_bills
+
+                bills = await create_bills(ledger.pool, team=team, at=now)
         if held.refused:
             raise NotEnoughTokens(held)
-        return render.hold_dict(held, settlement)
+        made = [
+            {
+                "bill_id": b.id,
+                "reason": b.reason,
+                "tokens": b.tokens,
+                "amount_cents": b.amount_cents,
+            }
+            for b in bills
+        ]
+        return render.hold_dict(held, settlement) | {"bills_created": made}
 
     out = run(go())
     if json_out:
         render.print_json(out)
-    else:
-        again = " (replayed: this key was charged before)" if out["replayed"] else ""
+        return
+    again = " (replayed: this key was charged before)" if out["replayed"] else ""
+    print(
+        f"charge {out['charge_id']}: {out['action']} x{out['quantity']} = {out['tokens']} "
+        f"tokens ({out['free_tokens']} free + {out['additional_tokens']} additional), "
+        f"{out['state']}{again}"
+    )
+    for b in out["bills_created"]:
         print(
-            f"charge {out['charge_id']}: {out['action']} x{out['quantity']} = {out['tokens']} "
-            f"tokens ({out['free_tokens']} free + {out['additional_tokens']} additional), "
-            f"{out['state']}{again}"
+            f"bill {b['bill_id']} made ({b['reason']}, {b['tokens']} tokens): "
+            "`tokens reconcile` or the worker sends it to Stripe"
         )
 
 

@@ -51,6 +51,24 @@ def test_charge_and_billing_json_contract(cli: Cli) -> None:
     assert [h["action"] for h in billing["history"]] == ["ai_sequence"]
 
 
+def test_a_charge_that_reaches_the_threshold_makes_its_bill_at_once(cli: Cli) -> None:
+    make_team(cli, "acme", **ACME, limit=10_000)
+    under = cli.ok(*argv("charge", "acme", "ai_sequence", quantity=109, json=True), "--at", AT)
+    assert under.json()["bills_created"] == []  # 500 free + 4,950 additional: USD 49.50
+    over = cli.ok(*argv("charge", "acme", "enrich", quantity=5, json=True), "--at", AT).json()
+    assert over["additional_tokens"] == 50 and len(over["bills_created"]) == 1
+    [made] = over["bills_created"]
+    assert (made["reason"], made["tokens"], made["amount_cents"]) == ("threshold", 5000, 5000)
+    [listed] = cli.ok("bills", "--team", "acme", "--json").json()
+    assert (listed["bill_id"], listed["tokens"], listed["status"]) == (
+        made["bill_id"],
+        5000,
+        "sending",
+    )
+    text = cli.ok(*argv("charge", "acme", "enrich"), "--at", AT).out
+    assert "bill" not in text  # no new bill: 10 tokens are not USD 50
+
+
 def test_history_csv_has_a_header_row(cli: Cli) -> None:
     make_team(cli, "acme", **ACME)
     cli.ok("charge", "acme", "enrich", "--quantity", "3", "--at", AT)
