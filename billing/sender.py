@@ -93,8 +93,9 @@ class Sent:
 
 def describe(bill: Bill) -> str:
     kind = "threshold reached" if bill.reason == "threshold" else "billing month end"
+    price = f"{bill.currency.upper()} {bill.unit_price.normalize()}"
     return (
-        f"{bill.tokens:,} additional tokens x USD {bill.unit_price.normalize()} "
+        f"{bill.tokens:,} additional tokens x {price} "
         f"- billing month {bill.period_start:%Y-%m-%d} to {bill.period_end:%Y-%m-%d} ({kind})"
     )
 
@@ -105,7 +106,9 @@ def metadata(bill: Bill) -> dict[str, str]:
         "tokens_bill_id": str(bill.id),
         "team": bill.team_id,
         "tokens": str(bill.tokens),
+        # The key keeps its name for the invoices already sent; the currency says what it is.
         "unit_price_usd": str(bill.unit_price.normalize()),
+        "currency": bill.currency,
         "billing_month": f"{bill.period_start.date()}/{bill.period_end.date()}",
         "reason": bill.reason,
     }

@@ -415,6 +415,10 @@ async def test_zero_decimal_currencies_are_not_multiplied_by_100(
     assert (bill.currency, bill.tokens, bill.amount_cents) == ("jpy", 70, 70)
     [invoice] = invoices_of(stripe_fake, "acme")
     assert invoice["currency"] == "jpy" and invoice["total"] == 70
+    # Its words say the same currency as its amounts.
+    assert invoice["metadata"]["currency"] == "jpy"
+    [line] = invoice["lines"]["data"]
+    assert "70 additional tokens x JPY 1 " in line["description"], line["description"]
 
 
 async def test_the_threshold_of_a_zero_decimal_currency_is_not_reached_100x_early(
