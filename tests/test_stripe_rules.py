@@ -421,6 +421,21 @@ async def test_zero_decimal_currencies_are_not_multiplied_by_100(
     assert "70 additional tokens x JPY 1 " in line["description"], line["description"]
 
 
+async def test_a_price_below_a_cent_is_rounded_once_per_month_not_per_bill(
+    ledger: Ledger, pool: asyncpg.Pool, stripe_fake: StripeFake
+) -> None:
+    await billed_team(ledger, stripe_fake)
+    await pool.execute("UPDATE plans SET unit_price = 0.015")
+    await spend(ledger, "acme", 250 + 3_335, "2026-01-20", "a")  # 3,335 x 1.5 = 5,002.5 cents
+    threshold = await run(pool, sender_for(pool, stripe_fake), "2026-01-20T01:00:00")
+    await spend(ledger, "acme", 1, "2026-01-21", "b")
+    month_end = await run(pool, sender_for(pool, stripe_fake), "2026-02-15T00:00:00")
+    bills = [(b.reason, b.tokens, b.amount_cents) for b in threshold.bills + month_end.bills]
+    # 3,336 tokens x 1.5 cents = 5,004 cents: rounded bill by bill it was 5,003 + 2 = 5,005.
+    assert bills == [("threshold", 3_335, 5_003), ("month_end", 1, 1)]
+    assert sorted(i["total"] for i in invoices_of(stripe_fake, "acme")) == [1, 5_003]
+
+
 async def test_the_threshold_of_a_zero_decimal_currency_is_not_reached_100x_early(
     ledger: Ledger, pool: asyncpg.Pool, stripe_fake: StripeFake
 ) -> None:

@@ -49,13 +49,17 @@ BEGIN
             AND unbilled * m.unit_price * tokens_minor_units(m.currency) < m.threshold_cents;
         IF unbilled > 0 THEN
             -- amount_cents is in the currency's minor unit (yen for JPY, not x100).
+            -- Rounded on the month's running total, not bill by bill: at a price
+            -- below the minor unit (0.015 USD a token) a threshold bill and the
+            -- month-end bill then add up to the month's exact amount, rounded once.
             INSERT INTO bills (team_id, period_start, period_end, reason, tokens, unit_price,
                                amount_cents, currency, created_at, updated_at)
             VALUES (m.team_id, m.period_start, m.period_end,
                     CASE WHEN ended THEN 'month_end' ELSE 'threshold' END,
                     unbilled, m.unit_price,
-                    round(unbilled * m.unit_price * tokens_minor_units(m.currency)), m.currency,
-                    p_at, p_at)
+                    round(m.additional_spent * m.unit_price * tokens_minor_units(m.currency))
+                    - round(m.additional_billed * m.unit_price * tokens_minor_units(m.currency)),
+                    m.currency, p_at, p_at)
             RETURNING * INTO b;
             -- The charges whose additional tokens this bill bills: every captured one
             -- of the month not billed yet. Captures lock this month row too, so the
