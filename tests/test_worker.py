@@ -19,7 +19,9 @@ from ledger.service import Ledger
 from runtime.config import Settings
 from tests.conftest import at, with_database
 from worker.client import enqueue, result
+from worker.queue import QUEUE
 from worker.settings import worker_kwargs
+from worker.tasks import queue_team_reconcile
 
 ENRICH = "https://enrich.test"
 
@@ -184,6 +186,19 @@ async def test_threshold_capture_enqueues_the_team_reconcile(
     bills = await pool.fetch("SELECT reason, tokens, last_error FROM bills")
     assert [(b["reason"], b["tokens"]) for b in bills] == [("threshold", 5005)]
     assert "STRIPE_API_KEY" in bills[0]["last_error"]
+
+
+async def test_a_crossing_while_the_team_reconcile_is_taken_queues_one_behind_it(
+    redis: ArqRedis,
+) -> None:
+    assert await queue_team_reconcile(redis, "acme")
+    # The first id is queued or running (arq refuses it until the run ends): a crossing
+    # now used to queue nothing and wait for the periodic run.
+    assert await queue_team_reconcile(redis, "acme")
+    assert not await queue_team_reconcile(redis, "acme")  # one runs, one waits: enough
+    queued = sorted(j.decode() for j in await redis.zrange(QUEUE, 0, -1))
+    assert queued == ["reconcile:acme", "reconcile:acme:next"]
+    assert await queue_team_reconcile(redis, "other")  # per team
 
 
 async def test_concurrent_workers_share_the_queue(

@@ -60,21 +60,31 @@ async def give_try_back(ctx: dict[str, Any], exc: OutageRetry) -> None:
         log.warning("outage_try_counted", job_id=job_id, what=exc.what, error=type(err).__name__)
 
 
+async def queue_team_reconcile(redis: Any, team: str) -> bool:
+    """Queue the team's reconcile after a threshold crossing; False if one is waiting.
+
+    Two job ids take turns. arq queues no job whose id is queued or running, so
+    with one id a crossing made while the team's reconcile was running (after it
+    made the team's bills, while it sent them) queued nothing, and waited for
+    the periodic run. The second id queues a run behind it; a crossing while one
+    is running and the other queued needs nothing more: the queued one bills
+    whatever is due when it starts. No result is kept, so an id is free again as
+    soon as its run ends.
+    """
+    for slot in (f"reconcile:{team}", f"reconcile:{team}:next"):
+        if await redis.enqueue_job(RECONCILE_JOB, team, _job_id=slot, _queue_name=QUEUE):
+            return True
+    return False
+
+
 async def _run(
     ctx: dict[str, Any], team: str, action: str, lead_id: str | None, search: Any
 ) -> dict[str, Any]:
     deps = deps_of(ctx)
 
     async def on_threshold(settlement: Settlement) -> None:
-        # Deduplicated by job id while queued; no result is kept, so the next
-        # crossing can enqueue again.
         try:
-            await asyncio.wait_for(
-                ctx["redis"].enqueue_job(
-                    RECONCILE_JOB, team, _job_id=f"reconcile:{team}", _queue_name=QUEUE
-                ),
-                CALL_TIMEOUT_S,
-            )
+            await asyncio.wait_for(queue_team_reconcile(ctx["redis"], team), CALL_TIMEOUT_S)
         except Exception as exc:
             # The capture is done and must stay this job's result: the periodic
             # reconcile bills the team anyway.
