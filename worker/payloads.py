@@ -26,10 +26,11 @@ class Lead(BaseModel):
     company_domain: str | None = Field(default=None, max_length=255)
     linkedin_url: str | None = Field(default=None, max_length=500)
 
-    @field_validator("*")
+    @field_validator("id")
     @classmethod
     def _printable(cls, value: str | None) -> str | None:
-        # A NUL cannot be stored in Postgres, and a lead id ends up in the charge's key.
+        # The id goes to Postgres (where a NUL cannot be stored) and into the charge's
+        # key, which must be printable; the other fields only go to the provider.
         if value is not None and not value.isprintable():
             raise ValueError("must not hold control characters (NUL, newline, tab, ...)")
         return value
