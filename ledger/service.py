@@ -7,7 +7,7 @@ balances happens in sql/holds.sql, on locked rows.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, NoReturn, TypeVar
@@ -276,10 +276,20 @@ class Ledger:
         _log_hold(held, None)
         return held, settlement
 
-    async def expire_holds(self, *, older_than: datetime, at: datetime) -> list[ChargeRow]:
-        """Release holds left behind by dead workers."""
+    async def stale_hold_jobs(self, *, older_than: datetime) -> list[str]:
+        """The jobs of the holds that `expire_holds` would release now."""
+        older_than = validate.moment(older_than)
+        rows = await self._run(lambda: self.pool.fetch(q("stale_hold_jobs"), older_than))
+        return [r["job_id"] for r in rows]
+
+    async def expire_holds(
+        self, *, older_than: datetime, at: datetime, keep_jobs: Collection[str] = ()
+    ) -> list[ChargeRow]:
+        """Release holds left behind by dead workers; not those of `keep_jobs` (jobs
+        still queued or running, which settle their holds themselves)."""
         older_than, at = validate.moment(older_than), validate.moment(at)
-        rows = await self._run(lambda: self.pool.fetch(q("expire_holds"), older_than, at))
+        keep = sorted(keep_jobs)
+        rows = await self._run(lambda: self.pool.fetch(q("expire_holds"), older_than, at, keep))
         expired = [ChargeRow.from_record(r) for r in rows]
         for c in expired:
             log.warning(

@@ -238,6 +238,10 @@ class DownLedger:
     pool: Any = None
     calls = 0
 
+    async def stale_hold_jobs(self, **_: Any) -> list[str]:
+        self.calls += 1
+        raise ConnectionRefusedError(111, "Connection refused")
+
     async def expire_holds(self, **_: Any) -> list[Any]:
         self.calls += 1
         raise ConnectionRefusedError(111, "Connection refused")

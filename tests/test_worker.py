@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -11,6 +12,7 @@ import httpx
 import pytest
 import respx
 from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.constants import job_key_prefix
 from arq.worker import Worker
 
 from ledger.catalog import DEFAULT_CATALOG
@@ -21,7 +23,7 @@ from tests.conftest import at, with_database
 from worker.client import enqueue, result
 from worker.queue import QUEUE
 from worker.settings import worker_kwargs
-from worker.tasks import queue_team_reconcile
+from worker.tasks import expire_holds, queue_team_reconcile
 
 ENRICH = "https://enrich.test"
 
@@ -199,6 +201,31 @@ async def test_a_crossing_while_the_team_reconcile_is_taken_queues_one_behind_it
     queued = sorted(j.decode() for j in await redis.zrange(QUEUE, 0, -1))
     assert queued == ["reconcile:acme", "reconcile:acme:next"]
     assert await queue_team_reconcile(redis, "other")  # per team
+
+
+async def test_the_sweep_leaves_the_holds_of_jobs_arq_still_has(
+    ledger: Ledger, redis: ArqRedis, database_url: str, redis_url: str
+) -> None:
+    # A job put back by a provider's 429 may wait behind a long queue for longer than
+    # the hold TTL: its hold must be there when it runs.
+    await team(ledger)
+    held_at = at("2026-01-02")
+    for job in ("waiting", "gone"):
+        await ledger.hold("acme", "enrich", 1, key=job, at=held_at, job_id=job)
+    await redis.enqueue_job("enrich", "acme", {}, _job_id="waiting", _queue_name=QUEUE)
+    deps = {"settings": settings_for(database_url, redis_url), "ledger": ledger,
+            "clock": lambda: held_at + timedelta(hours=1)}  # fmt: skip
+    out = await expire_holds({"deps": deps, "redis": redis})
+    assert out == {"expired": 1, "kept_for_their_jobs": 1}
+    assert [(c.idempotency_key, c.state) for c in await ledger.history("acme")] == [
+        ("waiting", "held"),
+        ("gone", "expired"),
+    ]
+    await redis.delete(job_key_prefix + "waiting")  # arq is done with it, unsettled
+    assert await expire_holds({"deps": deps, "redis": redis}) == {
+        "expired": 1,
+        "kept_for_their_jobs": 0,
+    }
 
 
 async def test_concurrent_workers_share_the_queue(

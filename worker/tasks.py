@@ -17,7 +17,7 @@ from datetime import timedelta
 from typing import Any
 
 import structlog
-from arq.constants import retry_key_prefix
+from arq.constants import job_key_prefix, retry_key_prefix
 
 from billing.reconcile import reconcile
 from ledger.results import Settlement
@@ -211,22 +211,42 @@ async def reconcile_all(ctx: dict[str, Any]) -> dict[str, Any]:
 async def expire_holds(ctx: dict[str, Any]) -> dict[str, Any]:
     """Release holds whose worker died (older than the hold TTL).
 
-    Postgres away: wait it out, else leave it to the next run (the TTL is long,
-    a few minutes later changes nothing). One statement: all or nothing.
+    Not the holds of jobs arq still has (queued, waiting to be tried again, or
+    running): a job put back by a provider's 429 can wait behind a long queue
+    for longer than the TTL, and its hold must still be there when it runs, to
+    search then (or, with its search remembered, to be captured). arq deletes a
+    job's key when the job ends, whatever the end, so what is left is the holds
+    of jobs that ended without settling them (killed on their last try) or that
+    arq dropped (expired in the queue).
+
+    Postgres or Redis away: wait it out, else leave it to the next run (the TTL
+    is long, a few minutes later changes nothing). One statement: all or nothing.
     """
     deps = deps_of(ctx)
 
     async def run() -> dict[str, Any]:
         now = deps["clock"]()
-        expired = await deps["ledger"].expire_holds(
-            older_than=now - timedelta(seconds=deps["settings"].hold_ttl_seconds), at=now
-        )
-        return {"expired": len(expired)}
+        older_than = now - timedelta(seconds=deps["settings"].hold_ttl_seconds)
+        ledger = deps["ledger"]
+        alive = await jobs_alive(ctx["redis"], await ledger.stale_hold_jobs(older_than=older_than))
+        expired = await ledger.expire_holds(older_than=older_than, at=now, keep_jobs=alive)
+        return {"expired": len(expired), "kept_for_their_jobs": len(alive)}
 
     try:
         return await _ride_out_job(deps, run, "sweep")
     except OutageRetry:
         return {"deferred": True, "reason": "database unreachable"}
+
+
+async def jobs_alive(redis: Any, job_ids: list[str]) -> set[str]:
+    """The jobs of `job_ids` that arq still has (queued, deferred or running)."""
+    if not job_ids:
+        return set()
+    async with redis.pipeline(transaction=False) as pipe:
+        for job_id in job_ids:
+            pipe.exists(job_key_prefix + job_id)
+        found = await pipe.execute()
+    return {job_id for job_id, n in zip(job_ids, found, strict=True) if n}
 
 
 async def _ride_out_job(deps: Deps, run: Any, what: str, **fields: Any) -> dict[str, Any]:

@@ -24,6 +24,7 @@ DROP FUNCTION IF EXISTS tokens_hold(text, text, text, integer, bigint, timestamp
     CASCADE;
 DROP FUNCTION IF EXISTS tokens_settle(bigint, text, timestamptz) CASCADE;
 DROP FUNCTION IF EXISTS tokens_expire_holds(timestamptz, timestamptz) CASCADE;
+DROP FUNCTION IF EXISTS tokens_expire_holds(timestamptz, timestamptz, text[]) CASCADE;
 
 -- The charge of (team, idempotency key); all NULL when there is none.
 -- EXECUTE plans the lookup afresh on every call. A plan cached by a pooled
@@ -555,10 +556,13 @@ END
 $$;
 
 -- Expire holds placed before p_older_than and still held: their worker is
--- presumed dead (the TTL exceeds any job's timeout). One sweep at a time;
--- holds being settled right now are skipped, not waited for. Settled by
--- tokens_apply, like any other settlement.
-CREATE FUNCTION tokens_expire_holds(p_older_than timestamptz, p_at timestamptz)
+-- presumed dead (the TTL exceeds any job's timeout), unless their job is one of
+-- p_keep (still queued or running: it will capture or release them itself).
+-- One sweep at a time; holds being settled right now are skipped, not waited
+-- for. Settled by tokens_apply, like any other settlement.
+CREATE FUNCTION tokens_expire_holds(
+    p_older_than timestamptz, p_at timestamptz, p_keep text[] DEFAULT '{}'
+)
 RETURNS SETOF charges
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -569,6 +573,7 @@ BEGIN
     SELECT coalesce(array_agg(l.id), '{}') INTO ids
       FROM (SELECT ch.id FROM charges ch
              WHERE ch.state = 'held' AND ch.held_at < p_older_than
+               AND (ch.job_id IS NULL OR ch.job_id <> ALL (p_keep))
              ORDER BY ch.id
              FOR UPDATE SKIP LOCKED) l;
     n := cardinality(ids);

@@ -36,7 +36,11 @@ RETURNING *
 SELECT * FROM limit_changes WHERE team_id = $1 ORDER BY id
 
 -- expire_holds --
-SELECT * FROM tokens_expire_holds($1, $2)
+SELECT * FROM tokens_expire_holds($1, $2, $3)
+
+-- stale_hold_jobs --
+SELECT DISTINCT job_id FROM charges
+ WHERE state = 'held' AND held_at < $1 AND job_id IS NOT NULL
 
 -- open_month --
 SELECT * FROM tokens_open_month($1, $2)
