@@ -271,6 +271,8 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             "TOKENS_SANDBOX_LATENCY_MS": str(args.latency_ms),
             "TOKENS_WORKER_CONCURRENCY": str(args.concurrency),
             "TOKENS_JOB_TIMEOUT_SECONDS": str(args.job_timeout_s),
+            # A provider call must fit in half a job (runtime/config.py).
+            "TOKENS_PROVIDER_TIMEOUT_SECONDS": str(args.job_timeout_s / 2),
             "TOKENS_OUTAGE_WAIT_SECONDS": str(args.outage_wait_s),
             "TOKENS_RECONCILE_INTERVAL_SECONDS": "3600",
             "TOKENS_LOG_FORMAT": "json",

@@ -107,6 +107,19 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _provider_calls_fit_in_a_job(self) -> Settings:
+        """arq's job timeout is not a retry: it fails the job for good and leaves its
+        hold to the sweep. A provider call that may outlast the job would make every
+        slow answer such a failure, so one must fit in half a job's time (the rest
+        is for the hold, the capture and a short outage)."""
+        if self.provider_timeout_seconds * 2 > self.job_timeout_seconds:
+            raise ValueError(
+                f"TOKENS_PROVIDER_TIMEOUT_SECONDS ({self.provider_timeout_seconds:g}) must be at "
+                f"most half of TOKENS_JOB_TIMEOUT_SECONDS ({self.job_timeout_seconds})"
+            )
+        return self
+
 
 def load_settings() -> Settings:
     return Settings()

@@ -185,6 +185,7 @@ def _settings(servers: Servers, **extra: Any) -> Settings:
         retry_backoff_seconds=0.05,
         outage_wait_seconds=0.5,
         log_level="WARNING",
+        provider_timeout_seconds=1,  # within half of the short job timeouts used here
     )
     return Settings(**(base | extra))
 
@@ -305,6 +306,7 @@ async def test_worker_sigkilled_mid_run(servers: Servers, redis: ArqRedis) -> No
         # Its jobs are taken up again once arq's in-progress mark expires
         # (job timeout + 10 s): keep that short here.
         "TOKENS_JOB_TIMEOUT_SECONDS": "3",
+        "TOKENS_PROVIDER_TIMEOUT_SECONDS": "1",
         "TOKENS_LOG_LEVEL": "WARNING",
     }
     doomed = await asyncio.create_subprocess_exec(

@@ -168,6 +168,7 @@ async def test_worker_killed_mid_job_charges_once(
         redis_url,
         TOKENS_SANDBOX_LATENCY_MS="4000",
         TOKENS_JOB_TIMEOUT_SECONDS="2",
+        TOKENS_PROVIDER_TIMEOUT_SECONDS="1",
         TOKENS_LOG_LEVEL="WARNING",
     )
     try:

@@ -58,6 +58,15 @@ async def test_capture_lost_after_search_retries_and_charges_once(ledger: Ledger
     assert charge.state == "captured" and charge.tokens == 10
 
 
+def test_a_provider_call_must_fit_in_half_a_job() -> None:
+    # arq's timeout fails a job for good (not a retry) and leaves its hold behind.
+    with pytest.raises(ValidationError, match="TOKENS_PROVIDER_TIMEOUT_SECONDS"):
+        Settings(job_timeout_seconds=10, provider_timeout_seconds=20)
+    with pytest.raises(ValidationError, match="at most half"):
+        Settings(job_timeout_seconds=30, provider_timeout_seconds=16)
+    assert Settings(job_timeout_seconds=30, provider_timeout_seconds=15).job_timeout_seconds == 30
+
+
 def test_hold_ttl_must_outlive_every_try_of_a_job() -> None:
     Settings()  # the defaults are consistent
     with pytest.raises(ValidationError, match="TOKENS_HOLD_TTL_SECONDS"):
