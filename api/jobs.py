@@ -67,7 +67,8 @@ def _lead_id(action: str, args: tuple[Any, ...]) -> str | None:
     if action == "ai_sequence" or not isinstance(lead, dict):
         return None
     found = lead.get("id")
-    return str(found) if found is not None else None
+    # As the worker reads it: its payload model strips whitespace.
+    return str(found).strip() if found is not None else None
 
 
 def _status(state: JobStatus, info: JobDef) -> str:

@@ -286,6 +286,26 @@ async def test_ten_thousand_leads_in_one_request_in_a_few_round_trips(
     assert after.get("watch", 0) == before.get("watch", 0)
 
 
+async def test_an_icebreaker_job_is_found_by_its_lead_as_the_worker_reads_it(
+    ledger: Ledger, client: httpx.AsyncClient, database_url: str, redis_url: str
+) -> None:
+    await make_team(ledger)
+    lead = {"id": " L1 ", "first_name": "Ann", "email": "ann@acme.io"}  # the worker strips it
+    posted = await client.post(
+        "/v1/teams/acme/jobs",
+        json={"action": "ai_icebreaker", "payload": {"lead": lead}, "job_id": "ib", "quantity": 2},
+        headers=bearer("member"),
+    )
+    assert [(j["job_id"], j["lead_id"]) for j in posted.json()["jobs"]] == [
+        ("ib:0", "L1"),
+        ("ib:1", "L1"),
+    ]
+    await run_burst(settings_for(database_url, redis_url))
+    done = (await client.get("/v1/jobs/ib:0", headers=bearer("member"))).json()
+    assert (done["status"], done["lead_id"]) == ("captured", "L1")
+    assert done["charge"] is not None and done["charge"]["state"] == "captured"
+
+
 async def test_job_status_from_queue_to_charge(
     ledger: Ledger,
     client: httpx.AsyncClient,

@@ -81,16 +81,9 @@ def plan_jobs(
             jobs.append((f"{base}:{lead_key}", (team, lead.model_dump(exclude_none=True)), lead.id))
         if len({j[0] for j in jobs}) != len(jobs):
             raise BadInput(f"malformed {action} payload: lead ids must be unique")
-        for jid, _, lead_id in jobs:
-            key = charge_key(jid, lead_id)
-            if len(key) > MAX_KEY:
-                raise BadInput(
-                    f"malformed {action} payload: lead id {(lead_id or '')[:60]!r} is too long "
-                    f"for job id {base!r}: the charge's key (job id, then lead id) would have "
-                    f"{len(key)} characters, at most {MAX_KEY}"
-                )
-        return jobs
+        return _keys_fit(action, base, jobs)
     count = check_quantity(quantity if quantity is not None else 1)
+    lead_id = None
     if action == "ai_sequence":
         data = payload if payload is not None else {"prompt": DEFAULT_PROMPT}
         parse(SequencePayload, data, action)
@@ -98,9 +91,25 @@ def plan_jobs(
         if payload is None:
             raise BadInput(f'{action} needs a payload: {{"lead": {{"first_name": ..., ...}}}}')
         data = payload
-        parse(IcebreakerPayload, data, action)
+        # The lead's id as the worker reads it (whitespace stripped): its charge's key.
+        lead_id = parse(IcebreakerPayload, data, action).lead.id
     ids = [base] if count == 1 else [f"{base}:{n}" for n in range(count)]
-    return [(i, (team, data), None) for i in ids]
+    return _keys_fit(action, base, [(i, (team, data), lead_id) for i in ids])
+
+
+def _keys_fit(
+    action: str, base: str, jobs: list[tuple[str, tuple[Any, ...], str | None]]
+) -> list[tuple[str, tuple[Any, ...], str | None]]:
+    """`jobs`, once every charge's key (job id, then lead id) is known to fit."""
+    for jid, _, lead_id in jobs:
+        key = charge_key(jid, lead_id)
+        if len(key) > MAX_KEY:
+            raise BadInput(
+                f"malformed {action} payload: lead id {(lead_id or '')[:60]!r} is too long "
+                f"for job id {base!r}: the charge's key (job id, then lead id) would have "
+                f"{len(key)} characters, at most {MAX_KEY}"
+            )
+    return jobs
 
 
 async def enqueue(
