@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from arq.worker import Retry
 from pydantic import ValidationError
@@ -12,7 +14,7 @@ from runtime.config import Settings
 from tests.conftest import at
 from tests.factories import make_team
 from worker.metering import metered
-from worker.providers import Outcome, SearchResult
+from worker.providers import Outcome, ProviderFailure, SearchResult
 
 NOW = at("2026-03-10T12:00:00")
 
@@ -56,6 +58,34 @@ async def test_capture_lost_after_search_retries_and_charges_once(ledger: Ledger
     assert out["status"] == "captured" and searches == 2
     [charge] = await ledger.history("acme")
     assert charge.state == "captured" and charge.tokens == 10
+
+
+async def test_a_release_after_another_run_captured_answers_already_charged(
+    ledger: Ledger,
+) -> None:
+    # arq ran the job twice at once (its first worker died): run A searched and
+    # captured while run B, on its last try, met a 503 and went to release.
+    await make_team(ledger, "acme", anchor="2026-03-01", at=NOW)
+    b_searching, a_done = asyncio.Event(), asyncio.Event()
+
+    async def found() -> SearchResult:
+        await b_searching.wait()
+        return SearchResult(Outcome.FOUND, {}, "test", sandbox=True)
+
+    async def down() -> SearchResult:
+        b_searching.set()
+        await a_done.wait()
+        raise ProviderFailure("test", "503", retryable=True)
+
+    args = dict(team="acme", action="enrich", job_id="j", max_tries=3, lead_id="l",
+                clock=lambda: NOW)  # fmt: skip
+    b = asyncio.create_task(metered(ledger, job_try=3, search=down, **args))  # type: ignore[arg-type]
+    a = await metered(ledger, job_try=2, search=found, **args)  # type: ignore[arg-type]
+    a_done.set()
+    assert a["status"] == "captured"
+    assert (await b)["status"] == "already_charged"  # was: ChargeAlreadySettled raised
+    [charge] = await ledger.history("acme")
+    assert charge.state == "captured"
 
 
 def test_a_provider_call_must_fit_in_half_a_job() -> None:

@@ -283,12 +283,23 @@ async def _search(
                 retry_in_s=delay,
             )
             raise Retry(defer=delay) from failure
-        await outage.guard(
-            lambda: ledger.release(charge_id, at=clock()),
-            "release",
-            {"job_id": base["job_id"], "key": key},
-        )
-        tokens_counter(action, "released").inc(base["tokens"])
+        try:
+            await outage.guard(
+                lambda: ledger.release(charge_id, at=clock()),
+                "release",
+                {"job_id": base["job_id"], "key": key},
+            )
+        except ChargeAlreadySettled as settled:
+            # Another run of this job (arq redelivers a job whose worker died) settled
+            # the hold first: its search was charged, or the tokens are already back.
+            if settled.state == "captured":
+                log.warning("release_after_capture", **base, key=key, job_try=job_try)
+                return base | {
+                    "status": "already_charged",
+                    "reason": "another run of this job searched and was charged",
+                }
+        else:
+            tokens_counter(action, "released").inc(base["tokens"])
         log.warning("provider_failed", **base, key=key, reason=failure.reason, job_try=job_try)
         return base | {
             "status": "failed",
