@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import sys
 import uuid
-from typing import Annotated, Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Annotated, Any
 
+import structlog
 import typer
 
 from cli import render
@@ -13,6 +15,11 @@ from cli.common import AtOpt, JsonOpt, clock_at, refuse_both, run, settings_for
 from ledger import validate
 from ledger.errors import NotEnoughTokens
 from runtime.app import open_ledger
+
+if TYPE_CHECKING:
+    from ledger.service import Ledger
+
+log = structlog.get_logger("tokens.cli")
 
 
 def charge(
@@ -35,11 +42,7 @@ def charge(
         async with open_ledger(settings) as ledger:
             held, settlement = await ledger.charge(team, action, qty, key=idem, at=now)
             if settlement is not None and settlement.threshold_reached:
-                # SPEC 4 (c): the bill is made at once, as the worker's jobs do it; the
-                # next `tokens reconcile` (cron) or the worker's periodic run sends it.
-                from billing.reconcile import create_bills
-
-                bills = await create_bills(ledger.pool, team=team, at=now)
+                bills = await _threshold_bills(ledger, team, now)
         if held.refused:
             raise NotEnoughTokens(held)
         made = [
@@ -68,6 +71,22 @@ def charge(
             f"bill {b['bill_id']} made ({b['reason']}, {b['tokens']} tokens): "
             "`tokens reconcile` or the worker sends it to Stripe"
         )
+
+
+async def _threshold_bills(ledger: Ledger, team: str, now: datetime) -> list[Any]:
+    """SPEC 4 (c): the bill is made at once, as the worker's jobs have it made; the
+    next `tokens reconcile` (cron) or the worker's periodic run sends it.
+
+    The charge is committed by now: whatever goes wrong here must not make the
+    command fail, or a person would charge again. The next reconcile makes the
+    bill anyway."""
+    from billing.reconcile import create_bills
+
+    try:
+        return await create_bills(ledger.pool, team=team, at=now)
+    except Exception as exc:
+        log.warning("threshold_bill_left_to_reconcile", team=team, error=repr(exc)[:200])
+        return []
 
 
 def billing(team: str, at: AtOpt = None, json_out: JsonOpt = False) -> None:

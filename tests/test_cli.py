@@ -69,6 +69,23 @@ def test_a_charge_that_reaches_the_threshold_makes_its_bill_at_once(cli: Cli) ->
     assert "bill" not in text  # no new bill: 10 tokens are not USD 50
 
 
+def test_a_charge_whose_bill_cannot_be_made_still_succeeds(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The charge is committed before the bill is tried: failing the command then would
+    # have a person charge again.
+    import billing.reconcile
+
+    async def broken(*_: object, **__: object) -> list[object]:
+        raise ConnectionResetError("connection to Postgres lost")
+
+    monkeypatch.setattr(billing.reconcile, "create_bills", broken)
+    make_team(cli, "acme", **ACME, limit=10_000)
+    over = cli.ok(*argv("charge", "acme", "ai_sequence", quantity=120, json=True), "--at", AT)
+    assert over.json()["state"] == "captured" and over.json()["bills_created"] == []
+    assert len(cli.ok("history", "acme", "--json").json()) == 1
+
+
 def test_history_csv_has_a_header_row(cli: Cli) -> None:
     make_team(cli, "acme", **ACME)
     cli.ok("charge", "acme", "enrich", "--quantity", "3", "--at", AT)
