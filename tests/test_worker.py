@@ -12,7 +12,7 @@ import httpx
 import pytest
 import respx
 from arq.connections import ArqRedis, RedisSettings, create_pool
-from arq.constants import job_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix
 from arq.worker import Worker
 
 from ledger.catalog import DEFAULT_CATALOG
@@ -194,8 +194,10 @@ async def test_a_crossing_while_the_team_reconcile_is_taken_queues_one_behind_it
     redis: ArqRedis,
 ) -> None:
     assert await queue_team_reconcile(redis, "acme")
-    # The first id is queued or running (arq refuses it until the run ends): a crossing
-    # now used to queue nothing and wait for the periodic run.
+    assert not await queue_team_reconcile(redis, "acme")  # queued: it will bill this too
+    # Now running (past making the bills): arq refuses its id until the run ends, and a
+    # capture now used to queue nothing and wait for the periodic run.
+    await redis.set(in_progress_key_prefix + "reconcile:acme", b"1")
     assert await queue_team_reconcile(redis, "acme")
     assert not await queue_team_reconcile(redis, "acme")  # one runs, one waits: enough
     queued = sorted(j.decode() for j in await redis.zrange(QUEUE, 0, -1))

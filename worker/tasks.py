@@ -17,7 +17,7 @@ from datetime import timedelta
 from typing import Any
 
 import structlog
-from arq.constants import job_key_prefix, retry_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 
 from billing.reconcile import reconcile
 from ledger.results import Settlement
@@ -61,20 +61,25 @@ async def give_try_back(ctx: dict[str, Any], exc: OutageRetry) -> None:
 
 
 async def queue_team_reconcile(redis: Any, team: str) -> bool:
-    """Queue the team's reconcile after a threshold crossing; False if one is waiting.
+    """Queue the team's reconcile after a capture over the threshold; False when a
+    run that will bill it is already waiting.
 
-    Two job ids take turns. arq queues no job whose id is queued or running, so
-    with one id a crossing made while the team's reconcile was running (after it
-    made the team's bills, while it sent them) queued nothing, and waited for
-    the periodic run. The second id queues a run behind it; a crossing while one
-    is running and the other queued needs nothing more: the queued one bills
-    whatever is due when it starts. No result is kept, so an id is free again as
-    soon as its run ends.
+    arq queues no job whose id is queued or running. A queued run bills whatever
+    is due when it starts, so that is enough; but with one id, a capture made
+    while the team's run was under way (past making the bills, sending them)
+    queued nothing and waited for the periodic run. So while the first id runs,
+    a second one queues a run behind it. No result is kept: an id is free again
+    as soon as its run ends. Every capture of a team over the threshold calls
+    this until the bill is made: one enqueue attempt, and one EXISTS while a run
+    is under way.
     """
-    for slot in (f"reconcile:{team}", f"reconcile:{team}:next"):
-        if await redis.enqueue_job(RECONCILE_JOB, team, _job_id=slot, _queue_name=QUEUE):
-            return True
-    return False
+    first, behind = f"reconcile:{team}", f"reconcile:{team}:next"
+    if await redis.enqueue_job(RECONCILE_JOB, team, _job_id=first, _queue_name=QUEUE):
+        return True
+    if not await redis.exists(in_progress_key_prefix + first):
+        return False  # queued, not started: it will bill this capture too
+    job = await redis.enqueue_job(RECONCILE_JOB, team, _job_id=behind, _queue_name=QUEUE)
+    return job is not None
 
 
 async def _run(
