@@ -1,9 +1,6 @@
-"""How many workers for our load: metered jobs/s per worker process (issue 15, item 3).
+"""How many workers for a load: metered jobs/s per worker process.
 
-    python -m bench.capacity [--quick] [--json FILE]
-
-`run(dsn, redis_url, quick=...)` is what `python -m bench` calls (key
-`capacity`); run as a module this file starts its own servers.
+    python -m bench capacity [--quick] [--json FILE]
 
 Each point enqueues metered lead jobs (debounce and enrich alternating, over 8
 teams, sandbox providers with an added latency), then starts N worker
@@ -59,7 +56,7 @@ GO_KEY = "bench:capacity:go"
 LATENCIES_MS = (0, 100, 1000)
 MAX_JOBS = (32, 128)
 PROCESSES = (1, 2, 4)
-# A rough ceiling of one worker process on this machine (CPU-bound at latency 0),
+# A rough ceiling of one worker process on a 2-core VM (CPU-bound at latency 0),
 # only used to size a point.
 CPU_BOUND_PER_S = 700
 QUICK = {"seconds": 2.0, "max_jobs_count": 3_000}
@@ -261,7 +258,7 @@ async def run(dsn: str, redis_url: str, *, quick: bool) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     return standalone_main(
-        argv, prog="python -m bench.capacity", doc=__doc__, quick_help="2 s points", run=run
+        argv, prog="python -m bench capacity", doc=__doc__, quick_help="2 s points", run=run
     )
 
 

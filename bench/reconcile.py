@@ -3,7 +3,7 @@
 Every team has one ended billing month with unbilled additional tokens, so the
 run makes one `month_end` bill per team and sends it, through the real
 `StripeSender` and stripe-python, to the stateful Stripe fake of the tests
-(`tests/stripe_fake.py`, on respx: no sockets), with zero latency or with a
+(`testing/stripe_fake.py`, on respx: no sockets), with zero latency or with a
 fixed latency per request. Teams, months and captured charges are written with
 bulk SQL (`generate_series`), consistent with each other, so `Ledger.drift()`
 stays empty; the timed part is the reconcile run alone.
@@ -16,15 +16,13 @@ by reading (a list request per 100 bills).
 Each run is checked: one bill per team, every bill paid, exactly one paid
 invoice per team at the fake and no other invoice, no drift.
 
-The rate-limited run (issue 11) puts Stripe's default limit on the fake, 25
+The rate-limited run puts Stripe's default limit on the fake, 25
 requests/s per endpoint, sends RATE_TEAMS bills through the production client
 (paced at RATE_PACE_RPS per endpoint, 429s retried) and reports Stripe requests
 per bill and bills/s as a share of what the limit allows (each bill needs one
 request at each of the three write endpoints, so the limit allows 25 bills/s).
 
-    python -m bench.reconcile [--quick] [--json FILE]
-
-`run(dsn, quick=...)` is what `python -m bench` calls, on its own database.
+    python -m bench reconcile [--quick] [--rate-limited] [--scenario ...] [--json FILE]
 """
 
 from __future__ import annotations
@@ -71,7 +69,7 @@ LATENCY_CONCURRENCY = (DEFAULT_CONCURRENCY, 64)
 QUICK_TEAMS = 1_000
 FULL_TEAMS = (1_000, 10_000)  # 100,000: about 15 min with the in-process fake
 HEADLINE_TEAMS = 10_000
-TARGET_SECONDS = 10.0  # issue 6: 10,000 teams with a zero-latency Stripe
+TARGET_SECONDS = 10.0  # 10,000 teams with a zero-latency Stripe
 COMPARE_TEAMS = 1_000
 # Stripe's default rate limit per endpoint, and how the production client is paced
 # against it (TOKENS_STRIPE_MAX_RPS; its default, 20, leaves more room).
@@ -400,7 +398,7 @@ async def run(dsn: str, *, quick: bool) -> dict[str, Any]:
         (r for r in runs if r["teams"] == HEADLINE_TEAMS and r["latency_ms"] == 0), runs[0]
     )
     return {
-        # Against Stripe's 25 requests/s per endpoint (issue 11): goals <= 3 and >= 0.9.
+        # Against Stripe's 25 requests/s per endpoint: goals <= 3 and >= 0.9.
         "requests_per_bill": limited["requests_per_bill"],
         "rate_limit_share": limited["rate_limit_share"],
         "rate_limited": limited,
@@ -436,7 +434,7 @@ def _scenario(text: str) -> Scenario:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.reconcile", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench reconcile", description=__doc__)
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_TEAMS:,} teams only")
     parser.add_argument(
         "--rate-limited",
