@@ -38,36 +38,34 @@ makes `verified` false.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
 import asyncpg
-from arq.connections import ArqRedis, RedisSettings, create_pool
-from arq.constants import result_key_prefix
-from arq.jobs import JobResult, deserialize_result
+from arq.connections import ArqRedis
 from arq.worker import Worker, func
 
+from bench.jobs import (
+    ACTIONS,
+    NOOP,
+    SPREAD_TEAMS,
+    bench_clients,
+    bench_settings,
+    check_ledger,
+    enqueue,
+    forget_results,
+    job_results,
+    lead_jobs,
+    month_totals,
+    teams_drift,
+)
 from bench.servers import quiet_logs, sleeps_so_far, spread, standalone_main, user_cpu_s
-from db.pool import create_pool as create_pg_pool
-from ledger.catalog import DEFAULT_CATALOG
-from ledger.service import Ledger
 from runtime.config import Settings
 from worker.queue import QUEUE
 from worker.settings import TokensWorker, worker_kwargs
 
-ANCHOR = datetime(2025, 1, 1, tzinfo=UTC)
-SETUP_AT = datetime(2025, 1, 1, 0, 0, 1, tzinfo=UTC)
-SPREAD_TEAMS = 8
-SEATS = 1_000
-HUGE_LIMIT = 10**11
-ACTIONS = ("debounce", "enrich")
-NOOP = "bench_noop"
-ENQUEUE_CONCURRENCY = 64
 REPORTED_MISMATCHES = 10
 
 QUICK = {"jobs": 1_000, "pairs": 5, "warmup_jobs": 200}
@@ -77,85 +75,6 @@ FULL = {"jobs": 3_000, "pairs": 7, "warmup_jobs": 500}
 async def noop(ctx: dict[str, Any], team: str, lead: dict[str, Any]) -> dict[str, Any]:
     """The baseline job: same arguments as a metered lead job, nothing done."""
     return {"status": "ok", "job_id": ctx["job_id"]}
-
-
-def bench_settings(dsn: str, redis_url: str) -> Settings:
-    """The project's defaults (max_jobs, job timeout, tries), offline sandbox providers,
-    no sandbox latency, no Stripe: whatever the environment says."""
-    return Settings(
-        database_url=dsn,
-        redis_url=redis_url,
-        ai_base_url=None,
-        enrich_base_url=None,
-        verify_base_url=None,
-        sandbox_latency_ms=0,
-        stripe_api_key=None,
-        metrics_port=None,
-    )
-
-
-@contextlib.asynccontextmanager
-async def bench_clients(
-    dsn: str, redis_url: str, teams: list[str]
-) -> AsyncIterator[tuple[asyncpg.Pool, ArqRedis]]:
-    """A small Postgres pool and an arq Redis pool, the catalog synced and `teams`
-    set up (plenty of free tokens), closed afterwards."""
-    pool = await create_pg_pool(dsn, min_size=1, max_size=4)
-    redis = await create_pool(RedisSettings.from_dsn(redis_url))
-    try:
-        ledger = Ledger(pool, DEFAULT_CATALOG)
-        await ledger.sync_catalog()
-        await _setup_teams(ledger, teams)
-        yield pool, redis
-    finally:
-        await redis.aclose()
-        await pool.close()
-
-
-async def _setup_teams(ledger: Ledger, teams: list[str]) -> None:
-    for team in teams:
-        await ledger.set_team(
-            team, plan="sales_engagement", seats=SEATS, interval="month", anchor=ANCHOR, at=SETUP_AT
-        )
-        await ledger.set_limit(team, HUGE_LIMIT, actor="bench", role="admin", at=SETUP_AT)
-
-
-def _jobs(tag: str, n: int, teams: list[str], metered: bool) -> list[tuple[str, str, str, Any]]:
-    """(job id, function, team, lead): leads alternate between debounce and enrich."""
-    out = []
-    for i in range(n):
-        lead = {"id": f"l{i}", "email": f"person{i}@lead{i % 97}.example"}
-        function = ACTIONS[i % len(ACTIONS)] if metered else NOOP
-        out.append((f"{tag}:{i:06d}", function, teams[i % len(teams)], lead))
-    return out
-
-
-async def _enqueue(redis: ArqRedis, jobs: list[tuple[str, str, str, Any]]) -> None:
-    sem = asyncio.Semaphore(ENQUEUE_CONCURRENCY)
-
-    async def one(job_id: str, function: str, team: str, lead: Any) -> None:
-        async with sem:
-            job = await redis.enqueue_job(function, team, lead, _job_id=job_id, _queue_name=QUEUE)
-        if job is None:
-            raise RuntimeError(f"job {job_id} was already queued")
-
-    await asyncio.gather(*(one(*j) for j in jobs))
-
-
-async def _results(redis: ArqRedis, job_ids: list[str]) -> list[JobResult | None]:
-    """Each job's stored arq result (None when there is none)."""
-    out: list[JobResult | None] = []
-    for start in range(0, len(job_ids), 1_000):
-        chunk = job_ids[start : start + 1_000]
-        raw = await redis.mget([result_key_prefix + j for j in chunk])
-        out += [None if blob is None else deserialize_result(blob) for blob in raw]
-    return out
-
-
-async def _forget_results(redis: ArqRedis, job_ids: list[str]) -> None:
-    """Read once, the results need not stay in Redis for the day arq keeps them."""
-    for start in range(0, len(job_ids), 1_000):
-        await redis.unlink(*(result_key_prefix + j for j in job_ids[start : start + 1_000]))
 
 
 class WorkerRun(NamedTuple):
@@ -212,47 +131,6 @@ def _group_commit_stats(worker: Worker) -> dict[str, Any] | None:
     return {"batches": batches, "items": items, "mean_batch": round(items / batches, 2)}
 
 
-async def _month_totals(pool: asyncpg.Pool, teams: list[str]) -> tuple[int, int]:
-    """(spent, held) tokens over every billing month of these teams."""
-    row = await pool.fetchrow(
-        "SELECT coalesce(sum(free_spent + additional_spent), 0) AS spent, "
-        "coalesce(sum(free_held + additional_held), 0) AS held "
-        "FROM billing_months WHERE team_id = ANY($1::text[])",
-        teams,
-    )
-    assert row is not None
-    return int(row["spent"]), int(row["held"])
-
-
-async def _check_ledger(
-    pool: asyncpg.Pool, tag: str, n: int, teams: list[str], before: tuple[int, int]
-) -> tuple[dict[str, Any], list[str]]:
-    """The run's charges: exactly n, all captured, and the teams' running totals
-    grew by exactly their tokens (nothing left held)."""
-    rows = await pool.fetch(
-        "SELECT state, count(*) AS n, count(DISTINCT idempotency_key) AS keys, "
-        "coalesce(sum(tokens), 0) AS tokens FROM charges "
-        "WHERE team_id = ANY($1::text[]) AND idempotency_key LIKE $2 GROUP BY state",
-        teams,
-        tag + ":%",
-    )
-    by_state = {r["state"]: int(r["n"]) for r in rows}
-    keys = sum(int(r["keys"]) for r in rows)
-    tokens = sum(int(r["tokens"]) for r in rows if r["state"] == "captured")
-    spent, held = await _month_totals(pool, teams)
-    spent_delta, held_delta = spent - before[0], held - before[1]
-    problems = []
-    if by_state != {"captured": n} or keys != n:
-        problems.append(f"ledger: charges by state {by_state} ({keys} keys), expected {n} captured")
-    if spent_delta != tokens or held_delta != 0:
-        problems.append(
-            f"ledger: month totals moved by spent {spent_delta:+}, held {held_delta:+}; "
-            f"the run's captured charges hold {tokens} tokens"
-        )
-    facts = {"charges": by_state, "tokens_captured": tokens, "month_spent_delta": spent_delta}
-    return facts, problems
-
-
 async def _one_run(
     settings: Settings,
     redis: ArqRedis,
@@ -265,18 +143,18 @@ async def _one_run(
     """One burst worker over n queued jobs, its results and the ledger checked."""
     metered = kind == "metered"
     tag = f"arqb-{uuid.uuid4().hex[:10]}"
-    jobs = _jobs(tag, n, teams, metered)
+    jobs = lead_jobs(tag, n, teams, metered)
     if await redis.zcard(QUEUE):
         raise RuntimeError(f"queue {QUEUE} is not empty before the benchmark run")
-    before = await _month_totals(pool, teams)
-    await _enqueue(redis, jobs)
+    before = await month_totals(pool, teams)
+    await enqueue(redis, jobs)
     functions = None if metered else [func(noop, name=NOOP)]
     assert settings.redis_url is not None
     run = await _worker_run(settings, settings.redis_url, functions)
     worker = run.worker
     job_ids = [j[0] for j in jobs]
-    results = await _results(redis, job_ids)
-    await _forget_results(redis, job_ids)
+    results = await job_results(redis, job_ids)
+    await forget_results(redis, job_ids)
     out: dict[str, Any] = {
         "per_s": round(n / run.jobs_s, 1),
         "seconds": round(run.jobs_s, 4),
@@ -299,7 +177,7 @@ async def _one_run(
         if status != expected:
             mismatches.append(f"{job_id}: {'no result' if r is None else r.result!r}")
     if metered:
-        facts, problems = await _check_ledger(pool, tag, n, teams, before)
+        facts, problems = await check_ledger(pool, tag, n, teams, before)
         out |= facts
         mismatches += problems
     out["mismatches"] = len(mismatches)
@@ -366,29 +244,6 @@ async def _scenario(
     }
 
 
-async def _teams_drift(pool: asyncpg.Pool, teams: list[str]) -> list[dict[str, Any]]:
-    """These teams' months whose running totals differ from the sum of their charges."""
-    rows = await pool.fetch(
-        """
-        SELECT b.team_id, b.period_start,
-               b.free_spent + b.additional_spent AS spent, b.free_held + b.additional_held AS held,
-               coalesce(s.spent, 0) AS charges_spent, coalesce(s.held, 0) AS charges_held
-        FROM billing_months b
-        LEFT JOIN (
-            SELECT team_id, period_start,
-                   sum(tokens) FILTER (WHERE state = 'captured') AS spent,
-                   sum(tokens) FILTER (WHERE state = 'held') AS held
-            FROM charges WHERE team_id = ANY($1::text[]) GROUP BY team_id, period_start
-        ) s USING (team_id, period_start)
-        WHERE b.team_id = ANY($1::text[])
-          AND (b.free_spent + b.additional_spent, b.free_held + b.additional_held)
-              IS DISTINCT FROM (coalesce(s.spent, 0), coalesce(s.held, 0))
-        """,
-        teams,
-    )
-    return [{k: str(v) for k, v in r.items()} for r in rows]
-
-
 async def run(dsn: str, redis_url: str, *, quick: bool) -> dict[str, Any]:
     """Metered against no-op jobs on a migrated Postgres and a running Redis
     (JSON `arq_overhead`): one entry per scenario, `teams` and `hot_team`."""
@@ -411,7 +266,7 @@ async def run(dsn: str, redis_url: str, *, quick: bool) -> dict[str, Any]:
             scenarios[name] = await _scenario(
                 settings, redis, pool, teams, jobs=shape["jobs"], pairs=shape["pairs"]
             )
-        drift = await _teams_drift(pool, spread_teams + hot)
+        drift = await teams_drift(pool, spread_teams + hot)
     mismatches = sum(s["mismatches"] for s in scenarios.values())
     mismatches += sum(w["mismatches"] for w in warmup)
     return {

@@ -39,15 +39,15 @@ from typing import Any
 import asyncpg
 from arq.connections import ArqRedis
 
-from bench.arq_overhead import (
+from bench.jobs import (
     SPREAD_TEAMS,
-    _check_ledger,
-    _enqueue,
-    _forget_results,
-    _jobs,
-    _month_totals,
-    _results,
     bench_clients,
+    check_ledger,
+    enqueue,
+    forget_results,
+    job_results,
+    lead_jobs,
+    month_totals,
 )
 from bench.servers import postgres_cpu_s, postmaster_of, quiet_logs, standalone_main
 from worker.queue import QUEUE
@@ -157,12 +157,12 @@ async def _point(
 ) -> dict[str, Any]:
     n = _jobs_for(latency_ms, max_jobs, processes, shape)
     tag = f"cap-{uuid.uuid4().hex[:10]}"
-    jobs = _jobs(tag, n, teams, True)
+    jobs = lead_jobs(tag, n, teams, True)
     if await redis.zcard(QUEUE):
         raise RuntimeError(f"queue {QUEUE} is not empty before the capacity point")
     await redis.delete(GO_KEY)
-    before = await _month_totals(pool, teams)
-    await _enqueue(redis, jobs)
+    before = await month_totals(pool, teams)
+    await enqueue(redis, jobs)
     procs = await asyncio.gather(
         *(_start_worker(dsn, redis_url, latency_ms, max_jobs) for _ in range(processes))
     )
@@ -177,14 +177,14 @@ async def _point(
         reports.append(json.loads(out.decode().strip().splitlines()[-1]))
     pg_cpu = postgres_cpu_s(postmaster) - pg0
     job_ids = [j[0] for j in jobs]
-    results = await _results(redis, job_ids)
-    await _forget_results(redis, job_ids)
+    results = await job_results(redis, job_ids)
+    await forget_results(redis, job_ids)
     mismatches = [
         job_id
         for job_id, r in zip(job_ids, results, strict=True)
         if r is None or not r.success or r.result.get("status") != "captured"
     ]
-    _, problems = await _check_ledger(pool, tag, n, teams, before)
+    _, problems = await check_ledger(pool, tag, n, teams, before)
     done = [r for r in results if r is not None]
     span = max(r.finish_time for r in done) - min(r.start_time for r in done)
     per_s = n / span.total_seconds()
