@@ -1,6 +1,7 @@
 """Benchmarks of Tokens: `python -m bench` runs them all and writes docs/benchmarks.md.
 
     python -m bench [--quick] [--rounds N] [--docs FILE | --no-docs] [--json FILE]
+    python -m bench --from-json docs/benchmarks.json   the docs of an earlier run, again
     python -m bench COMMAND [--help]      one benchmark alone, on its own servers
 
 Commands, each also part of the whole run:
@@ -122,9 +123,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--docs", type=Path, default=Path("docs/benchmarks.md"))
     parser.add_argument("--no-docs", action="store_true", help="write no docs")
     parser.add_argument("--json", type=Path, help="also write the run's JSON here")
+    parser.add_argument(
+        "--from-json", type=Path, help="no run: write the docs of an earlier run's JSON"
+    )
     args = parser.parse_args(argv)
     if args.rounds is not None and args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    if args.from_json:
+        report.write_docs(json.loads(args.from_json.read_text()), args.docs)
+        print(f"wrote {args.docs}")
+        return 0
     quiet_logs()
     result = asyncio.run(_run(args.quick, args.rounds))
     # The JSON first: a report that fails to render must not lose the run.

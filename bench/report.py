@@ -131,7 +131,7 @@ def _c32(result: dict[str, Any], scenario: str) -> tuple[str, str]:
     p = result["hold_capture"][scenario].get("c32")
     if p is None:
         return "-", NOT_MEASURED
-    return ranged(p["ratio"]) + "x", MET if p["ratio"]["median"] >= 3 else MISSED
+    return ranged(p["ratio"], unit="x"), MET if p["ratio"]["median"] >= 3 else MISSED
 
 
 def _never_below_one_commit_each(result: dict[str, Any]) -> tuple[str, str]:
@@ -346,7 +346,7 @@ with {ci["charges_per_team"][0]} and with {ci["charges_per_team"][1]} charges ea
 time ratio {ci["ratio"]:.2f}, CPU ratio {ci["cpu_ratio"]:.2f}. Against Stripe's 25 requests/s per
 endpoint ({rl["teams"]} bills, client paced at {rl["pace_rps"]:g}/s):
 {rl["requests_per_bill"]:.2f} requests per bill, {rl["bills_per_s"]:.1f} bills/s,
-{rl["rate_limit_share"]:.0%} of what the limit allows.
+{rl["rate_limit_share"] * 100:.0f} % of what the limit allows.
 
 {reconcile_table(r)}
 
