@@ -150,14 +150,15 @@ class Settings(BaseSettings):
             from worker.providers.vendors import VENDORS
 
             variable = f"TOKENS_{action.upper()}_PROVIDERS"
+            known = sorted(n for n, v in VENDORS.items() if v.action == action)
             for name in names:
-                known = sorted(n for n, v in VENDORS.items() if v.action == action)
                 if not _VENDOR_NAME.match(name) or name not in known:
                     raise ValueError(
                         f"{variable}: unknown vendor {name[:40]!r} (known: {', '.join(known)})"
                     )
-                if len(set(names)) != len(names):
-                    raise ValueError(f"{variable}: a vendor is named twice")
+            if len(set(names)) != len(names):
+                raise ValueError(f"{variable}: a vendor is named twice")
+            for name in names:
                 if name not in self.vendors:
                     self.vendors[name] = vendor_from_env(name, os.environ)
         return self

@@ -286,6 +286,7 @@ class VendorClient:
         normalized = {k: data.get(k) for k in NORMALIZED} | {
             k: v for k, v in data.items() if k not in NORMALIZED
         }
+        normalized = _scrub_json(normalized, self.api_key)
         normalized |= {"confidence": confidence, "verdict": self._verdict(body, status)}
         result = SearchResult(outcome, normalized, self.vendor.name, sandbox=False)
         return self._reply(Kind.SEARCHED, reason, status, result, confidence, stop)
