@@ -15,11 +15,17 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 import respx
+from arq.connections import RedisSettings, create_pool
+from arq.jobs import Job
 from pydantic import ValidationError
 
+from ledger.catalog import DEFAULT_CATALOG
+from ledger.service import Ledger
 from runtime.config import Settings
 from runtime.metrics import VENDOR_PAUSES
 from testing.vendor_answers import EXAMPLES, PATHS, Example, example
+from tests.test_worker import ENRICH, leads, run_burst, settings_for, team
+from worker.client import enqueue, result
 from worker.payloads import Lead
 from worker.providers import (
     Outcome,
@@ -31,6 +37,7 @@ from worker.providers import (
 from worker.providers.gate import Gate
 from worker.providers.vendor import NORMALIZED, Kind, VendorClient
 from worker.providers.vendors import VENDORS
+from worker.queue import QUEUE
 
 KEY = "live_KEY-0123456789-SECRET"
 BASE = "https://vendor.test"
@@ -438,3 +445,62 @@ async def test_build_providers_makes_the_waterfall(
     assert verify.min_confidence == 60
     assert KEY not in repr(providers)
     assert providers.enrich.sandbox  # no enrich vendors named: the sandbox stays
+
+
+# ------------------------------------------------------------- in the worker
+
+
+async def test_an_unreadable_2xx_is_charged_by_the_worker(
+    ledger: Ledger, database_url: str, redis_url: str
+) -> None:
+    """The provider searched and answered 2xx with something we cannot read: the
+    lead is charged (captured), not released."""
+    arq = await create_pool(RedisSettings.from_dsn(redis_url))
+    await arq.flushdb()
+    await team(ledger)
+    [job] = await enqueue(arq, DEFAULT_CATALOG, "acme", "enrich", payload=leads(1))
+    with respx.mock(base_url=ENRICH) as mock:
+        mock.post("/v1/enrich").respond(200, json={"found": True, "person": None})
+        await run_burst(settings_for(database_url, redis_url, enrich_base_url=ENRICH))
+    out = await result(arq, job.job_id)
+    await arq.aclose()
+    assert (out["status"], out["outcome"], out["charged"]) == ("captured", "unrecognized", True)
+    [charge] = await ledger.history("acme")
+    assert charge.state == "captured"
+
+
+async def test_jobs_wait_out_a_pause_without_using_their_tries(
+    ledger: Ledger,
+    database_url: str,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    redis: aioredis.Redis,
+) -> None:
+    """Every vendor paused (our key, our credits): the job waits in the queue with its
+    hold, and the wait is not a try (one try allowed here: it still searches after)."""
+    for name in ("PDL", "HUNTER"):
+        monkeypatch.setenv(f"TOKENS_{name}_API_KEY", KEY)
+        monkeypatch.setenv(f"TOKENS_{name}_BASE_URL", BASE)
+    for name in ("pdl", "hunter"):
+        await Gate(redis, name).pause(1.0)
+    arq = await create_pool(RedisSettings.from_dsn(redis_url))
+    await arq.flushdb()
+    for name in ("pdl", "hunter"):
+        await Gate(redis, name).pause(1.0)  # flushdb took the first pause away
+    await team(ledger)
+    payload = {"leads": [{"id": "l0", "first_name": "Jane", "last_name": "Doe",
+                          "company_domain": "acme.com"}]}  # fmt: skip
+    [job] = await enqueue(arq, DEFAULT_CATALOG, "acme", "enrich", payload=payload)
+    settings = settings_for(database_url, redis_url, enrich_providers="pdl,hunter")
+    settings.job_max_tries = 1
+    with respx.mock(base_url=BASE) as mock:
+        sent = route(mock, "pdl").mock(return_value=respond(example("pdl", "match")))
+        await run_burst(settings)
+    info = await Job(job.job_id, arq, _queue_name=QUEUE).result_info()
+    await arq.aclose()
+    assert info is not None and info.success, info
+    assert info.result["status"] == "captured" and info.result["provider"] == "pdl"
+    assert info.job_try == 1  # the waits were given back
+    assert sent.call_count == 1
+    [charge] = await ledger.history("acme")
+    assert charge.state == "captured"
