@@ -114,3 +114,13 @@ async def test_worker_charges_one_lead_once_across_the_waterfall(
     assert sent["hunter"]["headers"]["X-API-KEY"] == KEYS["HUNTER"]
     shown = worker.out + worker.err + json.dumps(out)
     assert not any(key in shown for key in KEYS.values())
+
+
+def test_worker_refuses_an_unknown_vendor_or_a_missing_key(database_url: str) -> None:
+    tokens = Tokens(clean_env(TOKENS_DATABASE_URL=database_url), "vendors")
+    tokens.with_env(TOKENS_ENRICH_PROVIDERS="pdl,clearbit").refused(
+        "worker", "--burst", code=2, says="TOKENS_ENRICH_PROVIDERS: unknown vendor 'clearbit'"
+    )
+    tokens.with_env(TOKENS_VERIFY_PROVIDERS="debounce").refused(
+        "worker", "--burst", code=2, says="TOKENS_DEBOUNCE_API_KEY or TOKENS_DEBOUNCE_API_KEY_FILE"
+    )
