@@ -100,7 +100,7 @@ async def test_every_write_of_a_run_checks_its_lease_token(
     ]:
         from db.queries import q
 
-        extra = (at(T0), None, False) if name == "record_step" else ()
+        extra = (at(T0), None, False, "sending") if name == "record_step" else ()
         result = await pool.execute(q(name, "billing.sql"), 1, None, *args, *extra)
         assert result.endswith(" 0"), (name, result)  # a stale token changes nothing
     row = await bill_row(pool)
@@ -144,7 +144,8 @@ async def test_a_total_that_is_not_the_bill_stops_before_finalizing(
     assert stripe_fake.invoices[invoice["id"]]["status"] == "draft"
     assert stripe_fake.calls("finalize") == []
     again = await run(pool, sender_for(pool, stripe_fake), T0)
-    assert again.bills == [] and stripe_fake.calls("finalize") == []  # stops for good
+    # Waits for finance: read again, not finalized, not reported as a new failure.
+    assert again.bills == [] and again.failed == 0 and stripe_fake.calls("finalize") == []
 
 
 # ---------------------------------------------------------------- finance acts in Stripe
