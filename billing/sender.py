@@ -672,14 +672,19 @@ class StripeSender:
                 f"`tokens bill reissue {bill.id}`, which deletes this draft and bills the "
                 "tokens on a new invoice"
             )
+        elif invoice.status == "paid" and invoice.total:
+            state = "paid at Stripe"
+            advice = (
+                "settle the difference in Stripe by hand (a reissue would bill every token again)"
+            )
         else:
             state = f"{invoice.status} at Stripe"
             advice = (
-                f"`tokens bill reissue {bill.id}` voids it if it is still open and bills the "
-                "tokens on a new invoice"
-                if invoice.status != "paid" or not invoice.total
-                else "it was paid: settle the difference in Stripe by hand (a reissue would "
-                "bill every token again)"
+                f"nothing was collected: `tokens bill reissue {bill.id}` bills the tokens on "
+                "a new invoice"
+                if invoice.status == "paid"
+                else f"`tokens bill reissue {bill.id}` voids it and bills the tokens on a new "
+                "invoice"
             )
         message = (
             f"invoice {invoice.id} totals {invoice.total} {bill.currency} "

@@ -2191,8 +2191,7 @@ class StripeFake:
         if inv is not None and inv["status"] != "draft":
             raise StripeError(
                 400,
-                f"Invoice items on invoice {inv['id']} can't be changed: it is no longer a "
-                "draft.",
+                f"Invoice items on invoice {inv['id']} can't be changed: it is no longer a draft.",
                 code="invoice_not_editable",
                 saved=True,
             )

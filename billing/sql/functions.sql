@@ -8,6 +8,7 @@
 
 DROP FUNCTION IF EXISTS tokens_create_bills(text, timestamptz) CASCADE;
 DROP FUNCTION IF EXISTS tokens_reissue_bill(bigint, timestamptz) CASCADE;
+DROP FUNCTION IF EXISTS tokens_reissue_bill(bigint, timestamptz, uuid) CASCADE;
 
 -- Bill what is due at p_at, for one team or all (p_team NULL):
 --   threshold: a month's unbilled spent additional tokens are worth at least
@@ -88,10 +89,12 @@ $$;
 -- `tokens bill reissue`: the same tokens on a new bill (sent to the team's current
 -- customer by the next reconcile run); the old bill keeps its history and becomes
 -- `reissued`. Only a bill that can collect nothing any more may be reissued:
--- void at Stripe, or failed for good (customer deleted, total mismatch), or failed
--- before anything reached Stripe. SQLSTATE TK010 (DETAIL = bill id): not found;
--- TK011 (DETAIL = status): refused.
-CREATE FUNCTION tokens_reissue_bill(p_bill bigint, p_at timestamptz)
+-- void at Stripe, uncollectible or failed for good (customer deleted, total
+-- mismatch) once billing/bills.py made its invoice uncollectible at Stripe, or
+-- failed before anything reached Stripe. p_token: the lease reissue holds on the
+-- bill meanwhile (a run's lease refuses). SQLSTATE TK010 (DETAIL = bill id): not
+-- found; TK011 (DETAIL = status): refused.
+CREATE FUNCTION tokens_reissue_bill(p_bill bigint, p_at timestamptz, p_token uuid)
 RETURNS SETOF bills
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -102,11 +105,12 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'unknown bill %', p_bill USING ERRCODE = 'TK010', DETAIL = p_bill;
     END IF;
-    IF old.lease_until > clock_timestamp() THEN
+    IF old.lease_until > clock_timestamp() AND old.lease_token IS DISTINCT FROM p_token THEN
         RAISE EXCEPTION 'bill % is being sent by a reconcile run right now; try again later',
             p_bill USING ERRCODE = 'TK011', DETAIL = old.status;
     END IF;
     IF NOT (old.status = 'void'
+            OR (old.status = 'uncollectible' AND p_token IS NOT NULL)
             OR (old.status = 'failed'
                 AND (old.error_code IN ('customer_deleted', 'total_mismatch')
                      OR old.step = 'created'))) THEN
@@ -114,10 +118,6 @@ BEGIN
             WHEN 'reissued' THEN format('bill %s was reissued already (as bill %s)', p_bill,
                                         (SELECT r.id FROM bills r WHERE r.reissue_of = p_bill))
             WHEN 'paid' THEN format('bill %s is paid: nothing to reissue', p_bill)
-            WHEN 'uncollectible' THEN format(
-                'bill %s is uncollectible at Stripe (invoice %s) and could still be paid there: '
-                'void the invoice in Stripe first, then reissue after the next reconcile',
-                p_bill, old.stripe_invoice_id)
             WHEN 'failed' THEN format(
                 'bill %s failed with %s and is retried by itself; only a void bill, or one '
                 'failed with customer_deleted or total_mismatch, can be reissued',

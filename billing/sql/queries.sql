@@ -145,4 +145,23 @@ WHERE chain.reissue_of IS NULL
 ORDER BY c.id
 
 -- reissue_bill --
-SELECT * FROM tokens_reissue_bill($1, $2)
+SELECT * FROM tokens_reissue_bill($1, $2, $3)
+
+-- claim_for_reissue --
+-- `tokens bill reissue` holds the bill (as a run does) while it acts on the old
+-- invoice at Stripe, so that no reconcile run sends or pays it meanwhile.
+UPDATE bills
+SET lease_until = clock_timestamp() + make_interval(secs => $2),
+    lease_token = gen_random_uuid()
+WHERE id = $1 AND (lease_until IS NULL OR lease_until < clock_timestamp())
+RETURNING *
+
+-- follow_paid --
+-- The old invoice was paid with the bill's amount: the bill is paid, nothing to
+-- reissue ($3: the status read).
+UPDATE bills
+SET status = 'paid', stripe_invoice_status = 'paid', last_error = NULL, error_code = NULL,
+    step = CASE WHEN stripe_invoice_item_id IS NOT NULL THEN 'paid' ELSE step END,
+    next_pay_at = NULL
+WHERE id = $1 AND lease_token = $2 AND status = $3
+RETURNING *
