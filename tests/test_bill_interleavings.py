@@ -263,3 +263,44 @@ async def test_reissue_voids_an_invoice_finance_finalized_unfixed(
     await run(pool, clocked(pool, stripe_fake, "2026-01-21T03:00:00"), T0)
     live = [i["total"] for i in invoices_of(stripe_fake, "acme") if i["status"] != "void"]
     assert live == [5000]
+
+
+# ---------------------------------------------------------------- prices and rounding
+
+
+async def test_a_price_change_never_reprices_spent_unbilled_tokens(
+    ledger: Ledger, pool: asyncpg.Pool, stripe_fake: StripeFake
+) -> None:
+    await billed_team(ledger, stripe_fake)
+    await spend(ledger, "acme", 250 + 300, "2026-01-20", "a")  # 300 tokens at USD 0.01
+    await pool.execute("UPDATE plans SET unit_price = 0.02")  # a new catalog is loaded
+    await spend(ledger, "acme", 100, "2026-02-01", "b")  # same billing month: old price
+    await spend(ledger, "acme", 250 + 50, "2026-02-20", "c")  # next month: new price
+    jan = await run(pool, clocked(pool, stripe_fake, "2026-02-15T00:00:00"), "2026-02-15")
+    feb = await run(pool, clocked(pool, stripe_fake, "2026-03-15T00:00:00"), "2026-03-15")
+    bills = [
+        (b.tokens, str(b.unit_price.normalize()), b.amount_cents) for b in jan.bills + feb.bills
+    ]
+    assert bills == [(400, "0.01", 400), (50, "0.02", 100)]
+    section = await ledger.billing("acme", at=at("2026-02-20"))
+    assert str(section.unit_price) == "0.02"  # the open month, opened after the change
+
+
+async def test_a_remainder_worth_under_half_a_cent_is_billed_by_a_zero_bill_never_sent(
+    ledger: Ledger, pool: asyncpg.Pool, stripe_fake: StripeFake
+) -> None:
+    await pool.execute("UPDATE plans SET unit_price = 0.001")  # a tenth of a cent a token
+    await billed_team(ledger, stripe_fake)
+    await spend(ledger, "acme", 250 + 4, "2026-01-20", "a")  # 0.4 cent
+    report = await run(pool, clocked(pool, stripe_fake, "2026-02-15T00:00:00"), "2026-02-15")
+    [bill] = report.bills
+    assert (bill.tokens, bill.amount_cents, bill.status, bill.stripe_invoice_id) == (
+        4,
+        0,
+        "paid",
+        None,
+    )
+    assert stripe_fake.requests == [] and report.failed == 0
+    section = await ledger.billing("acme", at=at("2026-01-20"))
+    assert section.additional_billed == section.additional_spent == 4
+    assert (await run(pool, clocked(pool, stripe_fake, "2026-02-16"), "2026-02-16")).bills == []

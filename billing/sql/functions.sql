@@ -22,6 +22,7 @@ DECLARE
     k record;
     m record;
     unbilled bigint;
+    amount bigint;
     ended boolean;
     b bills;
 BEGIN
@@ -35,7 +36,8 @@ BEGIN
          ORDER BY bm.team_id, bm.period_start
     LOOP
         -- Lock, then decide on what is there now (another run may have billed it).
-        SELECT bm.*, p.unit_price, p.threshold_cents, p.currency INTO m
+        -- The month's own price (fixed when it opened); the plan's threshold now.
+        SELECT bm.*, p.threshold_cents INTO m
           FROM billing_months bm
           JOIN teams t ON t.id = bm.team_id
           JOIN plans p ON p.name = t.plan
@@ -53,14 +55,18 @@ BEGIN
             -- Rounded on the month's running total, not bill by bill: at a price
             -- below the minor unit (0.015 USD a token) a threshold bill and the
             -- month-end bill then add up to the month's exact amount, rounded once.
+            amount := round(m.additional_spent * m.unit_price * tokens_minor_units(m.currency))
+                      - round(m.additional_billed * m.unit_price * tokens_minor_units(m.currency));
+            -- A remainder worth less than half a minor unit rounds to 0: never sent as
+            -- a 0 invoice. Its tokens are still billed, by a bill of 0 that is `paid`
+            -- at once with no invoice (README: bills of 0), so that every token is on
+            -- exactly one bill and the month closes.
             INSERT INTO bills (team_id, period_start, period_end, reason, tokens, unit_price,
-                               amount_cents, currency, created_at, updated_at)
+                               amount_cents, currency, created_at, updated_at, status)
             VALUES (m.team_id, m.period_start, m.period_end,
                     CASE WHEN ended THEN 'month_end' ELSE 'threshold' END,
-                    unbilled, m.unit_price,
-                    round(m.additional_spent * m.unit_price * tokens_minor_units(m.currency))
-                    - round(m.additional_billed * m.unit_price * tokens_minor_units(m.currency)),
-                    m.currency, p_at, p_at)
+                    unbilled, m.unit_price, amount, m.currency, p_at, p_at,
+                    CASE WHEN amount = 0 THEN 'paid' ELSE 'sending' END)
             RETURNING * INTO b;
             -- The charges whose additional tokens this bill bills: every captured one
             -- of the month not billed yet. Captures lock this month row too, so the
