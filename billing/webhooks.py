@@ -226,6 +226,8 @@ class WebhookHandler:
                 return "ignored: an invoice event without the invoice's id or status"
             return f"ignored: invoice {invoice_id} is {stripe_status}"
         status, code, message = news
+        if status == "paid":
+            status, code, message = await self._paid_in_full(invoice_id, invoice)
         row = await self.pool.fetchrow(
             q("invoice_news"), invoice_id, status, stripe_status, code, message, self.clock()
         )
@@ -238,6 +240,30 @@ class WebhookHandler:
             "reissued_bill_invoice_event", bill_id=other["id"], invoice=invoice_id, status=status
         )
         return f"bill {other['id']} is {other['status']}: its invoice is {stripe_status} at Stripe"
+
+    async def _paid_in_full(
+        self, invoice_id: str | None, invoice: Mapping[str, Any]
+    ) -> tuple[str, str | None, str | None]:
+        """A paid invoice makes its bill paid only when it totals the bill's amount: an
+        empty draft finance finalized is paid at 0 at once, the tokens never charged."""
+        bill = await self.pool.fetchrow(q("invoice_bill"), invoice_id)
+        total = invoice.get("total")
+        if bill is None or total == bill["amount_cents"]:
+            return "paid", None, None
+        return (
+            "failed",
+            "total_mismatch",
+            (
+                f"invoice {invoice_id} was paid at {total} {bill['currency']} but the bill is "
+                f"{bill['amount_cents']}: its tokens are not charged in full; "
+                + (
+                    f"`tokens bill reissue {bill['id']}` bills them on a new invoice"
+                    if not total
+                    else "settle the difference in Stripe by hand (a reissue would bill every "
+                    "token again)"
+                )
+            ),
+        )
 
 
 def bill_news(kind: str, stripe_status: str) -> tuple[str, str | None, str | None] | None:

@@ -90,6 +90,7 @@ class BillingMonth(SQLModel, table=True):
     __tablename__ = "billing_months"
     __table_args__ = (
         CheckConstraint("period_end > period_start", name="billing_months_period_valid"),
+        CheckConstraint("unit_price > 0", name="billing_months_unit_price_pos"),
         CheckConstraint(
             "free_granted >= 0 AND free_held >= 0 AND free_spent >= 0 AND additional_held >= 0"
             " AND additional_spent >= 0 AND additional_billed >= 0",
@@ -119,6 +120,9 @@ class BillingMonth(SQLModel, table=True):
     additional_spent: int = _total("additional_spent")
     additional_billed: int = _total("additional_billed")
     closed_at: datetime | None = Field(default=None, sa_column=ts_column(nullable=True))
+    # The price in force when the month opened: its tokens are billed at it.
+    unit_price: Decimal = Field(sa_column=Column(Numeric(12, 6), nullable=False))
+    currency: str = Field(sa_column=Column(Text, nullable=False))
 
 
 class Charge(SQLModel, table=True):

@@ -357,8 +357,8 @@ BEGIN
                                   WHEN ch.state <> u.st THEN 'TK004' END AS code) x) e
           LEFT JOIN LATERAL (
               SELECT b.period_end, b.additional_spent - b.additional_billed AS unbilled,
-                     (b.additional_spent - b.additional_billed) * p.unit_price
-                         * tokens_minor_units(p.currency) >= p.threshold_cents AS reached
+                     (b.additional_spent - b.additional_billed) * b.unit_price
+                         * tokens_minor_units(b.currency) >= p.threshold_cents AS reached
                 FROM billing_months b
                 JOIN teams t ON t.id = b.team_id
                 JOIN plans p ON p.name = t.plan

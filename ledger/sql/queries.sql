@@ -49,7 +49,7 @@ SELECT * FROM tokens_open_month($1, $2)
 SELECT t.id AS team, t.plan, t.seats, t.billing_interval, t.stripe_customer,
        t.additional_limit,
        tokens_month_limit(t, p, m.period_start) AS effective_limit,
-       p.unit_price, p.currency,
+       m.unit_price, m.currency,
        m.period_start, m.period_end, m.free_granted, m.free_held, m.free_spent,
        m.additional_held, m.additional_spent, m.additional_billed
 FROM tokens_open_month($1, $2) m
