@@ -196,18 +196,6 @@ BEGIN
         --     team's limit in it. One statement reads each team, its plan and the
         --     month of its earliest hold; teams in id order (opening a month locks
         --     the team). A hold outside that month looks its own up.
-        IF hold_count = 1 THEN
-            OPEN teams_cursor FOR
-                SELECT '{1}'::integer[] AS items, tp.team, tp.plan, mo.period_start,
-                       mo.period_end
-                  FROM (SELECT 1) one
-                  LEFT JOIN (SELECT t AS team, p AS plan
-                               FROM teams t JOIN plans p ON p.name = t.plan
-                              WHERE t.id = hold_team[1]) tp ON true
-                  LEFT JOIN (SELECT b.period_start, b.period_end FROM billing_months b
-                              WHERE b.team_id = hold_team[1] AND b.period_start <= hold_at[1]
-                              ORDER BY b.period_start DESC LIMIT 1) mo ON true;
-        ELSE
             OPEN teams_cursor FOR
                 SELECT d.items, tp.team, tp.plan, mo.period_start, mo.period_end
                   FROM (SELECT hold_team[j] AS team_id, min(hold_at[j]) AS first_at,
@@ -222,7 +210,6 @@ BEGIN
                                         AND b.period_start <= d.first_at
                                       ORDER BY b.period_start DESC LIMIT 1) mo ON true
                  ORDER BY d.team_id;
-        END IF;
         LOOP
             FETCH teams_cursor INTO k;
             EXIT WHEN NOT FOUND;
@@ -363,36 +350,26 @@ BEGIN
     -- 6. Decide the holds, in array order, each on its month's running room as
     --    the settlements above left it: the rule of tokens_hold_fits and
     --    tokens_hold_free_part. Holds that are errors or replays have no month.
-    IF hold_count = 1 THEN
-        IF hold_month[1] IS NOT NULL THEN
-            SELECT * INTO m FROM billing_months b
-             WHERE b.team_id = hold_team[1] AND b.period_start = hold_month[1];
-            month_free_left[1] := tokens_free_left(m);
-            month_additional_left[1] := tokens_additional_left(m, hold_limit[1]);
-            hold_month_no[1] := 1;
-        END IF;
-    ELSE
-        FOR k IN
-            SELECT d.items, r.free_left, r.additional_left
-              FROM (SELECT hold_team[j] AS t, hold_month[j] AS ms, array_agg(j::integer) AS items
-                      FROM generate_subscripts(hold_team, 1) j
-                     WHERE hold_month[j] IS NOT NULL
-                     GROUP BY 1, 2) d
-              JOIN LATERAL (SELECT tokens_free_left(b) AS free_left,
-                                   tokens_additional_left(b, hold_limit[d.items[1]])
-                                       AS additional_left
-                              FROM billing_months b
-                             WHERE b.team_id = d.t AND b.period_start = d.ms OFFSET 0) r
-                ON true
-        LOOP
-            month_no := coalesce(month_no, 0) + 1;
-            month_free_left[month_no] := k.free_left;
-            month_additional_left[month_no] := k.additional_left;
-            FOREACH i IN ARRAY k.items LOOP
-                hold_month_no[i] := month_no;
-            END LOOP;
+    FOR k IN
+        SELECT d.items, r.free_left, r.additional_left
+          FROM (SELECT hold_team[j] AS t, hold_month[j] AS ms, array_agg(j::integer) AS items
+                  FROM generate_subscripts(hold_team, 1) j
+                 WHERE hold_month[j] IS NOT NULL
+                 GROUP BY 1, 2) d
+          JOIN LATERAL (SELECT tokens_free_left(b) AS free_left,
+                               tokens_additional_left(b, hold_limit[d.items[1]])
+                                   AS additional_left
+                          FROM billing_months b
+                         WHERE b.team_id = d.t AND b.period_start = d.ms OFFSET 0) r
+            ON true
+    LOOP
+        month_no := coalesce(month_no, 0) + 1;
+        month_free_left[month_no] := k.free_left;
+        month_additional_left[month_no] := k.additional_left;
+        FOREACH i IN ARRAY k.items LOOP
+            hold_month_no[i] := month_no;
         END LOOP;
-    END IF;
+    END LOOP;
     FOR i IN 1..hold_count LOOP
         month_no := hold_month_no[i];
         CONTINUE WHEN month_no IS NULL;
