@@ -63,6 +63,7 @@ class ChargeRow(_Row):
     lead_id: str | None
     held_at: datetime
     settled_at: datetime | None
+    member: str | None  # who launched it, when known (the JWT's sub, --member)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +114,9 @@ class HoldResult:
     held_at: datetime | None
     free_available: int | None
     additional_available: int | None
+    member: str | None = None
+    # Why a refused hold did not fit: 'not_enough_tokens' or 'member_cap'.
+    refusal: str | None = None
 
     @property
     def refused(self) -> bool:

@@ -206,11 +206,17 @@ class Ledger:
         at: datetime,
         job_id: str | None = None,
         lead_id: str | None = None,
+        member: str | None = None,
     ) -> HoldResult:
-        """Hold the tokens of one search before it runs (one round trip)."""
+        """Hold the tokens of one search before it runs (one round trip). `member`: who
+        launched it; a hold that would take them over their cap is refused."""
         tokens, at = self._hold_args(team, action, quantity, key, at)
+        if member is not None:
+            validate.member(member)
         try:
-            row = await self.group.hold(team, key, action, quantity, tokens, at, job_id, lead_id)
+            row = await self.group.hold(
+                team, key, action, quantity, tokens, at, job_id, lead_id, member
+            )
         except asyncpg.PostgresError as exc:
             _raise_translated(exc)
         result = _hold_result(team, key, action, quantity, row)
@@ -253,7 +259,14 @@ class Ledger:
         return settlement
 
     async def charge(
-        self, team: str, action: str, quantity: int, *, key: str, at: datetime
+        self,
+        team: str,
+        action: str,
+        quantity: int,
+        *,
+        key: str,
+        at: datetime,
+        member: str | None = None,
     ) -> tuple[HoldResult, Settlement | None]:
         """Hold and capture at once, as a search that already happened: the hold, then
         its capture, each through tokens_apply, in one transaction (not group commit).
@@ -261,10 +274,12 @@ class Ledger:
         A replayed key returns the existing charge untouched.
         """
         tokens, at = self._hold_args(team, action, quantity, key, at)
+        if member is not None:
+            validate.member(member)
 
         async def run() -> tuple[HoldResult, Settlement | None]:
             async with self.pool.acquire() as conn, conn.transaction():
-                item = HoldItem(team, key, action, quantity, tokens, at, None, None)
+                item = HoldItem(team, key, action, quantity, tokens, at, None, None, member)
                 held = _hold_result(team, key, action, quantity, await apply_one(conn, item))
                 if held.refused or held.replayed:
                     return held, None
@@ -401,6 +416,8 @@ def _hold_result(
         held_at=row["held_at"],
         free_available=row["free_available"],
         additional_available=row["additional_available"],
+        member=row["member"],
+        refusal=row["refusal"],
     )
 
 

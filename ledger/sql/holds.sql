@@ -1,9 +1,10 @@
 -- The money path, in the database where the balances are.
 --
--- The rule of a hold, first (the two functions below): a hold takes the
+-- The rule of a hold, first (the three functions below): a hold takes the
 -- team's free tokens first, then additional tokens up to what the team's
--- monthly limit leaves; when the two together are short it is refused whole
--- and nothing is taken. Everything that holds or settles (group commit, a
+-- monthly limit leaves; when the two together are short, or when it would
+-- take its member over their monthly cap, it is refused whole and nothing is
+-- taken. Everything that holds or settles (group commit, a
 -- lone call, Ledger.charge, the expiry sweep, the tokens_hold / tokens_settle
 -- wrappers) goes through one function, tokens_apply, which applies this rule
 -- on the locked billing-month rows.
@@ -20,12 +21,16 @@
 -- Errors raised on purpose: ledger/sql/errors.sql (TK0xx, DETAIL = the ids as JSON).
 
 DROP FUNCTION IF EXISTS tokens_hold_fits(bigint, bigint, bigint) CASCADE;
+DROP FUNCTION IF EXISTS tokens_member_allows(bigint, bigint) CASCADE;
 DROP FUNCTION IF EXISTS tokens_hold_free_part(bigint, bigint) CASCADE;
 DROP FUNCTION IF EXISTS tokens_free_left(billing_months) CASCADE;
 DROP FUNCTION IF EXISTS tokens_additional_left(billing_months, bigint) CASCADE;
 DROP FUNCTION IF EXISTS tokens_charge_by_key(text, text) CASCADE;
 DROP FUNCTION IF EXISTS tokens_apply(bigint[], text[], timestamptz[], text[], text[], text[],
                                      integer[], bigint[], timestamptz[], text[], text[]) CASCADE;
+DROP FUNCTION IF EXISTS tokens_apply(bigint[], text[], timestamptz[], text[], text[], text[],
+                                     integer[], bigint[], timestamptz[], text[], text[], text[])
+    CASCADE;
 DROP FUNCTION IF EXISTS tokens_hold(text, text, text, integer, bigint, timestamptz, text, text)
     CASCADE;
 DROP FUNCTION IF EXISTS tokens_settle(bigint, text, timestamptz) CASCADE;
@@ -38,6 +43,13 @@ CREATE FUNCTION tokens_hold_fits(p_tokens bigint, p_free_left bigint, p_addition
 RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN p_tokens <= p_free_left + p_additional_left;
+
+-- A member with a cap may hold only what the cap leaves them this month
+-- (p_member_left NULL: no cap).
+CREATE FUNCTION tokens_member_allows(p_tokens bigint, p_member_left bigint)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN p_member_left IS NULL OR p_tokens <= p_member_left;
 
 -- A hold that fits takes free tokens first; the rest of it is additional.
 CREATE FUNCTION tokens_hold_free_part(p_tokens bigint, p_free_left bigint)
@@ -84,7 +96,9 @@ $$;
 -- A (team, key) and a charge come at most once per call (group commit keeps a
 -- repeat for the next batch).
 --
--- Holds: tokens_hold_fits / tokens_hold_free_part on the month's running room.
+-- Holds: tokens_member_allows, tokens_hold_fits and tokens_hold_free_part on the
+-- running room of the hold's month (and of its member's, under a cap); a
+-- refused hold says why (`refusal`: 'member_cap' or 'not_enough_tokens').
 -- Idempotent by (team, key): the same key returns the same charge, whatever the
 -- clock; other parameters are an error (TK002).
 -- Settlements: 'captured' (the search happened: spent) or 'released' /
@@ -98,7 +112,8 @@ $$;
 CREATE FUNCTION tokens_apply(
     settle_charge bigint[], settle_state text[], settle_at timestamptz[],
     hold_team text[], hold_key text[], hold_action text[], hold_quantity integer[],
-    hold_tokens bigint[], hold_at timestamptz[], hold_job text[], hold_lead text[]
+    hold_tokens bigint[], hold_at timestamptz[], hold_job text[], hold_lead text[],
+    hold_member text[]
 )
 RETURNS TABLE (
     kind text, pos integer, err_code text, err_message text, err_detail jsonb,
@@ -107,7 +122,7 @@ RETURNS TABLE (
     free_tokens bigint, additional_tokens bigint, state text, job_id text, lead_id text,
     held_at timestamptz, settled_at timestamptz, replayed boolean, changed boolean,
     free_available bigint, additional_available bigint,
-    unbilled_additional bigint, threshold_reached boolean
+    unbilled_additional bigint, threshold_reached boolean, member text, refusal text
 )
 LANGUAGE plpgsql
 -- The statements below reach every row by its key and walk the items with
@@ -133,6 +148,7 @@ DECLARE
     hold_charge bigint[];        -- new, replayed, or the one its reused key belongs to
     hold_replayed boolean[];
     hold_refused boolean[];
+    hold_refusal text[];         -- why it was refused
     hold_free bigint[];          -- its free part (the rest is additional)
     free_left_after bigint[];    -- the month's room once it is decided
     additional_left_after bigint[];
@@ -143,6 +159,11 @@ DECLARE
     month_no integer;
     month_free_left bigint[];
     month_additional_left bigint[];
+    -- Each capped member's month, numbered, and the room its cap leaves.
+    hold_member_no integer[];
+    member_no integer;
+    member_left bigint[];
+    capped_members integer := 0;
     -- The rows this call locks.
     locked_team text[];
     locked_month timestamptz[];
@@ -280,6 +301,13 @@ BEGIN
                additional_spent = b.additional_spent
                    + CASE WHEN c.state = 'captured' THEN c.additional_tokens ELSE 0 END
          WHERE b.team_id = c.team_id AND b.period_start = c.period_start;
+        IF c.member IS NOT NULL THEN  -- a capped member's totals, when the row exists
+            UPDATE member_months mm
+               SET held = mm.held - c.tokens,
+                   spent = mm.spent + CASE WHEN c.state = 'captured' THEN c.tokens ELSE 0 END
+             WHERE mm.team_id = c.team_id AND mm.period_start = c.period_start
+               AND mm.member = c.member;
+        END IF;
     ELSIF cardinality(settling) > 1 THEN
         WITH done AS (
             UPDATE charges ch
@@ -287,7 +315,19 @@ BEGIN
                    settled_at = settle_at[array_position(settle_charge, ch.id)]
              WHERE ch.id = ANY (settling)
             RETURNING ch.id, ch.team_id, ch.period_start, ch.free_tokens, ch.additional_tokens,
-                      ch.state
+                      ch.state, ch.member, ch.tokens
+        ), members AS (
+            UPDATE member_months mm
+               SET held = mm.held - d.held,
+                   spent = mm.spent + d.spent
+              FROM (SELECT done.team_id, done.period_start, done.member,
+                           sum(done.tokens) AS held,
+                           coalesce(sum(done.tokens) FILTER (WHERE done.state = 'captured'), 0)
+                               AS spent
+                      FROM done WHERE done.member IS NOT NULL
+                     GROUP BY 1, 2, 3) d
+             WHERE mm.team_id = d.team_id AND mm.period_start = d.period_start
+               AND mm.member = d.member
         ), months AS (
             UPDATE billing_months b
                SET free_held = b.free_held - d.free_held,
@@ -318,7 +358,8 @@ BEGIN
                ch.id, ch.team_id, ch.period_start, mb.period_end, ch.idempotency_key, ch.action,
                ch.quantity, ch.tokens, ch.free_tokens, ch.additional_tokens, ch.state,
                ch.job_id, ch.lead_id, ch.held_at, ch.settled_at, NULL::boolean,
-               ch.id = ANY (settling), NULL::bigint, NULL::bigint, mb.unbilled, mb.reached
+               ch.id = ANY (settling), NULL::bigint, NULL::bigint, mb.unbilled, mb.reached,
+               ch.member, NULL::text
           FROM (SELECT j AS i, settle_charge[j] AS id, settle_state[j] AS st
                   FROM generate_subscripts(settle_charge, 1) j) u
           LEFT JOIN LATERAL (SELECT * FROM charges c1 WHERE c1.id = u.id OFFSET 0) ch ON true
@@ -348,8 +389,9 @@ BEGIN
     END IF;
 
     -- 6. Decide the holds, in array order, each on its month's running room as
-    --    the settlements above left it: the rule of tokens_hold_fits and
-    --    tokens_hold_free_part. Holds that are errors or replays have no month.
+    --    the settlements above left it (and its member's, under a cap): the rule
+    --    of the functions at the top of this file. Holds that are errors or
+    --    replays have no month.
     FOR k IN
         SELECT d.items, r.free_left, r.additional_left
           FROM (SELECT hold_team[j] AS t, hold_month[j] AS ms, array_agg(j::integer) AS items
@@ -370,19 +412,58 @@ BEGIN
             hold_month_no[i] := month_no;
         END LOOP;
     END LOOP;
+    --    A capped member's room: their month's row of member_months, made from
+    --    their charges when the cap first applies in that month (the month lock
+    --    is held, so no other transaction changes those charges meanwhile).
+    FOR k IN
+        SELECT d.items, d.t, d.ms, d.mem, mc.cap
+          FROM (SELECT hold_team[j] AS t, hold_month[j] AS ms, hold_member[j] AS mem,
+                       array_agg(j::integer) AS items
+                  FROM generate_subscripts(hold_member, 1) j
+                 WHERE hold_month[j] IS NOT NULL AND hold_member[j] IS NOT NULL
+                 GROUP BY 1, 2, 3) d
+          JOIN LATERAL (SELECT c1.cap FROM member_caps c1
+                         WHERE c1.team_id = d.t AND c1.member = d.mem OFFSET 0) mc ON true
+    LOOP
+        INSERT INTO member_months (team_id, period_start, member, held, spent)
+        SELECT k.t, k.ms, k.mem,
+               coalesce(sum(ch.tokens) FILTER (WHERE ch.state = 'held'), 0),
+               coalesce(sum(ch.tokens) FILTER (WHERE ch.state = 'captured'), 0)
+          FROM charges ch
+         WHERE ch.team_id = k.t AND ch.period_start = k.ms AND ch.member = k.mem
+        ON CONFLICT DO NOTHING;
+        member_no := coalesce(member_no, 0) + 1;
+        member_left[member_no] := (SELECT greatest(k.cap - mm.held - mm.spent, 0)
+                                     FROM member_months mm
+                                    WHERE mm.team_id = k.t AND mm.period_start = k.ms
+                                      AND mm.member = k.mem);
+        FOREACH i IN ARRAY k.items LOOP
+            hold_member_no[i] := member_no;
+        END LOOP;
+        capped_members := member_no;
+    END LOOP;
+
     FOR i IN 1..hold_count LOOP
         month_no := hold_month_no[i];
         CONTINUE WHEN month_no IS NULL;
+        member_no := hold_member_no[i];
         hold_replayed[i] := false;
-        IF tokens_hold_fits(hold_tokens[i], month_free_left[month_no],
-                            month_additional_left[month_no]) THEN
+        IF NOT tokens_member_allows(hold_tokens[i], member_left[member_no]) THEN
+            hold_refused[i] := true;
+            hold_refusal[i] := 'member_cap';
+        ELSIF NOT tokens_hold_fits(hold_tokens[i], month_free_left[month_no],
+                                   month_additional_left[month_no]) THEN
+            hold_refused[i] := true;
+            hold_refusal[i] := 'not_enough_tokens';
+        ELSE
             hold_free[i] := tokens_hold_free_part(hold_tokens[i], month_free_left[month_no]);
             month_free_left[month_no] := month_free_left[month_no] - hold_free[i];
             month_additional_left[month_no] := month_additional_left[month_no]
                                                - (hold_tokens[i] - hold_free[i]);
+            IF member_no IS NOT NULL THEN
+                member_left[member_no] := member_left[member_no] - hold_tokens[i];
+            END IF;
             to_insert := to_insert || i;
-        ELSE
-            hold_refused[i] := true;
         END IF;
         free_left_after[i] := month_free_left[month_no];
         additional_left_after[i] := month_additional_left[month_no];
@@ -395,10 +476,10 @@ BEGIN
         FOR k IN
             INSERT INTO charges (team_id, period_start, idempotency_key, action, quantity,
                                  tokens, free_tokens, additional_tokens, state, job_id,
-                                 lead_id, held_at)
+                                 lead_id, held_at, member)
             SELECT hold_team[j], hold_month[j], hold_key[j], hold_action[j], hold_quantity[j],
                    hold_tokens[j], hold_free[j], hold_tokens[j] - hold_free[j], 'held',
-                   hold_job[j], hold_lead[j], hold_at[j]
+                   hold_job[j], hold_lead[j], hold_at[j], hold_member[j]
               FROM (SELECT to_insert[n] AS j FROM generate_subscripts(to_insert, 1) n) p
             ON CONFLICT (team_id, idempotency_key) DO NOTHING
             RETURNING charges.id, charges.team_id, charges.idempotency_key
@@ -429,6 +510,16 @@ BEGIN
              WHERE b.team_id = d.team_id AND b.period_start = d.period_start
                AND b.team_id = ANY (hold_team);
         END IF;
+        IF capped_members > 0 THEN
+            UPDATE member_months mm
+               SET held = mm.held + d.tokens
+              FROM (SELECT hold_team[j] AS t, hold_month[j] AS ms, hold_member[j] AS mem,
+                           sum(hold_tokens[j]) AS tokens
+                      FROM (SELECT inserted[n] AS j FROM generate_subscripts(inserted, 1) n) p
+                     WHERE hold_member_no[j] IS NOT NULL
+                     GROUP BY 1, 2, 3) d
+             WHERE mm.team_id = d.t AND mm.period_start = d.ms AND mm.member = d.mem;
+        END IF;
     END IF;
 
     -- 8. A refused hold, or one whose key lost the race, looks for a charge with
@@ -440,6 +531,7 @@ BEGIN
         hold_charge[i] := c.id;
         hold_month_end[i] := NULL;  -- its month is the charge's
         hold_refused[i] := false;
+        hold_refusal[i] := NULL;
         free_left_after[i] := NULL;
         additional_left_after[i] := NULL;
         IF c.action <> hold_action[i] OR c.quantity <> hold_quantity[i] THEN
@@ -465,7 +557,7 @@ BEGIN
            CASE WHEN hold_refused[u.i] THEN 'refused' ELSE ch.state END,
            ch.job_id, ch.lead_id, ch.held_at, ch.settled_at, hold_replayed[u.i],
            NULL::boolean, free_left_after[u.i], additional_left_after[u.i], NULL::bigint,
-           NULL::boolean
+           NULL::boolean, coalesce(ch.member, hold_member[u.i]), hold_refusal[u.i]
       FROM (SELECT j AS i, hold_team[j] AS t FROM generate_subscripts(hold_team, 1) j) u
       LEFT JOIN LATERAL (SELECT * FROM charges c1 WHERE c1.id = hold_charge[u.i] OFFSET 0) ch
         ON true
@@ -494,7 +586,8 @@ DECLARE
 BEGIN
     SELECT * INTO r FROM tokens_apply('{}', '{}', '{}', ARRAY[p_team], ARRAY[p_key],
                                       ARRAY[p_action], ARRAY[p_quantity], ARRAY[p_tokens],
-                                      ARRAY[p_at], ARRAY[p_job], ARRAY[p_lead]);
+                                      ARRAY[p_at], ARRAY[p_job], ARRAY[p_lead],
+                                      ARRAY[NULL::text]);
     IF r.err_code IS NOT NULL THEN
         PERFORM tokens_raise(r.err_code, r.err_detail);
     END IF;
@@ -517,7 +610,7 @@ DECLARE
     r record;
 BEGIN
     SELECT * INTO r FROM tokens_apply(ARRAY[p_charge], ARRAY[p_state], ARRAY[p_at],
-                                      '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}');
+                                      '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}');
     IF r.err_code IS NOT NULL THEN
         PERFORM tokens_raise(r.err_code, r.err_detail);
     END IF;
@@ -556,9 +649,9 @@ BEGIN
     RETURN QUERY
     SELECT a.charge_id, a.team_id, a.period_start, a.idempotency_key, a.action, a.quantity,
            a.tokens, a.free_tokens, a.additional_tokens, a.state, a.job_id, a.lead_id,
-           a.held_at, a.settled_at
+           a.held_at, a.settled_at, a.member
       FROM tokens_apply(ids, array_fill('expired'::text, ARRAY[n]), array_fill(p_at, ARRAY[n]),
-                        '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}') a
+                        '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}') a
      WHERE a.changed
      ORDER BY a.team_id, a.period_start, a.charge_id;
 END

@@ -104,4 +104,4 @@ WHERE (b.free_held, b.free_spent, b.additional_held, b.additional_spent)
        coalesce(s.additional_held, 0), coalesce(s.additional_spent, 0))
 
 -- apply --
-SELECT * FROM tokens_apply($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+SELECT * FROM tokens_apply($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
