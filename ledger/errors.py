@@ -137,6 +137,26 @@ class NotEnoughTokens(TokensError):
         self.result = result
 
 
+class MemberCapReached(TokensError):
+    """A hold that would take its member over their monthly cap, refused whole."""
+
+    code = "member_cap"
+
+    def __init__(self, result: HoldResult) -> None:
+        super().__init__(
+            f"member {result.member!r} of team {result.team!r} would go over their monthly "
+            f"cap: {result.action} x{result.quantity} needs {result.tokens} tokens"
+        )
+        self.result = result
+
+
+def refusal_error(result: HoldResult) -> TokensError:
+    """The error of a refused hold, by why it was refused."""
+    if result.refusal == "member_cap":
+        return MemberCapReached(result)
+    return NotEnoughTokens(result)
+
+
 class NotMigrated(TokensError):
     code = "not_migrated"
 

@@ -93,6 +93,28 @@ def actor(value: str) -> str:
     return value
 
 
+def member(value: str) -> str:
+    """A member of a team (the JWT's `sub`): who launched a job, whose spend a cap bounds."""
+    if not value.strip():
+        raise BadInput("member cannot be empty")
+    if len(value) > _MAX_ACTOR or not value.isprintable():
+        raise BadInput(
+            f"member must be at most {_MAX_ACTOR} printable characters (no NUL, newline or tab)"
+        )
+    return value
+
+
+def cap(value: int) -> int:
+    """A member's monthly cap in tokens: 0 (spends nothing) or more."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadInput(f"cap must be a whole number of tokens, got {value!r}")
+    if value < 0:
+        raise BadInput(f"cap cannot be negative, got {value}")
+    if value > _MAX_LIMIT:
+        raise BadInput(f"cap {value} is above the maximum of {_MAX_LIMIT}")
+    return value
+
+
 def stripe_customer(value: str) -> str:
     """A Stripe customer id (cus_...): one printable word."""
     if not value.strip():
