@@ -2,6 +2,10 @@
 
 A pure ASGI middleware in front of every route. In this order:
 
+0. A path holding a control character (`%0A`, `%00`, ...) is a 400: Starlette's
+   route patterns end in `$`, which also matches before a final newline, so
+   /v1/teams/acme%0A would reach the routes as team `acme`. No id of this API
+   holds one.
 1. A `Content-Length` over the route's limit is a 413 before anything else:
    nothing is read, nobody is authenticated.
 2. A request that may carry a body (not GET, HEAD or OPTIONS) is authenticated
@@ -36,6 +40,7 @@ WEBHOOK = "/v1/stripe/webhook"
 _LEAD_LISTS = re.compile(r"/v1/teams/.+/(jobs|quote)")
 _PAGE_FORM = re.compile(r"/teams/.+/billing/limit")
 _NO_BODY = ("GET", "HEAD", "OPTIONS")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def body_limit(settings_of: Services, path: str) -> int:
@@ -59,6 +64,10 @@ class BodyLimit:
         path: str = scope["path"]
         limit = body_limit(svc, path)
         try:
+            if _CONTROL.search(path):
+                raise ApiError(
+                    400, "bad_path", "the request path holds a control character (a newline?)"
+                )
             declared = _content_length(scope)
             if declared is not None and declared > limit:
                 raise _too_large(limit)

@@ -22,7 +22,7 @@ _MAX_ACTOR = 255
 def team_id(value: str) -> str:
     if not isinstance(value, str) or not _ID.fullmatch(value):
         raise BadInput(
-            f"invalid team id {value[:60]!r}: 1-200 characters, letters, digits and _.:@/+- "
+            f"invalid team id {str(value)[:60]!r}: 1-200 characters, letters, digits and _.:@/+- "
             "(starting with a letter or digit)"
         )
     return value
