@@ -36,7 +36,7 @@ Who = Annotated[auth.Caller, Depends(caller)]
 def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """The error responses a route can give, for the OpenAPI document."""
     what = {
-        400: "bad request",
+        400: "bad request (a path holding a control character, a bad Content-Length)",
         401: "no token, a bad signature, another algorithm than HS256, or an expired token",
         403: "the wrong team or role",
         404: "unknown team, job or bill",
@@ -48,5 +48,5 @@ def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: {"model": ErrorOut, "description": what[s]} for s in statuses}
 
 
-AUTHED = (401, 403, 404, 422, 503)
+AUTHED = (400, 401, 403, 404, 422, 503)
 WITH_BODY = (*AUTHED, 413)

@@ -146,7 +146,7 @@ async def change_limit(svc: Svc, team: str, tokens: int, who: auth.Caller) -> di
     responses={
         200: {"model": TeamOut, "description": "updated"},
         201: {"model": TeamOut, "description": "created"},
-        **documented(401, 403, 409, 413, 422, 503),
+        **documented(400, 401, 403, 409, 413, 422, 503),
     },
 )
 async def set_team(team: TeamPath, body: TeamIn, svc: Svc, who: Who) -> JSONResponse:
