@@ -96,8 +96,9 @@ def _verified(token: str, secret: str, max_lifetime_s: int) -> Caller:
     now = time.time()
     if exp <= now:
         raise unauthenticated("token_expired", "the token has expired")
-    # A future iat must not stretch the lifetime: count from now when it is later.
-    if exp - min(issued if issued is not None else now, now) > max_lifetime_s:
+    if issued is not None and issued > now:
+        raise unauthenticated("invalid_token", "invalid token: it is not valid yet (iat)")
+    if exp - (issued if issued is not None else now) > max_lifetime_s:
         raise unauthenticated(
             "token_lifetime",
             f"the token lives longer than the maximum of {max_lifetime_s} s allowed "
