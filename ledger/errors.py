@@ -93,15 +93,15 @@ class IdempotencyMismatch(TokensError):
 
 
 class JobIdReused(TokensError):
-    """An enqueue's job id was used before for another request (another team, action,
-    quantity or payload): as with an idempotency key, nothing is queued."""
+    """An enqueue's job id was used before by its team for another request (another
+    action, quantity or payload): as with an idempotency key, nothing is queued."""
 
     code = "job_id_reused"
 
     def __init__(self, job_id: str) -> None:
         super().__init__(
-            f"job id {job_id!r} was used before for another request (another team, action, "
-            "quantity or payload): nothing was queued; send it again with a new job_id"
+            f"job id {job_id!r} was used before for another request (another action, quantity "
+            "or payload): nothing was queued; send it again with a new job_id"
         )
         self.job_id = job_id
 

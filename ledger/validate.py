@@ -9,7 +9,8 @@ from ledger.errors import BadInput
 
 INTERVALS = ("month", "year")
 ROLES = ("admin", "member")
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/+-]{0,199}$")
+# fullmatch: `$` would also match before a trailing newline ("acme\n" is not "acme").
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@/+-]{0,199}")
 _MAX_QUANTITY = 1_000_000
 _MAX_SEATS = 1_000_000
 _MAX_LIMIT = 10**12
@@ -19,9 +20,9 @@ _MAX_ACTOR = 255
 
 
 def team_id(value: str) -> str:
-    if not _ID.match(value):
+    if not isinstance(value, str) or not _ID.fullmatch(value):
         raise BadInput(
-            f"invalid team id {value[:60]!r}: 1-200 characters, letters, digits and _.:@/+- "
+            f"invalid team id {str(value)[:60]!r}: 1-200 characters, letters, digits and _.:@/+- "
             "(starting with a letter or digit)"
         )
     return value

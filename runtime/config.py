@@ -132,6 +132,16 @@ class Settings(BaseSettings):
     # also signs the JWTs of the HTTP API).
     alert_webhook_url: str | None = None
     app_secret: str | None = None
+    # The longest an application's JWT may live (exp - iat, or exp - now without
+    # iat): a leaked token, or a page cookie made from one, dies within this.
+    jwt_max_lifetime_seconds: int = Field(default=24 * 3600, gt=0)
+    # Request bodies of the HTTP API, in bytes, refused with a 413 before they are
+    # read: a jobs or quote request (10,000 leads with every field filled, about 300
+    # bytes each, are 3 MB), Stripe's events (a few KB, an invoice with its lines a
+    # few hundred), anything else (a limit, a team's settings, the page's form).
+    max_jobs_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
+    max_webhook_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    max_body_bytes: int = Field(default=64 * 1024, gt=0)
     alert_interval_seconds: int = Field(default=10, gt=0)
     alert_timeout_seconds: float = Field(default=10.0, gt=0)
     # First retry delay of an alert the receiver did not take; doubles per try, capped.
