@@ -118,6 +118,7 @@ def create_app(settings: Settings, ready: Services | None = None) -> FastAPI:
 
 def _mount(app: FastAPI) -> None:
     from api import bills, jobs, page, teams, webhooks
+    from api.limits import BodyLimit
     from api.metrics import RequestMetrics
 
     app.include_router(teams.router)
@@ -125,7 +126,8 @@ def _mount(app: FastAPI) -> None:
     app.include_router(bills.router)
     app.include_router(webhooks.router)
     app.include_router(page.router)
-    app.add_middleware(RequestMetrics)
+    app.add_middleware(BodyLimit)
+    app.add_middleware(RequestMetrics)  # outermost: 401s and 413s are observed too
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

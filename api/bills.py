@@ -65,9 +65,13 @@ async def get_bill(
 ) -> JSONResponse:
     """One bill with the exact charges it billed and their sum by action (as `tokens bill
     show BILL --json`); only for its team."""
+    # The role first, for any bill; then another team's bill answers as an unknown one.
+    auth.require_role(who, BILL_READERS)
+    unknown = ApiError(404, UnknownBill.code, str(UnknownBill(bill_id)))
     try:
         explained = await explain_bill(svc.ledger.pool, bill_id)
-    except UnknownBill as exc:
-        raise ApiError(404, exc.code, str(exc)) from None
-    auth.authorize(who, explained.bill["team"], BILL_READERS)
+    except UnknownBill:
+        raise unknown from None
+    if not auth.may_see(who, explained.bill["team"]):
+        raise unknown
     return JSONResponse(plain(explained.as_dict()))

@@ -20,7 +20,8 @@ async def caller(
     _: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> auth.Caller:
     svc = services(request)
-    return auth.decode(auth.bearer(request.headers.get("authorization")), svc.app_secret)
+    token = auth.bearer(request.headers.get("authorization"))
+    return auth.decode(token, svc.app_secret, svc.settings.jwt_max_lifetime_seconds)
 
 
 async def _services(request: Request) -> Services:
@@ -35,15 +36,17 @@ Who = Annotated[auth.Caller, Depends(caller)]
 def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """The error responses a route can give, for the OpenAPI document."""
     what = {
-        400: "bad request",
+        400: "bad request (a path holding a control character, a bad Content-Length)",
         401: "no token, a bad signature, another algorithm than HS256, or an expired token",
         403: "the wrong team or role",
         404: "unknown team, job or bill",
         409: "a conflict (an idempotency key reused with other parameters, an anchor change)",
+        413: "the request body is larger than this route's limit",
         422: "bad input",
         503: "the database or the queue cannot be reached (see Retry-After)",
     }
     return {s: {"model": ErrorOut, "description": what[s]} for s in statuses}
 
 
-AUTHED = (401, 403, 404, 422, 503)
+AUTHED = (400, 401, 403, 404, 422, 503)
+WITH_BODY = (*AUTHED, 413)

@@ -133,5 +133,27 @@ def validation_message(errors: Any) -> str:
     if not errors:
         return "invalid request"
     first = errors[0]
-    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "request"
+    loc = tuple(first.get("loc", ()))
+    body = _body_message(first, loc)
+    if body is not None:
+        return body
+    where = ".".join(str(p) for p in loc if p != "body") or "request"
     return f"{where}: {first.get('msg', 'invalid')}"
+
+
+def _body_message(first: dict[str, Any], loc: tuple[Any, ...]) -> str | None:
+    """A body that is not a JSON object at all, said as such (pydantic's words, "16: JSON
+    decode error" or "Input should be a valid dictionary", name no field)."""
+    kind = first.get("type")
+    if kind == "json_invalid" and loc[:1] == ("body",):
+        at = f" at character {loc[1]}" if len(loc) > 1 else ""
+        why = (first.get("ctx") or {}).get("error", "not JSON")
+        return f"the request body is not valid JSON{at}: {why}"
+    if loc != ("body",):
+        return None
+    if kind == "missing":
+        return "a JSON object body is required (Content-Type: application/json)"
+    if isinstance(first.get("input"), bytes | str):
+        # FastAPI parses a body as JSON only when its Content-Type says so.
+        return "the request body must be JSON, sent with Content-Type: application/json"
+    return "the request body must be a JSON object"

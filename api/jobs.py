@@ -10,7 +10,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 
 from api import auth
-from api.deps import AUTHED, Svc, Who, documented
+from api.deps import AUTHED, WITH_BODY, Svc, Who, documented
 from api.errors import ApiError
 from api.schemas import JobsIn, JobsOut, JobStatusOut
 from api.teams import READERS, TeamPath
@@ -26,7 +26,7 @@ router = APIRouter(tags=["jobs"])
     "/v1/teams/{team:path}/jobs",
     status_code=202,
     response_model=None,
-    responses={202: {"model": JobsOut}, **documented(*AUTHED)},
+    responses={202: {"model": JobsOut}, **documented(*WITH_BODY, 409)},
 )
 async def create_jobs(team: TeamPath, body: JobsIn, svc: Svc, who: Who) -> JSONResponse:
     """Queue jobs: one per lead for enrich and debounce, one per generation for the AI
@@ -100,19 +100,17 @@ async def job_status(
 ) -> JSONResponse:
     """A job's status (queued, running, captured, refused, failed, released), its charge and
     its result; only for the job's team. arq keeps a finished job's result for 24 h."""
+    auth.require_role(who, READERS)
     job = Job(job_id, svc.redis, _queue_name=QUEUE)
     state = await job.status()
     info = await job.info() if state != JobStatus.not_found else None
+    # Another team's job answers as an unknown one: its id tells nothing of it.
+    unknown = ApiError(404, "unknown_job", f"unknown job {job_id!r}")
     if info is None or info.function not in ACTION_JOBS or not info.args:
-        raise ApiError(404, "unknown_job", f"unknown job {job_id!r}")
+        raise unknown
     team = str(info.args[0])
-    try:
-        auth.authorize(who, team, READERS)
-    except ApiError as refused:
-        if refused.code != "forbidden_team":
-            raise
-        # Not "acts for team x, not y": the job's id must not tell who owns it.
-        raise ApiError(403, "forbidden_team", "this job belongs to another team") from None
+    if not auth.may_see(who, team):
+        raise unknown
     lead_id = _lead_id(info.function, info.args)
     charge = await svc.ledger.charge_by_key(team, charge_key(job_id, lead_id))
     out = {

@@ -74,17 +74,21 @@ def _html(name: str, http_status: int = 200, **context: Any) -> HTMLResponse:
     )
 
 
-def _error_page(exc: ApiError) -> HTMLResponse:
+def error_page(exc: ApiError) -> HTMLResponse:
     return _html("error.html", exc.status, status=exc.status, code=exc.code, message=exc.message)
+
+
+def no_session() -> ApiError:
+    return auth.unauthenticated(
+        "missing_token", "open this page with ?token=<JWT> from the application"
+    )
 
 
 def _session(request: Request, svc: Services) -> tuple[str, auth.Caller]:
     token = request.cookies.get(COOKIE)
     if not token:
-        raise auth.unauthenticated(
-            "missing_token", "open this page with ?token=<JWT> from the application"
-        )
-    return token, auth.decode(token, svc.app_secret)
+        raise no_session()
+    return token, auth.decode(token, svc.app_secret, svc.settings.jwt_max_lifetime_seconds)
 
 
 @router.get("/teams/{team:path}/billing", response_class=HTMLResponse)
@@ -105,16 +109,16 @@ async def billing_page(
         auth.authorize(who, team, READERS)
         return await _render(svc, team, who, session, cursor=cursor, saved=saved is not None)
     except ApiError as exc:
-        return _error_page(exc)
+        return error_page(exc)
     except TokensError as exc:
-        return _error_page(ApiError(status_of(exc), exc.code, str(exc)))
+        return error_page(ApiError(status_of(exc), exc.code, str(exc)))
 
 
 def _sign_in(
     request: Request, svc: Services, team: str, token: str, cursor: str | None
 ) -> Response:
     """Check the token, keep it in the cookie, and drop it from the address."""
-    who = auth.decode(token, svc.app_secret)
+    who = auth.decode(token, svc.app_secret, svc.settings.jwt_max_lifetime_seconds)
     auth.authorize(who, team, READERS)
     target = f"/teams/{quote(team, safe='')}/billing" + (f"?cursor={cursor}" if cursor else "")
     response = RedirectResponse(target, status_code=303)
@@ -189,7 +193,7 @@ async def change_limit_form(
             raise ApiError(403, "csrf", "this form was not sent from its page; reload and retry")
         auth.authorize(who, team, (auth.ADMIN,))
     except ApiError as exc:
-        return _error_page(exc)
+        return error_page(exc)
     text = tokens.strip()
     try:
         # ASCII digits only: str.isdigit() and int() take other scripts' digits too.
@@ -202,7 +206,7 @@ async def change_limit_form(
         return await _render(svc, team, who, session, cursor=None, error=exc.message, status=422)
     except TokensError as exc:
         if isinstance(exc, UnknownTeam):
-            return _error_page(ApiError(404, exc.code, str(exc)))
+            return error_page(ApiError(404, exc.code, str(exc)))
         status = status_of(exc)
         return await _render(svc, team, who, session, cursor=None, error=str(exc), status=status)
     return RedirectResponse(f"/teams/{quote(team, safe='')}/billing?saved=1", status_code=303)

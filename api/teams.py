@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse, Response
 
 from api import auth
-from api.deps import AUTHED, Svc, Who, documented
+from api.deps import AUTHED, WITH_BODY, Svc, Who, documented
 from api.errors import ApiError
 from api.schemas import (
     AlertsOut,
@@ -123,7 +123,7 @@ async def alerts(team: TeamPath, svc: Svc, who: Who) -> JSONResponse:
 @router.put(
     "/{team:path}/limit",
     response_model=None,
-    responses={200: {"model": LimitOut}, **documented(*AUTHED)},
+    responses={200: {"model": LimitOut}, **documented(*WITH_BODY)},
 )
 async def set_limit(team: TeamPath, body: LimitIn, svc: Svc, who: Who) -> JSONResponse:
     """Change the monthly additional-token limit: admins of the team only; the token's `sub`
@@ -146,7 +146,7 @@ async def change_limit(svc: Svc, team: str, tokens: int, who: auth.Caller) -> di
     responses={
         200: {"model": TeamOut, "description": "updated"},
         201: {"model": TeamOut, "description": "created"},
-        **documented(401, 403, 409, 422, 503),
+        **documented(400, 401, 403, 409, 413, 422, 503),
     },
 )
 async def set_team(team: TeamPath, body: TeamIn, svc: Svc, who: Who) -> JSONResponse:

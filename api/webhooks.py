@@ -17,6 +17,30 @@ from billing.webhooks import WebhookHandler
 router = APIRouter(tags=["stripe"])
 
 TOLERANCE_S = 300  # Stripe's default: a signed request older than 5 minutes is refused
+# Stripe's ids are a few dozen characters; these bounds keep what is stored and logged small.
+MAX_ID = 255
+MAX_TYPE = 100
+
+
+def _short_text(value: object, longest: int) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= longest and value.isprintable()
+
+
+def _check_event(event: object) -> None:
+    """400 unless the payload has an event's shape: an id, a type and data.object, the ids
+    short printable text. What the object holds is the handler's to judge (a stored
+    refusal)."""
+    if not isinstance(event, dict) or not _short_text(event.get("id"), MAX_ID):
+        raise ApiError(
+            400, "bad_event", f"the payload is not a Stripe event (an id of 1-{MAX_ID} characters)"
+        )
+    if not _short_text(event.get("type"), MAX_TYPE) or not isinstance(event.get("data"), dict):
+        raise ApiError(400, "bad_event", "the payload is not a Stripe event (a type and data)")
+    obj = event["data"].get("object")
+    if not isinstance(obj, dict):
+        raise ApiError(400, "bad_event", "the event has no data.object")
+    if "id" in obj and not _short_text(obj["id"], MAX_ID):
+        raise ApiError(400, "bad_event", f"data.object.id must be 1-{MAX_ID} characters")
 
 
 @router.post(
@@ -24,7 +48,7 @@ TOLERANCE_S = 300  # Stripe's default: a signed request older than 5 minutes is 
     response_model=None,
     responses={
         200: {"model": WebhookOut},
-        **documented(400, 503),
+        **documented(400, 413, 503),
     },
     openapi_extra={
         "requestBody": {
@@ -55,13 +79,7 @@ async def stripe_webhook(
         event = json.loads(payload)
     except (stripe.SignatureVerificationError, ValueError) as exc:
         raise ApiError(400, "bad_signature", f"webhook refused: {exc}") from None
-    if not isinstance(event, dict) or not isinstance(event.get("id"), str) or not event["id"]:
-        raise ApiError(400, "bad_event", "the payload is not a Stripe event")
-    data = event.get("data")
-    if not isinstance(event.get("type"), str) or not isinstance(data, dict):
-        raise ApiError(400, "bad_event", "the payload is not a Stripe event")
-    if not isinstance(data.get("object"), dict):
-        raise ApiError(400, "bad_event", "the event has no data.object")
+    _check_event(event)
     try:
         outcome = await WebhookHandler(svc.ledger, svc.stripe, svc.clock).receive(event)
     except stripe.StripeError as exc:

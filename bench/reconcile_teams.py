@@ -52,8 +52,8 @@ async def setup(pool: asyncpg.Pool, prefix: str, teams: int, charges_per_team: i
         await conn.execute(
             f"""
             INSERT INTO billing_months (team_id, period_start, period_end, free_granted,
-                                        free_spent, additional_spent)
-            SELECT {ids}, $2, $3, $4, $4, $5
+                                        free_spent, additional_spent, unit_price, currency)
+            SELECT {ids}, $2, $3, $4, $4, $5, 0.01, 'usd'
             FROM generate_series(1, $6::int) AS g
             """,
             prefix,

@@ -108,11 +108,99 @@ async def explain_bill(pool: asyncpg.Pool, bill_id: int) -> Explained:
     return Explained(_bill(row), charges)
 
 
-async def reissue_bill(pool: asyncpg.Pool, bill_id: int, *, at: datetime) -> dict[str, Any]:
-    """A new bill for the same tokens; the old one becomes `reissued` (see README)."""
+# A reissue takes seconds; it holds the bill this long at most against reconcile runs.
+REISSUE_LEASE_SECONDS = 120
+
+
+async def reissue_bill(
+    pool: asyncpg.Pool, bill_id: int, *, at: datetime, client: Any = None
+) -> dict[str, Any]:
+    """A new bill for the same tokens; the old one becomes `reissued` (see README).
+
+    Never two live invoices for one bill's tokens: first the old invoice is made
+    unable to collect at Stripe (a draft deleted, an open or uncollectible one voided).
+    An invoice that carries the bill's amount and was paid, or that finance fixed (a
+    draft) or finalized after fixing it, means there is nothing to reissue: the bill
+    follows it (`reissued` false in the answer). `client`: a Stripe client, needed only
+    when the old bill has an invoice that could still collect."""
     at = validate.moment(at)
+    row = await pool.fetchrow(q("claim_for_reissue", SQL), bill_id, REISSUE_LEASE_SECONDS)
+    if row is None:
+        # Unknown, or held by a reconcile run: the function says which, changing nothing.
+        return await _reissue(pool, bill_id, at, None)
+    bill = Bill.model_validate(dict(row))
     try:
-        row = await pool.fetchrow(q("reissue_bill", SQL), bill_id, at)
+        if _may_collect(bill):
+            followed = await _settle_old_invoice(pool, client, bill)
+            if followed is not None:
+                return followed
+        return await _reissue(pool, bill_id, at, bill.lease_token)
+    finally:
+        await pool.execute(q("release_lease", SQL), bill_id, bill.lease_token)
+
+
+def _may_collect(bill: Bill) -> bool:
+    """A bill reissue may replace whose invoice could still collect money."""
+    if bill.stripe_invoice_id is None or bill.error_code == "invoice_deleted":
+        return False
+    return bill.status == "uncollectible" or (
+        bill.status == "failed" and bill.error_code in ("customer_deleted", "total_mismatch")
+    )
+
+
+async def _settle_old_invoice(pool: asyncpg.Pool, client: Any, bill: Bill) -> dict[str, Any] | None:
+    """Make the old invoice unable to collect; or, when it carries the bill (paid, or
+    fixed or finalized by finance), the bill follows it: -> the bill as it is now."""
+    import stripe
+
+    from billing.sender import carries
+
+    invoice_id = bill.stripe_invoice_id
+    if client is None:
+        raise ReissueRefused(
+            f"bill {bill.id} has invoice {invoice_id} at Stripe, which must be made "
+            "uncollectible first: set STRIPE_API_KEY"
+        )
+    try:
+        invoice = await client.v1.invoices.retrieve_async(invoice_id)
+    except stripe.InvalidRequestError as exc:
+        if exc.code == "resource_missing":
+            return None  # deleted at Stripe: nothing can collect
+        raise
+    if invoice.status == "paid" and carries(bill, invoice):
+        row = await pool.fetchrow(q("follow_paid", SQL), bill.id, bill.lease_token, bill.status)
+        return _followed(row or bill, invoice_id, "paid")
+    if invoice.status == "paid" and invoice.total:
+        raise ReissueRefused(
+            f"bill {bill.id}: invoice {invoice_id} was paid at {invoice.total} {bill.currency}, "
+            f"not the bill's {bill.amount_cents}; a reissue would bill every token again: "
+            "settle the difference in Stripe by hand"
+        )
+    fixed = carries(bill, invoice) and bill.error_code == "total_mismatch"
+    if fixed and invoice.status in ("draft", "open"):
+        # Finance fixed the draft (or finalized it fixed): the next run resumes on it.
+        return _followed(bill, invoice_id, invoice.status)
+    if invoice.status == "draft":
+        await client.v1.invoices.delete_async(invoice_id)
+    elif invoice.status in ("open", "uncollectible"):
+        await client.v1.invoices.void_invoice_async(
+            invoice_id, options={"idempotency_key": f"tokens-bill-{bill.public_id}-void"}
+        )
+    return None
+
+
+def _followed(row: Any, invoice_id: str | None, invoice_status: str) -> dict[str, Any]:
+    bill = row if isinstance(row, Bill) else Bill.model_validate(dict(row))
+    return {
+        **bill_dict(bill),
+        "reissued": False,
+        "follows": f"invoice {invoice_id} ({invoice_status} at Stripe)",
+    }
+
+
+async def _reissue(pool: asyncpg.Pool, bill_id: int, at: datetime, token: Any) -> dict[str, Any]:
+    try:
+        row = await pool.fetchrow(q("reissue_bill", SQL), bill_id, at, token)
     except asyncpg.PostgresError as exc:
         state = getattr(exc, "sqlstate", None)
         if state == "TK010":
@@ -123,4 +211,4 @@ async def reissue_bill(pool: asyncpg.Pool, bill_id: int, *, at: datetime) -> dic
             raise ReissueRefused(f"bill {bill_id} was reissued already") from None
         raise
     assert row is not None
-    return bill_dict(Bill.model_validate(dict(row)))
+    return {**bill_dict(Bill.model_validate(dict(row))), "reissued": True}

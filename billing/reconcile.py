@@ -171,7 +171,7 @@ async def reconcile(
                 sent = None
             else:
                 sent = await sender.send(row["id"], seen.get(row["stripe_invoice_id"]))
-        if sent is not None:
+        if sent is not None and not sent.waiting:
             report.touched[row["id"]] = sent.bill
             if sent.new_failure:
                 report.new_failures.add(row["id"])

@@ -51,7 +51,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 import asyncpg
 import stripe
@@ -82,6 +82,15 @@ class LeaseLost(Exception):
     """Another run claimed the bill since this run did: stop, write nothing."""
 
 
+class StatusMoved(Exception):
+    """A webhook changed the bill's status since this run read it: its news wins, the
+    run stops with the bill as it is now."""
+
+    def __init__(self, bill: Bill) -> None:
+        super().__init__(bill.id)
+        self.bill = bill
+
+
 @dataclass
 class Sent:
     """What one `send` did. `new_failure`: this run could not send the bill, or
@@ -89,6 +98,8 @@ class Sent:
 
     bill: Bill
     new_failure: bool = False
+    # Read and left as it was: a total mismatch still waiting for finance's fix.
+    waiting: bool = False
 
 
 def describe(bill: Bill) -> str:
@@ -156,6 +167,11 @@ class StripeSender:
         except LeaseLost:
             log.warning("bill_lease_lost", bill_id=bill_id, team=bill.team_id)
             return None
+        except StatusMoved as moved:
+            log.info(
+                "bill_status_moved", bill_id=bill_id, team=bill.team_id, status=moved.bill.status
+            )
+            return Sent(moved.bill)
         finally:
             await self.pool.execute(q("release_lease", SQL), bill_id, token)
 
@@ -181,7 +197,9 @@ class StripeSender:
             )
         client = self.client
         # The invoice as the last response of this attempt showed it (None: not seen).
+        # `seen` was read before the claim (the run's listing): it may be minutes old.
         invoice: Any = seen
+        fresh = False
         new_failure = False
         try:
             if bill.step == "created":
@@ -189,12 +207,17 @@ class StripeSender:
                 invoice = None
             if bill.step == "invoice_created":
                 bill, invoice = await self._item(client, bill)
+                fresh = invoice is not None
             if bill.step == "item_added":
-                bill, invoice = await self._finalize(client, bill, invoice)
+                before = (bill.status, bill.error_code)
+                bill, invoice = await self._finalize(client, bill, invoice if fresh else None)
+                fresh = True
                 if bill.status == "failed":
-                    return Sent(bill, new_failure=True)
+                    # A mismatch already reported waits for finance: not a new failure.
+                    same = (bill.status, bill.error_code) == before
+                    return Sent(bill, new_failure=not same, waiting=same)
             if bill.step == "finalized":
-                bill, new_failure = await self._collect(client, bill, invoice)
+                bill, new_failure = await self._collect(client, bill, invoice, fresh=fresh)
         except stripe.StripeError as exc:
             return await self._stripe_error(client, bill, exc)
         log.info(
@@ -298,16 +321,13 @@ class StripeSender:
         assert bill.stripe_invoice_id is not None
         if invoice is None:
             invoice = await client.v1.invoices.retrieve_async(bill.stripe_invoice_id)
-        if invoice.status == "draft":
-            discounts = sum(d.amount for d in (invoice.total_discount_amounts or []))
-            if invoice.total != bill.amount_cents or discounts:
+        if not carries(bill, invoice):
+            if invoice.status == "void":
                 return await self._fail(
-                    bill,
-                    "total_mismatch",
-                    f"invoice {invoice.id} totals {invoice.total} {bill.currency} "
-                    f"(discounts {discounts}) but the bill is {bill.amount_cents}: not finalized; "
-                    "fix the invoice in Stripe and reissue the bill",
+                    bill, "invoice_void", "the invoice was voided at Stripe", status="void"
                 ), invoice
+            return await self._mismatch(bill, invoice), invoice
+        if invoice.status == "draft":
             invoice = await client.v1.invoices.finalize_invoice_async(
                 bill.stripe_invoice_id,
                 # Automatic collection: Stripe charges it (or emails a send_invoice one).
@@ -326,14 +346,20 @@ class StripeSender:
         return bill, invoice
 
     async def _collect(
-        self, client: stripe.StripeClient, bill: Bill, invoice: Any
+        self, client: stripe.StripeClient, bill: Bill, invoice: Any, *, fresh: bool
     ) -> tuple[Bill, bool]:
         """A finalized invoice: learn its status; pay it only when Stripe has not and the
-        decline policy allows. -> (bill, a decline was received)."""
+        decline policy allows. `fresh`: `invoice` was read after this run claimed the bill
+        (else it is the run's listing, or None). -> (bill, a decline was received)."""
         assert bill.stripe_invoice_id is not None
         if invoice is None or invoice.id != bill.stripe_invoice_id:
-            invoice = await client.v1.invoices.retrieve_async(bill.stripe_invoice_id)
+            invoice, fresh = await client.v1.invoices.retrieve_async(bill.stripe_invoice_id), True
         now = self.clock()
+        if invoice.status == "open" and not fresh and self._pay_due(bill, now):
+            # Never pay on a stale reading: finance or Stripe may have acted since.
+            invoice = await client.v1.invoices.retrieve_async(bill.stripe_invoice_id)
+        if not carries(bill, invoice):
+            return await self._mismatch(bill, invoice), False
         # Stripe's own collection tried since we last looked, and the invoice is still
         # open: those attempts were declined. Count them before deciding to pay, so
         # that a card Stripe just failed is not charged again within the wait.
@@ -342,10 +368,10 @@ class StripeSender:
             return await self._declined_at_stripe(bill, tried, now), True
         if invoice.status == "open" and self._pay_due(bill, now):
             attempt = await self.pool.fetchval(
-                q("count_pay_attempt", SQL), bill.id, bill.lease_token
+                q("count_pay_attempt", SQL), bill.id, bill.lease_token, bill.status
             )
             if attempt is None:
-                raise LeaseLost(bill.id)
+                await self._moved(bill)
             try:
                 invoice = await client.v1.invoices.pay_async(
                     bill.stripe_invoice_id,
@@ -353,6 +379,13 @@ class StripeSender:
                 )
             except stripe.CardError as exc:
                 return await self._decline(bill, exc, now), True
+            except stripe.InvalidRequestError:
+                # Refused (already paid, void, no payment method...): what the invoice is
+                # now decides, not the error's words; Stripe gives "already paid" no code.
+                current = await client.v1.invoices.retrieve_async(bill.stripe_invoice_id)
+                if current.status == "open":
+                    raise
+                invoice = current
         status = FINAL_STATUSES.get(invoice.status)
         if status is None:  # still open
             status = "payment_failed" if bill.declines else "open"
@@ -390,11 +423,17 @@ class StripeSender:
             declines=declines,
         )
         row = await self.pool.fetchrow(
-            q("record_decline", SQL), bill.id, bill.lease_token, code, message, now, next_pay
+            q("record_decline", SQL),
+            bill.id,
+            bill.lease_token,
+            code,
+            message,
+            now,
+            next_pay,
+            bill.status,
+            bill.key_gen,
         )
-        if row is None:
-            raise LeaseLost(bill.id)
-        return Bill.model_validate(dict(row))
+        return await self._written(row, bill)
 
     async def _declined_at_stripe(self, bill: Bill, attempts: int, now: datetime) -> Bill:
         """Stripe's automatic collection failed (`attempts` in all on the invoice): the
@@ -415,10 +454,9 @@ class StripeSender:
             message,
             now,
             next_pay,
+            bill.status,
         )
-        if row is None:
-            raise LeaseLost(bill.id)
-        return Bill.model_validate(dict(row))
+        return await self._written(row, bill)
 
     # -- errors ----------------------------------------------------------------
 
@@ -438,6 +476,20 @@ class StripeSender:
         if exc.http_status == 409:
             # Another run's request with this key is still in flight at Stripe.
             return Sent(await self._note(bill, code, message, current, answered=False))
+        if (
+            bill.step == "invoice_created"
+            and isinstance(exc, stripe.InvalidRequestError)
+            and exc.code == "invoice_not_editable"
+            and bill.stripe_invoice_id
+        ):
+            # Finance finalized the draft before the bill's item was on it.
+            try:
+                invoice = await client.v1.invoices.retrieve_async(bill.stripe_invoice_id)
+            except stripe.StripeError:
+                invoice = None
+            if invoice is not None and invoice.status != "draft":
+                out = await self._mismatch(bill, invoice)
+                return Sent(out, new_failure=out is not bill, waiting=out is bill)
         if isinstance(exc, stripe.InvalidRequestError) and exc.code == "resource_missing":
             if exc.param == "customer" or "customer" in (exc.user_message or ""):
                 if await self._customer_deleted(client, bill):
@@ -540,10 +592,9 @@ class StripeSender:
             self.clock(),
             next_pay_at,
             release,
+            bill.status,
         )
-        if row is None:
-            raise LeaseLost(bill.id)
-        out = Bill.model_validate(dict(row))
+        out = await self._written(row, bill)
         if keep_error and bill.last_error:
             out = await self._note(out, bill.error_code or "", bill.last_error, status)
         return out
@@ -589,10 +640,67 @@ class StripeSender:
             status,
             answered,
             next_pay if next_pay is not None else bill.next_pay_at,
+            bill.status,
         )
+        return await self._written(row, bill)
+
+    async def _written(self, row: asyncpg.Record | None, bill: Bill) -> Bill:
+        """The bill as a write left it; nothing written: the lease or the status moved."""
         if row is None:
-            raise LeaseLost(bill.id)
+            await self._moved(bill)
         return Bill.model_validate(dict(row))
+
+    async def _moved(self, bill: Bill) -> NoReturn:
+        """A write changed nothing: another run holds the bill now, or a webhook changed
+        its status since this run read it."""
+        row = await self.pool.fetchrow(q("get_bill", SQL), bill.id)
+        if row is None or row["lease_token"] != bill.lease_token:
+            raise LeaseLost(bill.id)
+        raise StatusMoved(Bill.model_validate(dict(row)))
+
+    async def _mismatch(self, bill: Bill, invoice: Any) -> Bill:
+        """The invoice does not carry the bill's amount (finance edited the draft, or
+        finalized it before the bill's item was on it): the bill stops with
+        `total_mismatch`, nothing more is finalized or paid. Already so: unchanged, so
+        that a run reading it again reports nothing new."""
+        discounts = sum(d.amount for d in (invoice.total_discount_amounts or []))
+        if invoice.status == "draft":
+            state = "not finalized"
+            advice = (
+                "fix the draft in Stripe (remove what was added, or set the item back to "
+                f"{bill.amount_cents}) and the next reconcile finalizes it; or run "
+                f"`tokens bill reissue {bill.id}`, which deletes this draft and bills the "
+                "tokens on a new invoice"
+            )
+        elif invoice.status == "paid" and invoice.total:
+            state = "paid at Stripe"
+            advice = (
+                "settle the difference in Stripe by hand (a reissue would bill every token again)"
+            )
+        else:
+            state = f"{invoice.status} at Stripe"
+            advice = (
+                f"nothing was collected: `tokens bill reissue {bill.id}` bills the tokens on "
+                "a new invoice"
+                if invoice.status == "paid"
+                else f"`tokens bill reissue {bill.id}` voids it and bills the tokens on a new "
+                "invoice"
+            )
+        message = (
+            f"invoice {invoice.id} totals {invoice.total} {bill.currency} "
+            f"(discounts {discounts}) but the bill is {bill.amount_cents} ({state}); {advice}"
+        )
+        if bill.error_code == "total_mismatch" and bill.last_error == message:
+            return bill
+        return await self._fail(bill, "total_mismatch", message)
+
+
+def carries(bill: Bill, invoice: Any) -> bool:
+    """The invoice bills exactly the bill's amount, undiscounted: the only invoice a bill
+    may be finalized, paid or called paid on (an empty draft finance finalized is paid
+    at 0 at once, with the bill's tokens never charged)."""
+    discounts = sum(d.amount for d in (getattr(invoice, "total_discount_amounts", None) or []))
+    return bool(invoice.total == bill.amount_cents and not discounts)
 
 
 def _bill_tag(obj: Any) -> str | None:

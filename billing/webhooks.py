@@ -36,7 +36,7 @@ import structlog
 from billing.sender import FINAL_STATUSES
 from db.queries import parse
 from ledger import validate
-from ledger.errors import AnchorConflict, TokensError
+from ledger.errors import AnchorConflict, BadInput, TokensError
 from ledger.service import Ledger
 
 log = structlog.get_logger("tokens.billing")
@@ -63,6 +63,21 @@ def _sql() -> dict[str, str]:
 
 def q(name: str) -> str:
     return _sql()[name]
+
+
+class MalformedEvent(BadInput):
+    """A signed event whose object is not what its type says (a quantity that is not a
+    number, a list where an object belongs): stored as refused, never retried."""
+
+    code = "malformed_event"
+
+
+def _object(value: Any, what: str) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise MalformedEvent(f"{what} must be an object, got {type(value).__name__}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -155,11 +170,13 @@ class WebhookHandler:
     # -- subscriptions --------------------------------------------------------
 
     async def _subscription(self, sub: Mapping[str, Any]) -> str:
-        team = (sub.get("metadata") or {}).get("team")
+        team = _object(sub.get("metadata"), "the subscription's metadata").get("team")
         if not team:
             return "ignored: the subscription has no metadata.team"
         validate.team_id(team)
-        sub_id = str(sub["id"])
+        sub_id = sub.get("id")
+        if not isinstance(sub_id, str) or not sub_id:
+            raise MalformedEvent("the subscription has no id")
         status = sub.get("status")
         now = self.clock()
         if status in ENDED:
@@ -173,11 +190,17 @@ class WebhookHandler:
         plan, item = self._plan_item(sub)
         if plan is None or item is None:
             return f"ignored: no catalog plan lists the prices of subscription {sub_id}"
-        interval = ((item.get("price") or {}).get("recurring") or {}).get("interval")
+        price = _object(item.get("price"), "a subscription item's price")
+        interval = _object(price.get("recurring"), "a price's recurring").get("interval")
         anchor = _ts(sub.get("billing_cycle_anchor"))
         if anchor is None:
             return f"ignored: subscription {sub_id} has no billing_cycle_anchor"
-        seats = int(item.get("quantity") or 0)
+        seats = item.get("quantity") or 0
+        if isinstance(seats, bool) or not isinstance(seats, int):
+            raise MalformedEvent(
+                f"subscription {sub_id}: the item's quantity must be a whole number, "
+                f"got {str(seats)[:40]!r}"
+            )
         customer = _id(sub.get("customer"))
 
         async def set_team(anchored: datetime) -> None:
@@ -208,7 +231,11 @@ class WebhookHandler:
         return f"team {team}: {plan} x{seats} {interval}ly from {anchor.isoformat()}{kept}"
 
     def _plan_item(self, sub: Mapping[str, Any]) -> tuple[str | None, Mapping[str, Any] | None]:
-        for item in (sub.get("items") or {}).get("data") or []:
+        items = _object(sub.get("items"), "the subscription's items").get("data") or []
+        if not isinstance(items, list):
+            raise MalformedEvent("the subscription's items.data must be a list")
+        for item in items:
+            item = _object(item, "a subscription item")
             price = _id(item.get("price"))
             plan = self.ledger.catalog.plan_for_price(price) if price else None
             if plan is not None:
@@ -226,6 +253,8 @@ class WebhookHandler:
                 return "ignored: an invoice event without the invoice's id or status"
             return f"ignored: invoice {invoice_id} is {stripe_status}"
         status, code, message = news
+        if status == "paid":
+            status, code, message = await self._paid_in_full(invoice_id, invoice)
         row = await self.pool.fetchrow(
             q("invoice_news"), invoice_id, status, stripe_status, code, message, self.clock()
         )
@@ -238,6 +267,30 @@ class WebhookHandler:
             "reissued_bill_invoice_event", bill_id=other["id"], invoice=invoice_id, status=status
         )
         return f"bill {other['id']} is {other['status']}: its invoice is {stripe_status} at Stripe"
+
+    async def _paid_in_full(
+        self, invoice_id: str | None, invoice: Mapping[str, Any]
+    ) -> tuple[str, str | None, str | None]:
+        """A paid invoice makes its bill paid only when it totals the bill's amount: an
+        empty draft finance finalized is paid at 0 at once, the tokens never charged."""
+        bill = await self.pool.fetchrow(q("invoice_bill"), invoice_id)
+        total = invoice.get("total")
+        if bill is None or total == bill["amount_cents"]:
+            return "paid", None, None
+        return (
+            "failed",
+            "total_mismatch",
+            (
+                f"invoice {invoice_id} was paid at {total} {bill['currency']} but the bill is "
+                f"{bill['amount_cents']}: its tokens are not charged in full; "
+                + (
+                    f"`tokens bill reissue {bill['id']}` bills them on a new invoice"
+                    if not total
+                    else "settle the difference in Stripe by hand (a reissue would bill every "
+                    "token again)"
+                )
+            ),
+        )
 
 
 def bill_news(kind: str, stripe_status: str) -> tuple[str, str | None, str | None] | None:

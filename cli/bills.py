@@ -118,7 +118,8 @@ def reissue(
     ] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Bill the same tokens again on a new invoice (a void bill, or one failed for good)."""
+    """Bill the same tokens again on a new invoice (a void or uncollectible bill, or one
+    failed for good); the old invoice is first made unable to collect at Stripe."""
     from billing.bills import parse_bill_id, reissue_bill
     from cli.common import clock_at, run, settings_for
     from runtime.app import open_ledger
@@ -128,12 +129,21 @@ def reissue(
     now = clock_at(at)
 
     async def go() -> dict[str, Any]:
+        from billing.stripe_client import make_stripe_client
+
         async with open_ledger(settings) as ledger:
-            return await reissue_bill(ledger.pool, bill_id, at=now)
+            return await reissue_bill(
+                ledger.pool, bill_id, at=now, client=make_stripe_client(settings)
+            )
 
     out = run(go())
     if json_out:
         render.print_json(out)
+    elif not out["reissued"]:
+        print(
+            f"bill {bill_id} was not reissued: it follows {out['follows']} "
+            f"(now {out['status']}; a fixed draft or open invoice resumes at the next reconcile)"
+        )
     else:
         print(
             f"bill {bill_id} reissued as bill {out['bill_id']} ({out['tokens']} tokens); "

@@ -93,15 +93,15 @@ class IdempotencyMismatch(TokensError):
 
 
 class JobIdReused(TokensError):
-    """An enqueue's job id was used before for another request (another team, action,
-    quantity or payload): as with an idempotency key, nothing is queued."""
+    """An enqueue's job id was used before by its team for another request (another
+    action, quantity or payload): as with an idempotency key, nothing is queued."""
 
     code = "job_id_reused"
 
     def __init__(self, job_id: str) -> None:
         super().__init__(
-            f"job id {job_id!r} was used before for another request (another team, action, "
-            "quantity or payload): nothing was queued; send it again with a new job_id"
+            f"job id {job_id!r} was used before for another request (another action, quantity "
+            "or payload): nothing was queued; send it again with a new job_id"
         )
         self.job_id = job_id
 
@@ -135,6 +135,26 @@ class NotEnoughTokens(TokensError):
             f"{result.additional_available} additional"
         )
         self.result = result
+
+
+class MemberCapReached(TokensError):
+    """A hold that would take its member over their monthly cap, refused whole."""
+
+    code = "member_cap"
+
+    def __init__(self, result: HoldResult) -> None:
+        super().__init__(
+            f"member {result.member!r} of team {result.team!r} would go over their monthly "
+            f"cap: {result.action} x{result.quantity} needs {result.tokens} tokens"
+        )
+        self.result = result
+
+
+def refusal_error(result: HoldResult) -> TokensError:
+    """The error of a refused hold, by why it was refused."""
+    if result.refusal == "member_cap":
+        return MemberCapReached(result)
+    return NotEnoughTokens(result)
 
 
 class NotMigrated(TokensError):

@@ -59,6 +59,7 @@ class HoldItem:
     at: datetime
     job_id: str | None
     lead_id: str | None
+    member: str | None = None
 
 
 @dataclass
@@ -100,6 +101,7 @@ async def apply(conn: Fetcher, items: Sequence[Item]) -> list[Outcome]:
         [h.at for h in holds],
         [h.job_id for h in holds],
         [h.lead_id for h in holds],
+        [h.member for h in holds],
     )
     out: list[Outcome | None] = [None] * len(items)
     for row in rows:
@@ -212,9 +214,10 @@ class GroupCommit:
         at: datetime,
         job_id: str | None,
         lead_id: str | None,
+        member: str | None = None,
     ) -> Row:
         return await self._submit(
-            HoldItem(team, key, action, quantity, tokens, at, job_id, lead_id), team
+            HoldItem(team, key, action, quantity, tokens, at, job_id, lead_id, member), team
         )
 
     async def settle(

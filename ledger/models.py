@@ -90,6 +90,7 @@ class BillingMonth(SQLModel, table=True):
     __tablename__ = "billing_months"
     __table_args__ = (
         CheckConstraint("period_end > period_start", name="billing_months_period_valid"),
+        CheckConstraint("unit_price > 0", name="billing_months_unit_price_pos"),
         CheckConstraint(
             "free_granted >= 0 AND free_held >= 0 AND free_spent >= 0 AND additional_held >= 0"
             " AND additional_spent >= 0 AND additional_billed >= 0",
@@ -119,6 +120,9 @@ class BillingMonth(SQLModel, table=True):
     additional_spent: int = _total("additional_spent")
     additional_billed: int = _total("additional_billed")
     closed_at: datetime | None = Field(default=None, sa_column=ts_column(nullable=True))
+    # The price in force when the month opened: its tokens are billed at it.
+    unit_price: Decimal = Field(sa_column=Column(Numeric(12, 6), nullable=False))
+    currency: str = Field(sa_column=Column(Text, nullable=False))
 
 
 class Charge(SQLModel, table=True):
@@ -143,6 +147,7 @@ class Charge(SQLModel, table=True):
             ["team_id", "period_start"],
             ["billing_months.team_id", "billing_months.period_start"],
         ),
+        CheckConstraint("member <> '' AND length(member) <= 255", name="charges_member_valid"),
         Index("charges_held_at_idx", "held_at", postgresql_where=text("state = 'held'")),
         Index("charges_team_period_idx", "team_id", "period_start", "id"),
     )
@@ -164,6 +169,7 @@ class Charge(SQLModel, table=True):
     lead_id: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     held_at: datetime = Field(sa_column=ts_column())
     settled_at: datetime | None = Field(default=None, sa_column=ts_column(nullable=True))
+    member: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
 
 
 class LimitChange(SQLModel, table=True):
@@ -185,6 +191,55 @@ class LimitChange(SQLModel, table=True):
     old_limit: int = Field(sa_column=Column(BigInteger, nullable=False))
     new_limit: int = Field(sa_column=Column(BigInteger, nullable=False))
     changed_at: datetime = Field(sa_column=ts_column())
+
+
+class MemberCap(SQLModel, table=True):
+    __tablename__ = "member_caps"
+    __table_args__ = (CheckConstraint("cap >= 0", name="member_caps_cap_nonneg"),)
+
+    team_id: str = Field(sa_column=Column(Text, ForeignKey("teams.id"), primary_key=True))
+    member: str = Field(sa_column=Column(Text, primary_key=True))
+    cap: int = Field(sa_column=Column(BigInteger, nullable=False))
+    updated_at: datetime = Field(sa_column=ts_column())
+
+
+class MemberCapChange(SQLModel, table=True):
+    __tablename__ = "member_cap_changes"
+    __table_args__ = (
+        CheckConstraint("actor <> ''", name="member_cap_changes_actor_valid"),
+        CheckConstraint("role = 'admin'", name="member_cap_changes_role_admin"),
+        CheckConstraint("new_cap >= 0", name="member_cap_changes_new_nonneg"),
+        Index("member_cap_changes_team_idx", "team_id", "id"),
+    )
+
+    id: int | None = Field(
+        default=None,
+        sa_column=Column(BigInteger, Identity(always=True), primary_key=True),
+    )
+    team_id: str = Field(sa_column=Column(Text, ForeignKey("teams.id"), nullable=False))
+    member: str = Field(sa_column=Column(Text, nullable=False))
+    actor: str = Field(sa_column=Column(Text, nullable=False))
+    role: str = Field(sa_column=Column(Text, nullable=False))
+    old_cap: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    new_cap: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    changed_at: datetime = Field(sa_column=ts_column())
+
+
+class MemberMonth(SQLModel, table=True):
+    __tablename__ = "member_months"
+    __table_args__ = (
+        CheckConstraint("held >= 0 AND spent >= 0", name="member_months_totals_nonneg"),
+        ForeignKeyConstraint(
+            ["team_id", "period_start"],
+            ["billing_months.team_id", "billing_months.period_start"],
+        ),
+    )
+
+    team_id: str = Field(sa_column=Column(Text, primary_key=True))
+    period_start: datetime = Field(sa_column=Column(DateTime(timezone=True), primary_key=True))
+    member: str = Field(sa_column=Column(Text, primary_key=True))
+    held: int = _total("held")
+    spent: int = _total("spent")
 
 
 class Alert(SQLModel, table=True):

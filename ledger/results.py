@@ -63,6 +63,7 @@ class ChargeRow(_Row):
     lead_id: str | None
     held_at: datetime
     settled_at: datetime | None
+    member: str | None  # who launched it, when known (the JWT's sub, --member)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +96,34 @@ class LimitChangeRow(_Row):
 
 
 @dataclass(frozen=True, slots=True)
+class MemberCapChangeRow(_Row):
+    """Who changed a member's monthly cap, when, from what to what (None: no cap)."""
+
+    id: int
+    team_id: str
+    member: str
+    actor: str
+    role: str
+    old_cap: int | None
+    new_cap: int | None
+    changed_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class MemberSpend(_Row):
+    """A capped member's use of one billing month."""
+
+    member: str
+    cap: int
+    held: int
+    spent: int
+
+    @property
+    def left(self) -> int:
+        return max(self.cap - self.held - self.spent, 0)
+
+
+@dataclass(frozen=True, slots=True)
 class HoldResult:
     """What a hold (or a replay of its key) returned. `state` is 'refused' when it did not fit."""
 
@@ -113,6 +142,9 @@ class HoldResult:
     held_at: datetime | None
     free_available: int | None
     additional_available: int | None
+    member: str | None = None
+    # Why a refused hold did not fit: 'not_enough_tokens' or 'member_cap'.
+    refusal: str | None = None
 
     @property
     def refused(self) -> bool:
@@ -154,6 +186,7 @@ class BillingSection:
     unit_price: Decimal
     currency: str
     recent_charges: list[ChargeRow]
+    members: list[MemberSpend]
 
     @property
     def held(self) -> int:

@@ -17,6 +17,7 @@ import asyncpg
 from db.queries import q
 from ledger import validate
 from ledger.alerts import TEAM_ALERTS, AlertRow
+from ledger.budget import Quote, quote
 from ledger.catalog import Catalog
 from ledger.errors import BadInput, NotAdmin, TrialNoAdditional, UnknownTeam, translate
 from ledger.group_commit import GroupCommit, HoldItem, SettleItem, apply_one
@@ -26,6 +27,8 @@ from ledger.results import (
     ChargeRow,
     HoldResult,
     LimitChangeRow,
+    MemberCapChangeRow,
+    MemberSpend,
     Settlement,
     TeamRow,
 )
@@ -181,6 +184,82 @@ class Ledger:
         log.info("limit_set", team=team, actor=actor, old=row["additional_limit"], new=tokens)
         return LimitChangeRow.from_record(change)
 
+    async def set_member_cap(
+        self, team: str, member: str, tokens: int | None, *, actor: str, role: str, at: datetime
+    ) -> MemberCapChangeRow:
+        """Set (or, with None, remove) a member's monthly cap in tokens: admins only,
+        every change recorded. A cap below what the member spent this month leaves
+        them nothing more to spend; it takes nothing back."""
+        validate.team_id(team)
+        validate.member(member)
+        if tokens is not None:
+            validate.cap(tokens)
+        validate.actor(actor)
+        validate.role(role)
+        at = validate.moment(at)
+        if role != "admin":
+            log.info("member_cap_refused", team=team, actor=actor, role=role, member=member)
+            raise NotAdmin(actor, role)
+
+        async def run() -> asyncpg.Record | None:
+            async with self.pool.acquire() as conn, conn.transaction():
+                # The team's lock orders this against opening a month (tokens_open_month).
+                if await conn.fetchrow(q("lock_team"), team) is None:
+                    raise UnknownTeam(team)
+                old = await conn.fetchval(q("member_cap"), team, member)
+                if tokens is None:
+                    await conn.execute(q("remove_member_cap"), team, member)
+                else:
+                    await conn.execute(q("set_member_cap"), team, member, tokens, at)
+                return await conn.fetchrow(
+                    q("record_member_cap_change"), team, member, actor, role, old, tokens, at
+                )
+
+        change = await self._run(run)
+        assert change is not None
+        log.info("member_cap_set", team=team, member=member, actor=actor,
+                 old=change["old_cap"], new=tokens)  # fmt: skip
+        return MemberCapChangeRow.from_record(change)
+
+    async def member_cap_changes(self, team: str) -> list[MemberCapChangeRow]:
+        await self.get_team(team)
+        rows = await self._run(
+            lambda: self.pool.fetch(
+                "SELECT * FROM member_cap_changes WHERE team_id = $1 ORDER BY id", team
+            )
+        )
+        return [MemberCapChangeRow.from_record(r) for r in rows]
+
+    async def quote(
+        self,
+        team: str,
+        action: str,
+        *,
+        quantity: int = 1,
+        leads: int | None = None,
+        member: str | None = None,
+        at: datetime,
+    ) -> Quote:
+        """What a job would cost now and how much of it fits (holding nothing). `leads`:
+        the size of a lead list (one charge of the action's tokens per lead)."""
+        validate.team_id(team)
+        validate.quantity(quantity)
+        if leads is not None:
+            validate.quantity(leads)
+        if member is not None:
+            validate.member(member)
+        tokens_each = self.catalog.tokens_for(action, 1 if leads is not None else quantity)
+        section = await self.billing(team, at=at, recent=0)
+        capped = next((m for m in section.members if m.member == member), None)
+        return quote(
+            section,
+            action=action,
+            tokens_each=tokens_each,
+            count=leads if leads is not None else 1,
+            is_lead_list=leads is not None,
+            member_left=None if capped is None else capped.left,
+        )
+
     async def limit_changes(self, team: str) -> list[LimitChangeRow]:
         await self.get_team(team)
         rows = await self._run(lambda: self.pool.fetch(q("limit_changes"), team))
@@ -206,11 +285,17 @@ class Ledger:
         at: datetime,
         job_id: str | None = None,
         lead_id: str | None = None,
+        member: str | None = None,
     ) -> HoldResult:
-        """Hold the tokens of one search before it runs (one round trip)."""
+        """Hold the tokens of one search before it runs (one round trip). `member`: who
+        launched it; a hold that would take them over their cap is refused."""
         tokens, at = self._hold_args(team, action, quantity, key, at)
+        if member is not None:
+            validate.member(member)
         try:
-            row = await self.group.hold(team, key, action, quantity, tokens, at, job_id, lead_id)
+            row = await self.group.hold(
+                team, key, action, quantity, tokens, at, job_id, lead_id, member
+            )
         except asyncpg.PostgresError as exc:
             _raise_translated(exc)
         result = _hold_result(team, key, action, quantity, row)
@@ -253,7 +338,14 @@ class Ledger:
         return settlement
 
     async def charge(
-        self, team: str, action: str, quantity: int, *, key: str, at: datetime
+        self,
+        team: str,
+        action: str,
+        quantity: int,
+        *,
+        key: str,
+        at: datetime,
+        member: str | None = None,
     ) -> tuple[HoldResult, Settlement | None]:
         """Hold and capture at once, as a search that already happened: the hold, then
         its capture, each through tokens_apply, in one transaction (not group commit).
@@ -261,10 +353,12 @@ class Ledger:
         A replayed key returns the existing charge untouched.
         """
         tokens, at = self._hold_args(team, action, quantity, key, at)
+        if member is not None:
+            validate.member(member)
 
         async def run() -> tuple[HoldResult, Settlement | None]:
             async with self.pool.acquire() as conn, conn.transaction():
-                item = HoldItem(team, key, action, quantity, tokens, at, None, None)
+                item = HoldItem(team, key, action, quantity, tokens, at, None, None, member)
                 held = _hold_result(team, key, action, quantity, await apply_one(conn, item))
                 if held.refused or held.replayed:
                     return held, None
@@ -320,6 +414,7 @@ class Ledger:
         row = await self._run(lambda: self.pool.fetchrow(q("billing_section"), team, at))
         assert row is not None
         charges = await self.pool.fetch(q("month_charges"), team, row["period_start"], recent)
+        members = await self.pool.fetch(q("member_spend"), team, row["period_start"])
         limit = int(row["effective_limit"])
         unit_price = Decimal(row["unit_price"]).normalize()
         additional_used = row["additional_held"] + row["additional_spent"]
@@ -345,6 +440,7 @@ class Ledger:
             unit_price=unit_price,
             currency=row["currency"],
             recent_charges=[ChargeRow.from_record(c) for c in charges],
+            members=[MemberSpend.from_record(m) for m in members],
         )
 
     async def history(self, team: str) -> list[ChargeRow]:
@@ -369,8 +465,11 @@ class Ledger:
         return [AlertRow.from_record(r) for r in rows]
 
     async def drift(self) -> list[dict[str, Any]]:
-        """Months whose running totals differ from their charges (always empty)."""
-        return [dict(r) for r in await self.pool.fetch(q("ledger_drift"))]
+        """Running totals that differ from their charges (always empty): a month's, or a
+        capped member's in a month."""
+        months = await self.pool.fetch(q("ledger_drift"))
+        members = await self.pool.fetch(q("member_drift"))
+        return [dict(r) for r in months] + [dict(r) for r in members]
 
 
 def _raise_translated(exc: asyncpg.PostgresError) -> NoReturn:
@@ -401,6 +500,8 @@ def _hold_result(
         held_at=row["held_at"],
         free_available=row["free_available"],
         additional_available=row["additional_available"],
+        member=row["member"],
+        refusal=row["refusal"],
     )
 
 

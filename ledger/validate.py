@@ -9,7 +9,8 @@ from ledger.errors import BadInput
 
 INTERVALS = ("month", "year")
 ROLES = ("admin", "member")
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/+-]{0,199}$")
+# fullmatch: `$` would also match before a trailing newline ("acme\n" is not "acme").
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@/+-]{0,199}")
 _MAX_QUANTITY = 1_000_000
 _MAX_SEATS = 1_000_000
 _MAX_LIMIT = 10**12
@@ -19,9 +20,9 @@ _MAX_ACTOR = 255
 
 
 def team_id(value: str) -> str:
-    if not _ID.match(value):
+    if not isinstance(value, str) or not _ID.fullmatch(value):
         raise BadInput(
-            f"invalid team id {value[:60]!r}: 1-200 characters, letters, digits and _.:@/+- "
+            f"invalid team id {str(value)[:60]!r}: 1-200 characters, letters, digits and _.:@/+- "
             "(starting with a letter or digit)"
         )
     return value
@@ -90,6 +91,28 @@ def actor(value: str) -> str:
         raise BadInput(
             f"actor must be at most {_MAX_ACTOR} printable characters (no NUL, newline or tab)"
         )
+    return value
+
+
+def member(value: str) -> str:
+    """A member of a team (the JWT's `sub`): who launched a job, whose spend a cap bounds."""
+    if not value.strip():
+        raise BadInput("member cannot be empty")
+    if len(value) > _MAX_ACTOR or not value.isprintable():
+        raise BadInput(
+            f"member must be at most {_MAX_ACTOR} printable characters (no NUL, newline or tab)"
+        )
+    return value
+
+
+def cap(value: int) -> int:
+    """A member's monthly cap in tokens: 0 (spends nothing) or more."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadInput(f"cap must be a whole number of tokens, got {value!r}")
+    if value < 0:
+        raise BadInput(f"cap cannot be negative, got {value}")
+    if value > _MAX_LIMIT:
+        raise BadInput(f"cap {value} is above the maximum of {_MAX_LIMIT}")
     return value
 
 

@@ -2,10 +2,49 @@
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class VendorSettings(BaseModel):
+    """One enrichment or verification vendor: TOKENS_<VENDOR>_API_KEY (or
+    TOKENS_<VENDOR>_API_KEY_FILE) and TOKENS_<VENDOR>_BASE_URL."""
+
+    api_key: SecretStr
+    base_url: str | None = None
+
+
+_VENDOR_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def vendor_names(value: str | None) -> list[str]:
+    """`pdl, hunter` -> ["pdl", "hunter"] (waterfall order)."""
+    return [n.strip().lower() for n in (value or "").split(",") if n.strip()]
+
+
+def vendor_from_env(name: str, environ: dict[str, str] | os._Environ[str]) -> VendorSettings:
+    """A vendor's key and address from the environment; the error names the
+    variables, never a key."""
+    upper = name.upper()
+    key = environ.get(f"TOKENS_{upper}_API_KEY", "").strip()
+    path = environ.get(f"TOKENS_{upper}_API_KEY_FILE", "").strip()
+    if not key and path:
+        try:
+            key = Path(path).read_text().strip()
+        except OSError as exc:
+            raise ValueError(
+                f"TOKENS_{upper}_API_KEY_FILE: cannot read {path} ({exc.strerror})"
+            ) from None
+    if not key:
+        raise ValueError(
+            f"vendor {name} needs TOKENS_{upper}_API_KEY or TOKENS_{upper}_API_KEY_FILE"
+        )
+    base = environ.get(f"TOKENS_{upper}_BASE_URL", "").strip() or None
+    return VendorSettings(api_key=SecretStr(key), base_url=base)
 
 
 class Settings(BaseSettings):
@@ -72,6 +111,19 @@ class Settings(BaseSettings):
     verify_base_url: str | None = None
     verify_api_key: str | None = None
     provider_timeout_seconds: float = Field(default=20.0, gt=0)
+    # Real vendors (README, "Real vendors"): comma-separated names in waterfall order;
+    # unset, the offline sandbox (or the enrich/verify base URL above).
+    enrich_providers: str | None = None
+    verify_providers: str | None = None
+    # A vendor's answer ends the waterfall from this confidence on (0-100).
+    enrich_min_confidence: int = Field(default=0, ge=0, le=100)
+    verify_min_confidence: int = Field(default=0, ge=0, le=100)
+    enrich_stop_at_first_found: bool = True
+    verify_stop_at_first_found: bool = True
+    # A vendor that refuses our key or says our credits are gone rests this long.
+    vendor_pause_seconds: float = Field(default=300.0, gt=0)
+    # Read from TOKENS_<VENDOR>_API_KEY[_FILE] / _BASE_URL for the vendors named above.
+    vendors: dict[str, VendorSettings] = Field(default_factory=dict)
     # Make the offline sandbox providers as slow as a real one (demo, crash tests).
     sandbox_latency_ms: int = Field(default=0, ge=0)
 
@@ -80,11 +132,46 @@ class Settings(BaseSettings):
     # also signs the JWTs of the HTTP API).
     alert_webhook_url: str | None = None
     app_secret: str | None = None
+    # The longest an application's JWT may live (exp - iat, or exp - now without
+    # iat): a leaked token, or a page cookie made from one, dies within this.
+    jwt_max_lifetime_seconds: int = Field(default=24 * 3600, gt=0)
+    # Request bodies of the HTTP API, in bytes, refused with a 413 before they are
+    # read: a jobs or quote request (10,000 leads with every field filled, about 300
+    # bytes each, are 3 MB), Stripe's events (a few KB, an invoice with its lines a
+    # few hundred), anything else (a limit, a team's settings, the page's form).
+    max_jobs_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
+    max_webhook_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    max_body_bytes: int = Field(default=64 * 1024, gt=0)
     alert_interval_seconds: int = Field(default=10, gt=0)
     alert_timeout_seconds: float = Field(default=10.0, gt=0)
     # First retry delay of an alert the receiver did not take; doubles per try, capped.
     alert_retry_base_seconds: float = Field(default=5.0, ge=0)
     alert_retry_max_seconds: float = Field(default=300.0, ge=0)
+
+    @model_validator(mode="after")
+    def _vendors_known_and_keyed(self) -> Settings:
+        """Every vendor named is one this version speaks, for its action, with a key."""
+        for action, names in (
+            ("enrich", vendor_names(self.enrich_providers)),
+            ("verify", vendor_names(self.verify_providers)),
+        ):
+            if not names:
+                continue
+            from worker.providers.vendors import VENDORS
+
+            variable = f"TOKENS_{action.upper()}_PROVIDERS"
+            known = sorted(n for n, v in VENDORS.items() if v.action == action)
+            for name in names:
+                if not _VENDOR_NAME.match(name) or name not in known:
+                    raise ValueError(
+                        f"{variable}: unknown vendor {name[:40]!r} (known: {', '.join(known)})"
+                    )
+            if len(set(names)) != len(names):
+                raise ValueError(f"{variable}: a vendor is named twice")
+            for name in names:
+                if name not in self.vendors:
+                    self.vendors[name] = vendor_from_env(name, os.environ)
+        return self
 
     @model_validator(mode="after")
     def _holds_outlive_their_jobs(self) -> Settings:

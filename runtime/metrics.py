@@ -41,5 +41,14 @@ OUTAGES = Counter(
     ["what", "event"],
 )  # what: hold, capture, release, sweep, reconcile; event: waited (in the job), deferred (requeued)
 
+VENDOR_ANSWERS = Counter(
+    "tokens_vendor_answers_total", "Enrichment/verification vendor answers", ["vendor", "kind"]
+)  # kind: searched, wait, never, ours
+VENDOR_PAUSES = Counter(
+    "tokens_vendor_pauses_total",
+    "Vendors paused because they refused our key or our credits ran out",
+    ["vendor"],
+)
+
 tokens_counter = Children(TOKENS)
 jobs_counter = Children(JOBS)

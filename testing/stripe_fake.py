@@ -31,8 +31,15 @@ What it models, as Stripe v1 does it (API 2026-10-28):
   ``days_until_due``; declines are 402 ``card_error`` with a ``decline_code``;
 * discounts: an invoice created without ``discounts`` inherits the customer's coupon,
   ``discounts=""`` means none; invoice items are ``discountable`` unless told otherwise;
-* finance's hand in the Dashboard: ``void_invoice``, ``mark_uncollectible``,
-  ``delete_draft``, ``delete_customer``;
+* finance's hand in the Dashboard: ``void_invoice`` (open or uncollectible),
+  ``mark_uncollectible`` (open), ``delete_draft`` (drafts only), ``finalize_draft``,
+  ``edit_draft_item`` (change or remove an item of a draft; also the API's
+  ``POST``/``DELETE /v1/invoiceitems/{id}``), ``pay_in_dashboard`` (an open or
+  uncollectible invoice), ``delete_customer``; paying a paid invoice is a 400 "Invoice is
+  already paid" (no error code: Stripe documents none for it), a void one a 400;
+* ``attempt_count`` as Stripe counts it: the first attempt, then only automatic retries;
+* ``after_next``: something happens (a webhook, finance) between a request running at
+  Stripe and its caller reading the answer;
 * rate limits: a 429 can be injected (``rate_limit_next``, with or without
   ``Stripe-Should-Retry``), and ``rate_limit_per_endpoint=`` / ``rate_limit_total=``
   requests per second refuse what goes over with a 429, as Stripe's limiter does;
@@ -101,6 +108,8 @@ STEPS: dict[str, tuple[str, str]] = {
     "create_invoiceitem": ("POST", "/v1/invoiceitems"),
     "list_invoiceitems": ("GET", "/v1/invoiceitems"),
     "retrieve_invoiceitem": ("GET", "/v1/invoiceitems/*"),
+    "update_invoiceitem": ("POST", "/v1/invoiceitems/*"),
+    "delete_invoiceitem": ("DELETE", "/v1/invoiceitems/*"),
 }
 
 # Test payment methods, as in Stripe test mode: id -> decline code (None: the card works)
@@ -174,7 +183,7 @@ def _no_such(kind: str, obj_id: str, param: str = "id", status: int = 400) -> St
 
 @dataclass
 class _Fault:
-    kind: str  # fail | timeout | lose_response | delay
+    kind: str  # fail | timeout | lose_response | delay | hold | after
     target: Target
     status: int = 500
     error: Json | None = None
@@ -182,6 +191,7 @@ class _Fault:
     should_retry: bool | None = None
     seconds: float = 0.0
     hold: Hold | None = None
+    action: Callable[[], Any] | None = None
 
 
 class Hold:
@@ -668,6 +678,29 @@ class StripeFake:
         """Finance deletes a draft invoice in the Dashboard."""
         self._delete_invoice({}, invoice)
 
+    def finalize_draft(self, invoice: str) -> None:
+        """Finance finalizes a draft in the Dashboard. Finalizing does not charge; an
+        amount due of 0 is marked paid at once, as at Stripe."""
+        self._finalize({}, invoice)
+
+    def edit_draft_item(self, item: str, *, amount: int | None = None) -> None:
+        """Finance changes an item of a draft in the Dashboard (amount None: removes it)."""
+        if amount is None:
+            self._delete_item({}, item)
+        else:
+            self._update_item({"amount": str(amount)}, item)
+
+    def pay_in_dashboard(self, invoice: str) -> None:
+        """The customer pays on the hosted page (or finance charges the card by hand);
+        the invoice may be open or uncollectible, as at Stripe."""
+        self._pay({}, invoice)
+
+    def after_next(self, target: Target, action: Callable[[], Any]) -> None:
+        """Next matching request runs, then ``action`` runs (awaited if it returns an
+        awaitable) before the response is on its way back: what Stripe, finance or a
+        webhook did between a request and its caller hearing the answer."""
+        self._queue(_Fault("after", target, action=action))
+
     def rate_limit_next(self, target: Target, *, should_retry: bool | None = None) -> None:
         """Next matching request gets a 429 ``rate_limit`` (not saved under its key), with
         ``Stripe-Should-Retry`` set as told (stripe-python retries only ``true``)."""
@@ -760,7 +793,7 @@ class StripeFake:
                 self._do_finalize(inv, charge=True)
             elif inv["status"] == "open" and inv["collection_method"] == "charge_automatically":
                 with contextlib.suppress(StripeError):
-                    self._attempt_payment(inv)
+                    self._attempt_payment(inv, automatic=True)
 
     # ------------------------------------------------------------ internals: plumbing
 
@@ -806,6 +839,8 @@ class StripeFake:
             ("POST", "/v1/invoiceitems", "create_invoiceitem", self._create_item),
             ("GET", "/v1/invoiceitems", "list_invoiceitems", self._list_items),
             ("GET", f"/v1/invoiceitems/{seg}", "retrieve_invoiceitem", self._retrieve_item),
+            ("POST", f"/v1/invoiceitems/{seg}", "update_invoiceitem", self._update_item),
+            ("DELETE", f"/v1/invoiceitems/{seg}", "delete_invoiceitem", self._delete_item),
             *self._subscription_routes(seg),
         ]
         return [_Route(m, re.compile(p), s, h) for m, p, s, h in table]
@@ -948,6 +983,8 @@ class StripeFake:
         if fault is not None and fault.kind == "delay":
             wait = asyncio.sleep(fault.seconds)
             return self._delayed(wait, True, request, route, args, req, None, request_id)
+        if fault is not None and fault.kind == "after":
+            return self._then(self._dispatch(request, route, args, req, None, request_id), fault)
         if fault is not None and fault.kind == "hold":
             assert fault.hold is not None
             held = fault.hold
@@ -955,6 +992,13 @@ class StripeFake:
                 held.wait(), held.reached, request, route, args, req, None, request_id
             )
         return self._dispatch(request, route, args, req, fault, request_id)
+
+    async def _then(self, response: httpx.Response, fault: _Fault) -> httpx.Response:
+        assert fault.action is not None
+        outcome = fault.action()
+        if asyncio.iscoroutine(outcome) or isinstance(outcome, asyncio.Future):
+            await outcome
+        return response
 
     def _over_rate_limit(self, route: _Route) -> bool:
         """Stripe's limiter (a one-second sliding window): per endpoint, then overall."""
@@ -1699,7 +1743,7 @@ class StripeFake:
             self._mark_paid(inv, amount=0)
         elif charge and inv["auto_advance"] and inv["collection_method"] == "charge_automatically":
             with contextlib.suppress(StripeError):  # finalize succeeds; invoice stays open
-                self._attempt_payment(inv)
+                self._attempt_payment(inv, automatic=True)
         self._touch(inv)
 
     def _mark_paid(self, inv: Json, *, amount: int) -> None:
@@ -1710,14 +1754,18 @@ class StripeFake:
         inv["next_payment_attempt"] = None
         inv["status_transitions"]["paid_at"] = self._now()
 
-    def _attempt_payment(self, inv: Json) -> None:
-        """Charge the customer's default payment method; StripeError(402) on a decline."""
+    def _attempt_payment(self, inv: Json, *, automatic: bool = False) -> None:
+        """Charge the customer's default payment method; StripeError(402) on a decline.
+        ``attempt_count`` counts as Stripe does: the first attempt, then only automatic
+        retries ("manual payment attempts after the first attempt do not affect the retry
+        schedule", Invoice.attempt_count in stripe-python)."""
         cus_id = inv["customer"]
         due = inv["amount_remaining"]
         if cus_id in self._no_payment_method:
             raise StripeError(400, NO_PAYMENT_METHOD, saved=True)
         inv["attempted"] = True
-        inv["attempt_count"] += 1
+        if automatic or inv["attempt_count"] == 0:
+            inv["attempt_count"] += 1
         if 0 < due < self.minimum_charge.get(inv["currency"], 50):
             # below Stripe's minimum charge: marked paid, the amount goes on the balance
             cus = self.customers[cus_id]
@@ -1750,9 +1798,10 @@ class StripeFake:
         self._customer(inv["customer"], "customer")
         out_of_band = bool(_bool(params, "paid_out_of_band", False))
         if inv["status"] == "paid":
-            raise StripeError(
-                400, "Invoice is already paid", code="invoice_already_paid", saved=True
-            )
+            # What Stripe answers (400 invalid_request_error, "Invoice is already paid"); its
+            # documented error codes (stripe-python's Invoice.last_finalization_error.code)
+            # have none for it, so callers must read the invoice, not match a code.
+            raise StripeError(400, "Invoice is already paid", saved=True)
         if inv["status"] == "void":
             raise StripeError(400, "This invoice can't be paid: it is void.", saved=True)
         if not out_of_band and inv["customer"] in self._no_payment_method:
@@ -2133,6 +2182,64 @@ class StripeFake:
         return self._expand(
             _clone(item), params, {"customer": self.customers, "invoice": self.invoices}
         )
+
+    def _editable_item(self, item_id: str) -> tuple[Json, Json | None]:
+        item = self.invoice_items.get(item_id)
+        if item is None:
+            raise _no_such("invoiceitem", item_id, "id", 404)
+        inv = self.invoices.get(item["invoice"]) if item["invoice"] else None
+        if inv is not None and inv["status"] != "draft":
+            raise StripeError(
+                400,
+                f"Invoice items on invoice {inv['id']} can't be changed: it is no longer a draft.",
+                code="invoice_not_editable",
+                saved=True,
+            )
+        return item, inv
+
+    def _update_item(self, params: dict[str, Any], item_id: str) -> Json:
+        _check_known(params, {"amount", "description", "metadata", "discountable"})
+        item, inv = self._editable_item(item_id)
+        if "amount" in params:
+            amount = _int(params, "amount")
+            assert amount is not None
+            item["amount"] = item["net_amount"] = amount
+            item["pricing"]["unit_amount_decimal"] = str(amount)
+        if "description" in params:
+            item["description"] = _str(params, "description")
+        if "discountable" in params:
+            item["discountable"] = bool(_bool(params, "discountable"))
+        item["metadata"] = _metadata(params, item["metadata"])
+        if inv is not None:
+            for line in inv["lines"]["data"]:
+                if line["parent"]["invoice_item_details"]["invoice_item"] == item_id:
+                    line.update(
+                        amount=item["amount"],
+                        subtotal=item["amount"],
+                        description=item["description"],
+                        discountable=item["discountable"],
+                        metadata=dict(item["metadata"]),
+                        pricing=_clone(item["pricing"]),
+                    )
+            self._recompute_totals(inv)
+            self._touch(inv)
+        return _clone(item)
+
+    def _delete_item(self, params: dict[str, Any], item_id: str) -> Json:
+        _check_known(params, ())
+        _, inv = self._editable_item(item_id)
+        del self.invoice_items[item_id]
+        if inv is not None:
+            lines = inv["lines"]
+            lines["data"] = [
+                li
+                for li in lines["data"]
+                if li["parent"]["invoice_item_details"]["invoice_item"] != item_id
+            ]
+            lines["total_count"] = len(lines["data"])
+            self._recompute_totals(inv)
+            self._touch(inv)
+        return {"id": item_id, "object": "invoiceitem", "deleted": True}
 
     def _list_items(self, params: dict[str, Any]) -> Json:
         _check_known(

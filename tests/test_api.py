@@ -28,6 +28,8 @@ from tests.api_helpers import (
 from tests.cli_helpers import Cli
 from tests.conftest import at
 from tests.test_worker import run_burst
+from worker.bulk import JobSpec, enqueue_many
+from worker.client import CLAIM_PREFIX, _fingerprint, plan_jobs
 from worker.queue import QUEUE
 
 
@@ -208,11 +210,12 @@ async def test_jobs_are_queued_once_per_id(
     body = {"action": "enrich", "payload": leads(3), "job_id": "b1"}
     first = await client.post("/v1/teams/acme/jobs", json=body, headers=bearer("member"))
     assert first.status_code == 202, first.text
-    assert first.json()["jobs"][0] == {"job_id": "b1:l0", "lead_id": "l0", "queued": True}
+    # The id is the team's: the queue's id says whose it is.
+    assert first.json()["jobs"][0] == {"job_id": "acme~b1:l0", "lead_id": "l0", "queued": True}
     again = await client.post("/v1/teams/acme/jobs", json=body, headers=bearer("member"))
     assert [j["queued"] for j in again.json()["jobs"]] == [False, False, False]
     assert await arq_redis.zcard(QUEUE) == 3
-    info = await Job("b1:l1", arq_redis, _queue_name=QUEUE).info()
+    info = await Job("acme~b1:l1", arq_redis, _queue_name=QUEUE).info()
     assert info is not None and info.function == "enrich"
     assert info.args == ("acme", {"id": "l1", "email": "p1@acme.io"})
     bad = {"action": "enrich", "payload": {"leads": [{"id": "x"}]}}
@@ -236,28 +239,93 @@ async def test_a_job_id_used_for_another_request_is_a_409_and_queues_nothing(
     spelled = body | {"payload": {"tone": "warm", "prompt": "hello"}}
     again = await client.post("/v1/teams/rival/jobs", json=spelled, headers=bearer("service", None))
     assert again.status_code == 202 and [j["queued"] for j in again.json()["jobs"]] == [False] * 2
-    # Another team with the same id: its jobs would have been "already queued", never run.
-    for team, other in (
-        ("acme", body),
-        ("rival", body | {"quantity": 3}),
-        ("rival", body | {"payload": {"prompt": "other"}}),
-        ("rival", {"action": "enrich", "payload": leads(2), "job_id": "j2"}),
+    for other in (
+        body | {"quantity": 3},
+        body | {"payload": {"prompt": "other"}},
+        {"action": "enrich", "payload": leads(2), "job_id": "j2"},
     ):
         refused = await client.post(
-            f"/v1/teams/{team}/jobs", json=other, headers=bearer("service", None)
+            "/v1/teams/rival/jobs", json=other, headers=bearer("service", None)
         )
-        assert refused.status_code == 409, (team, other, refused.text)
-        error = refused.json()["error"]
-        assert error["code"] == "job_id_reused" and "rival" not in error["message"]
-    # Nor may a job id name another request's job: "j2:0" is rival's first generation.
+        assert refused.status_code == 409, (other, refused.text)
+        assert refused.json()["error"]["code"] == "job_id_reused"
+    # Nor may a job id name another request's job: "j2:0" would be j2's first generation.
     colon = await client.post(
-        "/v1/teams/acme/jobs", json=body | {"job_id": "j2:0", "quantity": 1},
+        "/v1/teams/rival/jobs", json=body | {"job_id": "j2:0", "quantity": 1},
         headers=bearer("service", None),
     )  # fmt: skip
     assert colon.status_code == 422 and "job_id" in colon.json()["error"]["message"]
     assert await arq_redis.zcard(QUEUE) == 2
-    info = await Job("j2:0", arq_redis, _queue_name=QUEUE).info()
+    info = await Job("rival~j2:0", arq_redis, _queue_name=QUEUE).info()
     assert info is not None and info.args == ("rival", payload)
+
+
+async def test_two_teams_may_use_the_same_job_id_and_get_two_jobs(
+    ledger: Ledger,
+    client: httpx.AsyncClient,
+    arq_redis: ArqRedis,
+    database_url: str,
+    redis_url: str,
+) -> None:
+    await make_team(ledger)
+    await make_team(ledger, "rival")
+    body = {"action": "enrich", "payload": leads(1), "job_id": "import-43"}
+    # The rival claims the id first, with another request than acme's.
+    rival = await client.post(
+        "/v1/teams/rival/jobs", json=body | {"payload": leads(2)}, headers=bearer("member", "rival")
+    )
+    assert rival.status_code == 202
+    own = await client.post("/v1/teams/acme/jobs", json=body, headers=bearer("member"))
+    assert own.status_code == 202, own.text
+    [job] = own.json()["jobs"]
+    assert job["queued"] is True and job["job_id"] != rival.json()["jobs"][0]["job_id"]
+    assert await arq_redis.zcard(QUEUE) == 3
+    await run_burst(settings_for(database_url, redis_url))
+    # The id the 202 gave is what GET /v1/jobs takes; each team sees its own job only.
+    mine = await client.get(f"/v1/jobs/{job['job_id']}", headers=bearer("member"))
+    assert mine.status_code == 200, mine.text
+    assert (mine.json()["team"], mine.json()["status"]) == ("acme", "captured")
+    assert mine.json()["charge"]["job_id"] == job["job_id"]
+    assert [c.job_id for c in await ledger.history("acme")] == [job["job_id"]]
+    assert len(await ledger.history("rival")) == 2
+    theirs = await client.get(f"/v1/jobs/{job['job_id']}", headers=bearer("member", "rival"))
+    unknown = await client.get("/v1/jobs/acme~import-44:l0", headers=bearer("member", "rival"))
+    assert theirs.status_code == unknown.status_code == 404
+    assert theirs.json()["error"]["code"] == unknown.json()["error"]["code"] == "unknown_job"
+    assert theirs.json()["error"]["message"] == f"unknown job {job['job_id']!r}"
+
+
+async def test_a_request_queued_under_a_bare_job_id_is_replayed_not_queued_again(
+    ledger: Ledger,
+    client: httpx.AsyncClient,
+    arq_redis: ArqRedis,
+    database_url: str,
+    redis_url: str,
+) -> None:
+    # Jobs queued before job ids belonged to their team: bare ids, a bare claim.
+    await make_team(ledger)
+    await make_team(ledger, "rival")
+    body = {"action": "enrich", "payload": leads(2), "job_id": "old"}
+    planned = plan_jobs(ledger.catalog, "acme", "enrich", quantity=None, payload=leads(2))
+    bare = [(f"old:l{n}", args, lead) for n, (_, args, lead) in enumerate(planned)]
+    await arq_redis.set(CLAIM_PREFIX + "old", _fingerprint("enrich", bare))
+    await enqueue_many(
+        arq_redis, [JobSpec("enrich", jid, args) for jid, args, _ in bare], queue=QUEUE
+    )
+    again = await client.post("/v1/teams/acme/jobs", json=body, headers=bearer("member"))
+    assert again.status_code == 202
+    assert [(j["job_id"], j["queued"]) for j in again.json()["jobs"]] == [
+        ("old:l0", False),
+        ("old:l1", False),
+    ]
+    # Another team's request with that id is its own, not held back by the bare claim.
+    rival = await client.post("/v1/teams/rival/jobs", json=body, headers=bearer("member", "rival"))
+    assert [j["job_id"] for j in rival.json()["jobs"]] == ["rival~old:l0", "rival~old:l1"]
+    await run_burst(settings_for(database_url, redis_url))
+    # The old job is still read by its id, with its charge under the old key.
+    done = await client.get("/v1/jobs/old:l0", headers=bearer("member"))
+    assert done.status_code == 200 and done.json()["charge"]["key"] == "old:l0:l0"
+    assert len(await ledger.history("acme")) == 2
 
 
 async def _commands(redis: ArqRedis) -> dict[str, int]:
@@ -297,11 +365,11 @@ async def test_an_icebreaker_job_is_found_by_its_lead_as_the_worker_reads_it(
         headers=bearer("member"),
     )
     assert [(j["job_id"], j["lead_id"]) for j in posted.json()["jobs"]] == [
-        ("ib:0", "L1"),
-        ("ib:1", "L1"),
+        ("acme~ib:0", "L1"),
+        ("acme~ib:1", "L1"),
     ]
     await run_burst(settings_for(database_url, redis_url))
-    done = (await client.get("/v1/jobs/ib:0", headers=bearer("member"))).json()
+    done = (await client.get("/v1/jobs/acme~ib:0", headers=bearer("member"))).json()
     assert (done["status"], done["lead_id"]) == ("captured", "L1")
     assert done["charge"] is not None and done["charge"]["state"] == "captured"
 
@@ -325,18 +393,19 @@ async def test_job_status_from_queue_to_charge(
         json={"action": "enrich", "payload": leads(1), "job_id": "j2"},
         headers=bearer("member", "broke"),
     )
-    queued = await client.get("/v1/jobs/j1:l0", headers=bearer("member"))
+    queued = await client.get("/v1/jobs/acme~j1:l0", headers=bearer("member"))
     assert queued.status_code == 200
     assert (queued.json()["status"], queued.json()["charge"]) == ("queued", None)
     await run_burst(settings_for(database_url, redis_url))
-    done = (await client.get("/v1/jobs/j1:l0", headers=bearer("member"))).json()
+    done = (await client.get("/v1/jobs/acme~j1:l0", headers=bearer("member"))).json()
     assert done["status"] == "captured" and done["team"] == "acme" and done["lead_id"] == "l0"
     assert done["charge"]["state"] == "captured" and done["charge"]["tokens"] == 10
     assert done["result"]["status"] == "captured"
-    refused = await client.get("/v1/jobs/j2:l0", headers=bearer("service", None))
+    refused = await client.get("/v1/jobs/broke~j2:l0", headers=bearer("service", None))
     assert refused.json()["status"] == "refused" and refused.json()["charge"] is None
-    other = await client.get("/v1/jobs/j2:l0", headers=bearer("admin"))
-    assert other.status_code == 403 and "another team" in other.json()["error"]["message"]
+    other = await client.get("/v1/jobs/broke~j2:l0", headers=bearer("admin"))
+    assert other.status_code == 404 and other.json()["error"]["code"] == "unknown_job"
+    assert "broke" not in other.json()["error"]["message"].replace("broke~j2:l0", "")
     slashed = await client.post(
         "/v1/teams/acme/jobs",
         json={"action": "debounce", "payload": {"leads": [{"id": "a/b", "email": "x@y.io"}]}},
@@ -369,9 +438,13 @@ async def test_bills_of_a_team(ledger: Ledger, client: httpx.AsyncClient) -> Non
     )
     assert unsent.json()["bills"] == []
     assert (await client.get(f"/v1/bills/{bill.id}", headers=bearer("member"))).status_code == 403
+    # Another team's bill is an unknown one: same status, code and message shape.
     other = await client.get(f"/v1/bills/{bill.id}", headers=bearer("admin", "other"))
-    assert other.status_code == 403
-    assert (await client.get("/v1/bills/999999", headers=bearer("admin"))).status_code == 404
+    unknown = await client.get("/v1/bills/999999", headers=bearer("admin", "other"))
+    assert other.status_code == unknown.status_code == 404
+    assert other.json()["error"]["code"] == unknown.json()["error"]["code"] == "unknown_bill"
+    assert other.json()["error"]["message"] == f"unknown bill {bill.id}"
+    assert unknown.json()["error"]["message"] == "unknown bill 999999"
 
 
 async def test_unknown_team_route_and_bad_json_use_the_error_shape(

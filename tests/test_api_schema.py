@@ -32,7 +32,16 @@ def _token_for(method: str, path: str, team: str | None) -> str:
     return token("service", None, sub="fuzzer")
 
 
-def _call(case: schemathesis.Case) -> int:
+# Anyone else: the refusals (401, 403, 404) are answers as documented too, never a 5xx.
+OTHER_CALLERS: list[dict[str, str]] = [
+    {"Authorization": f"Bearer {token('member', 'acme', sub='fuzzer')}"},
+    {"Authorization": f"Bearer {token('admin', 'other', sub='fuzzer')}"},
+    {"Authorization": "Bearer not.a.jwt"},
+    {},
+]
+
+
+def _call(case: schemathesis.Case, anyone: bool = False) -> int:
     team = (case.path_parameters or {}).get("team")
     real = next(_turn) % 2 == 0  # half the cases on real data, so the 2xx answers come too
     if team is not None and real:
@@ -45,21 +54,23 @@ def _call(case: schemathesis.Case) -> int:
         if case.body.get("stripe_customer") is not None:
             case.body["stripe_customer"] = "cus_fuzz"
     headers = {"Authorization": f"Bearer {_token_for(case.method, case.path, team)}"}
+    if anyone:
+        headers = OTHER_CALLERS[next(_turn) % len(OTHER_CALLERS)]
     response = case.call_and_validate(headers=headers, checks=CHECKS, timeout=30)
     return int(response.status_code)
 
 
-def _fuzz(operation: Any, seen: set[int]) -> Callable[[], None]:
+def _fuzz(operation: Any, seen: set[int], anyone: bool = False) -> Callable[[], None]:
     @given(case=operation.as_strategy())
     @settings(
-        max_examples=EXAMPLES,
+        max_examples=EXAMPLES // 2 if anyone else EXAMPLES,
         deadline=None,
         suppress_health_check=list(HealthCheck),
         derandomize=True,
         database=None,
     )
     def run(case: schemathesis.Case) -> None:
-        seen.add(_call(case))
+        seen.add(_call(case, anyone))
 
     return run  # type: ignore[no-any-return]
 
@@ -86,6 +97,17 @@ def test_every_operation_answers_as_documented(live_api: LiveApi) -> None:
         "PUT /v1/teams/{team}",
         "GET /healthz",
     } <= reached, sorted(statuses.items())
+
+
+def test_every_operation_refuses_anyone_else_as_documented(live_api: LiveApi) -> None:
+    schema = schemathesis.openapi.from_url(f"{live_api.base_url}/openapi.json")
+    statuses: dict[str, set[int]] = {}
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        seen = statuses.setdefault(f"{operation.method.upper()} {operation.path}", set())
+        _fuzz(operation, seen, anyone=True)()
+    codes = set().union(*statuses.values())
+    assert {401, 403} <= codes and not any(c >= 500 for c in codes), statuses
 
 
 def test_the_document_names_every_endpoint(live_api: LiveApi) -> None:

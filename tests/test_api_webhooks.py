@@ -20,6 +20,7 @@ from api.app import create_app
 from billing.reconcile import bill_status, reconcile, team_bills
 from billing.sender import StripeSender
 from ledger.catalog import DEFAULT_CATALOG, Catalog, Plan
+from ledger.errors import UnknownTeam
 from ledger.service import Ledger
 from testing.stripe_fake import StripeFake
 from tests.api_helpers import WEBHOOK_SECRET, arq_redis, services_for, settings_for
@@ -406,3 +407,51 @@ async def test_without_a_stripe_key_the_events_object_is_used(
     assert response.status_code == 200, response.text
     team = await priced.get_team("acme")
     assert (team.seats, team.stripe_customer) == (4, "cus_x")
+
+
+async def test_a_malformed_signed_event_is_a_stored_refusal_never_a_500(
+    priced: Ledger,
+    arq_redis: ArqRedis,
+    database_url: str,
+    redis_url: str,
+    clock: Clock,
+    pool: asyncpg.Pool,
+) -> None:
+    svc = services_for(priced, arq_redis, settings_for(database_url, redis_url), clock=clock)
+    app = create_app(svc.settings, svc)
+    sub = StripeFake().add_subscription("cus_x", team="acme", price="price_eo_m", anchor=MAR_1)
+    item = sub["items"]["data"][0]
+    malformed = {
+        "quantity a string": sub | {"items": {"data": [item | {"quantity": "three"}]}},
+        "quantity a bool": sub | {"items": {"data": [item | {"quantity": True}]}},
+        "metadata a list": sub | {"metadata": ["team", "acme"]},
+        "team a number": sub | {"metadata": {"team": 7}},
+        "team with a newline": sub | {"metadata": {"team": "acme\n"}},
+        "items a string": sub | {"items": "none"},
+        "an item a string": sub | {"items": {"data": ["si_1"]}},
+        "price a list": sub | {"items": {"data": [item | {"price": ["price_eo_m"]}]}},
+    }
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://testserver"
+    ) as c:
+        for name, obj in malformed.items():
+            evt = event("customer.subscription.updated", obj)
+            response = await deliver(c, evt)
+            assert response.status_code == 200, (name, response.text)
+            result = response.json()["result"]
+            assert result.startswith(("refused: ", "ignored: ")), (name, result)
+            if "quantity" in name:
+                assert "malformed_event" in result and "whole number" in result, result
+            row = await pool.fetchrow("SELECT * FROM stripe_events WHERE id = $1", evt["id"])
+            assert (row["handled_at"] is not None, row["result"]) == (True, result), name
+        # Ids are bounded: too long is a 400, and nothing is stored.
+        long_id = event("customer.subscription.updated", sub, event_id="evt_" + "x" * 300)
+        too_long = await deliver(c, long_id)
+        long_object = event("customer.subscription.updated", sub | {"id": "sub_" + "y" * 300})
+        too_long_object = await deliver(c, long_object)
+    assert too_long.status_code == too_long_object.status_code == 400
+    assert too_long.json()["error"]["code"] == "bad_event"
+    assert await pool.fetchval("SELECT max(length(id)) FROM stripe_events") < 100
+    assert len(await stored(pool)) == len(malformed)
+    with pytest.raises(UnknownTeam):
+        await priced.get_team("acme")

@@ -31,8 +31,8 @@ async def _ended_months(pool: asyncpg.Pool) -> None:
         await conn.execute(
             """
             INSERT INTO billing_months (team_id, period_start, period_end, free_granted,
-                                        additional_spent)
-            SELECT 'bm-' || g, $1, $2, 0, $3::int FROM generate_series(1, $4::int) g
+                                        additional_spent, unit_price, currency)
+            SELECT 'bm-' || g, $1, $2, 0, $3::int, 0.01, 'usd' FROM generate_series(1, $4::int) g
             """,
             START,
             END,

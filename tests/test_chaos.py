@@ -158,8 +158,8 @@ def _counting_searches(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     searches: Counter[str] = Counter()
     build = worker_settings.build_providers
 
-    def counting(settings: Settings, http: Any) -> Providers:
-        providers = build(settings, http)
+    def counting(settings: Settings, http: Any, **kwargs: Any) -> Providers:
+        providers = build(settings, http, **kwargs)
         inner = providers.enrich
 
         class Counting:

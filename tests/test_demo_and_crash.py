@@ -218,7 +218,7 @@ async def test_worker_killed_mid_job_charges_once(
     finally:
         await redis.aclose()
     rows = await pool.fetch("SELECT idempotency_key, state, tokens FROM charges")
-    assert [tuple(r) for r in rows] == [("kill:l1:l1", "captured", 10)]
+    assert [tuple(r) for r in rows] == [("acme~kill:l1:l1", "captured", 10)]
 
 
 async def test_sigterm_lets_the_running_search_finish(

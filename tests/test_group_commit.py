@@ -131,6 +131,7 @@ async def test_one_batch_equals_one_at_a_time(
                 *([list(col) for col in zip(*holds, strict=True)] or [[]] * 6),
                 [None] * len(holds),
                 [None] * len(holds),
+                [None] * len(holds),
             )
             for r in rows:
                 if r["err_code"] is not None:

@@ -129,13 +129,18 @@ async def test_ai_without_key_sends_no_auth(http: httpx.AsyncClient) -> None:
 @pytest.mark.parametrize(
     "body", [{"choices": []}, {"error": "x"}, {"choices": [{"text": "hi"}]}, [1, 2]]
 )
-async def test_ai_malformed_envelope_is_bad_response(http: httpx.AsyncClient, body: Any) -> None:
+async def test_ai_malformed_envelope_is_a_search_unrecognized(
+    http: httpx.AsyncClient, body: Any
+) -> None:
+    """The model ran (and is billed): a 2xx we cannot read is charged, never released."""
     with respx.mock(base_url=AI_BASE) as mock:
         mock.post("/chat/completions").respond(200, json=body)
-        with pytest.raises(ProviderFailure) as info:
-            await OpenAIChatProvider(AI_BASE, KEY, "m", http).sequence(SequencePayload(prompt="x"))
-    assert not info.value.retryable
-    assert info.value.reason.startswith("bad response")
+        result = await OpenAIChatProvider(AI_BASE, KEY, "m", http).sequence(
+            SequencePayload(prompt="x")
+        )
+    assert result.outcome is Outcome.UNRECOGNIZED
+    assert result.data["unrecognized"] is True and result.data["http_status"] == 200
+    assert result.data["raw"] == json.dumps(body, separators=(",", ":"))
 
 
 # -------------------------------------------------------------------- Enrich
@@ -178,16 +183,22 @@ async def test_enrich_not_found(http: httpx.AsyncClient, status: int, body: Any)
         httpx.Response(200, json={"found": True, "person": "Jane"}),
         httpx.Response(200, json={"found": "yes", "person": {}}),
         httpx.Response(200, json={}),
+        httpx.Response(200, json={"found": True, "person": None}),
+        httpx.Response(201, json={"status": "catch_all", "echo": KEY}),
     ],
 )
-async def test_enrich_malformed_body(http: httpx.AsyncClient, response: httpx.Response) -> None:
+async def test_enrich_unreadable_2xx_is_a_search(
+    http: httpx.AsyncClient, response: httpx.Response
+) -> None:
+    """The provider searched: the lead is charged, marked unrecognized, never released."""
     with respx.mock(base_url=ENRICH_BASE) as mock:
         mock.post("/v1/enrich").mock(return_value=response)
-        with pytest.raises(ProviderFailure) as info:
-            await HttpEnrichProvider(ENRICH_BASE, KEY, http).enrich(LEAD)
-    assert info.value.retryable is False
-    assert info.value.reason.startswith("bad response")
-    assert info.value.provider == "http-enrich"
+        result = await HttpEnrichProvider(ENRICH_BASE, KEY, http).enrich(LEAD)
+    assert result.outcome is Outcome.UNRECOGNIZED
+    assert result.provider == "http-enrich" and not result.sandbox
+    assert result.data["unrecognized"] is True
+    assert result.data["http_status"] == response.status_code
+    assert KEY not in json.dumps(result.data)
 
 
 # -------------------------------------------------------------------- Verify
@@ -221,15 +232,17 @@ async def test_verify_outcomes(http: httpx.AsyncClient, status: str, outcome: Ou
         httpx.Response(200, json={"status": "maybe"}),
         httpx.Response(200, json={"status": 1}),
         httpx.Response(200, json={"result": "deliverable"}),
+        httpx.Response(200, json={"status": "catch_all"}),
     ],
 )
-async def test_verify_malformed_body(http: httpx.AsyncClient, response: httpx.Response) -> None:
+async def test_verify_unreadable_2xx_is_a_search(
+    http: httpx.AsyncClient, response: httpx.Response
+) -> None:
     with respx.mock(base_url=VERIFY_BASE) as mock:
         mock.post("/v1/verify").mock(return_value=response)
-        with pytest.raises(ProviderFailure) as info:
-            await HttpVerifyProvider(VERIFY_BASE, KEY, http).verify(LEAD)
-    assert info.value.retryable is False
-    assert info.value.reason.startswith("bad response")
+        result = await HttpVerifyProvider(VERIFY_BASE, KEY, http).verify(LEAD)
+    assert result.outcome is Outcome.UNRECOGNIZED
+    assert result.data["unrecognized"] is True
 
 
 async def test_verify_without_email_is_refused_without_a_request(

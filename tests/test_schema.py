@@ -82,8 +82,8 @@ async def test_constraints_reject_a_wrong_balance(database_url: str) -> None:
             "INSERT INTO plans VALUES ('p', 10, true, false, true, 0.01, 5000, 'usd');"
             "INSERT INTO teams (id, plan, seats, billing_interval, anchor, created_at, updated_at)"
             " VALUES ('t', 'p', 1, 'month', now(), now(), now());"
-            "INSERT INTO billing_months (team_id, period_start, period_end, free_granted)"
-            " VALUES ('t', '2026-01-01', '2026-02-01', 10)"
+            "INSERT INTO billing_months (team_id, period_start, period_end, free_granted,"
+            " unit_price, currency) VALUES ('t', '2026-01-01', '2026-02-01', 10, 0.01, 'usd')"
         )
         for bad, constraint in [
             ("UPDATE billing_months SET free_spent = 11", "billing_months_free_within_grant"),

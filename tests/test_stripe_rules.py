@@ -100,7 +100,7 @@ async def test_every_write_of_a_run_checks_its_lease_token(
     ]:
         from db.queries import q
 
-        extra = (at(T0), None, False) if name == "record_step" else ()
+        extra = (at(T0), None, False, "sending") if name == "record_step" else ()
         result = await pool.execute(q(name, "billing.sql"), 1, None, *args, *extra)
         assert result.endswith(" 0"), (name, result)  # a stale token changes nothing
     row = await bill_row(pool)
@@ -144,7 +144,8 @@ async def test_a_total_that_is_not_the_bill_stops_before_finalizing(
     assert stripe_fake.invoices[invoice["id"]]["status"] == "draft"
     assert stripe_fake.calls("finalize") == []
     again = await run(pool, sender_for(pool, stripe_fake), T0)
-    assert again.bills == [] and stripe_fake.calls("finalize") == []  # stops for good
+    # Waits for finance: read again, not finalized, not reported as a new failure.
+    assert again.bills == [] and again.failed == 0 and stripe_fake.calls("finalize") == []
 
 
 # ---------------------------------------------------------------- finance acts in Stripe
@@ -182,7 +183,7 @@ async def test_a_voided_invoice_ends_its_bill_and_reissue_bills_the_tokens_again
         await reissue_bill(pool, bill.id, at=at("2026-01-22"))
 
 
-async def test_uncollectible_is_kept_and_reissue_waits_for_a_void(
+async def test_uncollectible_is_kept_and_reissue_voids_it_first(
     ledger: Ledger, pool: asyncpg.Pool, stripe_fake: StripeFake
 ) -> None:
     await one_bill(ledger, stripe_fake)
@@ -192,12 +193,14 @@ async def test_uncollectible_is_kept_and_reissue_waits_for_a_void(
     stripe_fake.mark_uncollectible(invoice["id"])
     report = await run(pool, clocked(pool, stripe_fake, "2026-01-21T00:00:00"), T0)
     assert report.bills[0].status == "uncollectible" and stripe_fake.calls("pay") == []
-    with pytest.raises(ReissueRefused, match="void the invoice in Stripe first"):
+    # Without Stripe the invoice cannot be made unable to collect: refused, nothing changed.
+    with pytest.raises(ReissueRefused, match="STRIPE_API_KEY"):
         await reissue_bill(pool, 1, at=at("2026-01-21"))
-    stripe_fake.void_invoice(invoice["id"])
-    report = await run(pool, clocked(pool, stripe_fake, "2026-01-21T01:00:00"), T0)
-    assert report.bills[0].status == "void"
-    assert (await reissue_bill(pool, 1, at=at("2026-01-21")))["reissue_of"] == 1
+    assert (await bill_row(pool))["status"] == "uncollectible"
+    new = await reissue_bill(pool, 1, at=at("2026-01-21"), client=stripe_fake.client())
+    assert new["reissue_of"] == 1 and new["reissued"] is True
+    # An uncollectible invoice can still be paid at Stripe: it is voided first.
+    assert stripe_fake.invoices[invoice["id"]]["status"] == "void"
 
 
 async def test_a_draft_deleted_in_the_dashboard_makes_the_bill_void(

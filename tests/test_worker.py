@@ -78,7 +78,7 @@ async def test_enrich_list_charges_each_lead_once(
 ) -> None:
     await team(ledger)
     jobs = await enqueue(redis, DEFAULT_CATALOG, "acme", "enrich", payload=leads(3), job_id="b1")
-    assert [j.job_id for j in jobs] == ["b1:l0", "b1:l1", "b1:l2"]
+    assert [j.job_id for j in jobs] == ["acme~b1:l0", "acme~b1:l1", "acme~b1:l2"]
     again = await enqueue(redis, DEFAULT_CATALOG, "acme", "enrich", payload=leads(3), job_id="b1")
     assert not any(j.queued for j in again)  # the same enqueue twice queues nothing new
     await run_burst(settings_for(database_url, redis_url))
@@ -86,7 +86,8 @@ async def test_enrich_list_charges_each_lead_once(
     assert [r["status"] for r in out] == ["captured"] * 3
     assert all(r["sandbox"] and r["provider"] == "sandbox-enrich" for r in out)
     history = await ledger.history("acme")
-    assert sorted(c.idempotency_key for c in history) == ["b1:l0:l0", "b1:l1:l1", "b1:l2:l2"]
+    keys = sorted(c.idempotency_key for c in history)
+    assert keys == ["acme~b1:l0:l0", "acme~b1:l1:l1", "acme~b1:l2:l2"]
     assert all(c.state == "captured" and c.tokens == 10 for c in history)
 
 

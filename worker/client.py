@@ -4,6 +4,11 @@ One job per lead for `enrich` and `debounce` (each charging one lead, keyed by
 job id + lead), one job per generation for the AI actions. Job ids are the
 caller's to choose (a retry of the same enqueue is then a no-op); by default
 they are fresh.
+
+A caller's job id belongs to its team: the queue's id is `<team>~<job id>`
+(then `:<lead>` or `:<n>`), so two teams may send the same id and get two
+jobs, and the id a caller is given back names one job of one team. `~` is in
+neither a team id nor a caller's job id, so no two (team, id) pairs meet.
 """
 
 from __future__ import annotations
@@ -36,7 +41,8 @@ from worker.queue import QUEUE
 LEAD_ACTIONS = ("enrich", "debounce")
 # A caller's job id, without ':' so that no request's id is another's job
 # (`b` with leads is `b:<lead>`; were `b:x` allowed, it would name b's lead x).
-_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@/+-]{0,149}$")
+_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@/+-]{0,149}")
+TEAM_SEPARATOR = "~"
 DEFAULT_PROMPT = "A three-step cold outreach sequence for our product."
 
 
@@ -61,12 +67,12 @@ def plan_jobs(
     anything is queued: a bad request queues nothing."""
     team_id(team)
     catalog.action(action)
-    if job_id is not None and not _JOB_ID.match(job_id):
+    if job_id is not None and not _JOB_ID.fullmatch(job_id):
         raise BadInput(
             f"job_id {job_id[:60]!r} must be 1-150 letters, digits and _.@/+- (starting with a "
             "letter or digit); not ':', which joins a job id to its lead or generation"
         )
-    base = job_id or uuid.uuid4().hex
+    base = f"{team}{TEAM_SEPARATOR}{job_id or uuid.uuid4().hex}"
     if action in LEAD_ACTIONS:
         if quantity is not None:
             raise BadInput(f"--quantity cannot be combined with {action}: one job per lead")
@@ -124,15 +130,19 @@ async def enqueue(
 ) -> list[Enqueued]:
     """Validate, then queue every job of the request in batches (worker/bulk.py).
 
-    A job id given by the caller is the request's idempotency key: the same request
-    again queues nothing new, and another request with it (another team, action,
-    quantity or payload) is refused whole (`JobIdReused`). Without that check, a
-    job of another team that happened to have the id would make this one's jobs
-    "already queued", and they would never run.
+    A job id given by the caller is the request's idempotency key within its team:
+    the same request again queues nothing new, and another request of the team with
+    it (another action, quantity or payload) is refused whole (`JobIdReused`).
+    Another team's use of the same id is another job (module docstring).
     """
     jobs = plan_jobs(catalog, team, action, quantity=quantity, payload=payload, job_id=job_id)
     if job_id is not None:
-        await _claim(redis, job_id, _fingerprint(action, jobs))
+        prefix = f"{team}{TEAM_SEPARATOR}"
+        bare = [(jid.removeprefix(prefix), args, lead) for jid, args, lead in jobs]
+        if await _claimed_bare(redis, job_id, _fingerprint(action, bare)):
+            jobs = bare  # this very request was queued under bare ids: a replay of it
+        else:
+            await _claim(redis, job_id, prefix + job_id, _fingerprint(action, jobs))
     queued = await enqueue_many(
         redis, [JobSpec(action, jid, args) for jid, args, _ in jobs], queue=QUEUE
     )
@@ -169,11 +179,20 @@ def _fingerprint(action: str, jobs: list[tuple[str, tuple[Any, ...], str | None]
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-async def _claim(redis: ArqRedis, job_id: str, fingerprint: str) -> None:
+async def _claim(redis: ArqRedis, job_id: str, claimed: str, fingerprint: str) -> None:
     claim = redis.register_script(_CLAIM)
-    held = await claim(keys=[CLAIM_PREFIX + job_id], args=[fingerprint, CLAIM_TTL_MS])
+    held = await claim(keys=[CLAIM_PREFIX + claimed], args=[fingerprint, CLAIM_TTL_MS])
     if (held.decode() if isinstance(held, bytes) else held) != fingerprint:
         raise JobIdReused(job_id)
+
+
+async def _claimed_bare(redis: ArqRedis, job_id: str, fingerprint: str) -> bool:
+    """Whether this request was queued before job ids belonged to their team, under
+    the bare id (its claim lives CLAIM_TTL_MS): answering with those jobs keeps a
+    retry from queueing, and charging, the same leads again under new ids. A bare
+    claim of another request (another team's among them) no longer stands in the way."""
+    held = await redis.get(CLAIM_PREFIX + job_id)
+    return (held.decode() if isinstance(held, bytes) else held) == fingerprint
 
 
 async def result(redis: ArqRedis, job_id: str, wait_s: float | None = None) -> Any:

@@ -214,7 +214,7 @@ def worker_kwargs(
         deps: Deps = {
             "settings": settings,
             "ledger": ledger,
-            "providers": build_providers(settings, http),
+            "providers": build_providers(settings, http, redis=ctx["redis"]),
             "http": http,
             "clock": clock,
             "sender": sender_from_settings(pool, settings, clock),

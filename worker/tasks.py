@@ -27,7 +27,7 @@ from worker.context import Deps, deps_of
 from worker.memo import CALL_TIMEOUT_S, shared_memo
 from worker.metering import OutageRetry, metered, outage_defer_seconds
 from worker.payloads import DebounceLead, IcebreakerPayload, Lead, SequencePayload, parse
-from worker.providers import SearchResult
+from worker.providers import SearchResult, VendorsPaused
 from worker.queue import ACTION_JOBS, OUTAGE_KEY_PREFIX, QUEUE, RECONCILE_JOB
 
 log = structlog.get_logger("tokens.worker")
@@ -40,7 +40,7 @@ def outage_deadline(deps: Deps) -> float:
     return time.monotonic() + timeout - min(5.0, timeout * 0.2)
 
 
-async def give_try_back(ctx: dict[str, Any], exc: OutageRetry) -> None:
+async def give_try_back(ctx: dict[str, Any], exc: OutageRetry | VendorsPaused) -> None:
     """An outage is not one of the job's tries: undo arq's count of this run.
 
     arq counts a try when a run starts (INCR arq:retry:<job id>) and fails the
@@ -101,7 +101,7 @@ async def _run(
 
     try:
         return await _metered_job(ctx, deps, team, action, lead_id, search, on_threshold)
-    except OutageRetry as exc:
+    except (OutageRetry, VendorsPaused) as exc:
         await give_try_back(ctx, exc)
         raise
 

@@ -8,6 +8,7 @@
 
 DROP FUNCTION IF EXISTS tokens_create_bills(text, timestamptz) CASCADE;
 DROP FUNCTION IF EXISTS tokens_reissue_bill(bigint, timestamptz) CASCADE;
+DROP FUNCTION IF EXISTS tokens_reissue_bill(bigint, timestamptz, uuid) CASCADE;
 
 -- Bill what is due at p_at, for one team or all (p_team NULL):
 --   threshold: a month's unbilled spent additional tokens are worth at least
@@ -21,6 +22,7 @@ DECLARE
     k record;
     m record;
     unbilled bigint;
+    amount bigint;
     ended boolean;
     b bills;
 BEGIN
@@ -34,7 +36,8 @@ BEGIN
          ORDER BY bm.team_id, bm.period_start
     LOOP
         -- Lock, then decide on what is there now (another run may have billed it).
-        SELECT bm.*, p.unit_price, p.threshold_cents, p.currency INTO m
+        -- The month's own price (fixed when it opened); the plan's threshold now.
+        SELECT bm.*, p.threshold_cents INTO m
           FROM billing_months bm
           JOIN teams t ON t.id = bm.team_id
           JOIN plans p ON p.name = t.plan
@@ -52,14 +55,18 @@ BEGIN
             -- Rounded on the month's running total, not bill by bill: at a price
             -- below the minor unit (0.015 USD a token) a threshold bill and the
             -- month-end bill then add up to the month's exact amount, rounded once.
+            amount := round(m.additional_spent * m.unit_price * tokens_minor_units(m.currency))
+                      - round(m.additional_billed * m.unit_price * tokens_minor_units(m.currency));
+            -- A remainder worth less than half a minor unit rounds to 0: never sent as
+            -- a 0 invoice. Its tokens are still billed, by a bill of 0 that is `paid`
+            -- at once with no invoice (README: bills of 0), so that every token is on
+            -- exactly one bill and the month closes.
             INSERT INTO bills (team_id, period_start, period_end, reason, tokens, unit_price,
-                               amount_cents, currency, created_at, updated_at)
+                               amount_cents, currency, created_at, updated_at, status)
             VALUES (m.team_id, m.period_start, m.period_end,
                     CASE WHEN ended THEN 'month_end' ELSE 'threshold' END,
-                    unbilled, m.unit_price,
-                    round(m.additional_spent * m.unit_price * tokens_minor_units(m.currency))
-                    - round(m.additional_billed * m.unit_price * tokens_minor_units(m.currency)),
-                    m.currency, p_at, p_at)
+                    unbilled, m.unit_price, amount, m.currency, p_at, p_at,
+                    CASE WHEN amount = 0 THEN 'paid' ELSE 'sending' END)
             RETURNING * INTO b;
             -- The charges whose additional tokens this bill bills: every captured one
             -- of the month not billed yet. Captures lock this month row too, so the
@@ -88,10 +95,12 @@ $$;
 -- `tokens bill reissue`: the same tokens on a new bill (sent to the team's current
 -- customer by the next reconcile run); the old bill keeps its history and becomes
 -- `reissued`. Only a bill that can collect nothing any more may be reissued:
--- void at Stripe, or failed for good (customer deleted, total mismatch), or failed
--- before anything reached Stripe. SQLSTATE TK010 (DETAIL = bill id): not found;
--- TK011 (DETAIL = status): refused.
-CREATE FUNCTION tokens_reissue_bill(p_bill bigint, p_at timestamptz)
+-- void at Stripe, uncollectible or failed for good (customer deleted, total
+-- mismatch) once billing/bills.py made its invoice uncollectible at Stripe, or
+-- failed before anything reached Stripe. p_token: the lease reissue holds on the
+-- bill meanwhile (a run's lease refuses). SQLSTATE TK010 (DETAIL = bill id): not
+-- found; TK011 (DETAIL = status): refused.
+CREATE FUNCTION tokens_reissue_bill(p_bill bigint, p_at timestamptz, p_token uuid)
 RETURNS SETOF bills
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -102,11 +111,12 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'unknown bill %', p_bill USING ERRCODE = 'TK010', DETAIL = p_bill;
     END IF;
-    IF old.lease_until > clock_timestamp() THEN
+    IF old.lease_until > clock_timestamp() AND old.lease_token IS DISTINCT FROM p_token THEN
         RAISE EXCEPTION 'bill % is being sent by a reconcile run right now; try again later',
             p_bill USING ERRCODE = 'TK011', DETAIL = old.status;
     END IF;
     IF NOT (old.status = 'void'
+            OR (old.status = 'uncollectible' AND p_token IS NOT NULL)
             OR (old.status = 'failed'
                 AND (old.error_code IN ('customer_deleted', 'total_mismatch')
                      OR old.step = 'created'))) THEN
@@ -114,10 +124,6 @@ BEGIN
             WHEN 'reissued' THEN format('bill %s was reissued already (as bill %s)', p_bill,
                                         (SELECT r.id FROM bills r WHERE r.reissue_of = p_bill))
             WHEN 'paid' THEN format('bill %s is paid: nothing to reissue', p_bill)
-            WHEN 'uncollectible' THEN format(
-                'bill %s is uncollectible at Stripe (invoice %s) and could still be paid there: '
-                'void the invoice in Stripe first, then reissue after the next reconcile',
-                p_bill, old.stripe_invoice_id)
             WHEN 'failed' THEN format(
                 'bill %s failed with %s and is retried by itself; only a void bill, or one '
                 'failed with customer_deleted or total_mismatch, can be reissued',

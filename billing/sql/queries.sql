@@ -2,17 +2,22 @@
 --
 -- Every write of a sending run names the lease token of its claim ($2 below):
 -- a run that stalled past its lease, and whose bill another run claimed since,
--- changes nothing (0 rows) and stops.
+-- changes nothing (0 rows) and stops. Every write also names the status the run
+-- last read (its last parameter): a webhook may change the status meanwhile
+-- without the lease, and a run's write must never turn that newer status back
+-- into the older one it read (0 rows: the run re-reads the bill and stops).
 
 -- create_bills --
 SELECT * FROM tokens_create_bills($1, $2)
 
 -- bills_to_send --
 -- Bills with work left, oldest first; for one team when $1 is not NULL. A bill
--- that failed for good (customer deleted, total mismatch) waits for a reissue.
+-- whose customer was deleted waits for a reissue. A total mismatch is read at every
+-- run: the bill resumes on its invoice once finance fixed it (or follows it once
+-- finance finalized it).
 SELECT b.id, b.status, b.stripe_invoice_id, b.stripe_invoice_created FROM bills b
 WHERE b.status IN ('unsent', 'sending', 'failed', 'open', 'payment_failed', 'uncollectible')
-  AND NOT (b.status = 'failed' AND b.error_code IN ('customer_deleted', 'total_mismatch'))
+  AND NOT (b.status = 'failed' AND b.error_code = 'customer_deleted')
   AND ($1::text IS NULL OR b.team_id = $1)
 ORDER BY b.id
 
@@ -39,7 +44,8 @@ RETURNING b.*
 -- record_step --
 -- $3 step, $4 status, $5 invoice id, $6 item id, $7 Stripe invoice status,
 -- $8 collection method, $9 invoice created (Stripe's clock), $10 now,
--- $11 next pay time (NULL: none), $12 true: the lease ends with this write.
+-- $11 next pay time (NULL: none), $12 true: the lease ends with this write,
+-- $13 the status the run read.
 UPDATE bills
 SET step = $3, status = $4,
     stripe_invoice_id = coalesce($5, stripe_invoice_id),
@@ -52,41 +58,50 @@ SET step = $3, status = $4,
     next_pay_at = $11,
     lease_until = CASE WHEN $12 THEN NULL ELSE lease_until END,
     lease_token = CASE WHEN $12 THEN NULL ELSE lease_token END
-WHERE id = $1 AND lease_token = $2
+WHERE id = $1 AND lease_token = $2 AND status = $13
 RETURNING *
 
 -- record_decline --
--- $3 decline code, $4 message, $5 now, $6 next pay time (NULL: stop paying).
+-- $3 decline code, $4 message, $5 now, $6 next pay time (NULL: stop paying), $7 the
+-- status the run read, $8 the key generation the declined pay used. A decline is
+-- counted once per key generation, and the generation moves on with it: Stripe
+-- replays a saved 402 under its key for 24 h, and a replay is not a new decline.
 UPDATE bills
 SET status = 'payment_failed', decline_code = $3, declines = declines + 1,
     last_declined_at = $5, next_pay_at = $6, last_error = $4, error_code = 'card_declined',
     key_gen = key_gen + 1, updated_at = $5
-WHERE id = $1 AND lease_token = $2
+WHERE id = $1 AND lease_token = $2 AND status = $7 AND key_gen = $8
 RETURNING *
 
 -- record_stripe_declines --
 -- Stripe's own collection failed: $3 attempts on the invoice so far, $4 message,
--- $5 now, $6 next pay time (NULL: stop paying). Its decline code is not on the
--- invoice: a code already kept (one of our own pays) stays.
+-- $5 now, $6 next pay time (NULL: stop paying), $7 the status the run read. Its
+-- decline code is not on the invoice: a code already kept (one of our own pays)
+-- stays. The key generation moves on: the attempt counted may be a pay of ours whose
+-- answer was lost, saved at Stripe under the current key.
 UPDATE bills
 SET status = 'payment_failed', declines = $3, last_declined_at = $5, next_pay_at = $6,
-    last_error = $4, error_code = 'card_declined', updated_at = $5
-WHERE id = $1 AND lease_token = $2
+    last_error = $4, error_code = 'card_declined', key_gen = key_gen + 1, updated_at = $5
+WHERE id = $1 AND lease_token = $2 AND status = $7
 RETURNING *
 
 -- count_pay_attempt --
+-- Right before a pay request: only for a bill still open or payment_failed, in the
+-- status the run read ($3) after it claimed the bill.
 UPDATE bills SET pay_attempts = pay_attempts + 1
-WHERE id = $1 AND lease_token = $2
+WHERE id = $1 AND lease_token = $2 AND status = $3
+  AND status IN ('open', 'payment_failed')
 RETURNING pay_attempts
 
 -- record_error --
 -- $3 message, $4 code, $5 now, $6 status, $7 true: the key was answered with a
--- saved error (the next attempt takes new keys), $8 next pay time.
+-- saved error (the next attempt takes new keys), $8 next pay time, $9 the status
+-- the run read.
 UPDATE bills
 SET last_error = $3, error_code = $4, updated_at = $5, status = $6,
     key_gen = CASE WHEN $7 THEN key_gen + 1 ELSE key_gen END,
     next_pay_at = $8
-WHERE id = $1 AND lease_token = $2
+WHERE id = $1 AND lease_token = $2 AND status = $9
 RETURNING *
 
 -- release_lease --
@@ -130,4 +145,23 @@ WHERE chain.reissue_of IS NULL
 ORDER BY c.id
 
 -- reissue_bill --
-SELECT * FROM tokens_reissue_bill($1, $2)
+SELECT * FROM tokens_reissue_bill($1, $2, $3)
+
+-- claim_for_reissue --
+-- `tokens bill reissue` holds the bill (as a run does) while it acts on the old
+-- invoice at Stripe, so that no reconcile run sends or pays it meanwhile.
+UPDATE bills
+SET lease_until = clock_timestamp() + make_interval(secs => $2),
+    lease_token = gen_random_uuid()
+WHERE id = $1 AND (lease_until IS NULL OR lease_until < clock_timestamp())
+RETURNING *
+
+-- follow_paid --
+-- The old invoice was paid with the bill's amount: the bill is paid, nothing to
+-- reissue ($3: the status read).
+UPDATE bills
+SET status = 'paid', stripe_invoice_status = 'paid', last_error = NULL, error_code = NULL,
+    step = CASE WHEN stripe_invoice_item_id IS NOT NULL THEN 'paid' ELSE step END,
+    next_pay_at = NULL
+WHERE id = $1 AND lease_token = $2 AND status = $3
+RETURNING *

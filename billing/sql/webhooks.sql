@@ -42,4 +42,5 @@ WHERE stripe_invoice_id = $1 AND status <> 'reissued'
 RETURNING id
 
 -- invoice_bill --
-SELECT id, status FROM bills WHERE stripe_invoice_id = $1
+SELECT id, status, amount_cents, currency FROM bills WHERE stripe_invoice_id = $1
+ORDER BY id DESC LIMIT 1

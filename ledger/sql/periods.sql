@@ -107,9 +107,12 @@ BEGIN
     END IF;
 
     SELECT * INTO p FROM plans WHERE name = t.plan;
-    INSERT INTO billing_months (team_id, period_start, period_end, free_granted)
+    -- The month keeps the price in force as it opens: its tokens are billed at it.
+    INSERT INTO billing_months (team_id, period_start, period_end, free_granted, unit_price,
+                                currency)
     VALUES (p_team, ps, pe, CASE WHEN ps >= t.subscription_ended_at THEN 0  -- subscription over
-                                 ELSE tokens_grant(p, t.seats, t.trial_granted) END)
+                                 ELSE tokens_grant(p, t.seats, t.trial_granted) END,
+            p.unit_price, p.currency)
     RETURNING * INTO m;
     IF p.once AND NOT t.trial_granted THEN
         UPDATE teams SET trial_granted = true WHERE id = p_team;

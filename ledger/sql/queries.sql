@@ -49,7 +49,7 @@ SELECT * FROM tokens_open_month($1, $2)
 SELECT t.id AS team, t.plan, t.seats, t.billing_interval, t.stripe_customer,
        t.additional_limit,
        tokens_month_limit(t, p, m.period_start) AS effective_limit,
-       p.unit_price, p.currency,
+       m.unit_price, m.currency,
        m.period_start, m.period_end, m.free_granted, m.free_held, m.free_spent,
        m.additional_held, m.additional_spent, m.additional_billed
 FROM tokens_open_month($1, $2) m
@@ -104,4 +104,53 @@ WHERE (b.free_held, b.free_spent, b.additional_held, b.additional_spent)
        coalesce(s.additional_held, 0), coalesce(s.additional_spent, 0))
 
 -- apply --
-SELECT * FROM tokens_apply($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+SELECT * FROM tokens_apply($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+
+-- member_cap --
+SELECT cap FROM member_caps WHERE team_id = $1 AND member = $2
+
+-- set_member_cap --
+INSERT INTO member_caps (team_id, member, cap, updated_at) VALUES ($1, $2, $3, $4)
+ON CONFLICT (team_id, member) DO UPDATE SET cap = EXCLUDED.cap, updated_at = EXCLUDED.updated_at
+
+-- remove_member_cap --
+-- The member's running totals go with the cap: a cap set again later rebuilds
+-- them from the member's charges, which tokens_apply kept up to date meanwhile.
+WITH gone AS (DELETE FROM member_months WHERE team_id = $1 AND member = $2)
+DELETE FROM member_caps WHERE team_id = $1 AND member = $2
+
+-- record_member_cap_change --
+INSERT INTO member_cap_changes (team_id, member, actor, role, old_cap, new_cap, changed_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+RETURNING *
+
+-- member_spend --
+-- Each capped member's use of billing month $2: their running totals, or, before
+-- any hold of theirs under the cap this month, the sum of their charges.
+SELECT mc.member, mc.cap,
+       coalesce(mm.held, s.held, 0) AS held, coalesce(mm.spent, s.spent, 0) AS spent
+FROM member_caps mc
+LEFT JOIN member_months mm
+       ON mm.team_id = mc.team_id AND mm.period_start = $2 AND mm.member = mc.member
+LEFT JOIN LATERAL (
+    SELECT sum(c.tokens) FILTER (WHERE c.state = 'held') AS held,
+           sum(c.tokens) FILTER (WHERE c.state = 'captured') AS spent
+    FROM charges c
+    WHERE c.team_id = mc.team_id AND c.period_start = $2 AND c.member = mc.member
+      AND mm.member IS NULL
+) s ON true
+WHERE mc.team_id = $1
+ORDER BY mc.member
+
+-- member_drift --
+-- Capped members' running totals that differ from their charges: must be empty.
+SELECT mm.team_id, mm.period_start, mm.member, mm.held, mm.spent,
+       coalesce(s.held, 0) AS sum_held, coalesce(s.spent, 0) AS sum_spent
+FROM member_months mm
+LEFT JOIN LATERAL (
+    SELECT sum(c.tokens) FILTER (WHERE c.state = 'held') AS held,
+           sum(c.tokens) FILTER (WHERE c.state = 'captured') AS spent
+    FROM charges c
+    WHERE c.team_id = mm.team_id AND c.period_start = mm.period_start AND c.member = mm.member
+) s ON true
+WHERE (mm.held, mm.spent) IS DISTINCT FROM (coalesce(s.held, 0), coalesce(s.spent, 0))

@@ -4,13 +4,21 @@ Charged on search, not on success (SPEC section 3). Every provider call ends
 in one of two ways:
 
 - it returns a `SearchResult`: the search happened, whatever it found
-  (`FOUND`, `NOT_FOUND`, `INVALID`, or an empty model answer), so the job
-  captures its hold;
+  (`FOUND`, `NOT_FOUND`, `INVALID`, an empty model answer, or `UNRECOGNIZED`:
+  a 2xx answer we cannot read, which the provider ran and bills all the
+  same), so the job captures its hold;
 - it raises `ProviderFailure`: the search did not happen. `retryable=True`
   (timeout, connection error, HTTP 408/409/425/429/5xx) lets the caller retry
   with the same hold; `retryable=False` (the provider refused the request,
-  e.g. HTTP 400/401, or answered 2xx with something that is not the expected
-  JSON) means retrying is pointless and the hold should be released.
+  e.g. HTTP 400/401) means retrying is pointless and the hold should be
+  released.
+- `VendorsPaused`: every real vendor of a waterfall is paused (our key or
+  our credits): the job waits in the queue, its hold kept, its try given back.
+
+Real enrichment and verification vendors (DeBounce, ZeroBounce, People Data
+Labs, Hunter) are asked in a configured waterfall (waterfall.py), each
+vendor one module of `vendors/` with one table of its documented answers
+(vendor.py).
 
 Providers never retry themselves: the arq job retries with backoff and keeps
 its hold. Reasons are one line and never contain an API key.
@@ -48,19 +56,21 @@ verifier, like the real one, refuses (non-retryable) a lead without an email.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import httpx
 
-from runtime.config import Settings
+from runtime.config import Settings, vendor_names
 from worker.providers.base import (
     AIProvider,
     EnrichProvider,
     Outcome,
     ProviderFailure,
     SearchResult,
+    VendorsPaused,
     VerifyProvider,
 )
+from worker.providers.gate import Gate
 from worker.providers.http import HttpEnrichProvider, HttpVerifyProvider, OpenAIChatProvider
 from worker.providers.sandbox import (
     Latency,
@@ -68,6 +78,8 @@ from worker.providers.sandbox import (
     SandboxEnrichProvider,
     SandboxVerifyProvider,
 )
+from worker.providers.vendor import VendorClient
+from worker.providers.waterfall import Waterfall
 
 __all__ = [
     "AIProvider",
@@ -82,8 +94,11 @@ __all__ = [
     "SandboxEnrichProvider",
     "SandboxVerifyProvider",
     "SearchResult",
+    "VendorsPaused",
     "VerifyProvider",
+    "Waterfall",
     "build_providers",
+    "build_waterfall",
 ]
 
 
@@ -94,8 +109,49 @@ class Providers:
     verify: VerifyProvider
 
 
-def build_providers(settings: Settings, http: httpx.AsyncClient) -> Providers:
-    """Real HTTP providers where a base URL is configured, sandboxes otherwise."""
+def build_waterfall(
+    settings: Settings, action: str, http: httpx.AsyncClient, redis: Any
+) -> Waterfall | None:
+    """The action's waterfall of real vendors (TOKENS_<ACTION>_PROVIDERS), or None."""
+    from worker.providers.vendors import VENDORS
+
+    names = vendor_names(getattr(settings, f"{action}_providers"))
+    if not names:
+        return None
+    if redis is None:
+        raise ValueError("real vendors keep their limits in Redis: build them with one")
+    clients = []
+    for name in names:
+        vendor = VENDORS[name]()
+        config = settings.vendors[name]
+        clients.append(
+            VendorClient(
+                vendor,
+                config.api_key.get_secret_value(),
+                (config.base_url or vendor.base_url).rstrip("/"),
+                http,
+                Gate(
+                    redis,
+                    name,
+                    concurrency=vendor.concurrency,
+                    rates=vendor.rates,
+                    slot_ttl=settings.provider_timeout_seconds + 5,
+                ),
+                timeout=settings.provider_timeout_seconds,
+                pause_seconds=settings.vendor_pause_seconds,
+            )
+        )
+    return Waterfall(
+        action,
+        clients,
+        min_confidence=getattr(settings, f"{action}_min_confidence"),
+        stop_at_first_found=getattr(settings, f"{action}_stop_at_first_found"),
+    )
+
+
+def build_providers(settings: Settings, http: httpx.AsyncClient, redis: Any = None) -> Providers:
+    """Real vendors where a waterfall is configured (they need `redis`, where their
+    shared limits live), an HTTP provider where a base URL is, sandboxes otherwise."""
     timeout = settings.provider_timeout_seconds
     ai: AIProvider = (
         OpenAIChatProvider(
@@ -104,12 +160,12 @@ def build_providers(settings: Settings, http: httpx.AsyncClient) -> Providers:
         if settings.ai_base_url
         else SandboxAIProvider()
     )
-    enrich: EnrichProvider = (
+    enrich: EnrichProvider = build_waterfall(settings, "enrich", http, redis) or (
         HttpEnrichProvider(settings.enrich_base_url, settings.enrich_api_key, http, timeout=timeout)
         if settings.enrich_base_url
         else SandboxEnrichProvider()
     )
-    verify: VerifyProvider = (
+    verify: VerifyProvider = build_waterfall(settings, "verify", http, redis) or (
         HttpVerifyProvider(settings.verify_base_url, settings.verify_api_key, http, timeout=timeout)
         if settings.verify_base_url
         else SandboxVerifyProvider()

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
+from arq.worker import Retry
+
 from worker.payloads import IcebreakerPayload, Lead, SequencePayload
 
 
@@ -14,6 +16,9 @@ class Outcome(StrEnum):
     FOUND = "found"
     NOT_FOUND = "not_found"
     INVALID = "invalid"
+    # The provider answered 2xx with something we cannot read: it searched (and
+    # bills it), so the lead is charged; the raw answer is kept and logged.
+    UNRECOGNIZED = "unrecognized"
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,17 @@ class ProviderFailure(Exception):
         self.provider = provider
         self.reason = reason
         self.retryable = retryable
+
+
+class VendorsPaused(Retry):
+    """Every vendor of the waterfall is paused (our key or our credits): the job
+    waits in the queue with its hold, and this wait is not one of its tries."""
+
+    what = "vendors_paused"
+
+    def __init__(self, defer: float) -> None:
+        super().__init__(defer=defer)
+        self.defer_s = defer
 
 
 class AIProvider(Protocol):

@@ -8,12 +8,26 @@ import re
 from typing import Any
 
 import httpx
+import structlog
 
 from worker.payloads import IcebreakerPayload, Lead, SequencePayload
 from worker.providers.base import VERIFY_OUTCOMES, Outcome, ProviderFailure, SearchResult, one_line
 
+log = structlog.get_logger("tokens.worker")
+
 # Statuses after which the request may well succeed later: the search did not happen.
 _RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})
+
+
+class _Unrecognized(Exception):
+    """A 2xx answer we cannot read. The provider ran the search (and bills it), so
+    it is a search that happened: charged, marked unrecognized, logged."""
+
+    def __init__(self, why: str, response: httpx.Response) -> None:
+        super().__init__(why)
+        self.why = why
+        self.status = response.status_code
+        self.raw = response.text
 
 
 class _HttpProvider:
@@ -77,12 +91,23 @@ class _HttpProvider:
         try:
             body = response.json()
         except ValueError:
-            raise self._fail(
-                f"bad response: HTTP {response.status_code} body is not JSON", retryable=False
-            ) from None
+            raise _Unrecognized("body is not JSON", response) from None
         if not isinstance(body, dict):
-            raise self._fail("bad response: body is not a JSON object", retryable=False)
+            raise _Unrecognized("body is not a JSON object", response)
         return body
+
+    def _unrecognized(self, exc: _Unrecognized) -> SearchResult:
+        raw = exc.raw.replace(self._api_key, "***") if self._api_key else exc.raw
+        raw = one_line(raw)
+        log.warning(
+            "provider_answer_unrecognized",
+            provider=self.name,
+            http_status=exc.status,
+            why=exc.why,
+            raw=raw,
+        )
+        data = {"unrecognized": True, "http_status": exc.status, "why": exc.why, "raw": raw}
+        return self._result(Outcome.UNRECOGNIZED, data)
 
     def _result(self, outcome: Outcome, data: dict[str, Any]) -> SearchResult:
         return SearchResult(outcome=outcome, data=data, provider=self.name, sandbox=False)
@@ -117,6 +142,18 @@ class OpenAIChatProvider(_HttpProvider):
         self.model = model
 
     async def sequence(self, payload: SequencePayload) -> SearchResult:
+        try:
+            return await self._sequence(payload)
+        except _Unrecognized as exc:
+            return self._unrecognized(exc)
+
+    async def icebreaker(self, payload: IcebreakerPayload) -> SearchResult:
+        try:
+            return await self._icebreaker(payload)
+        except _Unrecognized as exc:
+            return self._unrecognized(exc)
+
+    async def _sequence(self, payload: SequencePayload) -> SearchResult:
         user = payload.prompt
         if payload.model_extra:
             user += "\n\nContext (JSON):\n" + json.dumps(payload.model_extra, default=str)
@@ -128,7 +165,7 @@ class OpenAIChatProvider(_HttpProvider):
             return self._result(Outcome.NOT_FOUND, {"raw": json.dumps(answer)})
         return self._result(Outcome.FOUND, {"steps": steps})
 
-    async def icebreaker(self, payload: IcebreakerPayload) -> SearchResult:
+    async def _icebreaker(self, payload: IcebreakerPayload) -> SearchResult:
         context: dict[str, Any] = {"lead": payload.lead.model_dump(mode="json", exclude_none=True)}
         context.update(payload.model_extra or {})
         user = "Write an icebreaker for this lead:\n" + json.dumps(context, default=str)
@@ -164,7 +201,7 @@ class OpenAIChatProvider(_HttpProvider):
             else None
         )
         if not isinstance(message, dict):
-            raise self._fail("bad response: no choices[0].message", retryable=False)
+            raise _Unrecognized("no choices[0].message", response)
         content = message.get("content")
         raw = content if isinstance(content, str) else ""
         try:
@@ -194,6 +231,12 @@ class HttpEnrichProvider(_HttpProvider):
     name = "http-enrich"
 
     async def enrich(self, lead: Lead) -> SearchResult:
+        try:
+            return await self._enrich(lead)
+        except _Unrecognized as exc:
+            return self._unrecognized(exc)
+
+    async def _enrich(self, lead: Lead) -> SearchResult:
         response = await self._post(
             "/v1/enrich",
             lead.model_dump(mode="json", exclude_none=True),
@@ -207,9 +250,7 @@ class HttpEnrichProvider(_HttpProvider):
             return self._result(Outcome.NOT_FOUND, {})
         person = body.get("person")
         if found is not True or not isinstance(person, dict):
-            raise self._fail(
-                'bad response: expected {"found": bool, "person": {...}}', retryable=False
-            )
+            raise _Unrecognized('expected {"found": bool, "person": {...}}', response)
         return self._result(Outcome.FOUND, person)
 
 
@@ -222,10 +263,11 @@ class HttpVerifyProvider(_HttpProvider):
         if not lead.email:
             raise self._fail("lead has no email to verify", retryable=False)
         response = await self._post("/v1/verify", {"email": lead.email})
-        status = self._json_object(response).get("status")
-        outcome = VERIFY_OUTCOMES.get(status) if isinstance(status, str) else None
-        if outcome is None:
-            raise self._fail(
-                f"bad response: unexpected status {str(status)[:40]!r}", retryable=False
-            )
+        try:
+            status = self._json_object(response).get("status")
+            outcome = VERIFY_OUTCOMES.get(status) if isinstance(status, str) else None
+            if outcome is None:
+                raise _Unrecognized(f"unexpected status {str(status)[:40]!r}", response)
+        except _Unrecognized as exc:
+            return self._unrecognized(exc)
         return self._result(outcome, {"email": lead.email, "status": status})
