@@ -45,9 +45,12 @@ class MonthLock:
     async def wait_for_a_waiter(self) -> None:
         """Until another session waits for a lock this transaction holds."""
         pid = self.conn.get_server_pid()
-        query = "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE $1 = ANY (pg_blocking_pids(pid)))"
-        while not await self.pool.fetchval(query, pid):
-            await asyncio.sleep(0.01)  # polling pg_stat_activity: no event to wait on
+        query = (
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE $1 = ANY (pg_blocking_pids(pid)))"
+        )
+        # Postgres signals no waiter: pg_stat_activity is polled.
+        while not await self.pool.fetchval(query, pid):  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
 
     async def lock_charge(self, charge_id: int) -> None:
         await self.conn.execute("SELECT 1 FROM charges WHERE id = $1 FOR UPDATE", charge_id)

@@ -238,7 +238,7 @@ class DownLedger:
     pool: Any = None
     calls = 0
 
-    async def stale_hold_jobs(self, **_: Any) -> list[str]:
+    async def stale_holds(self, **_: Any) -> list[Any]:
         self.calls += 1
         raise ConnectionRefusedError(111, "Connection refused")
 

@@ -12,10 +12,15 @@ the capture and the release are tried again with backoff inside the job, up
 to a deadline below the job's timeout; past it the job is put back in the
 queue (`OutageRetry`), which the worker does not count as one of the job's
 tries (worker/tasks.py). The hold's idempotency key makes every repeat safe.
-A search whose capture does not answer (Postgres away, the worker stopping)
-is remembered first (`SearchMemo`, in Redis, until the hold TTL), so the job's
-next run captures it without searching again; a capture that answers, nearly
-every one, costs no memo write.
+
+A search that happened is charged, whatever error its capture meets: not
+only an outage but a statement or lock timeout while a bill locks the team's
+month, a deadlock, a full disk, the worker stopping. Such a search is
+remembered first (`SearchMemo`, in Redis), then its capture is tried again
+like an outage, never failing the job for good; the job's next run captures
+it without searching again, or, if arq never runs the job again, the
+hold-expiry sweep does. A capture that answers, nearly every one, costs no
+memo write.
 """
 
 from __future__ import annotations
@@ -30,11 +35,11 @@ from typing import Any, Protocol, TypeVar
 import structlog
 from arq.worker import Retry
 
-from ledger.errors import ChargeAlreadySettled
+from ledger.errors import ChargeAlreadySettled, UnknownCharge
 from ledger.results import Settlement
 from ledger.service import Ledger
 from runtime.metrics import OUTAGES, jobs_counter, tokens_counter
-from runtime.transient import is_transient, ride_out
+from runtime.transient import is_contention, is_transient, ride_out
 from worker.providers import ProviderFailure, SearchResult
 
 log = structlog.get_logger("tokens.worker")
@@ -57,10 +62,12 @@ class SearchMemo(Protocol):
 
 
 class OutageRetry(Retry):
-    """Postgres or Redis is away: run this job again later.
+    """Postgres or Redis is away, or a search's capture failed: run this job again later.
 
     Not a failure of the job nor one of its tries: the worker gives arq's try
-    back (worker/tasks.py), so an outage never uses up TOKENS_JOB_MAX_TRIES.
+    back (worker/tasks.py), so an outage never uses up TOKENS_JOB_MAX_TRIES,
+    and a search whose capture failed is never left unrecorded by a job that
+    ran out of tries.
     """
 
     def __init__(self, what: str, defer: float) -> None:
@@ -187,8 +194,15 @@ async def _metered(
         result = searched
 
     async def remember() -> None:
-        if memo is not None and reused is None:
+        # Also for a search already remembered: each put renews the memo's expiry.
+        if memo is None:
+            return
+        try:
             await memo.put(f"{team}:{key}", result)
+        except Exception:
+            # Redis refusing the write (full, a bug): the capture is still retried,
+            # and a memo is only a shortcut for the job's next run.
+            log.error("search_memo_failed", **base, key=key, exc_info=True)
 
     try:
         settlement = await _capture(ledger, charge_id, clock, outage, fields, remember)
@@ -222,6 +236,14 @@ async def _metered(
     }
 
 
+# The ledger's final answers to a capture: there is nothing left to capture.
+_FINAL = (ChargeAlreadySettled, UnknownCharge)
+
+
+def _capture_again(exc: BaseException) -> bool:
+    return not isinstance(exc, _FINAL)
+
+
 async def _capture(
     ledger: Ledger,
     charge_id: int,
@@ -230,29 +252,38 @@ async def _capture(
     fields: dict[str, Any],
     remember: Callable[[], Awaitable[None]],
 ) -> Settlement:
-    """The capture of a search that happened.
+    """The capture of a search that happened: it must happen, whatever it meets.
 
     One that answers needs no memo (nearly every one: no Redis round trip per
-    job). One that does not (Postgres away, the worker stopping, a lost
-    answer) calls `remember` first, so that the job's next run captures the
-    search without searching again; then an outage is waited out as for any
-    ledger call. Only a worker killed outright between the search and the
-    capture's commit leaves no memo: that lead is searched again on the next
-    run, and still charged once.
+    job). Any other end than the ledger's final answer (settled already, no
+    such charge) leaves a search unrecorded, so `remember` comes first: the
+    job's next run, or the sweep if arq never runs the job again, captures the
+    search without searching again. Then the capture is tried again inside
+    the job until its deadline and, past it, the job goes back to the queue
+    without using a try: an error arq counts could fail the job for good on
+    its last try. Each try ends by that deadline too, so a capture waiting on
+    a lock never reaches arq's job timeout (a failure for good, not a retry).
+    Only a worker killed outright between the search and the capture's commit
+    leaves no memo: that lead is searched again on the next run, and still
+    charged once.
     """
 
     async def capture() -> Settlement:
-        return await ledger.capture(charge_id, at=clock())
+        return await outage.by_deadline(ledger.capture(charge_id, at=clock()))
 
     try:
         return await capture()
+    except _FINAL:
+        raise
     except (Exception, asyncio.CancelledError) as exc:
-        if not isinstance(exc, ChargeAlreadySettled):
-            await remember()
-        if not (isinstance(exc, Exception) and is_transient(exc)):
+        await remember()
+        if not isinstance(exc, Exception):
             raise
         failed = exc
-    return await outage.wait_out(capture, "capture", fields, failed)
+    if not (is_transient(failed) or is_contention(failed)):
+        # Neither an outage nor a lock: Postgres refused the capture itself.
+        log.error("capture_failed", error=f"{type(failed).__name__}: {failed}"[:200], **fields)
+    return await outage.wait_out(capture, "capture", fields, failed, retry_on=_capture_again)
 
 
 async def _search(
@@ -324,15 +355,26 @@ class _Outage:
             failed = exc
         return await self.wait_out(call, what, fields, failed)
 
+    async def by_deadline(self, call: Awaitable[T]) -> T:
+        """`call`, given up (TimeoutError) at the deadline. A settlement given up
+        on still commits or not with its batch (ledger/group_commit.py); the
+        job's next run finds which."""
+        if self.until is None:
+            return await call
+        async with asyncio.timeout(max(self.until - time.monotonic(), 0.0)):
+            return await call
+
     async def wait_out(
         self,
         call: Callable[[], Awaitable[T]],
         what: str,
         fields: dict[str, Any],
         failed: Exception,
+        retry_on: Callable[[BaseException], bool] = is_transient,
     ) -> T:
-        """`call` failed, Postgres (or Redis) being away: `call` again, with backoff,
-        until the deadline; past it, or without one, put the job back (OutageRetry)."""
+        """`call` failed, Postgres (or Redis) being away, or with another error
+        `retry_on` accepts: `call` again, with backoff, until the deadline; past
+        it, or without one, put the job back (OutageRetry)."""
         try:
             if self.until is None:
                 raise failed
@@ -342,10 +384,11 @@ class _Outage:
                 until=until,
                 what=what,
                 on_wait=lambda _: OUTAGES.labels(what, "waited").inc(),
+                retry_on=retry_on,
                 **fields,
             )
         except Exception as exc:
-            if not is_transient(exc):
+            if not retry_on(exc):
                 raise
             defer = outage_defer_seconds(self.wait)
             OUTAGES.labels(what, "deferred").inc()
