@@ -20,7 +20,7 @@ from runtime.config import Settings
 from tests.conftest import at
 from tests.factories import make_team
 from tests.faults import MonthLock, capture_fault
-from worker.memo import RedisSearchMemo
+from worker.memo import CALL_TIMEOUT_S, RedisSearchMemo
 from worker.metering import OutageRetry, metered
 from worker.providers import Outcome, ProviderFailure, SearchResult
 
@@ -231,3 +231,38 @@ async def test_a_capture_failing_on_the_last_try_goes_back_and_is_captured_once(
     assert out["data"] == {"email": "a@b.io"} and len(searches) == 1
     [charge] = await ledger.history("acme")
     assert charge.state == "captured" and charge.tokens == 10
+
+
+async def test_a_rerun_that_could_not_read_the_memo_never_releases_an_earlier_search(
+    ledger: Ledger, redis: ArqRedis
+) -> None:
+    # Run 1 searched and its capture failed: the search is remembered. Run 2 cannot
+    # read the memo (Redis stalls past the read's timeout), searches again, and the
+    # provider now refuses the lead: run 1's search happened, so the hold is
+    # captured with its answer, not released.
+    await make_team(ledger, "acme", anchor="2026-03-01", at=NOW)
+    memo = RedisSearchMemo(redis, ttl_seconds=900)
+    answers: list[SearchResult | ProviderFailure] = [
+        SearchResult(Outcome.FOUND, {"email": "a@b.io"}, "test", sandbox=True),
+        ProviderFailure("test", "400 lead refused", retryable=False),
+    ]
+
+    async def search() -> SearchResult:
+        answer = answers.pop(0)
+        if isinstance(answer, ProviderFailure):
+            raise answer
+        return answer
+
+    async with capture_fault(ledger.pool, "53100"):
+        with pytest.raises(OutageRetry):
+            await metered(ledger, job_try=1, **_job(search, memo=memo,
+                          outage_until=time.monotonic() + 0.3, outage_wait=0.2))  # fmt: skip
+    stall_ms = int((CALL_TIMEOUT_S + 0.5) * 1000)
+    await redis.execute_command("CLIENT", "PAUSE", stall_ms, "ALL")
+    out = await metered(ledger, job_try=2, **_job(search, memo=memo,
+                        outage_until=time.monotonic() + 20, outage_wait=10))  # fmt: skip
+    assert answers == []  # searched again: the first read of the memo timed out
+    assert out["status"] == "captured" and out["search_reused"] is True  # was: 'failed'
+    assert out["data"] == {"email": "a@b.io"}
+    [charge] = await ledger.history("acme")
+    assert charge.state == "captured" and charge.tokens == 10  # was: released

@@ -179,7 +179,8 @@ async def _metered(
         tokens_counter(action, "held").inc(held.tokens)
 
     charge_id = held.charge_id
-    reused = await memo.get(f"{team}:{key}") if memo is not None and held.replayed else None
+    remembered = _Remembered(memo, f"{team}:{key}", held.replayed, base | {"key": key})
+    reused = await remembered.read()
     if reused is not None:
         # An earlier run searched, then could not capture (Postgres was away, or the
         # worker died): capture what it found instead of searching a second time.
@@ -187,25 +188,17 @@ async def _metered(
         result = reused
     else:
         searched = await _search(
-            search, ledger, charge_id, base, key, job_try, max_tries, clock, backoff_base, outage
-        )
+            search, ledger, charge_id, base, key, job_try, max_tries, clock, backoff_base, outage,
+            remembered.read,
+        )  # fmt: skip
         if not isinstance(searched, SearchResult):
             return searched  # the search did not happen: the job's result says why
         result = searched
 
-    async def remember() -> None:
-        # Also for a search already remembered: each put renews the memo's expiry.
-        if memo is None:
-            return
-        try:
-            await memo.put(f"{team}:{key}", result)
-        except Exception:
-            # Redis refusing the write (full, a bug): the capture is still retried,
-            # and a memo is only a shortcut for the job's next run.
-            log.error("search_memo_failed", **base, key=key, exc_info=True)
-
     try:
-        settlement = await _capture(ledger, charge_id, clock, outage, fields, remember)
+        settlement = await _capture(
+            ledger, charge_id, clock, outage, fields, lambda: remembered.put(result)
+        )
     except ChargeAlreadySettled:
         # The hold outlived TOKENS_HOLD_TTL_SECONDS (an outage longer than the TTL) and
         # the sweep gave the tokens back: the search happened but is not charged.
@@ -232,8 +225,40 @@ async def _metered(
         "sandbox": result.sandbox,
         "data": result.data,
         # True when an earlier run's search was captured (no second search).
-        "search_reused": reused is not None,
+        "search_reused": remembered.reused is not None,
     }
+
+
+class _Remembered:
+    """The memo of one charge's search, as one run of its job sees it."""
+
+    def __init__(
+        self, memo: SearchMemo | None, key: str, replayed: bool, fields: dict[str, Any]
+    ) -> None:
+        self.memo = memo
+        self.key = key
+        self.replayed = replayed  # only a hold an earlier run placed can have a memo
+        self.fields = fields
+        self.reused: SearchResult | None = None  # an earlier run's search, once read
+
+    async def read(self) -> SearchResult | None:
+        """An earlier run's search, if one is remembered. Read again before a
+        release: the first read may have met Redis away, and an earlier run's
+        search must be captured, not released."""
+        if self.memo is not None and self.replayed:
+            self.reused = await self.memo.get(self.key)
+        return self.reused
+
+    async def put(self, result: SearchResult) -> None:
+        """Remember `result`; also a search already remembered (each put renews the
+        memo's expiry). Never raises: the capture is retried all the same, and a
+        memo only spares the job's next run a second search."""
+        if self.memo is None:
+            return
+        try:
+            await self.memo.put(self.key, result)
+        except Exception:
+            log.error("search_memo_failed", **self.fields, exc_info=True)
 
 
 # The ledger's final answers to a capture: there is nothing left to capture.
@@ -297,8 +322,12 @@ async def _search(
     clock: Callable[[], datetime],
     backoff_base: float,
     outage: _Outage,
+    earlier_search: Callable[[], Awaitable[SearchResult | None]],
 ) -> SearchResult | dict[str, Any]:
-    """The provider's answer, or the job's result when the search did not happen."""
+    """The provider's answer, or the job's result when the search did not happen.
+
+    A search that fails for good releases the hold, unless an earlier run of
+    the job searched (its answer remembered): that search is then the answer."""
     action = base["action"]
     try:
         return await search()
@@ -314,6 +343,10 @@ async def _search(
                 retry_in_s=delay,
             )
             raise Retry(defer=delay) from failure
+        earlier = await earlier_search()
+        if earlier is not None:
+            log.warning("search_reused_not_released", **base, key=key, job_try=job_try)
+            return earlier
         try:
             await outage.guard(
                 lambda: ledger.release(charge_id, at=clock()),
