@@ -266,3 +266,34 @@ async def test_a_rerun_that_could_not_read_the_memo_never_releases_an_earlier_se
     assert out["data"] == {"email": "a@b.io"}
     [charge] = await ledger.history("acme")
     assert charge.state == "captured" and charge.tokens == 10  # was: released
+
+
+async def test_a_hold_cut_off_while_a_bill_locks_the_month_is_retried(
+    ledger: Ledger, database_url: str
+) -> None:
+    # Nothing searched yet, so nothing to lose; but a job failed for good would
+    # never search its lead.
+    await make_team(ledger, "acme", anchor="2026-03-01", at=NOW)
+    await ledger.billing("acme", at=NOW)  # the month exists: the bill locks it
+    short = await asyncpg.create_pool(
+        database_url, min_size=1, max_size=2,
+        server_settings={"statement_timeout": "300", "timezone": "UTC"},
+    )  # fmt: skip
+    lock = MonthLock(ledger.pool, "acme")
+    await lock.take()
+    lock.later(lambda: asyncio.sleep(1.0), lock.commit)
+    timed = Ledger(short, DEFAULT_CATALOG)
+
+    async def search() -> SearchResult:
+        return SearchResult(Outcome.FOUND, {}, "test", sandbox=True)
+
+    try:
+        out = await metered(
+            timed, job_try=1, **_job(search, outage_until=time.monotonic() + 20, outage_wait=10)
+        )
+    finally:
+        await lock.close()
+        await short.close()
+    assert out["status"] == "captured"  # was: QueryCanceledError, the job failed for good
+    [charge] = await ledger.history("acme")
+    assert charge.state == "captured"

@@ -261,6 +261,10 @@ class _Remembered:
             log.error("search_memo_failed", **self.fields, exc_info=True)
 
 
+def _outage_or_contention(exc: BaseException) -> bool:
+    return is_transient(exc) or is_contention(exc)
+
+
 # The ledger's final answers to a capture: there is nothing left to capture.
 _FINAL = (ChargeAlreadySettled, UnknownCharge)
 
@@ -380,13 +384,16 @@ class _Outage:
         self.wait = wait
 
     async def guard(self, call: Callable[[], Awaitable[T]], what: str, fields: dict[str, Any]) -> T:
+        """`call` (a hold or a release), waiting out an outage, or a statement that
+        other sessions' locks cut off (a bill locking the team's month): either
+        would otherwise fail the job for good, its lead never searched."""
         try:
             return await call()  # nearly always: no deadline to work out, no wrapper
         except Exception as exc:
-            if not is_transient(exc):
+            if not _outage_or_contention(exc):
                 raise
             failed = exc
-        return await self.wait_out(call, what, fields, failed)
+        return await self.wait_out(call, what, fields, failed, retry_on=_outage_or_contention)
 
     async def by_deadline(self, call: Awaitable[T]) -> T:
         """`call`, given up (TimeoutError) at the deadline. A settlement given up
