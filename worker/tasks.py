@@ -237,7 +237,8 @@ async def expire_holds(ctx: dict[str, Any]) -> dict[str, Any]:
     trace.
 
     Postgres or Redis away: wait it out, else leave it to the next run (the TTL
-    is long, a few minutes later changes nothing). One statement: all or nothing.
+    is long, a few minutes later changes nothing). The expiry is one statement,
+    all or nothing; each capture is its own, and a repeat of one is a replay.
     """
     deps = deps_of(ctx)
 
