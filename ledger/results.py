@@ -152,6 +152,17 @@ class HoldResult:
 
 
 @dataclass(frozen=True, slots=True)
+class StaleHold:
+    """A job's hold older than the hold TTL: the sweep's to settle, unless its job
+    still runs or waits."""
+
+    charge_id: int
+    team: str
+    key: str
+    job_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Settlement:
     """A capture or release: the charge as it is now, and whether this call changed it."""
 

@@ -30,6 +30,7 @@ from ledger.results import (
     MemberCapChangeRow,
     MemberSpend,
     Settlement,
+    StaleHold,
     TeamRow,
 )
 
@@ -370,11 +371,11 @@ class Ledger:
         _log_hold(held, None)
         return held, settlement
 
-    async def stale_hold_jobs(self, *, older_than: datetime) -> list[str]:
-        """The jobs of the holds that `expire_holds` would release now."""
+    async def stale_holds(self, *, older_than: datetime) -> list[StaleHold]:
+        """The holds of jobs that `expire_holds` would release now."""
         older_than = validate.moment(older_than)
-        rows = await self._run(lambda: self.pool.fetch(q("stale_hold_jobs"), older_than))
-        return [r["job_id"] for r in rows]
+        rows = await self._run(lambda: self.pool.fetch(q("stale_holds"), older_than))
+        return [StaleHold(r["id"], r["team_id"], r["idempotency_key"], r["job_id"]) for r in rows]
 
     async def expire_holds(
         self, *, older_than: datetime, at: datetime, keep_jobs: Collection[str] = ()

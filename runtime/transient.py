@@ -107,15 +107,32 @@ def backoff(attempt: int, *, base: float = 0.1, cap: float = 2.0) -> float:
     return random.uniform(0.0, min(cap, base * 2.0**attempt))
 
 
+# SQLSTATEs of a statement Postgres cancelled and rolled back because of other
+# sessions: a statement or lock timeout, a deadlock, a serialization failure.
+_CONTENTION_SQLSTATES = frozenset({"57014", "55P03", "40P01", "40001"})
+
+
+def is_contention(exc: BaseException) -> bool:
+    """True when Postgres cancelled the statement because of other sessions' locks
+    (a timeout, a deadlock): nothing was written, and the same statement may pass
+    a moment later. Not an outage: where only an outage is waited out, this is an
+    error; a caller that must not give up (a capture) retries it anyway."""
+    return isinstance(exc, asyncpg.PostgresError) and (
+        getattr(exc, "sqlstate", None) in _CONTENTION_SQLSTATES
+    )
+
+
 async def ride_out(
     call: Callable[[], Awaitable[T]],
     *,
     until: float,
     what: str,
     on_wait: Callable[[BaseException], None] | None = None,
+    retry_on: Callable[[BaseException], bool] = is_transient,
     **fields: object,
 ) -> T:
-    """Run `call`; while it fails with a transient error, run it again with backoff.
+    """Run `call`; while it fails with an error `retry_on` accepts (by default a
+    transient one), run it again with backoff.
 
     `until` is a `time.monotonic()` deadline: the last error is raised once
     the next wait would pass it. Any other error is raised at once. `call` must
@@ -126,7 +143,7 @@ async def ride_out(
         try:
             return await call()
         except Exception as exc:
-            if not is_transient(exc):
+            if not retry_on(exc):
                 raise
             delay = max(backoff(attempt), 0.05)
             if time.monotonic() + delay > until:

@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
 
+import asyncpg
 import pytest
+from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.worker import Retry
 from pydantic import ValidationError
 
+from ledger.catalog import DEFAULT_CATALOG
 from ledger.results import Settlement
 from ledger.service import Ledger
 from runtime.config import Settings
 from tests.conftest import at
 from tests.factories import make_team
-from worker.metering import metered
+from tests.faults import MonthLock, capture_fault
+from worker.memo import CALL_TIMEOUT_S, RedisSearchMemo
+from worker.metering import OutageRetry, metered
 from worker.providers import Outcome, ProviderFailure, SearchResult
 
 NOW = at("2026-03-10T12:00:00")
@@ -101,3 +109,191 @@ def test_hold_ttl_must_outlive_every_try_of_a_job() -> None:
     Settings()  # the defaults are consistent
     with pytest.raises(ValidationError, match="TOKENS_HOLD_TTL_SECONDS"):
         Settings(hold_ttl_seconds=600, job_timeout_seconds=120, job_max_tries=5)
+
+
+# -- a capture that Postgres refuses once the search happened ---------------------
+
+
+class CaptureErrors(Ledger):
+    """The real ledger, noting each error its captures met."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.errors: list[BaseException] = []
+
+    async def capture(self, charge_id: int, *, at: Any) -> Settlement:
+        try:
+            return await super().capture(charge_id, at=at)
+        except Exception as exc:
+            self.errors.append(exc)
+            raise
+
+
+def _job(search: Any, **extra: Any) -> dict[str, Any]:
+    return dict(team="acme", action="enrich", job_id="j", max_tries=3, lead_id="l",
+                clock=lambda: NOW, search=search, **extra)  # fmt: skip
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[ArqRedis]:
+    pool = await create_pool(RedisSettings.from_dsn(redis_url))
+    await pool.flushdb()
+    yield pool
+    await pool.aclose()
+
+
+@pytest.mark.parametrize(
+    ("setting", "error"),
+    [
+        ("statement_timeout", asyncpg.QueryCanceledError),
+        ("lock_timeout", asyncpg.LockNotAvailableError),
+    ],
+)
+async def test_a_capture_cut_off_while_a_bill_locks_the_month_is_retried(
+    ledger: Ledger, database_url: str, setting: str, error: type[Exception]
+) -> None:
+    # Bill-making holds the team's month row for a second; the worker's sessions
+    # give up on a statement after 300 ms.
+    await make_team(ledger, "acme", anchor="2026-03-01", at=NOW)
+    short = await asyncpg.create_pool(
+        database_url, min_size=1, max_size=2, server_settings={setting: "300", "timezone": "UTC"}
+    )
+    lock = MonthLock(ledger.pool, "acme")
+    timed = CaptureErrors(short, DEFAULT_CATALOG)
+
+    async def search() -> SearchResult:
+        await lock.take()
+        lock.later(lambda: asyncio.sleep(1.0), lock.commit)
+        return SearchResult(Outcome.FOUND, {}, "test", sandbox=True)
+
+    try:
+        out = await metered(
+            timed, job_try=3, **_job(search, outage_until=time.monotonic() + 20, outage_wait=10)
+        )
+    finally:
+        await lock.close()
+        await short.close()
+    assert out["status"] == "captured"  # was: the timeout raised, the job failed for good
+    assert timed.errors and all(isinstance(e, error) for e in timed.errors)
+    [charge] = await ledger.history("acme")
+    assert charge.state == "captured" and charge.tokens == 10
+
+
+async def test_a_capture_that_deadlocks_with_bill_making_is_retried(ledger: Ledger) -> None:
+    await make_team(ledger, "acme", anchor="2026-03-01", at=NOW)
+    lock = MonthLock(ledger.pool, "acme")
+    spy = CaptureErrors(ledger.pool, DEFAULT_CATALOG)
+
+    async def search() -> SearchResult:
+        [held] = await ledger.history("acme")
+        await lock.take()
+        # Once the capture holds the charge and waits for the month, the bill wants
+        # the charge too: a cycle, which Postgres breaks by cancelling the capture.
+        lock.later(lock.wait_for_a_waiter, lambda: lock.lock_charge(held.id), lock.commit)
+        return SearchResult(Outcome.FOUND, {}, "test", sandbox=True)
+
+    try:
+        out = await metered(
+            spy, job_try=1, **_job(search, outage_until=time.monotonic() + 20, outage_wait=10)
+        )
+    finally:
+        await lock.close()
+    assert out["status"] == "captured"
+    assert [type(e) for e in spy.errors] == [asyncpg.DeadlockDetectedError]
+    [charge] = await ledger.history("acme")
+    assert charge.state == "captured"
+
+
+async def test_a_capture_failing_on_the_last_try_goes_back_and_is_captured_once(
+    ledger: Ledger, redis: ArqRedis
+) -> None:
+    # Not an outage, not a lock: Postgres refuses the capture (a full disk) past
+    # the job's wait, on its last try. The job goes back to the queue with its
+    # search remembered, and the next run captures it without searching again.
+    await make_team(ledger, "acme", anchor="2026-03-01", at=NOW)
+    memo = RedisSearchMemo(redis, ttl_seconds=900)
+    searches: list[int] = []
+
+    async def search() -> SearchResult:
+        searches.append(1)
+        return SearchResult(Outcome.FOUND, {"email": "a@b.io"}, "test", sandbox=True)
+
+    async with capture_fault(ledger.pool, "53100"):
+        with pytest.raises(OutageRetry) as raised:  # was: DiskFullError, the job failed
+            await metered(ledger, job_try=3, **_job(search, memo=memo,
+                          outage_until=time.monotonic() + 0.5, outage_wait=0.3))  # fmt: skip
+        assert raised.value.what == "capture"
+        [charge] = await ledger.history("acme")
+        assert charge.state == "held"
+    out = await metered(ledger, job_try=3, **_job(search, memo=memo,
+                        outage_until=time.monotonic() + 20, outage_wait=10))  # fmt: skip
+    assert out["status"] == "captured" and out["search_reused"] is True
+    assert out["data"] == {"email": "a@b.io"} and len(searches) == 1
+    [charge] = await ledger.history("acme")
+    assert charge.state == "captured" and charge.tokens == 10
+
+
+async def test_a_rerun_that_could_not_read_the_memo_never_releases_an_earlier_search(
+    ledger: Ledger, redis: ArqRedis
+) -> None:
+    # Run 1 searched and its capture failed: the search is remembered. Run 2 cannot
+    # read the memo (Redis stalls past the read's timeout), searches again, and the
+    # provider now refuses the lead: run 1's search happened, so the hold is
+    # captured with its answer, not released.
+    await make_team(ledger, "acme", anchor="2026-03-01", at=NOW)
+    memo = RedisSearchMemo(redis, ttl_seconds=900)
+    answers: list[SearchResult | ProviderFailure] = [
+        SearchResult(Outcome.FOUND, {"email": "a@b.io"}, "test", sandbox=True),
+        ProviderFailure("test", "400 lead refused", retryable=False),
+    ]
+
+    async def search() -> SearchResult:
+        answer = answers.pop(0)
+        if isinstance(answer, ProviderFailure):
+            raise answer
+        return answer
+
+    async with capture_fault(ledger.pool, "53100"):
+        with pytest.raises(OutageRetry):
+            await metered(ledger, job_try=1, **_job(search, memo=memo,
+                          outage_until=time.monotonic() + 0.3, outage_wait=0.2))  # fmt: skip
+    stall_ms = int((CALL_TIMEOUT_S + 0.5) * 1000)
+    await redis.execute_command("CLIENT", "PAUSE", stall_ms, "ALL")
+    out = await metered(ledger, job_try=2, **_job(search, memo=memo,
+                        outage_until=time.monotonic() + 20, outage_wait=10))  # fmt: skip
+    assert answers == []  # searched again: the first read of the memo timed out
+    assert out["status"] == "captured" and out["search_reused"] is True  # was: 'failed'
+    assert out["data"] == {"email": "a@b.io"}
+    [charge] = await ledger.history("acme")
+    assert charge.state == "captured" and charge.tokens == 10  # was: released
+
+
+async def test_a_hold_cut_off_while_a_bill_locks_the_month_is_retried(
+    ledger: Ledger, database_url: str
+) -> None:
+    # Nothing searched yet, so nothing to lose; but a job failed for good would
+    # never search its lead.
+    await make_team(ledger, "acme", anchor="2026-03-01", at=NOW)
+    await ledger.billing("acme", at=NOW)  # the month exists: the bill locks it
+    short = await asyncpg.create_pool(
+        database_url, min_size=1, max_size=2,
+        server_settings={"statement_timeout": "300", "timezone": "UTC"},
+    )  # fmt: skip
+    lock = MonthLock(ledger.pool, "acme")
+    await lock.take()
+    lock.later(lambda: asyncio.sleep(1.0), lock.commit)
+    timed = Ledger(short, DEFAULT_CATALOG)
+
+    async def search() -> SearchResult:
+        return SearchResult(Outcome.FOUND, {}, "test", sandbox=True)
+
+    try:
+        out = await metered(
+            timed, job_try=1, **_job(search, outage_until=time.monotonic() + 20, outage_wait=10)
+        )
+    finally:
+        await lock.close()
+        await short.close()
+    assert out["status"] == "captured"  # was: QueryCanceledError, the job failed for good
+    [charge] = await ledger.history("acme")
+    assert charge.state == "captured"

@@ -13,7 +13,7 @@ from ledger.errors import UnknownTeam
 from ledger.results import HoldResult, Settlement
 from ledger.service import Ledger
 from runtime.config import Settings
-from runtime.transient import is_transient, ride_out
+from runtime.transient import is_contention, is_transient, ride_out
 from tests.conftest import at
 from worker.metering import OutageRetry, metered
 from worker.providers import Outcome, SearchResult
@@ -238,7 +238,7 @@ class DownLedger:
     pool: Any = None
     calls = 0
 
-    async def stale_hold_jobs(self, **_: Any) -> list[str]:
+    async def stale_holds(self, **_: Any) -> list[Any]:
         self.calls += 1
         raise ConnectionRefusedError(111, "Connection refused")
 
@@ -322,3 +322,22 @@ async def test_the_worker_survives_a_watch_lost_to_a_redis_restart(
     with pytest.raises(KeyError):
         await w.start_jobs([b"job-1"])
     await w.close()
+
+
+@pytest.mark.parametrize(
+    ("exc", "contention"),
+    [
+        (asyncpg.QueryCanceledError("canceling statement due to statement timeout"), True),
+        (asyncpg.LockNotAvailableError("canceling statement due to lock timeout"), True),
+        (asyncpg.DeadlockDetectedError("deadlock detected"), True),
+        (asyncpg.SerializationError("could not serialize access"), True),
+        (asyncpg.DiskFullError("could not extend file"), False),
+        (ConnectionResetError(104, "Connection reset by peer"), False),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_a_statement_cancelled_by_other_sessions_is_contention_not_an_outage(
+    exc: BaseException, contention: bool
+) -> None:
+    assert is_contention(exc) is contention
+    assert not (contention and is_transient(exc))

@@ -20,8 +20,12 @@ from ledger.errors import BadInput, NotMigrated
 from ledger.service import Ledger
 from runtime.config import Settings
 from tests.conftest import at, with_database
+from tests.faults import MonthLock, capture_fault
 from worker.client import enqueue, result
-from worker.queue import QUEUE
+from worker.memo import PREFIX as MEMO_PREFIX
+from worker.memo import RedisSearchMemo
+from worker.providers import Outcome, SearchResult
+from worker.queue import OUTAGE_KEY_PREFIX, QUEUE
 from worker.settings import worker_kwargs
 from worker.tasks import expire_holds, queue_team_reconcile
 
@@ -37,18 +41,14 @@ async def redis(redis_url: str) -> AsyncIterator[ArqRedis]:
 
 
 def settings_for(database_url: str, redis_url: str, **extra: Any) -> Settings:
-    return Settings(
-        database_url=database_url,
-        redis_url=redis_url,
-        retry_backoff_seconds=0.01,
-        job_max_tries=3,
-        **extra,
-    )
+    fields: dict[str, Any] = {"retry_backoff_seconds": 0.01, "job_max_tries": 3, **extra}
+    return Settings(database_url=database_url, redis_url=redis_url, **fields)
 
 
-async def run_burst(settings: Settings) -> Worker:
+async def run_burst(settings: Settings, *, after_job_end: Any = None, **extra: Any) -> Worker:
     assert settings.redis_url is not None
-    w = Worker(**worker_kwargs(settings, settings.redis_url, burst=True))
+    kwargs = worker_kwargs(settings, settings.redis_url, burst=True, **extra)
+    w = Worker(**kwargs, after_job_end=after_job_end)
     try:
         await w.main()
     finally:
@@ -219,7 +219,7 @@ async def test_the_sweep_leaves_the_holds_of_jobs_arq_still_has(
     deps = {"settings": settings_for(database_url, redis_url), "ledger": ledger,
             "clock": lambda: held_at + timedelta(hours=1)}  # fmt: skip
     out = await expire_holds({"deps": deps, "redis": redis})
-    assert out == {"expired": 1, "kept_for_their_jobs": 1}
+    assert out == {"expired": 1, "kept_for_their_jobs": 1, "captured_searched": 0}
     assert [(c.idempotency_key, c.state) for c in await ledger.history("acme")] == [
         ("waiting", "held"),
         ("gone", "expired"),
@@ -228,7 +228,127 @@ async def test_the_sweep_leaves_the_holds_of_jobs_arq_still_has(
     assert await expire_holds({"deps": deps, "redis": redis}) == {
         "expired": 1,
         "kept_for_their_jobs": 0,
+        "captured_searched": 0,
     }
+
+
+def found(_: httpx.Request) -> httpx.Response:
+    return httpx.Response(200, json={"found": True, "person": {"title": "CTO"}})
+
+
+async def test_a_capture_cut_off_by_a_statement_timeout_is_captured_not_lost(
+    ledger: Ledger, redis: ArqRedis, database_url: str, redis_url: str
+) -> None:
+    # The worker's statements time out after 300 ms; bill-making holds the team's
+    # month row for a second while the job captures.
+    await team(ledger)
+    [job] = await enqueue(redis, DEFAULT_CATALOG, "acme", "enrich", payload=leads(1))
+    lock = MonthLock(ledger.pool, "acme")
+
+    async def search_then_bill(request: httpx.Request) -> httpx.Response:
+        await lock.take()
+        lock.later(lambda: asyncio.sleep(1.0), lock.commit)
+        return found(request)
+
+    short = f"{database_url}&statement_timeout=300"
+    try:
+        with respx.mock(base_url=ENRICH) as mock:
+            route = mock.post("/v1/enrich").mock(side_effect=search_then_bill)
+            await run_burst(settings_for(short, redis_url, enrich_base_url=ENRICH))
+    finally:
+        await lock.close()
+    out = await result(redis, job.job_id)  # was: QueryCanceledError, the job failed for good
+    assert out["status"] == "captured" and route.call_count == 1
+    [charge] = await ledger.history("acme")
+    assert charge.state == "captured" and charge.tokens == 10
+
+
+async def test_a_capture_refused_on_the_last_try_goes_back_and_is_captured_once(
+    ledger: Ledger, redis: ArqRedis, database_url: str, redis_url: str, pool: asyncpg.Pool
+) -> None:
+    await team(ledger)
+    settings = settings_for(database_url, redis_url, enrich_base_url=ENRICH, job_max_tries=1,
+                            outage_wait_seconds=0.3)  # fmt: skip
+    job_id = "b1:l0"
+    # Enqueued near the end of arq's day: its key would expire while it waits.
+    await redis.enqueue_job("enrich", "acme", {"id": "l0", "email": "p0@acme.io"},
+                            _job_id=job_id, _queue_name=QUEUE, _expires=60)  # fmt: skip
+    memo_key = f"{MEMO_PREFIX}acme:{job_id}:l0"
+    seen: dict[str, int] = {}
+
+    async with capture_fault(pool, "53100") as fault:
+
+        async def clear_once_put_back(ctx: dict[str, Any]) -> None:
+            # The run ended and the job went back to the queue (its only try given
+            # back): look at what it left in Redis, then let Postgres take captures.
+            if await redis.exists(OUTAGE_KEY_PREFIX + job_id) and not seen:
+                seen["job_ttl_ms"] = await redis.pttl(job_key_prefix + job_id)
+                seen["memo_ttl_ms"] = await redis.pttl(memo_key)
+                await fault.clear()
+
+        with respx.mock(base_url=ENRICH) as mock:
+            route = mock.post("/v1/enrich").mock(side_effect=found)
+            await run_burst(settings, after_job_end=clear_once_put_back)
+    out = await result(redis, job_id)  # was: DiskFullError, the job failed for good
+    assert out["status"] == "captured" and out["search_reused"] is True
+    assert route.call_count == 1  # searched once, charged once
+    [charge] = await ledger.history("acme")
+    assert charge.state == "captured" and charge.tokens == 10
+    # Put back, the job's key lives another day; the memo outlives the hold's TTL
+    # (the sweep looks for it after that).
+    assert seen["job_ttl_ms"] > 23 * 3600 * 1000
+    assert seen["memo_ttl_ms"] > settings.hold_ttl_seconds * 1000
+
+
+async def test_the_sweep_keeps_the_hold_of_a_running_job_whose_arq_key_expired(
+    ledger: Ledger, redis: ArqRedis, database_url: str, redis_url: str
+) -> None:
+    # arq's job key expires a day after enqueue, whatever the job's retries; a job
+    # held its tokens on its first try long ago and runs again as the day ends.
+    await team(ledger)
+    held_at = at("2026-01-02")
+    settings = settings_for(database_url, redis_url, enrich_base_url=ENRICH)
+    [job] = await enqueue(redis, DEFAULT_CATALOG, "acme", "enrich", payload=leads(1))
+    sweeps: list[dict[str, Any]] = []
+
+    async def search_as_the_key_expires(request: httpx.Request) -> httpx.Response:
+        # The day is over: Redis drops the key (an expiry is a deletion).
+        assert await redis.delete(job_key_prefix + job.job_id) == 1
+        later = held_at + timedelta(hours=1)
+        deps = {"settings": settings, "ledger": ledger, "clock": lambda: later}
+        sweeps.append(await expire_holds({"deps": deps, "redis": redis}))
+        return found(request)
+
+    with respx.mock(base_url=ENRICH) as mock:
+        mock.post("/v1/enrich").mock(side_effect=search_as_the_key_expires)
+        await run_burst(settings, clock=lambda: held_at)
+    assert sweeps == [{"expired": 0, "kept_for_their_jobs": 1, "captured_searched": 0}]
+    out = await result(redis, job.job_id)
+    assert out["status"] == "captured"  # was: 'released', the search not charged
+    [charge] = await ledger.history("acme")
+    assert charge.state == "captured"
+
+
+async def test_the_sweep_captures_a_remembered_search_whose_job_arq_dropped(
+    ledger: Ledger, redis: ArqRedis, database_url: str, redis_url: str
+) -> None:
+    # Both jobs held long ago and arq no longer has them (expired in the queue, or
+    # out of tries). One had searched, its capture unanswered: its search is
+    # remembered, so its tokens are spent. The other never searched.
+    await team(ledger)
+    held_at = at("2026-01-02")
+    for job in ("searched", "never_ran"):
+        await ledger.hold("acme", "enrich", 1, key=job, at=held_at, job_id=job)
+    memo = RedisSearchMemo(redis, ttl_seconds=3600)
+    await memo.put("acme:searched", SearchResult(Outcome.FOUND, {}, "test", sandbox=True))
+    deps = {"settings": settings_for(database_url, redis_url), "ledger": ledger,
+            "clock": lambda: held_at + timedelta(hours=1)}  # fmt: skip
+    out = await expire_holds({"deps": deps, "redis": redis})
+    assert out == {"expired": 1, "kept_for_their_jobs": 0, "captured_searched": 1}
+    assert [(c.idempotency_key, c.state) for c in await ledger.history("acme")] == [
+        ("searched", "captured"),  # was: expired, a search that happened never charged
+        ("never_ran", "expired"),
+    ]
 
 
 async def test_concurrent_workers_share_the_queue(

@@ -1,13 +1,16 @@
 """The search memo in Redis: a search that happened, whose capture did not answer.
 
-A job that searched and then could not capture (Postgres away past the job's
-wait, the worker stopped or its capture's answer lost) writes the memo before
-it gives up, and runs again; its hold replays as `held` and the memo gives
-back what the provider answered, so the lead is not searched twice. A capture
-that answers writes nothing (worker/metering.py). Best effort by design:
-Redis unreachable, or a worker killed outright between the search and the
-capture's commit, means no memo (the job then searches again, and is still
-charged once by its idempotency key).
+A job that searched and then could not capture (Postgres away or refusing
+the capture past the job's wait, the worker stopped or its capture's answer
+lost) writes the memo before it gives up, and runs again; its hold replays as
+`held` and the memo gives back what the provider answered, so the lead is not
+searched twice. If arq never runs the job again (it expired in the queue),
+the hold-expiry sweep finds the memo and captures the hold instead of
+expiring it (worker/tasks.py). A capture that answers writes nothing
+(worker/metering.py). Best effort by design: Redis unreachable, or a worker
+killed outright between the search and the capture's commit, means no memo
+(the job then searches again, and is still charged once by its idempotency
+key).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 
 import structlog
 
+from runtime.config import Settings
 from runtime.transient import is_transient
 from worker.providers import Outcome, SearchResult
 
@@ -28,6 +32,21 @@ PREFIX = "tokens:searched:"
 # Redis calls of a running job are bounded: the worker's connection waits out a
 # Redis restart for minutes, a job must not (arq's job timeout would fail it).
 CALL_TIMEOUT_S = 2.0
+# arq keeps a queued job's key this long (its `expires_extra_ms`), and the worker
+# renews it so when a job goes back to the queue (worker/tasks.py).
+JOB_KEY_TTL_S = 24 * 3600
+
+
+def memo_ttl_seconds(settings: Settings) -> int:
+    """How long a memo is kept: until the job's next run, which arq may hold back
+    as long as a job's key lives, and past the hold TTL, when the sweep looks for
+    it. Memos are few (only captures that did not answer) and small."""
+    return settings.hold_ttl_seconds + JOB_KEY_TTL_S
+
+
+def memo_key(team: str, key: str) -> str:
+    """The memo of a charge: its team and idempotency key."""
+    return f"{PREFIX}{team}:{key}"
 
 
 class RedisSearchMemo:
@@ -40,7 +59,6 @@ class RedisSearchMemo:
 
     def __init__(self, redis: Any, ttl_seconds: int) -> None:
         self.redis = redis
-        # A hold older than the hold TTL is released by the sweep: no memo outlives it.
         self.ttl_seconds = ttl_seconds
         self._pending: list[tuple[str, str, asyncio.Future[None]]] = []
         self._flushing: set[asyncio.Task[None]] = set()
@@ -113,6 +131,18 @@ class RedisSearchMemo:
             for _, _, done in batch:
                 if not done.done():
                     done.set_result(None)
+
+
+async def remembered(redis: Any, keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Which of these (team, idempotency key) have a memo: one round trip. Not best
+    effort: the sweep must not decide without knowing, so errors are raised."""
+    if not keys:
+        return set()
+    async with redis.pipeline(transaction=False) as pipe:
+        for team, key in keys:
+            pipe.exists(memo_key(team, key))
+        found = await pipe.execute()
+    return {k for k, n in zip(keys, found, strict=True) if n}
 
 
 _SHARED: weakref.WeakKeyDictionary[Any, RedisSearchMemo] = weakref.WeakKeyDictionary()

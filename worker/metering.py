@@ -12,10 +12,15 @@ the capture and the release are tried again with backoff inside the job, up
 to a deadline below the job's timeout; past it the job is put back in the
 queue (`OutageRetry`), which the worker does not count as one of the job's
 tries (worker/tasks.py). The hold's idempotency key makes every repeat safe.
-A search whose capture does not answer (Postgres away, the worker stopping)
-is remembered first (`SearchMemo`, in Redis, until the hold TTL), so the job's
-next run captures it without searching again; a capture that answers, nearly
-every one, costs no memo write.
+
+A search that happened is charged, whatever error its capture meets: not
+only an outage but a statement or lock timeout while a bill locks the team's
+month, a deadlock, a full disk, the worker stopping. Such a search is
+remembered first (`SearchMemo`, in Redis), then its capture is tried again
+like an outage, never failing the job for good; the job's next run captures
+it without searching again, or, if arq never runs the job again, the
+hold-expiry sweep does. A capture that answers, nearly every one, costs no
+memo write.
 """
 
 from __future__ import annotations
@@ -30,11 +35,11 @@ from typing import Any, Protocol, TypeVar
 import structlog
 from arq.worker import Retry
 
-from ledger.errors import ChargeAlreadySettled
+from ledger.errors import ChargeAlreadySettled, UnknownCharge
 from ledger.results import Settlement
 from ledger.service import Ledger
 from runtime.metrics import OUTAGES, jobs_counter, tokens_counter
-from runtime.transient import is_transient, ride_out
+from runtime.transient import is_contention, is_transient, ride_out
 from worker.providers import ProviderFailure, SearchResult
 
 log = structlog.get_logger("tokens.worker")
@@ -57,10 +62,12 @@ class SearchMemo(Protocol):
 
 
 class OutageRetry(Retry):
-    """Postgres or Redis is away: run this job again later.
+    """Postgres or Redis is away, or a search's capture failed: run this job again later.
 
     Not a failure of the job nor one of its tries: the worker gives arq's try
-    back (worker/tasks.py), so an outage never uses up TOKENS_JOB_MAX_TRIES.
+    back (worker/tasks.py), so an outage never uses up TOKENS_JOB_MAX_TRIES,
+    and a search whose capture failed is never left unrecorded by a job that
+    ran out of tries.
     """
 
     def __init__(self, what: str, defer: float) -> None:
@@ -172,7 +179,8 @@ async def _metered(
         tokens_counter(action, "held").inc(held.tokens)
 
     charge_id = held.charge_id
-    reused = await memo.get(f"{team}:{key}") if memo is not None and held.replayed else None
+    remembered = _Remembered(memo, f"{team}:{key}", held.replayed, base | {"key": key})
+    reused = await remembered.read()
     if reused is not None:
         # An earlier run searched, then could not capture (Postgres was away, or the
         # worker died): capture what it found instead of searching a second time.
@@ -180,18 +188,17 @@ async def _metered(
         result = reused
     else:
         searched = await _search(
-            search, ledger, charge_id, base, key, job_try, max_tries, clock, backoff_base, outage
-        )
+            search, ledger, charge_id, base, key, job_try, max_tries, clock, backoff_base, outage,
+            remembered.read,
+        )  # fmt: skip
         if not isinstance(searched, SearchResult):
             return searched  # the search did not happen: the job's result says why
         result = searched
 
-    async def remember() -> None:
-        if memo is not None and reused is None:
-            await memo.put(f"{team}:{key}", result)
-
     try:
-        settlement = await _capture(ledger, charge_id, clock, outage, fields, remember)
+        settlement = await _capture(
+            ledger, charge_id, clock, outage, fields, lambda: remembered.put(result)
+        )
     except ChargeAlreadySettled:
         # The hold outlived TOKENS_HOLD_TTL_SECONDS (an outage longer than the TTL) and
         # the sweep gave the tokens back: the search happened but is not charged.
@@ -218,8 +225,52 @@ async def _metered(
         "sandbox": result.sandbox,
         "data": result.data,
         # True when an earlier run's search was captured (no second search).
-        "search_reused": reused is not None,
+        "search_reused": remembered.reused is not None,
     }
+
+
+class _Remembered:
+    """The memo of one charge's search, as one run of its job sees it."""
+
+    def __init__(
+        self, memo: SearchMemo | None, key: str, replayed: bool, fields: dict[str, Any]
+    ) -> None:
+        self.memo = memo
+        self.key = key
+        self.replayed = replayed  # only a hold an earlier run placed can have a memo
+        self.fields = fields
+        self.reused: SearchResult | None = None  # an earlier run's search, once read
+
+    async def read(self) -> SearchResult | None:
+        """An earlier run's search, if one is remembered. Read again before a
+        release: the first read may have met Redis away, and an earlier run's
+        search must be captured, not released."""
+        if self.memo is not None and self.replayed:
+            self.reused = await self.memo.get(self.key)
+        return self.reused
+
+    async def put(self, result: SearchResult) -> None:
+        """Remember `result`; also a search already remembered (each put renews the
+        memo's expiry). Never raises: the capture is retried all the same, and a
+        memo only spares the job's next run a second search."""
+        if self.memo is None:
+            return
+        try:
+            await self.memo.put(self.key, result)
+        except Exception:
+            log.error("search_memo_failed", **self.fields, exc_info=True)
+
+
+def _outage_or_contention(exc: BaseException) -> bool:
+    return is_transient(exc) or is_contention(exc)
+
+
+# The ledger's final answers to a capture: there is nothing left to capture.
+_FINAL = (ChargeAlreadySettled, UnknownCharge)
+
+
+def _capture_again(exc: BaseException) -> bool:
+    return not isinstance(exc, _FINAL)
 
 
 async def _capture(
@@ -230,29 +281,38 @@ async def _capture(
     fields: dict[str, Any],
     remember: Callable[[], Awaitable[None]],
 ) -> Settlement:
-    """The capture of a search that happened.
+    """The capture of a search that happened: it must happen, whatever it meets.
 
     One that answers needs no memo (nearly every one: no Redis round trip per
-    job). One that does not (Postgres away, the worker stopping, a lost
-    answer) calls `remember` first, so that the job's next run captures the
-    search without searching again; then an outage is waited out as for any
-    ledger call. Only a worker killed outright between the search and the
-    capture's commit leaves no memo: that lead is searched again on the next
-    run, and still charged once.
+    job). Any other end than the ledger's final answer (settled already, no
+    such charge) leaves a search unrecorded, so `remember` comes first: the
+    job's next run, or the sweep if arq never runs the job again, captures the
+    search without searching again. Then the capture is tried again inside
+    the job until its deadline and, past it, the job goes back to the queue
+    without using a try: an error arq counts could fail the job for good on
+    its last try. Each try ends by that deadline too, so a capture waiting on
+    a lock never reaches arq's job timeout (a failure for good, not a retry).
+    Only a worker killed outright between the search and the capture's commit
+    leaves no memo: that lead is searched again on the next run, and still
+    charged once.
     """
 
     async def capture() -> Settlement:
-        return await ledger.capture(charge_id, at=clock())
+        return await outage.by_deadline(ledger.capture(charge_id, at=clock()))
 
     try:
         return await capture()
+    except _FINAL:
+        raise
     except (Exception, asyncio.CancelledError) as exc:
-        if not isinstance(exc, ChargeAlreadySettled):
-            await remember()
-        if not (isinstance(exc, Exception) and is_transient(exc)):
+        await remember()
+        if not isinstance(exc, Exception):
             raise
         failed = exc
-    return await outage.wait_out(capture, "capture", fields, failed)
+    if not (is_transient(failed) or is_contention(failed)):
+        # Neither an outage nor a lock: Postgres refused the capture itself.
+        log.error("capture_failed", error=f"{type(failed).__name__}: {failed}"[:200], **fields)
+    return await outage.wait_out(capture, "capture", fields, failed, retry_on=_capture_again)
 
 
 async def _search(
@@ -266,8 +326,12 @@ async def _search(
     clock: Callable[[], datetime],
     backoff_base: float,
     outage: _Outage,
+    earlier_search: Callable[[], Awaitable[SearchResult | None]],
 ) -> SearchResult | dict[str, Any]:
-    """The provider's answer, or the job's result when the search did not happen."""
+    """The provider's answer, or the job's result when the search did not happen.
+
+    A search that fails for good releases the hold, unless an earlier run of
+    the job searched (its answer remembered): that search is then the answer."""
     action = base["action"]
     try:
         return await search()
@@ -283,6 +347,10 @@ async def _search(
                 retry_in_s=delay,
             )
             raise Retry(defer=delay) from failure
+        earlier = await earlier_search()
+        if earlier is not None:
+            log.warning("search_reused_not_released", **base, key=key, job_try=job_try)
+            return earlier
         try:
             await outage.guard(
                 lambda: ledger.release(charge_id, at=clock()),
@@ -316,13 +384,25 @@ class _Outage:
         self.wait = wait
 
     async def guard(self, call: Callable[[], Awaitable[T]], what: str, fields: dict[str, Any]) -> T:
+        """`call` (a hold or a release), waiting out an outage, or a statement that
+        other sessions' locks cut off (a bill locking the team's month): either
+        would otherwise fail the job for good, its lead never searched."""
         try:
             return await call()  # nearly always: no deadline to work out, no wrapper
         except Exception as exc:
-            if not is_transient(exc):
+            if not _outage_or_contention(exc):
                 raise
             failed = exc
-        return await self.wait_out(call, what, fields, failed)
+        return await self.wait_out(call, what, fields, failed, retry_on=_outage_or_contention)
+
+    async def by_deadline(self, call: Awaitable[T]) -> T:
+        """`call`, given up (TimeoutError) at the deadline. A settlement given up
+        on still commits or not with its batch (ledger/group_commit.py); the
+        job's next run finds which."""
+        if self.until is None:
+            return await call
+        async with asyncio.timeout(max(self.until - time.monotonic(), 0.0)):
+            return await call
 
     async def wait_out(
         self,
@@ -330,9 +410,11 @@ class _Outage:
         what: str,
         fields: dict[str, Any],
         failed: Exception,
+        retry_on: Callable[[BaseException], bool] = is_transient,
     ) -> T:
-        """`call` failed, Postgres (or Redis) being away: `call` again, with backoff,
-        until the deadline; past it, or without one, put the job back (OutageRetry)."""
+        """`call` failed, Postgres (or Redis) being away, or with another error
+        `retry_on` accepts: `call` again, with backoff, until the deadline; past
+        it, or without one, put the job back (OutageRetry)."""
         try:
             if self.until is None:
                 raise failed
@@ -342,10 +424,11 @@ class _Outage:
                 until=until,
                 what=what,
                 on_wait=lambda _: OUTAGES.labels(what, "waited").inc(),
+                retry_on=retry_on,
                 **fields,
             )
         except Exception as exc:
-            if not is_transient(exc):
+            if not retry_on(exc):
                 raise
             defer = outage_defer_seconds(self.wait)
             OUTAGES.labels(what, "deferred").inc()

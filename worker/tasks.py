@@ -13,18 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
 from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 
 from billing.reconcile import reconcile
-from ledger.results import Settlement
+from ledger.errors import ChargeAlreadySettled
+from ledger.results import Settlement, StaleHold
 from runtime.metrics import OUTAGES
 from runtime.transient import is_transient, ride_out
 from worker.context import Deps, deps_of
-from worker.memo import CALL_TIMEOUT_S, shared_memo
+from worker.memo import CALL_TIMEOUT_S, JOB_KEY_TTL_S, memo_ttl_seconds, remembered, shared_memo
 from worker.metering import OutageRetry, metered, outage_defer_seconds
 from worker.payloads import DebounceLead, IcebreakerPayload, Lead, SequencePayload, parse
 from worker.providers import SearchResult, VendorsPaused
@@ -45,12 +46,16 @@ async def give_try_back(ctx: dict[str, Any], exc: OutageRetry | VendorsPaused) -
 
     arq counts a try when a run starts (INCR arq:retry:<job id>) and fails the
     job once that count passes max_tries; an outage must not get it there.
+    The job's key is renewed too: arq sets it to expire a day after enqueue and
+    never renews it, so a job put back near that day's end would "expire" in
+    the queue, its search (remembered or not) never captured by it.
     Best effort: with Redis away too, this run counts as a try.
     """
     job_id = ctx["job_id"]
     try:
         async with ctx["redis"].pipeline(transaction=True) as pipe:
             pipe.decr(retry_key_prefix + job_id)
+            pipe.pexpire(job_key_prefix + job_id, (exc.defer_score or 0) + JOB_KEY_TTL_S * 1000)
             pipe.incr(OUTAGE_KEY_PREFIX + job_id)
             pipe.expire(OUTAGE_KEY_PREFIX + job_id, 24 * 3600)
             await asyncio.wait_for(pipe.execute(), CALL_TIMEOUT_S)
@@ -130,7 +135,7 @@ async def _metered_job(
         backoff_base=settings.retry_backoff_seconds,
         outage_until=outage_deadline(deps),
         outage_wait=settings.outage_wait_seconds,
-        memo=shared_memo(ctx["redis"], settings.hold_ttl_seconds),
+        memo=shared_memo(ctx["redis"], memo_ttl_seconds(settings)),
     )
 
 
@@ -214,7 +219,7 @@ async def reconcile_all(ctx: dict[str, Any]) -> dict[str, Any]:
 
 
 async def expire_holds(ctx: dict[str, Any]) -> dict[str, Any]:
-    """Release holds whose worker died (older than the hold TTL).
+    """Settle the holds of jobs arq no longer has (older than the hold TTL).
 
     Not the holds of jobs arq still has (queued, waiting to be tried again, or
     running): a job put back by a provider's 429 can wait behind a long queue
@@ -222,10 +227,18 @@ async def expire_holds(ctx: dict[str, Any]) -> dict[str, Any]:
     search then (or, with its search remembered, to be captured). arq deletes a
     job's key when the job ends, whatever the end, so what is left is the holds
     of jobs that ended without settling them (killed on their last try) or that
-    arq dropped (expired in the queue).
+    arq dropped (expired in the queue). A running job counts by its in-progress
+    key too: its job key may have expired under it (arq gives it a day from
+    enqueue and does not renew it).
+
+    Of those, a hold whose search is remembered (worker/memo.py) is captured:
+    the search happened, its capture never answered, and no run of its job
+    will come. The others are expired: their search never happened, or left no
+    trace.
 
     Postgres or Redis away: wait it out, else leave it to the next run (the TTL
-    is long, a few minutes later changes nothing). One statement: all or nothing.
+    is long, a few minutes later changes nothing). The expiry is one statement,
+    all or nothing; each capture is its own, and a repeat of one is a replay.
     """
     deps = deps_of(ctx)
 
@@ -233,9 +246,20 @@ async def expire_holds(ctx: dict[str, Any]) -> dict[str, Any]:
         now = deps["clock"]()
         older_than = now - timedelta(seconds=deps["settings"].hold_ttl_seconds)
         ledger = deps["ledger"]
-        alive = await jobs_alive(ctx["redis"], await ledger.stale_hold_jobs(older_than=older_than))
-        expired = await ledger.expire_holds(older_than=older_than, at=now, keep_jobs=alive)
-        return {"expired": len(expired), "kept_for_their_jobs": len(alive)}
+        stale = await ledger.stale_holds(older_than=older_than)
+        alive = await jobs_alive(ctx["redis"], sorted({h.job_id for h in stale}))
+        orphans = [h for h in stale if h.job_id not in alive]
+        searched = await remembered(ctx["redis"], [(h.team, h.key) for h in orphans])
+        searched_holds = [h for h in orphans if (h.team, h.key) in searched]
+        # Kept from expiry even if their capture below fails: the next sweep tries again.
+        keep = alive | {h.job_id for h in searched_holds}
+        captured = await capture_searched(ctx, ledger, searched_holds, now)
+        expired = await ledger.expire_holds(older_than=older_than, at=now, keep_jobs=keep)
+        return {
+            "expired": len(expired),
+            "kept_for_their_jobs": len(alive),
+            "captured_searched": captured,
+        }
 
     try:
         return await _ride_out_job(deps, run, "sweep")
@@ -243,13 +267,47 @@ async def expire_holds(ctx: dict[str, Any]) -> dict[str, Any]:
         return {"deferred": True, "reason": "database unreachable"}
 
 
+async def capture_searched(
+    ctx: dict[str, Any], ledger: Any, holds: list[StaleHold], at: datetime
+) -> int:
+    """Capture the holds of remembered searches; how many this call captured. One
+    that fails stays held (kept from expiry) for the next sweep."""
+    captured = 0
+    for hold in holds:
+        try:
+            settlement = await ledger.capture(hold.charge_id, at=at)
+        except ChargeAlreadySettled:
+            continue  # settled meanwhile: nothing left to do
+        except Exception as exc:
+            if is_transient(exc):
+                raise  # the whole sweep waits it out
+            log.error("sweep_capture_failed", charge_id=hold.charge_id, job_id=hold.job_id,
+                      error=f"{type(exc).__name__}: {exc}"[:200])  # fmt: skip
+            continue
+        if not settlement.changed:
+            continue
+        captured += 1
+        log.warning("hold_captured_by_sweep", team=hold.team, charge_id=hold.charge_id,
+                    key=hold.key, job_id=hold.job_id)  # fmt: skip
+        if settlement.threshold_reached:
+            try:
+                await asyncio.wait_for(
+                    queue_team_reconcile(ctx["redis"], hold.team), CALL_TIMEOUT_S
+                )
+            except Exception:
+                # The capture stands; the periodic reconcile bills the team anyway.
+                log.warning("threshold_enqueue_lost", team=hold.team, exc_info=True)
+    return captured
+
+
 async def jobs_alive(redis: Any, job_ids: list[str]) -> set[str]:
-    """The jobs of `job_ids` that arq still has (queued, deferred or running)."""
+    """The jobs of `job_ids` that arq still has: queued or deferred (their job key),
+    or running (their in-progress key, also once the job key has expired)."""
     if not job_ids:
         return set()
     async with redis.pipeline(transaction=False) as pipe:
         for job_id in job_ids:
-            pipe.exists(job_key_prefix + job_id)
+            pipe.exists(job_key_prefix + job_id, in_progress_key_prefix + job_id)
         found = await pipe.execute()
     return {job_id for job_id, n in zip(job_ids, found, strict=True) if n}
 

@@ -38,9 +38,10 @@ SELECT * FROM limit_changes WHERE team_id = $1 ORDER BY id
 -- expire_holds --
 SELECT * FROM tokens_expire_holds($1, $2, $3)
 
--- stale_hold_jobs --
-SELECT DISTINCT job_id FROM charges
+-- stale_holds --
+SELECT id, team_id, idempotency_key, job_id FROM charges
  WHERE state = 'held' AND held_at < $1 AND job_id IS NOT NULL
+ ORDER BY id
 
 -- open_month --
 SELECT * FROM tokens_open_month($1, $2)
