@@ -18,19 +18,22 @@ from functools import cache
 from typing import Annotated, Any
 from urllib.parse import quote, urlsplit
 
+import structlog
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from api import auth
 from api.app import Services, services
-from api.errors import ApiError, status_of
+from api.errors import INFRASTRUCTURE, RETRY_AFTER_S, ApiError, status_of
 from api.teams import READERS, change_limit, history_page, parse_cursor
 from cli import render
 from ledger import validate
 from ledger.errors import TokensError, UnknownTeam
+from runtime.transient import is_transient
 
 router = APIRouter(include_in_schema=False)
+log = structlog.get_logger("tokens.api")
 
 COOKIE = "tokens_session"
 PAGE_SIZE = 25
@@ -75,7 +78,25 @@ def _html(name: str, http_status: int = 200, **context: Any) -> HTMLResponse:
 
 
 def _error_page(exc: ApiError) -> HTMLResponse:
-    return _html("error.html", exc.status, status=exc.status, code=exc.code, message=exc.message)
+    page = _html("error.html", exc.status, status=exc.status, code=exc.code, message=exc.message)
+    page.headers.update(exc.headers or {})
+    return page
+
+
+def _outage_page(exc: Exception) -> HTMLResponse:
+    """A person in a browser reads an outage as a page, not as the API's JSON."""
+    if not is_transient(exc):
+        raise exc  # a bug: the app's handler logs it and answers 500
+    log.warning("dependency_unavailable", path="billing page", error=repr(exc))
+    return _error_page(
+        ApiError(
+            503,
+            "unavailable",
+            "Billing cannot be shown right now: the database or the queue is unreachable. "
+            "Reload this page in a few seconds.",
+            {"Retry-After": str(RETRY_AFTER_S)},
+        )
+    )
 
 
 def _session(request: Request, svc: Services) -> tuple[str, auth.Caller]:
@@ -107,7 +128,15 @@ async def billing_page(
     except ApiError as exc:
         return _error_page(exc)
     except TokensError as exc:
-        return _error_page(ApiError(status_of(exc), exc.code, str(exc)))
+        return _error_page(_refusal(exc))
+    except INFRASTRUCTURE as exc:
+        return _outage_page(exc)
+
+
+def _refusal(exc: TokensError) -> ApiError:
+    status = status_of(exc)
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+    return ApiError(status, exc.code, str(exc), headers)
 
 
 def _sign_in(
@@ -201,8 +230,10 @@ async def change_limit_form(
     except ApiError as exc:
         return await _render(svc, team, who, session, cursor=None, error=exc.message, status=422)
     except TokensError as exc:
-        if isinstance(exc, UnknownTeam):
-            return _error_page(ApiError(404, exc.code, str(exc)))
         status = status_of(exc)
+        if isinstance(exc, UnknownTeam) or status == 503:
+            return _error_page(_refusal(exc))
         return await _render(svc, team, who, session, cursor=None, error=str(exc), status=status)
+    except INFRASTRUCTURE as exc:
+        return _outage_page(exc)
     return RedirectResponse(f"/teams/{quote(team, safe='')}/billing?saved=1", status_code=303)

@@ -12,11 +12,13 @@ from arq.connections import ArqRedis
 from arq.jobs import Job
 
 from api.app import Services, create_app
+from api.page import csrf_token
 from billing.reconcile import create_bills
 from ledger.errors import UnknownTeam
 from ledger.service import Ledger
 from tests.api_helpers import (
     NOW,
+    SECRET,
     api_services,
     arq_redis,
     bearer,
@@ -24,6 +26,7 @@ from tests.api_helpers import (
     make_team,
     services_for,
     settings_for,
+    token,
 )
 from tests.cli_helpers import Cli
 from tests.conftest import at
@@ -412,6 +415,34 @@ async def test_a_database_that_cannot_be_reached_is_a_503_not_a_500(
     assert response.headers["retry-after"] == "5"
     assert response.json()["error"]["code"] == "unavailable"
     assert health.status_code == 503 and health.json()["postgres"].startswith("unreachable")
+
+
+async def test_the_billing_page_answers_an_outage_with_a_page(
+    ledger: Ledger, arq_redis: ArqRedis, database_url: str, redis_url: str
+) -> None:
+    """A person in a browser gets HTML saying to reload, not the API's JSON."""
+    dead = await asyncpg.create_pool("postgresql://tokens@127.0.0.1:9/none", min_size=0)
+    assert dead is not None
+    try:
+        down = Ledger(dead, ledger.catalog)
+        svc: Services = services_for(down, arq_redis, settings_for(database_url, redis_url))
+        app = create_app(svc.settings, svc)
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://t"
+        ) as c:
+            session = token("admin")
+            signed_in = await c.get(f"/teams/acme/billing?token={session}")
+            page = await c.get("/teams/acme/billing")
+            csrf = csrf_token(SECRET, session)
+            form = await c.post("/teams/acme/billing/limit", data={"tokens": "5", "csrf": csrf})
+    finally:
+        await dead.close()
+    assert signed_in.status_code == 303
+    assert page.status_code == 503 and page.headers["retry-after"] == "5"
+    assert page.headers["content-type"].startswith("text/html")
+    assert "<!doctype html>" in page.text and "Reload this page" in page.text
+    assert form.status_code == 503 and form.headers["retry-after"] == "5"
+    assert form.headers["content-type"].startswith("text/html") and "Reload" in form.text
 
 
 async def test_a_redis_that_cannot_be_reached_is_a_503(
