@@ -19,6 +19,7 @@ from api.schemas import (
     LimitOut,
     TeamIn,
     TeamOut,
+    TeamsOut,
 )
 from cli import render
 from ledger import validate
@@ -33,6 +34,20 @@ router = APIRouter(prefix="/v1/teams", tags=["teams"])
 TeamPath = Annotated[str, Path(min_length=1, max_length=200, description="team id")]
 READERS = (auth.MEMBER, auth.ADMIN, auth.SERVICE)
 MAX_PAGE = 500
+
+
+@router.get(
+    "",
+    response_model=None,
+    responses={200: {"model": TeamsOut}, **documented(401, 403, 503)},
+)
+async def list_teams(svc: Svc, who: Who) -> JSONResponse:
+    """Every team with its current billing month, by id (as `tokens teams --json`): the
+    `service` role only."""
+    if who.role != auth.SERVICE:
+        raise ApiError(403, "forbidden_role", f"role {who.role!r} may not list teams")
+    found = await svc.ledger.teams(at=svc.clock())
+    return JSONResponse({"teams": [render.team_list_dict(*row) for row in found]})
 
 
 @router.get(

@@ -133,6 +133,41 @@ def team_set_dict(team: TeamRow, created: bool, now: BillingSection) -> dict[str
     }
 
 
+def team_list_dict(team: TeamRow, period_start: datetime, period_end: datetime) -> dict[str, Any]:
+    """A team as `tokens teams` and `GET /v1/teams` list it: with its current month."""
+    return {
+        "team": team.id,
+        "plan": team.plan,
+        "seats": team.seats,
+        "interval": team.billing_interval,
+        "anchor": iso(team.anchor),
+        "stripe_customer": team.stripe_customer,
+        "additional_limit": team.additional_limit,
+        "period_start": iso(period_start),
+        "period_end": iso(period_end),
+    }
+
+
+def print_teams(teams: list[dict[str, Any]]) -> None:
+    if not teams:
+        print("no teams yet: create one with `tokens team set TEAM --plan ...`")
+        return
+    table = _table(title="Teams", show_header=True, header_style="bold")
+    for col in ("team", "plan", "seats", "interval", "billing month (UTC)", "limit", "customer"):
+        table.add_column(col)
+    for t in teams:
+        table.add_row(
+            t["team"],
+            t["plan"],
+            str(t["seats"]),
+            t["interval"],
+            f"{t['period_start']} -> {t['period_end']}",
+            str(t["additional_limit"]),
+            t["stripe_customer"] or "",
+        )
+    console().print(table)
+
+
 def limit_change_dict(change: LimitChangeRow, after: BillingSection) -> dict[str, Any]:
     """A limit change and what it leaves this month (command line and API alike)."""
     return {

@@ -72,6 +72,31 @@ async def test_alerts_are_the_cli_alerts_json(
     assert body["alerts"] == printed.json()
 
 
+async def test_teams_are_listed_for_the_service_only_as_the_cli_lists_them(
+    ledger: Ledger, client: httpx.AsyncClient, cli: Cli
+) -> None:
+    await make_team(ledger, "zeta", seats=3)
+    await make_team(ledger, "acme", plan="trial", seats=1)
+    response = await client.get("/v1/teams", headers=bearer("service", None))
+    assert response.status_code == 200, response.text
+    listed = response.json()["teams"]
+    assert [(t["team"], t["plan"], t["seats"], t["interval"]) for t in listed] == [
+        ("acme", "trial", 1, "month"),
+        ("zeta", "email_outreach", 3, "month"),
+    ]
+    # NOW is 2026-03-10, the teams' anchor 2026-01-01: March is their month.
+    assert {(t["period_start"], t["period_end"]) for t in listed} == {
+        ("2026-03-01T00:00:00Z", "2026-04-01T00:00:00Z")
+    }
+    printed = await asyncio.to_thread(cli.ok, "teams", "--json", "--at", "2026-03-10T12:00:00Z")
+    assert printed.json() == listed
+    table = await asyncio.to_thread(cli.ok, "teams", "--at", "2026-03-10T12:00:00Z")
+    assert "zeta" in table.out and "email_outreach" in table.out
+    for role in ("member", "admin"):
+        refused = await client.get("/v1/teams", headers=bearer(role))
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "forbidden_role"
+
+
 async def test_history_pages_newest_first_and_csv_has_them_all(
     ledger: Ledger, client: httpx.AsyncClient
 ) -> None:
