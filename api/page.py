@@ -14,9 +14,10 @@ import hashlib
 import hmac
 import re
 import time
+from datetime import datetime
 from functools import cache
 from typing import Annotated, Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import structlog
 from fastapi import APIRouter, Form, Query, Request
@@ -114,17 +115,21 @@ async def billing_page(
     request: Request,
     token: Annotated[str | None, Query(max_length=4096)] = None,
     cursor: Annotated[str | None, Query(max_length=32)] = None,
+    month: Annotated[str | None, Query(max_length=40)] = None,
     saved: Annotated[str | None, Query(max_length=8)] = None,
 ) -> Response:
     svc = services(request)
     try:
         validate.team_id(team)
         parse_cursor(cursor)
+        shown = _parse_month(month)
         if token is not None:
-            return _sign_in(request, svc, team, token, cursor)
+            return _sign_in(request, svc, team, token, cursor, month)
         session, who = _session(request, svc)
         auth.authorize(who, team, READERS)
-        return await _render(svc, team, who, session, cursor=cursor, saved=saved is not None)
+        return await _render(
+            svc, team, who, session, cursor=cursor, month=shown, saved=saved is not None
+        )
     except ApiError as exc:
         return _error_page(exc)
     except TokensError as exc:
@@ -139,13 +144,31 @@ def _refusal(exc: TokensError) -> ApiError:
     return ApiError(status, exc.code, str(exc), headers)
 
 
+def _parse_month(month: str | None) -> datetime | None:
+    """`?month=`: the start of a billing month, as the page's own links give it."""
+    if month is None:
+        return None
+    try:
+        return validate.parse_moment(month, "month")
+    except TokensError:
+        raise ApiError(
+            422, "invalid_month", f"month {month[:40]!r} is not one this page gave"
+        ) from None
+
+
 def _sign_in(
-    request: Request, svc: Services, team: str, token: str, cursor: str | None
+    request: Request,
+    svc: Services,
+    team: str,
+    token: str,
+    cursor: str | None,
+    month: str | None,
 ) -> Response:
     """Check the token, keep it in the cookie, and drop it from the address."""
     who = auth.decode(token, svc.app_secret)
     auth.authorize(who, team, READERS)
-    target = f"/teams/{quote(team, safe='')}/billing" + (f"?cursor={cursor}" if cursor else "")
+    query = urlencode({k: v for k, v in (("month", month), ("cursor", cursor)) if v})
+    target = f"/teams/{quote(team, safe='')}/billing" + (f"?{query}" if query else "")
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(
         COOKIE,
@@ -168,12 +191,24 @@ async def _render(
     session: str,
     *,
     cursor: str | None,
+    month: datetime | None = None,
     saved: bool = False,
     error: str | None = None,
     status: int = 200,
 ) -> HTMLResponse:
-    section = await svc.ledger.billing(team, at=svc.clock())
-    charges, next_cursor = await history_page(svc, team, cursor=cursor, limit=PAGE_SIZE)
+    now = svc.clock()
+    section = await svc.ledger.billing(team, at=now)
+    # The history is one billing month's (the current one unless another is
+    # chosen), so its rows add up to that month's panels; the others are links.
+    months = await svc.ledger.months(team, at=now)
+    shown = month or section.period_start
+    if not any(start == shown for start, _ in months):
+        raise ApiError(
+            404, "unknown_month", f"team {team!r} has no billing month starting {render.iso(shown)}"
+        )
+    charges, next_cursor = await history_page(
+        svc, team, cursor=cursor, limit=PAGE_SIZE, month=shown
+    )
     alerts = [
         a.as_dict() for a in await svc.ledger.alerts(team) if a.period_start == section.period_start
     ]
@@ -185,6 +220,16 @@ async def _render(
         charges=[render.charge_dict(c) for c in charges],
         next_cursor=next_cursor,
         paged=cursor is not None,
+        months=[
+            {
+                "start": render.iso(start),
+                "end": render.iso(end),
+                "current": start == section.period_start,
+            }
+            for start, end in months
+        ],
+        shown=render.iso(shown),
+        shown_is_current=shown == section.period_start,
         who=who,
         is_admin=who.role == auth.ADMIN and who.team == team,
         csrf=csrf_token(svc.app_secret, session),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
@@ -71,10 +71,13 @@ def parse_cursor(cursor: str | None) -> int | None:
 
 
 async def history_page(
-    svc: Svc, team: str, *, cursor: str | None, limit: int
+    svc: Svc, team: str, *, cursor: str | None, limit: int, month: datetime | None = None
 ) -> tuple[list[Any], str | None]:
-    """One page of charges, newest first, and the cursor of the next (older) page."""
-    rows = await svc.ledger.history_page(team, before=parse_cursor(cursor), limit=limit + 1)
+    """One page of charges, newest first, and the cursor of the next (older) page; only the
+    billing month starting at `month` when it is given."""
+    rows = await svc.ledger.history_page(
+        team, before=parse_cursor(cursor), limit=limit + 1, month=month
+    )
     more = len(rows) > limit
     rows = rows[:limit]
     return rows, (str(rows[-1].id) if more and rows else None)

@@ -97,6 +97,33 @@ async def test_teams_are_listed_for_the_service_only_as_the_cli_lists_them(
         assert refused.status_code == 403 and refused.json()["error"]["code"] == "forbidden_role"
 
 
+async def test_the_page_history_is_one_billing_month_and_links_the_others(
+    ledger: Ledger, client: httpx.AsyncClient
+) -> None:
+    await make_team(ledger)  # monthly from 2026-01-01; the page's clock is 2026-03-10
+    await ledger.charge("acme", "enrich", 1, key="feb", at=at("2026-02-10T09:30:00"))
+    await ledger.charge("acme", "debounce", 1, key="mar", at=NOW)
+    signed_in = await client.get(f"/teams/acme/billing?token={token('member')}&month=2026-02-01")
+    assert signed_in.status_code == 303
+    assert signed_in.headers["location"] == "/teams/acme/billing?month=2026-02-01"
+    march = await client.get("/teams/acme/billing")
+    assert march.status_code == 200, march.text
+    rows = march.text.split("<tbody>")[1].split("</tbody>")[0]
+    assert rows.count("<tr") == 1 and "debounce" in rows and "2026-03-10 12:00" in rows
+    assert 'href="/teams/acme/billing?month=2026-02-01T00%3A00%3A00Z"' in march.text
+    february = await client.get("/teams/acme/billing", params={"month": "2026-02-01T00:00:00Z"})
+    assert february.status_code == 200
+    rows = february.text.split("<tbody>")[1].split("</tbody>")[0]
+    assert rows.count("<tr") == 1 and "enrich" in rows and "2026-02-10 09:30" in rows
+    assert 'href="/teams/acme/billing"' in february.text  # back to this month
+    # The panels stay this month's whatever month the history shows.
+    assert 'id="free-spent">1<' in february.text  # March's debounce, not February's 10
+    unknown = await client.get("/teams/acme/billing", params={"month": "2025-07-01"})
+    assert unknown.status_code == 404 and "no billing month" in unknown.text
+    bad = await client.get("/teams/acme/billing", params={"month": "soon"})
+    assert bad.status_code == 422 and bad.headers["content-type"].startswith("text/html")
+
+
 async def test_history_pages_newest_first_and_csv_has_them_all(
     ledger: Ledger, client: httpx.AsyncClient
 ) -> None:
