@@ -57,10 +57,6 @@ async def running() -> AsyncIterator[Running]:
             TOKENS_DATA_DIR=str(data_dir), TOKENS_APP_SECRET=SECRET, TOKENS_LOG_LEVEL="WARNING"
         )
     )
-    tokens.ok(
-        *("team", "set", TEAM, "--plan", "email_outreach", "--seats", "1"),
-        *("--interval", "month", "--anchor", "2026-01-01T00:00:00Z"),
-    )
     port = free_port()
     procs: list[subprocess.Popen[str]] = []
     logs: list[Path] = []
@@ -71,6 +67,11 @@ async def running() -> AsyncIterator[Running]:
         logs.append(log)
     live = Running(f"http://127.0.0.1:{port}", data_dir, tokens, logs)
     try:
+        await asyncio.to_thread(
+            tokens.ok,
+            *("team", "set", TEAM, "--plan", "email_outreach", "--seats", "1"),
+            *("--interval", "month", "--anchor", "2026-01-01T00:00:00Z"),
+        )
         await wait_ready(live.base_url, procs[0])
         yield live
     finally:
