@@ -65,9 +65,10 @@ async def _open(settings: Settings) -> AsyncIterator[Services]:
 
     from billing.stripe_client import make_stripe_client
     from runtime.app import open_ledger, redis_url
+    from runtime.embedded.supervise import supervised
 
     secret = app_secret(settings)
-    async with open_ledger(settings, max_size=20) as ledger:
+    async with supervised(settings), open_ledger(settings, max_size=20) as ledger:
         redis = await create_pool(RedisSettings.from_dsn(redis_url(settings)))
         try:
             hook = settings.stripe_webhook_secret

@@ -14,23 +14,27 @@ import hashlib
 import hmac
 import re
 import time
+from datetime import datetime
 from functools import cache
 from typing import Annotated, Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
+import structlog
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from api import auth
 from api.app import Services, services
-from api.errors import ApiError, status_of
+from api.errors import INFRASTRUCTURE, RETRY_AFTER_S, ApiError, status_of
 from api.teams import READERS, change_limit, history_page, parse_cursor
 from cli import render
 from ledger import validate
 from ledger.errors import TokensError, UnknownTeam
+from runtime.transient import is_transient
 
 router = APIRouter(include_in_schema=False)
+log = structlog.get_logger("tokens.api")
 
 COOKIE = "tokens_session"
 PAGE_SIZE = 25
@@ -75,7 +79,25 @@ def _html(name: str, http_status: int = 200, **context: Any) -> HTMLResponse:
 
 
 def error_page(exc: ApiError) -> HTMLResponse:
-    return _html("error.html", exc.status, status=exc.status, code=exc.code, message=exc.message)
+    page = _html("error.html", exc.status, status=exc.status, code=exc.code, message=exc.message)
+    page.headers.update(exc.headers or {})
+    return page
+
+
+def _outage_page(exc: Exception) -> HTMLResponse:
+    """A person in a browser reads an outage as a page, not as the API's JSON."""
+    if not is_transient(exc):
+        raise exc  # a bug: the app's handler logs it and answers 500
+    log.warning("dependency_unavailable", path="billing page", error=repr(exc))
+    return error_page(
+        ApiError(
+            503,
+            "unavailable",
+            "Billing cannot be shown right now: the database or the queue is unreachable. "
+            "Reload this page in a few seconds.",
+            {"Retry-After": str(RETRY_AFTER_S)},
+        )
+    )
 
 
 def no_session() -> ApiError:
@@ -97,30 +119,60 @@ async def billing_page(
     request: Request,
     token: Annotated[str | None, Query(max_length=4096)] = None,
     cursor: Annotated[str | None, Query(max_length=32)] = None,
+    month: Annotated[str | None, Query(max_length=40)] = None,
     saved: Annotated[str | None, Query(max_length=8)] = None,
 ) -> Response:
     svc = services(request)
     try:
         validate.team_id(team)
         parse_cursor(cursor)
+        shown = _parse_month(month)
         if token is not None:
-            return _sign_in(request, svc, team, token, cursor)
+            return _sign_in(request, svc, team, token, cursor, month)
         session, who = _session(request, svc)
         auth.authorize(who, team, READERS)
-        return await _render(svc, team, who, session, cursor=cursor, saved=saved is not None)
+        return await _render(
+            svc, team, who, session, cursor=cursor, month=shown, saved=saved is not None
+        )
     except ApiError as exc:
         return error_page(exc)
     except TokensError as exc:
-        return error_page(ApiError(status_of(exc), exc.code, str(exc)))
+        return error_page(_refusal(exc))
+    except INFRASTRUCTURE as exc:
+        return _outage_page(exc)
+
+
+def _refusal(exc: TokensError) -> ApiError:
+    status = status_of(exc)
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+    return ApiError(status, exc.code, str(exc), headers)
+
+
+def _parse_month(month: str | None) -> datetime | None:
+    """`?month=`: the start of a billing month, as the page's own links give it."""
+    if month is None:
+        return None
+    try:
+        return validate.parse_moment(month, "month")
+    except TokensError:
+        raise ApiError(
+            422, "invalid_month", f"month {month[:40]!r} is not one this page gave"
+        ) from None
 
 
 def _sign_in(
-    request: Request, svc: Services, team: str, token: str, cursor: str | None
+    request: Request,
+    svc: Services,
+    team: str,
+    token: str,
+    cursor: str | None,
+    month: str | None,
 ) -> Response:
     """Check the token, keep it in the cookie, and drop it from the address."""
     who = auth.decode(token, svc.app_secret, svc.settings.jwt_max_lifetime_seconds)
     auth.authorize(who, team, READERS)
-    target = f"/teams/{quote(team, safe='')}/billing" + (f"?cursor={cursor}" if cursor else "")
+    query = urlencode({k: v for k, v in (("month", month), ("cursor", cursor)) if v})
+    target = f"/teams/{quote(team, safe='')}/billing" + (f"?{query}" if query else "")
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(
         COOKIE,
@@ -143,12 +195,24 @@ async def _render(
     session: str,
     *,
     cursor: str | None,
+    month: datetime | None = None,
     saved: bool = False,
     error: str | None = None,
     status: int = 200,
 ) -> HTMLResponse:
-    section = await svc.ledger.billing(team, at=svc.clock())
-    charges, next_cursor = await history_page(svc, team, cursor=cursor, limit=PAGE_SIZE)
+    now = svc.clock()
+    section = await svc.ledger.billing(team, at=now)
+    # The history is one billing month's (the current one unless another is
+    # chosen), so its rows add up to that month's panels; the others are links.
+    months = await svc.ledger.months(team, at=now)
+    shown = month or section.period_start
+    if not any(start == shown for start, _ in months):
+        raise ApiError(
+            404, "unknown_month", f"team {team!r} has no billing month starting {render.iso(shown)}"
+        )
+    charges, next_cursor = await history_page(
+        svc, team, cursor=cursor, limit=PAGE_SIZE, month=shown
+    )
     alerts = [
         a.as_dict() for a in await svc.ledger.alerts(team) if a.period_start == section.period_start
     ]
@@ -160,6 +224,16 @@ async def _render(
         charges=[render.charge_dict(c) for c in charges],
         next_cursor=next_cursor,
         paged=cursor is not None,
+        months=[
+            {
+                "start": render.iso(start),
+                "end": render.iso(end),
+                "current": start == section.period_start,
+            }
+            for start, end in months
+        ],
+        shown=render.iso(shown),
+        shown_is_current=shown == section.period_start,
         who=who,
         is_admin=who.role == auth.ADMIN and who.team == team,
         csrf=csrf_token(svc.app_secret, session),
@@ -205,8 +279,10 @@ async def change_limit_form(
     except ApiError as exc:
         return await _render(svc, team, who, session, cursor=None, error=exc.message, status=422)
     except TokensError as exc:
-        if isinstance(exc, UnknownTeam):
-            return error_page(ApiError(404, exc.code, str(exc)))
         status = status_of(exc)
+        if isinstance(exc, UnknownTeam) or status == 503:
+            return error_page(_refusal(exc))
         return await _render(svc, team, who, session, cursor=None, error=str(exc), status=status)
+    except INFRASTRUCTURE as exc:
+        return _outage_page(exc)
     return RedirectResponse(f"/teams/{quote(team, safe='')}/billing?saved=1", status_code=303)

@@ -114,6 +114,22 @@ class TeamOut(BaseModel):
     free_granted: int
 
 
+class TeamListed(BaseModel):
+    team: str
+    plan: str
+    seats: int
+    interval: str
+    anchor: str
+    stripe_customer: str | None
+    additional_limit: int
+    period_start: str = Field(description="the billing month containing now")
+    period_end: str
+
+
+class TeamsOut(BaseModel):
+    teams: list[TeamListed]
+
+
 class JobsIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
@@ -19,6 +19,7 @@ from api.schemas import (
     LimitOut,
     TeamIn,
     TeamOut,
+    TeamsOut,
 )
 from cli import render
 from ledger import validate
@@ -33,6 +34,20 @@ router = APIRouter(prefix="/v1/teams", tags=["teams"])
 TeamPath = Annotated[str, Path(min_length=1, max_length=200, description="team id")]
 READERS = (auth.MEMBER, auth.ADMIN, auth.SERVICE)
 MAX_PAGE = 500
+
+
+@router.get(
+    "",
+    response_model=None,
+    responses={200: {"model": TeamsOut}, **documented(401, 403, 503)},
+)
+async def list_teams(svc: Svc, who: Who) -> JSONResponse:
+    """Every team with its current billing month, by id (as `tokens teams --json`): the
+    `service` role only."""
+    if who.role != auth.SERVICE:
+        raise ApiError(403, "forbidden_role", f"role {who.role!r} may not list teams")
+    found = await svc.ledger.teams(at=svc.clock())
+    return JSONResponse({"teams": [render.team_list_dict(*row) for row in found]})
 
 
 @router.get(
@@ -56,10 +71,13 @@ def parse_cursor(cursor: str | None) -> int | None:
 
 
 async def history_page(
-    svc: Svc, team: str, *, cursor: str | None, limit: int
+    svc: Svc, team: str, *, cursor: str | None, limit: int, month: datetime | None = None
 ) -> tuple[list[Any], str | None]:
-    """One page of charges, newest first, and the cursor of the next (older) page."""
-    rows = await svc.ledger.history_page(team, before=parse_cursor(cursor), limit=limit + 1)
+    """One page of charges, newest first, and the cursor of the next (older) page; only the
+    billing month starting at `month` when it is given."""
+    rows = await svc.ledger.history_page(
+        team, before=parse_cursor(cursor), limit=limit + 1, month=month
+    )
     more = len(rows) > limit
     rows = rows[:limit]
     return rows, (str(rows[-1].id) if more and rows else None)

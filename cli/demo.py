@@ -5,14 +5,15 @@ email_outreach team with an admin-set limit (a provider failure that releases
 its hold, a month-end bill), and a monthly sales_engagement team that crosses
 the USD 50 threshold (a bill made by the capture that crossed it). Jobs go
 through Redis and arq to the sandbox providers; the clock is simulated so the
-month can end in seconds.
+month can end in seconds. The month is the current calendar month (UTC), so
+what the demo spent is what `tokens billing` and the billing page show now.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
@@ -22,14 +23,21 @@ from billing.reconcile import bill_dict, reconcile, team_bills
 from billing.sender import sender_from_settings
 from billing.stripe_client import make_stripe_client
 from ledger.service import Ledger
-from ledger.validate import parse_moment
 from runtime.config import Settings
 from worker.client import enqueue
 from worker.queue import QUEUE
 from worker.settings import worker_kwargs
 
-MONTH_START = parse_moment("2026-10-01T00:00:00Z")
-MONTH_END = parse_moment("2026-11-01T00:00:00Z")
+
+def month_of(now: datetime) -> tuple[datetime, datetime]:
+    """The calendar month (UTC) containing `now`: its first instant and the next month's."""
+    start = now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    end = (
+        start.replace(year=start.year + 1, month=1)
+        if start.month == 12
+        else start.replace(month=start.month + 1)
+    )
+    return start, end
 
 
 class SimClock:
@@ -64,21 +72,31 @@ async def _customer(settings: Settings, name: str) -> str | None:
 
 
 async def run_demo(
-    ledger: Ledger, settings: Settings, redis_url: str, progress: Any
+    ledger: Ledger,
+    settings: Settings,
+    redis_url: str,
+    progress: Any,
+    *,
+    now: datetime | None = None,
 ) -> dict[str, Any]:
+    """Run the demo's month: its jobs at `now` (default: the real time), then its end."""
     run = uuid.uuid4().hex[:6]
-    clock = SimClock(MONTH_START + timedelta(hours=1))
+    # One instant for every job: a demo started a moment before midnight on a
+    # month's last day still spends in one month.
+    started = (now or datetime.now(UTC)).replace(microsecond=0)
+    month_start, month_end = month_of(started)
+    clock = SimClock(started)
     teams = {"trial": f"trial-{run}", "yearly": f"yearly-{run}", "monthly": f"monthly-{run}"}
 
     await ledger.set_team(
-        teams["trial"], plan="trial", seats=1, interval="month", anchor=MONTH_START, at=clock.now()
+        teams["trial"], plan="trial", seats=1, interval="month", anchor=month_start, at=clock.now()
     )
     await ledger.set_team(
         teams["yearly"],
         plan="email_outreach",
         seats=2,
         interval="year",
-        anchor=MONTH_START - timedelta(days=365),
+        anchor=month_start.replace(year=month_start.year - 1),  # a year ago to the day
         at=clock.now(),
         stripe_customer=await _customer(settings, teams["yearly"]),
     )
@@ -90,7 +108,7 @@ async def run_demo(
         plan="sales_engagement",
         seats=3,
         interval="month",
-        anchor=MONTH_START,
+        anchor=month_start,
         at=clock.now(),
         stripe_customer=await _customer(settings, teams["monthly"]),
     )
@@ -149,15 +167,12 @@ async def run_demo(
         await redis.aclose()
 
     # The month ends: bill what is left, monthly and yearly alike.
-    clock.value = MONTH_END + timedelta(seconds=1)
+    clock.value = month_end + timedelta(seconds=1)
     sender = sender_from_settings(ledger.pool, settings, clock.now)
     for team in teams.values():
         await reconcile(ledger.pool, sender, team=team, at=clock.now())
 
-    sections = [
-        await ledger.billing(t, at=MONTH_END - timedelta(seconds=1), recent=5)
-        for t in teams.values()
-    ]
+    sections = [await ledger.billing(t, at=started, recent=5) for t in teams.values()]
     bills = []
     for t in teams.values():
         bills += await team_bills(ledger.pool, t)

@@ -28,6 +28,7 @@ app = typer.Typer(
 )
 app.command()(ops.migrate)
 app.add_typer(teams.team_app, name="team")
+app.command("teams")(teams.teams)
 app.command()(usage.charge)
 app.command()(usage.billing)
 app.command()(usage.history)

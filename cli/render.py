@@ -133,6 +133,42 @@ def team_set_dict(team: TeamRow, created: bool, now: BillingSection) -> dict[str
     }
 
 
+def team_list_dict(team: TeamRow, period_start: datetime, period_end: datetime) -> dict[str, Any]:
+    """A team as `tokens teams` and `GET /v1/teams` list it: with its current month."""
+    return {
+        "team": team.id,
+        "plan": team.plan,
+        "seats": team.seats,
+        "interval": team.billing_interval,
+        "anchor": iso(team.anchor),
+        "stripe_customer": team.stripe_customer,
+        "additional_limit": team.additional_limit,
+        "period_start": iso(period_start),
+        "period_end": iso(period_end),
+    }
+
+
+def print_teams(teams: list[dict[str, Any]]) -> None:
+    """Plain aligned columns: a team id is copied from here, so it is never cut or wrapped."""
+    if not teams:
+        print("no teams yet: create one with `tokens team set TEAM --plan ...`")
+        return
+    rows = [("team", "plan", "seats", "interval", "billing month (UTC)")]
+    for t in teams:
+        month = f"{_day_or_minute(t['period_start'])} -> {_day_or_minute(t['period_end'])}"
+        rows.append((t["team"], t["plan"], str(t["seats"]), t["interval"], month))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        print("  ".join(cells).rstrip())
+
+
+def _day_or_minute(iso_time: str) -> str:
+    """2026-12-01T00:00:00Z -> 2026-12-01; another time of day keeps its minute."""
+    day, _, time = iso_time.partition("T")
+    return day if time.startswith("00:00:00") else f"{day} {time[:5]}"
+
+
 def limit_change_dict(change: LimitChangeRow, after: BillingSection) -> dict[str, Any]:
     """A limit change and what it leaves this month (command line and API alike)."""
     return {

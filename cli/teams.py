@@ -1,4 +1,5 @@
-"""`tokens team set` and `tokens team limit`: a team's plan, seats, anchor and limit."""
+"""`tokens team set`, `tokens team limit` and `tokens teams`: a team's plan, seats, anchor
+and limit, and the list of every team."""
 
 from __future__ import annotations
 
@@ -87,3 +88,20 @@ def team_limit(
             f"team {out['team']}: additional-token limit {out['old_limit']} -> "
             f"{out['new_limit']} (max ${out['additional_limit_usd']} a month) by {out['actor']}"
         )
+
+
+def teams(at: AtOpt = None, json_out: JsonOpt = False) -> None:
+    """List every team: plan, seats, interval and its current billing month."""
+    settings = settings_for()
+    now = clock_at(at)
+
+    async def go() -> list[dict[str, Any]]:
+        async with open_ledger(settings) as ledger:
+            found = await ledger.teams(at=now)
+        return [render.team_list_dict(*row) for row in found]
+
+    out = run(go())
+    if json_out:
+        render.print_json(out)
+    else:
+        render.print_teams(out)

@@ -149,6 +149,20 @@ class Ledger:
         )
         return result, created
 
+    async def teams(self, *, at: datetime) -> list[tuple[TeamRow, datetime, datetime]]:
+        """Every team, by id, with the start and end of its billing month containing `at`."""
+        at = validate.moment(at)
+        rows = await self._run(lambda: self.pool.fetch(q("list_teams"), at))
+        return [(TeamRow.from_record(r), r["period_start"], r["period_end"]) for r in rows]
+
+    async def months(self, team: str, *, at: datetime) -> list[tuple[datetime, datetime]]:
+        """The team's billing months with charges, and the one containing `at`, newest first."""
+        validate.team_id(team)
+        await self.get_team(team)
+        at = validate.moment(at)
+        rows = await self._run(lambda: self.pool.fetch(q("team_months"), team, at))
+        return [(r["period_start"], r["period_end"]) for r in rows]
+
     async def _team_row(self, team: str) -> asyncpg.Record | None:
         return await self._run(lambda: self.pool.fetchrow(q("get_team"), team))
 
@@ -451,11 +465,16 @@ class Ledger:
         rows = await self._run(lambda: self.pool.fetch(q("history"), team))
         return [ChargeRow.from_record(r) for r in rows]
 
-    async def history_page(self, team: str, *, before: int | None, limit: int) -> list[ChargeRow]:
-        """Up to `limit` charges of the team, newest first, older than charge `before`."""
+    async def history_page(
+        self, team: str, *, before: int | None, limit: int, month: datetime | None = None
+    ) -> list[ChargeRow]:
+        """Up to `limit` charges of the team, newest first, older than charge `before`;
+        only those of the billing month starting at `month` when it is given."""
         validate.team_id(team)
         await self.get_team(team)
-        rows = await self._run(lambda: self.pool.fetch(q("history_page"), team, before, limit))
+        rows = await self._run(
+            lambda: self.pool.fetch(q("history_page"), team, before, limit, month)
+        )
         return [ChargeRow.from_record(r) for r in rows]
 
     async def alerts(self, team: str) -> list[AlertRow]:

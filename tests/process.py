@@ -48,14 +48,9 @@ class Tokens:
         return Tokens(self.env | extra, self.name)
 
     def popen(self, *args: str, **kwargs: Any) -> subprocess.Popen[str]:
+        options: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
         return subprocess.Popen(
-            [str(TOKENS_BIN), *args],
-            env=self.env,
-            cwd=ROOT,
-            text=True,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            **kwargs,
+            [str(TOKENS_BIN), *args], env=self.env, cwd=ROOT, text=True, **(options | kwargs)
         )
 
     def __call__(self, *args: str, timeout: float = 90) -> Proc:

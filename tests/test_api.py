@@ -12,11 +12,13 @@ from arq.connections import ArqRedis
 from arq.jobs import Job
 
 from api.app import Services, create_app
+from api.page import csrf_token
 from billing.reconcile import create_bills
 from ledger.errors import UnknownTeam
 from ledger.service import Ledger
 from tests.api_helpers import (
     NOW,
+    SECRET,
     api_services,
     arq_redis,
     bearer,
@@ -24,6 +26,7 @@ from tests.api_helpers import (
     make_team,
     services_for,
     settings_for,
+    token,
 )
 from tests.cli_helpers import Cli
 from tests.conftest import at
@@ -69,6 +72,66 @@ async def test_alerts_are_the_cli_alerts_json(
     assert levels == [("additional", 80), ("additional", 100), ("free", 80), ("free", 100)]
     printed = await asyncio.to_thread(cli.ok, "alerts", "acme", "--json")
     assert body["alerts"] == printed.json()
+
+
+async def test_teams_are_listed_for_the_service_only_as_the_cli_lists_them(
+    ledger: Ledger, client: httpx.AsyncClient, cli: Cli
+) -> None:
+    await make_team(ledger, "zeta", seats=3)
+    await make_team(ledger, "acme", plan="trial", seats=1)
+    response = await client.get("/v1/teams", headers=bearer("service", None))
+    assert response.status_code == 200, response.text
+    listed = response.json()["teams"]
+    assert [(t["team"], t["plan"], t["seats"], t["interval"]) for t in listed] == [
+        ("acme", "trial", 1, "month"),
+        ("zeta", "email_outreach", 3, "month"),
+    ]
+    # NOW is 2026-03-10, the teams' anchor 2026-01-01: March is their month.
+    assert {(t["period_start"], t["period_end"]) for t in listed} == {
+        ("2026-03-01T00:00:00Z", "2026-04-01T00:00:00Z")
+    }
+    printed = await asyncio.to_thread(cli.ok, "teams", "--json", "--at", "2026-03-10T12:00:00Z")
+    assert printed.json() == listed
+    table = await asyncio.to_thread(cli.ok, "teams", "--at", "2026-03-10T12:00:00Z")
+    assert table.out.splitlines()[2].split() == [
+        "zeta",
+        "email_outreach",
+        "3",
+        "month",
+        "2026-03-01",
+        "->",
+        "2026-04-01",
+    ]
+    for role in ("member", "admin"):
+        refused = await client.get("/v1/teams", headers=bearer(role))
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "forbidden_role"
+
+
+async def test_the_page_history_is_one_billing_month_and_links_the_others(
+    ledger: Ledger, client: httpx.AsyncClient
+) -> None:
+    await make_team(ledger)  # monthly from 2026-01-01; the page's clock is 2026-03-10
+    await ledger.charge("acme", "enrich", 1, key="feb", at=at("2026-02-10T09:30:00"))
+    await ledger.charge("acme", "debounce", 1, key="mar", at=NOW)
+    signed_in = await client.get(f"/teams/acme/billing?token={token('member')}&month=2026-02-01")
+    assert signed_in.status_code == 303
+    assert signed_in.headers["location"] == "/teams/acme/billing?month=2026-02-01"
+    march = await client.get("/teams/acme/billing")
+    assert march.status_code == 200, march.text
+    rows = march.text.split("<tbody>")[1].split("</tbody>")[0]
+    assert rows.count("<tr") == 1 and "debounce" in rows and "2026-03-10 12:00" in rows
+    assert 'href="/teams/acme/billing?month=2026-02-01T00%3A00%3A00Z"' in march.text
+    february = await client.get("/teams/acme/billing", params={"month": "2026-02-01T00:00:00Z"})
+    assert february.status_code == 200
+    rows = february.text.split("<tbody>")[1].split("</tbody>")[0]
+    assert rows.count("<tr") == 1 and "enrich" in rows and "2026-02-10 09:30" in rows
+    assert 'href="/teams/acme/billing"' in february.text  # back to this month
+    # The panels stay this month's whatever month the history shows.
+    assert 'id="free-spent">1<' in february.text  # March's debounce, not February's 10
+    unknown = await client.get("/teams/acme/billing", params={"month": "2025-07-01"})
+    assert unknown.status_code == 404 and "no billing month" in unknown.text
+    bad = await client.get("/teams/acme/billing", params={"month": "soon"})
+    assert bad.status_code == 422 and bad.headers["content-type"].startswith("text/html")
 
 
 async def test_history_pages_newest_first_and_csv_has_them_all(
@@ -485,6 +548,34 @@ async def test_a_database_that_cannot_be_reached_is_a_503_not_a_500(
     assert response.headers["retry-after"] == "5"
     assert response.json()["error"]["code"] == "unavailable"
     assert health.status_code == 503 and health.json()["postgres"].startswith("unreachable")
+
+
+async def test_the_billing_page_answers_an_outage_with_a_page(
+    ledger: Ledger, arq_redis: ArqRedis, database_url: str, redis_url: str
+) -> None:
+    """A person in a browser gets HTML saying to reload, not the API's JSON."""
+    dead = await asyncpg.create_pool("postgresql://tokens@127.0.0.1:9/none", min_size=0)
+    assert dead is not None
+    try:
+        down = Ledger(dead, ledger.catalog)
+        svc: Services = services_for(down, arq_redis, settings_for(database_url, redis_url))
+        app = create_app(svc.settings, svc)
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://t"
+        ) as c:
+            session = token("admin")
+            signed_in = await c.get(f"/teams/acme/billing?token={session}")
+            page = await c.get("/teams/acme/billing")
+            csrf = csrf_token(SECRET, session)
+            form = await c.post("/teams/acme/billing/limit", data={"tokens": "5", "csrf": csrf})
+    finally:
+        await dead.close()
+    assert signed_in.status_code == 303
+    assert page.status_code == 503 and page.headers["retry-after"] == "5"
+    assert page.headers["content-type"].startswith("text/html")
+    assert "<!doctype html>" in page.text and "Reload this page" in page.text
+    assert form.status_code == 503 and form.headers["retry-after"] == "5"
+    assert form.headers["content-type"].startswith("text/html") and "Reload" in form.text
 
 
 async def test_a_redis_that_cannot_be_reached_is_a_503(

@@ -17,8 +17,8 @@ import pytest
 
 from tests.api_helpers import token
 from tests.api_live import ROOT, TOKENS, LiveApi, live_api
+from tests.browser import CHROMIUM, NoBrowser, ensure_chromium
 
-CHROMIUM = Path("/usr/bin/chromium")
 ARGS = [
     "--no-sandbox",
     "--headless",
@@ -118,17 +118,21 @@ async def test_serve_refuses_to_start_without_the_app_secret(live_api: LiveApi) 
     ]
 
 
+@pytest.fixture(scope="session")
+def chromium() -> Path:
+    # A failure, not a skip: the page's tests are how we know it works.
+    try:
+        return ensure_chromium(CHROMIUM)
+    except NoBrowser as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
 @pytest.fixture(scope="module")
-async def browser() -> AsyncIterator[Any]:
-    # A failure, not a skip: the page's tests are how we know it works
-    # (.ci/run installs Debian's chromium when it is missing).
-    assert await asyncio.to_thread(CHROMIUM.exists), (
-        "no /usr/bin/chromium here: apt-get install -y chromium"
-    )
+async def browser(chromium: Path) -> AsyncIterator[Any]:
     from playwright.async_api import async_playwright
 
     async with async_playwright() as p:
-        b = await p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        b = await p.chromium.launch(executable_path=str(chromium), args=ARGS)
         try:
             yield b
         finally:
@@ -268,3 +272,10 @@ async def test_the_page_fits_a_phone(live_api: LiveApi, browser: Any) -> None:
     if os.environ.get("TOKENS_UPDATE_SCREENSHOTS"):
         await page.screenshot(path=str(DOCS / "billing-page-phone.png"), full_page=True)
     await context.close()
+
+
+def test_a_missing_browser_is_installed_or_named_clearly(tmp_path: Path) -> None:
+    missing = tmp_path / "chromium"
+    with pytest.raises(NoBrowser, match=r"sudo apt-get install -y chromium"):
+        ensure_chromium(missing, may_install=False)
+    assert ensure_chromium(CHROMIUM) == CHROMIUM  # there, or installed now

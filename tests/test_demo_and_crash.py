@@ -8,12 +8,14 @@ import os
 import signal
 import subprocess
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 from arq.connections import ArqRedis, RedisSettings, create_pool
 
+from cli.demo import month_of
 from ledger.service import Ledger
 from tests.cli_helpers import Cli
 from tests.conftest import at
@@ -29,9 +31,16 @@ def env_for(database_url: str, redis_url: str, **extra: str) -> dict[str, str]:
     return env
 
 
+def test_the_demo_month_is_the_calendar_month_of_its_start() -> None:
+    assert month_of(at("2026-12-31T23:59:59")) == (at("2026-12-01"), at("2027-01-01"))
+    assert month_of(at("2027-01-01T00:00:00")) == (at("2027-01-01"), at("2027-02-01"))
+    assert month_of(at("2028-02-29T12:00:00")) == (at("2028-02-01"), at("2028-03-01"))
+
+
 async def test_demo_reports_what_the_ledger_holds(
     database_url: str, redis_url: str, pool: asyncpg.Pool
 ) -> None:
+    before = datetime.now(UTC)
     proc = await asyncio.to_thread(
         subprocess.run,
         [*TOKENS, "demo", "--json"],
@@ -43,8 +52,16 @@ async def test_demo_reports_what_the_ledger_holds(
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
+    after = datetime.now(UTC)
     out: dict[str, Any] = json.loads(proc.stdout)
     assert out["outcomes"]["refused"] >= 1 and out["outcomes"]["failed"] >= 1
+    # The demo spends in the current month, so the billing page shows it: its
+    # month is the one that held the clock at some moment while it ran.
+    for section in out["billing"]:
+        start = at(section["period_start"].removesuffix("Z"))
+        end = at(section["period_end"].removesuffix("Z"))
+        assert start <= after and end > before, section
+        assert section["free_spent"] > 0, section
     for section in out["billing"]:
         row = await pool.fetchrow(
             "SELECT * FROM billing_months WHERE team_id = $1 AND period_start = $2",

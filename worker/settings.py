@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from billing.sender import sender_from_settings
 from db.pool import create_pool
 from runtime.app import catalog, database_url, ensure_schema
 from runtime.config import Settings
+from runtime.embedded.supervise import supervise
 from runtime.transient import is_transient, ride_out
 from worker.alerts import deliver_alerts
 from worker.context import Deps
@@ -221,8 +223,15 @@ def worker_kwargs(
         }
         ctx["deps"] = deps
         ride_out_redis(ctx["redis"])
+        if not burst:
+            # Embedded servers that die while the worker runs come back (the
+            # worker's connections wait for them at the same address).
+            ctx["supervisor"] = asyncio.create_task(supervise(settings))
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
+        supervisor: asyncio.Task[None] | None = ctx.get("supervisor")
+        if supervisor is not None:
+            supervisor.cancel()
         deps: Deps | None = ctx.get("deps")
         if deps is not None:
             await deps["http"].aclose()

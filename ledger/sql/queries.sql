@@ -70,6 +70,23 @@ JOIN billing_months b ON b.team_id = c.team_id AND b.period_start = c.period_sta
 WHERE c.team_id = $1
 ORDER BY c.id
 
+-- list_teams --
+-- Every team with the billing month containing $1 (opened as a read of that month
+-- would open it).
+SELECT t.*, m.period_start, m.period_end
+FROM teams t
+CROSS JOIN LATERAL tokens_open_month(t.id, $1) m
+ORDER BY t.id
+
+-- team_months --
+-- A team's billing months that hold charges, or contain $2 (the current one), newest first.
+SELECT period_start, period_end FROM billing_months b
+WHERE team_id = $1
+  AND (period_start <= $2 AND period_end > $2
+       OR EXISTS (SELECT 1 FROM charges c
+                   WHERE c.team_id = b.team_id AND c.period_start = b.period_start))
+ORDER BY period_start DESC
+
 -- get_charge --
 SELECT * FROM charges WHERE id = $1
 
@@ -78,8 +95,10 @@ SELECT * FROM charges WHERE team_id = $1 AND idempotency_key = $2
 
 -- history_page --
 -- A team's charges, newest first, older than charge $2 when it is given (cursor paging).
+-- Only the billing month starting at $4, when it is given.
 SELECT * FROM charges
 WHERE team_id = $1 AND ($2::bigint IS NULL OR id < $2)
+  AND ($4::timestamptz IS NULL OR period_start = $4)
 ORDER BY id DESC
 LIMIT $3
 

@@ -15,6 +15,11 @@ their data under the data dir until `tokens stop`:
 
 Starting and stopping hold an exclusive `flock` on `<data_dir>/.servers.lock`,
 so commands started at once end up with one server of each kind.
+
+A long-running `tokens serve` or `tokens worker` brings a server back that
+died under it (runtime/embedded/supervise.py), unless `tokens stop` stopped
+it: that leaves `<data_dir>/.servers.stopped`, which the next command that
+starts a server removes.
 """
 
 from __future__ import annotations
@@ -30,7 +35,12 @@ from runtime.embedded.postgres import (
     running_postmaster,
     stop_postgres_locked,
 )
-from runtime.embedded.processes import EmbeddedServerError, absolute, data_dir_lock
+from runtime.embedded.processes import (
+    EmbeddedServerError,
+    absolute,
+    data_dir_lock,
+    process_alive,
+)
 from runtime.embedded.valkey import (
     ensure_redis_locked,
     read_redis_state,
@@ -46,7 +56,9 @@ __all__ = [
     "ensure_postgres",
     "ensure_redis",
     "ensure_servers",
+    "revive",
     "server_status",
+    "servers_down",
     "stop_postgres",
     "stop_redis",
     "stop_servers",
@@ -76,6 +88,7 @@ def ensure_servers(settings: Settings) -> Endpoints:
 
     data_dir = absolute(settings.data_dir)
     with data_dir_lock(data_dir):
+        _stopped_marker(data_dir).unlink(missing_ok=True)
         if database_url is None:
             database_url, pg_started = ensure_postgres_locked(data_dir)
             if pg_started:
@@ -91,6 +104,7 @@ def ensure_postgres(data_dir: Path) -> str:
     """Return an asyncpg DSN to database `tokens`, starting Postgres if needed."""
     data_dir = absolute(data_dir)
     with data_dir_lock(data_dir):
+        _stopped_marker(data_dir).unlink(missing_ok=True)
         dsn, _ = ensure_postgres_locked(data_dir)
     return dsn
 
@@ -99,6 +113,7 @@ def ensure_redis(data_dir: Path) -> str:
     """Return `redis://127.0.0.1:PORT/0`, starting the server if needed."""
     data_dir = absolute(data_dir)
     with data_dir_lock(data_dir):
+        _stopped_marker(data_dir).unlink(missing_ok=True)
         url, _ = ensure_redis_locked(data_dir)
     return url
 
@@ -114,7 +129,56 @@ def stop_servers(data_dir: Path) -> list[str]:
             stopped.append("postgres")
         if stop_redis_locked(data_dir):
             stopped.append("redis")
+        # Stopped on purpose: the supervisors of running processes leave them so.
+        _stopped_marker(data_dir).touch()
     return stopped
+
+
+def _stopped_marker(data_dir: Path) -> Path:
+    return data_dir / ".servers.stopped"
+
+
+def servers_down(data_dir: Path, *, postgres: bool, redis: bool) -> list[str]:
+    """Which of the named embedded servers of this data dir are not running.
+
+    Cheap enough to ask every second (a pid file and /proc, no connection): a
+    server that runs but does not answer yet is the start-up's business.
+    """
+    data_dir = absolute(data_dir)
+    down = []
+    if postgres and _read_postmaster_pid(data_dir) is None:
+        down.append("postgres")
+    if redis:
+        state = read_redis_state(data_dir)
+        if state is None or not process_alive(state[0], "valkey-server"):
+            down.append("redis")
+    return down
+
+
+def _read_postmaster_pid(data_dir: Path) -> int | None:
+    try:
+        pid = int((pgdata_of(data_dir) / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return None
+    return pid if process_alive(pid, "postgres") else None
+
+
+def revive(data_dir: Path, names: list[str]) -> list[str]:
+    """Start again those of `names` ("postgres", "redis") that died; return the ones started.
+
+    Nothing starts after `tokens stop`. Under the data dir's lock, so a server
+    and a worker that both saw it die start one server between them.
+    """
+    data_dir = absolute(data_dir)
+    started: list[str] = []
+    with data_dir_lock(data_dir):
+        if _stopped_marker(data_dir).exists():
+            return started
+        if "postgres" in names and ensure_postgres_locked(data_dir)[1]:
+            started.append("postgres")
+        if "redis" in names and ensure_redis_locked(data_dir)[1]:
+            started.append("redis")
+    return started
 
 
 def stop_postgres(data_dir: Path, *, mode: str = "fast") -> bool:
