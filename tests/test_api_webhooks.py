@@ -22,7 +22,7 @@ from billing.sender import StripeSender
 from ledger.catalog import DEFAULT_CATALOG, Catalog, Plan
 from ledger.service import Ledger
 from testing.stripe_fake import StripeFake
-from tests.api_helpers import WEBHOOK_SECRET, arq_redis, services_for, settings_for
+from tests.api_helpers import WEBHOOK_SECRET, arq_redis, bearer, services_for, settings_for
 from tests.conftest import at
 from tests.factories import make_team
 
@@ -520,3 +520,38 @@ async def test_without_a_stripe_key_a_late_active_copy_does_not_revive_an_ended_
     assert stale.json()["result"] == f"ignored: subscription {sub['id']} of team acme has ended"
     assert (await priced.get_team("acme")).subscription_ended_at == at("2026-03-15")
 
+
+async def test_a_team_set_of_the_same_term_keeps_the_subscription_ended(
+    hooks: httpx.AsyncClient, priced: Ledger, stripe_fake: StripeFake, clock: Clock
+) -> None:
+    cus = stripe_fake.add_customer()
+    sub = stripe_fake.add_subscription(
+        cus, team="acme", price="price_eo_m", quantity=2, anchor=MAR_1, created=MAR_1
+    )
+    await deliver(hooks, event("customer.subscription.created", sub))
+    ended = stripe_fake.update_subscription(sub["id"], status="canceled", ended_at=ts("2026-03-15"))
+    await deliver(hooks, event("customer.subscription.deleted", ended))
+    # The app re-sends the team (one seat more, same anchor) in April, after the end.
+    clock.now = at("2026-04-05")
+    body = {"plan": "email_outreach", "seats": 3, "interval": "month", "anchor": "2026-03-01"}
+    put = await hooks.put("/v1/teams/acme", json=body, headers=bearer("service", None))
+    assert put.status_code == 200, put.text
+    assert put.json()["free_granted"] == 0
+    team = await priced.get_team("acme")
+    assert (team.seats, team.subscription_ended_at, team.stripe_subscription) == (
+        3, at("2026-03-15"), sub["id"],
+    )  # fmt: skip
+    april = await priced.billing("acme", at=clock())
+    assert (april.free_granted, april.additional_limit) == (0, 0)
+    assert (await priced.charge("acme", "debounce", 1, key="a", at=clock()))[0].refused
+    # A new anchor is a new term: the team is current again from it, and the ended
+    # subscription's late events no longer touch it.
+    body["anchor"] = "2026-04-05"
+    put = await hooks.put("/v1/teams/acme", json=body, headers=bearer("service", None))
+    assert put.json()["free_granted"] == 750, put.text
+    team = await priced.get_team("acme")
+    assert (team.subscription_ended_at, team.stripe_subscription) == (None, None)
+    late = await deliver(hooks, event("customer.subscription.updated", ended))
+    assert late.json()["result"].startswith("ignored: subscription"), late.text
+    assert (await priced.get_team("acme")).subscription_ended_at is None
+    assert (await priced.billing("acme", at=at("2026-05-06"))).free_granted == 750
