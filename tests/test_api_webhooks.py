@@ -8,6 +8,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -555,3 +556,18 @@ async def test_a_team_set_of_the_same_term_keeps_the_subscription_ended(
     assert late.json()["result"].startswith("ignored: subscription"), late.text
     assert (await priced.get_team("acme")).subscription_ended_at is None
     assert (await priced.billing("acme", at=at("2026-05-06"))).free_granted == 750
+
+
+async def test_the_current_subscriptions_created_is_backfilled_from_its_events(
+    hooks: httpx.AsyncClient, priced: Ledger, stripe_fake: StripeFake, pool: asyncpg.Pool
+) -> None:
+    cus = stripe_fake.add_customer()
+    sub = stripe_fake.add_subscription(
+        cus, team="acme", price="price_eo_m", anchor=MAR_1, created=MAR_1 - 3600
+    )
+    await deliver(hooks, event("customer.subscription.created", sub))
+    await pool.execute("UPDATE teams SET subscription_created = NULL")  # as before migration 0006
+    sql = (Path(__file__).parents[1] / "db/migrations/0006_subscription_order.sql").read_text()
+    await pool.execute(sql[sql.index("UPDATE teams") :])
+    team = await pool.fetchrow("SELECT stripe_subscription, subscription_created FROM teams")
+    assert tuple(team) == (sub["id"], at("2026-02-28T23:00:00"))
