@@ -1,8 +1,8 @@
 """One error shape for every refusal: `{"error": {"code": ..., "message": ...}}`.
 
 The ledger's typed errors are mapped to HTTP statuses here, once. A database
-or Redis that cannot be reached is a 503 with Retry-After (the caller retries),
-never a 500.
+or Redis that cannot be reached, and a pool or statement past its deadline
+(db/pool.py), are a 503 with Retry-After (the caller retries), never a 500.
 """
 
 from __future__ import annotations
@@ -113,6 +113,15 @@ def install(app: FastAPI) -> None:
         return error_response(exc.status_code, code, str(exc.detail), headers)
 
     async def _infrastructure(request: Request, exc: Exception) -> JSONResponse:
+        if is_busy(exc):
+            log.warning("dependency_busy", path=request.url.path, error=repr(exc))
+            return error_response(
+                503,
+                "unavailable",
+                "the database is busy (no free connection, or a statement ran out of time); "
+                "retry later",
+                {"Retry-After": str(RETRY_AFTER_S)},
+            )
         if is_transient(exc):
             log.warning("dependency_unavailable", path=request.url.path, error=repr(exc))
             return error_response(
@@ -126,6 +135,15 @@ def install(app: FastAPI) -> None:
 
     for kind in INFRASTRUCTURE:
         app.add_exception_handler(kind, _infrastructure)
+
+
+def is_busy(exc: BaseException) -> bool:
+    """A deadline of ours ran out: no pooled connection came in time (TimeoutError from
+    the pool), or Postgres cancelled a statement past its statement_timeout or lock_timeout.
+    The request may well succeed a moment later: a 503, never a 500 or a hang."""
+    return isinstance(
+        exc, TimeoutError | asyncpg.QueryCanceledError | asyncpg.LockNotAvailableError
+    )
 
 
 def validation_message(errors: Any) -> str:

@@ -11,6 +11,9 @@ event's own object is used instead.
   `billing_cycle_anchor` and the customer (`Ledger.set_team`: a grant only grows
   mid-month). A canceled subscription ends the team's grants from the next
   billing month on (`teams.subscription_ended_at`, read by the money functions).
+  Only the team's current subscription, or a live one created after it, changes
+  the team (`follows`): a late event of an older subscription changes nothing,
+  and a subscription that ended ends the team only when it is the team's.
 - `invoice.paid|payment_failed|voided|marked_uncollectible`: the bill of that
   invoice takes the invoice's current status.
 
@@ -18,6 +21,12 @@ A refusal by the ledger (unknown plan for the price, an anchor conflict) is
 the event's stored result, not a retry: Stripe would only send it again.
 Stripe or the database being unreachable is raised, and the event stays
 unhandled for Stripe's next delivery.
+
+Connections: Stripe is read before any connection is taken, and the handling
+then runs in one short transaction on one connection (the event's row lock,
+the team's, the ledger's statements). A delivery never holds a connection while
+it waits for Stripe or for a second connection, so a burst of deliveries cannot
+starve the pool it needs to finish.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ import stripe
 import structlog
 
 from billing.sender import FINAL_STATUSES
+from db.pool import Conn
 from db.queries import parse
 from ledger import validate
 from ledger.errors import AnchorConflict, BadInput, TokensError
@@ -131,22 +141,33 @@ class WebhookHandler:
         assert stored is not None
         if stored["handled"]:
             return Outcome(event_id, kind, True, stored["result"])
+        current = await self._read(kind, obj)
         async with self.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(q("lock_event"), event_id)
             assert row is not None
             if row["handled_at"] is not None:  # a concurrent delivery handled it meanwhile
                 return Outcome(event_id, kind, True, row["result"])
-            result = await self._handle(kind, obj)
+            result = await self._handle(conn, kind, current)
             await conn.execute(q("event_handled"), event_id, self.clock(), result)
         log.info("stripe_event", event_id=event_id, type=kind, result=result)
         return Outcome(event_id, kind, False, result)
 
-    async def _handle(self, kind: str, obj: Mapping[str, Any]) -> str:
+    async def _read(self, kind: str, obj: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The event's object as Stripe has it now, for the events Tokens acts on."""
+        if kind in SUBSCRIPTION_EVENTS:
+            return await self._current("subscriptions", obj)
+        if kind in INVOICE_EVENTS:
+            return await self._current("invoices", obj)
+        return obj
+
+    async def _handle(self, conn: Conn, kind: str, obj: Mapping[str, Any]) -> str:
         try:
-            if kind in SUBSCRIPTION_EVENTS:
-                return await self._subscription(await self._current("subscriptions", obj))
-            if kind in INVOICE_EVENTS:
-                return await self._invoice(kind, await self._current("invoices", obj))
+            # A savepoint: a refusal undoes the handling, and the event is still marked.
+            async with conn.transaction():
+                if kind in SUBSCRIPTION_EVENTS:
+                    return await self._subscription(conn, obj)
+                if kind in INVOICE_EVENTS:
+                    return await self._invoice(conn, kind, obj)
         except TokensError as exc:
             log.warning("stripe_event_refused", type=kind, code=exc.code, error=str(exc))
             return f"refused: {exc.code}: {exc}"
@@ -169,7 +190,7 @@ class WebhookHandler:
 
     # -- subscriptions --------------------------------------------------------
 
-    async def _subscription(self, sub: Mapping[str, Any]) -> str:
+    async def _subscription(self, conn: Conn, sub: Mapping[str, Any]) -> str:
         team = _object(sub.get("metadata"), "the subscription's metadata").get("team")
         if not team:
             return "ignored: the subscription has no metadata.team"
@@ -178,15 +199,49 @@ class WebhookHandler:
         if not isinstance(sub_id, str) or not sub_id:
             raise MalformedEvent("the subscription has no id")
         status = sub.get("status")
+        created = _ts(sub.get("created"))
         now = self.clock()
+        await conn.execute(q("lock_team_events"), team)
+        row = await conn.fetchrow(q("team_subscription"), team)
+        verdict = follows(row, sub_id, created)
         if status in ENDED:
-            ended = _ts(sub.get("ended_at")) or _ts(sub.get("canceled_at")) or now
-            row = await self.pool.fetchrow(q("end_subscription"), team, sub_id, ended, now)
             if row is None:
-                return f"ignored: team {team} is unknown or on another subscription"
+                return f"ignored: team {team} is unknown"
+            # Only the team's own subscription ends it; or any, for a team that never
+            # followed one (set up by the app before its subscription's first event).
+            never_followed = (
+                row["stripe_subscription"] is None and row["subscription_created"] is None
+            )
+            if verdict != "current" and not never_followed:
+                return (
+                    f"ignored: subscription {sub_id} ended, but team {team} follows "
+                    f"{row['stripe_subscription'] or 'a later term (set by the app)'}"
+                )
+            ended = _ts(sub.get("ended_at")) or _ts(sub.get("canceled_at")) or now
+            await conn.execute(q("end_subscription"), team, sub_id, ended, now, created)
             return f"team {team}: subscription {sub_id} ended at {ended.isoformat()}"
         if status in NOT_STARTED:
             return f"ignored: subscription {sub_id} is {status}"
+        if verdict == "older":
+            return f"ignored: team {team} follows a subscription created after {sub_id}"
+        if verdict == "current" and row is not None and row["subscription_ended_at"] is not None:
+            # Stripe never reactivates a canceled subscription: an active copy is stale
+            # (the event's own object, without a Stripe key).
+            return f"ignored: subscription {sub_id} of team {team} has ended"
+        return await self._follow(conn, team, sub, created, now, known=row is not None)
+
+    async def _follow(
+        self,
+        conn: Conn,
+        team: str,
+        sub: Mapping[str, Any],
+        created: datetime | None,
+        now: datetime,
+        *,
+        known: bool,
+    ) -> str:
+        """The team follows `sub` (its current subscription, or a newer one)."""
+        sub_id = str(sub["id"])
         plan, item = self._plan_item(sub)
         if plan is None or item is None:
             return f"ignored: no catalog plan lists the prices of subscription {sub_id}"
@@ -212,22 +267,27 @@ class WebhookHandler:
                 anchor=anchored,
                 at=now,
                 stripe_customer=customer,
+                conn=conn,
             )
 
+        if known:  # first, so that a team whose subscription ended is current for set_team
+            await conn.execute(q("follow_subscription"), team, sub_id, created)
         kept = ""
         try:
-            await set_team(anchor)
+            async with conn.transaction():  # a savepoint: the refused anchor undoes only itself
+                await set_team(anchor)
         except AnchorConflict as conflict:
             # A month is already open from where the new anchor would take effect (a
             # clock set ahead): the plan, the seats and the customer must not be lost
             # with the anchor, nor every later event of this subscription.
-            current = (await self.ledger.get_team(team)).anchor
+            current = (await self.ledger.get_team(team, conn)).anchor
             await set_team(current)
             log.warning("webhook_anchor_kept", team=team, stripe_anchor=anchor.isoformat(),
                         kept=current.isoformat(), reason=str(conflict))  # fmt: skip
             kept = f" (anchor {anchor.isoformat()} refused, kept {current.isoformat()})"
             anchor = current
-        await self.pool.execute(q("set_subscription"), team, sub_id)
+        if not known:
+            await conn.execute(q("follow_subscription"), team, sub_id, created)
         return f"team {team}: {plan} x{seats} {interval}ly from {anchor.isoformat()}{kept}"
 
     def _plan_item(self, sub: Mapping[str, Any]) -> tuple[str | None, Mapping[str, Any] | None]:
@@ -244,7 +304,7 @@ class WebhookHandler:
 
     # -- invoices -------------------------------------------------------------
 
-    async def _invoice(self, kind: str, invoice: Mapping[str, Any]) -> str:
+    async def _invoice(self, conn: Conn, kind: str, invoice: Mapping[str, Any]) -> str:
         invoice_id = _id(invoice)
         stripe_status = str(invoice.get("status"))
         news = bill_news(kind, stripe_status)
@@ -254,13 +314,13 @@ class WebhookHandler:
             return f"ignored: invoice {invoice_id} is {stripe_status}"
         status, code, message = news
         if status == "paid":
-            status, code, message = await self._paid_in_full(invoice_id, invoice)
-        row = await self.pool.fetchrow(
+            status, code, message = await self._paid_in_full(conn, invoice_id, invoice)
+        row = await conn.fetchrow(
             q("invoice_news"), invoice_id, status, stripe_status, code, message, self.clock()
         )
         if row is not None:
             return f"bill {row['id']}: {status}"
-        other = await self.pool.fetchrow(q("invoice_bill"), invoice_id)
+        other = await conn.fetchrow(q("invoice_bill"), invoice_id)
         if other is None:
             return f"ignored: no bill has invoice {invoice_id}"
         log.warning(
@@ -269,11 +329,11 @@ class WebhookHandler:
         return f"bill {other['id']} is {other['status']}: its invoice is {stripe_status} at Stripe"
 
     async def _paid_in_full(
-        self, invoice_id: str | None, invoice: Mapping[str, Any]
+        self, conn: Conn, invoice_id: str | None, invoice: Mapping[str, Any]
     ) -> tuple[str, str | None, str | None]:
         """A paid invoice makes its bill paid only when it totals the bill's amount: an
         empty draft finance finalized is paid at 0 at once, the tokens never charged."""
-        bill = await self.pool.fetchrow(q("invoice_bill"), invoice_id)
+        bill = await conn.fetchrow(q("invoice_bill"), invoice_id)
         total = invoice.get("total")
         if bill is None or total == bill["amount_cents"]:
             return "paid", None, None
@@ -291,6 +351,21 @@ class WebhookHandler:
                 )
             ),
         )
+
+
+def follows(row: Mapping[str, Any] | None, sub_id: str, created: datetime | None) -> str:
+    """How subscription `sub_id` (created at Stripe at `created`) stands to its team, whose
+    `row` says which subscription it follows: "new" (no such team yet), "current",
+    "newer" (created after the team's current one, or the team follows none or one of
+    unknown age) or "older" (created before or with it: the team has moved on)."""
+    if row is None:
+        return "new"
+    if row["stripe_subscription"] == sub_id:
+        return "current"
+    mark = row["subscription_created"]
+    if mark is None or (created is not None and created > mark):
+        return "newer"
+    return "older"
 
 
 def bill_news(kind: str, stripe_status: str) -> tuple[str, str | None, str | None] | None:

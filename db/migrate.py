@@ -26,6 +26,9 @@ FUNCTION_FILES = (
 )
 
 _LOCK_KEY = 0x70_6B_6E_73  # arbitrary, fixed: "tkns"
+# A migration may rewrite a large table: it is not held to the pool's statement timeout
+# (Postgres' is lifted for its transaction, asyncpg's replaced by this one).
+MIGRATION_TIMEOUT_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,10 @@ async def migrate(conn: Conn) -> MigrationResult:
     """Bring the database to head; a no-op when it is there already."""
     applied: list[str] = []
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
+        await conn.execute("SET LOCAL statement_timeout = 0")
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock($1)", _LOCK_KEY, timeout=MIGRATION_TIMEOUT_S
+        )
         await conn.execute(
             """CREATE TABLE IF NOT EXISTS schema_migrations (
                    version text PRIMARY KEY,
@@ -77,7 +83,7 @@ async def migrate(conn: Conn) -> MigrationResult:
         for version, sql in _versioned():
             if version in done:
                 continue
-            await conn.execute(sql)
+            await conn.execute(sql, timeout=MIGRATION_TIMEOUT_S)
             await conn.execute(
                 "INSERT INTO schema_migrations (version, checksum) VALUES ($1, $2)",
                 version,
@@ -88,7 +94,7 @@ async def migrate(conn: Conn) -> MigrationResult:
             checksum = _checksum(sql)
             if done.get(name) == checksum:
                 continue
-            await conn.execute(sql)
+            await conn.execute(sql, timeout=MIGRATION_TIMEOUT_S)
             await conn.execute(
                 """INSERT INTO schema_migrations (version, checksum) VALUES ($1, $2)
                    ON CONFLICT (version) DO UPDATE

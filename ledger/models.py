@@ -75,6 +75,7 @@ class Team(SQLModel, table=True):
     trial_granted: bool = Field(default=False, sa_column_kwargs={"server_default": text("false")})
     stripe_subscription: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     subscription_ended_at: datetime | None = Field(default=None, sa_column=ts_column(nullable=True))
+    subscription_created: datetime | None = Field(default=None, sa_column=ts_column(nullable=True))
     created_at: datetime = Field(sa_column=ts_column())
     updated_at: datetime = Field(sa_column=ts_column())
 

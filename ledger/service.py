@@ -14,6 +14,7 @@ from typing import Any, NoReturn, TypeVar
 
 import asyncpg
 
+from db.pool import Conn
 from db.queries import q
 from ledger import validate
 from ledger.alerts import TEAM_ALERTS, AlertRow
@@ -115,8 +116,10 @@ class Ledger:
         anchor: datetime,
         at: datetime,
         stripe_customer: str | None = None,
+        conn: Conn | None = None,
     ) -> tuple[TeamRow, bool]:
-        """Create or update a team; returns (team, created)."""
+        """Create or update a team; returns (team, created). On `conn` when given (a
+        caller's transaction), so that the caller never waits for a second connection."""
         validate.team_id(team)
         self.catalog.plan(plan)
         validate.seats(seats)
@@ -124,14 +127,15 @@ class Ledger:
         anchor, at = validate.moment(anchor), validate.moment(at)
         if stripe_customer is not None:
             validate.stripe_customer(stripe_customer)
-        if not validate.reachable_over_http(team) and await self._team_row(team) is None:
+        db = self.pool if conn is None else conn
+        if not validate.reachable_over_http(team) and await self._team_row(team, conn) is None:
             # Refused for new teams only: one made before this rule keeps working.
             raise BadInput(
                 f"invalid team id {team!r}: a '.' or '..' between slashes is not allowed "
                 "(HTTP clients rewrite such paths, the team's URLs would reach another team)"
             )
         row = await self._run(
-            lambda: self.pool.fetchrow(
+            lambda: db.fetchrow(
                 q("set_team"), team, plan, seats, interval, anchor, stripe_customer, at
             )
         )
@@ -163,11 +167,12 @@ class Ledger:
         rows = await self._run(lambda: self.pool.fetch(q("team_months"), team, at))
         return [(r["period_start"], r["period_end"]) for r in rows]
 
-    async def _team_row(self, team: str) -> asyncpg.Record | None:
-        return await self._run(lambda: self.pool.fetchrow(q("get_team"), team))
+    async def _team_row(self, team: str, conn: Conn | None = None) -> asyncpg.Record | None:
+        db = self.pool if conn is None else conn
+        return await self._run(lambda: db.fetchrow(q("get_team"), team))
 
-    async def get_team(self, team: str) -> TeamRow:
-        row = await self._team_row(team)
+    async def get_team(self, team: str, conn: Conn | None = None) -> TeamRow:
+        row = await self._team_row(team, conn)
         if row is None:
             raise UnknownTeam(team)
         return TeamRow.from_record(row)

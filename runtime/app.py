@@ -80,7 +80,12 @@ def redacted(url: str) -> str:
 async def connect_pool(settings: Settings, *, max_size: int = 10) -> asyncpg.Pool:
     url = database_url(settings)
     try:
-        return await create_pool(url, max_size=max_size)
+        return await create_pool(
+            url,
+            max_size=max_size,
+            acquire_timeout=settings.db_acquire_timeout_seconds,
+            statement_timeout=settings.db_statement_timeout_seconds,
+        )
     except CONNECT_ERRORS as exc:
         raise Unreachable("Postgres", redacted(url), exc) from exc
 

@@ -59,6 +59,11 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     data_dir: Path = Path(".tokens")
     catalog: Path | None = None
+    # Every wait on Postgres has a deadline: borrowing a pooled connection, and each
+    # statement (db/pool.py). Past either, the API answers 503 with Retry-After;
+    # nothing hangs on a busy pool or a lock.
+    db_acquire_timeout_seconds: float = Field(default=5.0, gt=0)
+    db_statement_timeout_seconds: float = Field(default=30.0, gt=0)
 
     stripe_api_key: str | None = Field(
         default=None, validation_alias=AliasChoices("STRIPE_API_KEY", "TOKENS_STRIPE_API_KEY")

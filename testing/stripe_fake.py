@@ -2282,8 +2282,11 @@ class StripeFake:
         interval: str = "month",
         anchor: int | None = None,
         status: str = "active",
+        created: int | None = None,
     ) -> Json:
-        now = self._now()
+        """A subscription of `team` (metadata.team), `created` now unless told (Stripe's
+        `created` is in seconds: two made in one second have the same one)."""
+        now = self._now() if created is None else created
         sub_id = self._new_id("sub_")
         sub: Json = {
             "id": sub_id,

@@ -197,7 +197,12 @@ def worker_kwargs(
         # A worker started while Postgres restarts waits for it (bounded), then fails.
         wait = settings.outage_wait_seconds
         pool = await ride_out(
-            lambda: create_pool(database_url(settings), max_size=settings.worker_concurrency),
+            lambda: create_pool(
+                database_url(settings),
+                max_size=settings.worker_concurrency,
+                acquire_timeout=settings.db_acquire_timeout_seconds,
+                statement_timeout=settings.db_statement_timeout_seconds,
+            ),
             until=time.monotonic() + wait,
             what="worker_start",
         )

@@ -8,20 +8,36 @@ ON CONFLICT (id) DO UPDATE SET deliveries = stripe_events.deliveries + 1
 RETURNING handled_at IS NOT NULL AS handled, result
 
 -- lock_event --
--- Taken while the event is handled: a concurrent delivery of it waits, then sees it handled.
+-- Taken while the event is handled (a short transaction: Stripe was read before it):
+-- a concurrent delivery of it waits, then sees it handled.
 SELECT handled_at, result FROM stripe_events WHERE id = $1 FOR UPDATE
 
 -- event_handled --
 UPDATE stripe_events SET handled_at = $2, result = $3 WHERE id = $1
 
--- set_subscription --
-UPDATE teams SET stripe_subscription = $2 WHERE id = $1
+-- lock_team_events --
+-- Subscription events of one team are applied one at a time, to the end of their
+-- transaction (an advisory lock: the team may not exist yet).
+SELECT pg_advisory_xact_lock(hashtextextended('tokens.team_subscription:' || $1, 0))
+
+-- team_subscription --
+-- The subscription the team follows, and when Stripe created it.
+SELECT stripe_subscription, subscription_created, subscription_ended_at
+FROM teams WHERE id = $1 FOR UPDATE
+
+-- follow_subscription --
+-- The team follows subscription $2 (created $3 at Stripe) from now on: current, not ended.
+UPDATE teams
+SET stripe_subscription = $2, subscription_created = coalesce($3, subscription_created),
+    subscription_ended_at = NULL
+WHERE id = $1
 
 -- end_subscription --
--- Only the team's own subscription ends it (an old subscription's late cancellation
--- does not end the one that replaced it).
-UPDATE teams SET subscription_ended_at = $3, updated_at = $4
-WHERE id = $1 AND (stripe_subscription IS NULL OR stripe_subscription = $2)
+-- The team's subscription $2 ended at $3 (the caller decided it is the team's).
+UPDATE teams
+SET stripe_subscription = $2, subscription_created = coalesce($5, subscription_created),
+    subscription_ended_at = $3, updated_at = $4
+WHERE id = $1
 RETURNING id
 
 -- invoice_news --

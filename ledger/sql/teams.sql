@@ -13,6 +13,13 @@ DROP FUNCTION IF EXISTS tokens_set_team(text, text, integer, text, timestamptz, 
 -- a new subscription) cuts the running month short where it takes effect (at
 -- the anchor, or at the change when the anchor is already past), so the next
 -- month starts there; unspent free tokens end there.
+--
+-- A team whose subscription ended stays ended through a team set of the same
+-- term (same anchor: the app re-sending its team, a seat change): months from
+-- the end grant nothing and allow no additional tokens, whatever the plan and
+-- seats say. A new anchor is a new term and makes the team current again; it
+-- also leaves the ended subscription, whose late events then change nothing
+-- (README, "Stripe webhooks").
 CREATE FUNCTION tokens_set_team(
     p_team text, p_plan text, p_seats integer, p_interval text, p_anchor timestamptz,
     p_customer text, p_at timestamptz,
@@ -24,6 +31,7 @@ DECLARE
     m billing_months;
     p plans;
     cut timestamptz;
+    new_term boolean;
 BEGIN
     SELECT * INTO old FROM teams WHERE id = p_team FOR UPDATE;
     created := NOT FOUND;
@@ -35,7 +43,8 @@ BEGIN
         RETURN;
     END IF;
 
-    IF p_anchor <> old.anchor THEN
+    new_term := p_anchor <> old.anchor;
+    IF new_term THEN
         -- A new anchor takes effect at itself, or at the change when it is already
         -- past (a trial converted days ago and Stripe delivered the webhook late, an
         -- app that set the team up a few seconds after Stripe's anchor): the running
@@ -55,14 +64,16 @@ BEGIN
     UPDATE teams
        SET plan = p_plan, seats = p_seats, billing_interval = p_interval, anchor = p_anchor,
            stripe_customer = coalesce(p_customer, old.stripe_customer), updated_at = p_at,
-           subscription_ended_at = NULL  -- set again: the team is current
+           subscription_ended_at = CASE WHEN new_term THEN NULL ELSE old.subscription_ended_at END,
+           stripe_subscription = CASE WHEN new_term AND old.subscription_ended_at IS NOT NULL
+                                      THEN NULL ELSE old.stripe_subscription END
      WHERE id = p_team
     RETURNING * INTO team;
 
     SELECT * INTO m FROM billing_months b
      WHERE b.team_id = p_team AND b.period_start <= p_at AND b.period_end > p_at
      FOR NO KEY UPDATE;
-    IF FOUND THEN
+    IF FOUND AND NOT coalesce(m.period_start >= team.subscription_ended_at, false) THEN
         SELECT * INTO p FROM plans WHERE name = p_plan;
         UPDATE billing_months b
            SET free_granted = greatest(b.free_granted, tokens_grant(p, p_seats, team.trial_granted))
