@@ -704,7 +704,9 @@ class StripeFake:
         an ``auto_advance`` invoice is then collected by ``run_automatic_collection``."""
         inv = self.invoices[invoice]
         if inv["status"] != "draft":
-            raise StripeError(400, "This invoice is already finalized.", code="invoice_not_editable")
+            raise StripeError(
+                400, "This invoice is already finalized.", code="invoice_not_editable"
+            )
         self._do_finalize(inv, charge=False)
 
     def take_events(self) -> list[Json]:
