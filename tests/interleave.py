@@ -458,14 +458,16 @@ class World:
                 )
 
     def _collectible(self) -> dict[int, list[dict[str, Any]]]:
-        """Tokens' invoices Stripe can collect or has collected, by bill chain root."""
+        """Tokens' invoices Stripe has collected, or can still collect (open, of a customer
+        not deleted), by bill chain root."""
         root_of = {b["id"]: b["root"] for b in self.bills}
         out: dict[int, list[dict[str, Any]]] = {}
         for inv in self.fake.invoices.values():
             bill_id = inv["metadata"].get("tokens_bill_id")
             if bill_id is None or inv["status"] not in ("open", "paid"):
                 continue
-            if self.fake.customers.get(inv["customer"], {}).get("deleted"):
+            deleted = self.fake.customers.get(inv["customer"], {}).get("deleted")
+            if inv["status"] == "open" and deleted:  # nobody can pay it any more
                 continue
             root = root_of.get(int(bill_id))
             if root is None:
@@ -1053,7 +1055,9 @@ async def rest(w: World) -> None:
         w.fake.run_automatic_collection()
         _take(w)
         events, w.pending = w.pending, []
-        await _deliver(w, events)
+        chunk = len(events) if w.on("webhook_burst_over_pool") else w.api_pool.get_max_size() - 1
+        for i in range(0, len(events), max(chunk, 1)):
+            await _deliver(w, events[i : i + chunk])
     await _reconcile(w, 1)
 
 
