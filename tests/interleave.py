@@ -87,6 +87,8 @@ PENDING_FIXES: dict[str, str] = {
     "the team back on it",
     "subscription_events_concurrent": "the new subscription's event and the old one's "
     "cancellation handled at the same moment: today the team can end on its new one",
+    "finance_during_reconcile": "finance voids or marks an invoice uncollectible while a "
+    "reconcile run is under way: today the run pays it from the listing it read first",
     "customer_deleted_send_invoice": "finance deletes the customer of a team whose bills are "
     "sent (send_invoice): today such a bill stays open, never failed (customer_deleted)",
 }
