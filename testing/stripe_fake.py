@@ -33,13 +33,19 @@ What it models, as Stripe v1 does it (API 2026-10-28):
   ``discounts=""`` means none; invoice items are ``discountable`` unless told otherwise;
 * finance's hand in the Dashboard: ``void_invoice`` (open or uncollectible),
   ``mark_uncollectible`` (open), ``delete_draft`` (drafts only), ``finalize_draft``,
-  ``edit_draft_item`` (change or remove an item of a draft; also the API's
-  ``POST``/``DELETE /v1/invoiceitems/{id}``), ``pay_in_dashboard`` (an open or
+  ``remove_draft_discounts``, ``edit_draft_item`` (change or remove an item of a draft;
+  also the API's ``POST``/``DELETE /v1/invoiceitems/{id}``), ``pay_in_dashboard`` (an open or
   uncollectible invoice), ``delete_customer``; paying a paid invoice is a 400 "Invoice is
   already paid" (no error code: Stripe documents none for it), a void one a 400;
 * ``attempt_count`` as Stripe counts it: the first attempt, then only automatic retries;
 * ``after_next``: something happens (a webhook, finance) between a request running at
   Stripe and its caller reading the answer;
+* events: every invoice status change (``invoice.finalized|paid|payment_failed|voided|
+  marked_uncollectible``) and subscription change (``customer.subscription.*``) is
+  appended to ``events`` with a snapshot of the object, as Stripe sends them to a webhook
+  endpoint (``take_events`` hands out the new ones); every pay request is recorded in
+  ``pay_attempts`` with the invoice's status when it arrived and the ``moment`` (one
+  counter over requests and state changes) of that status;
 * rate limits: a 429 can be injected (``rate_limit_next``, with or without
   ``Stripe-Should-Retry``), and ``rate_limit_per_endpoint=`` / ``rate_limit_total=``
   requests per second refuse what goes over with a 429, as Stripe's limiter does;
@@ -133,6 +139,16 @@ NO_PAYMENT_METHOD = (
 _ID_CHARS = string.ascii_letters + string.digits
 _BRACKETS = re.compile(r"\[([^\]]*)\]")
 _CURRENCY = re.compile(r"[a-z]{3}")
+
+
+class PayAttempt(NamedTuple):
+    """A pay request that reached an invoice: the invoice's status then, and since when."""
+
+    moment: int  # StripeFake.moment when it arrived
+    invoice: str
+    status: str
+    status_since: int  # StripeFake.moment of the invoice's last status change
+    bill_id: str | None  # metadata tokens_bill_id
 
 
 class RecordedRequest(NamedTuple):
@@ -535,6 +551,12 @@ class StripeFake:
         self.requests: list[RecordedRequest] = []
         self.executed: list[RecordedRequest] = []  # requests whose endpoint actually ran
         self.internal_errors: list[BaseException] = []  # bugs in the fake itself
+        # The events Stripe would send to webhook endpoints, oldest first (see "events").
+        self.events: list[Json] = []
+        self.pay_attempts: list[PayAttempt] = []
+        # One counter over requests and Stripe's own state changes: orders both.
+        self.moment = 0
+        self._status_moment: dict[str, int] = {}
 
         self._rng = random.Random(seed)
         self._cards: dict[str, str | None] = {}  # customer -> decline code or None (works)
@@ -678,6 +700,14 @@ class StripeFake:
         """Finance deletes a draft invoice in the Dashboard."""
         self._delete_invoice({}, invoice)
 
+    def remove_draft_discounts(self, invoice: str) -> None:
+        """Finance takes the coupons off a draft invoice in the Dashboard (fixing it)."""
+        inv = self.invoices[invoice]
+        assert inv["status"] == "draft"
+        inv["discounts"] = []
+        self._recompute_totals(inv)
+        self._touch(inv)
+
     def finalize_draft(self, invoice: str) -> None:
         """Finance finalizes a draft in the Dashboard. Finalizing does not charge; an
         amount due of 0 is marked paid at once, as at Stripe."""
@@ -700,6 +730,12 @@ class StripeFake:
         awaitable) before the response is on its way back: what Stripe, finance or a
         webhook did between a request and its caller hearing the answer."""
         self._queue(_Fault("after", target, action=action))
+
+    def take_events(self) -> list[Json]:
+        """The events emitted since the last call (each also stays in ``events``)."""
+        start = getattr(self, "_events_taken", 0)
+        self._events_taken = len(self.events)
+        return [_clone(e) for e in self.events[start:]]
 
     def rate_limit_next(self, target: Target, *, should_retry: bool | None = None) -> None:
         """Next matching request gets a 429 ``rate_limit`` (not saved under its key), with
@@ -794,6 +830,31 @@ class StripeFake:
             elif inv["status"] == "open" and inv["collection_method"] == "charge_automatically":
                 with contextlib.suppress(StripeError):
                     self._attempt_payment(inv, automatic=True)
+
+    # ------------------------------------------------------------ events
+
+    def _emit(self, kind: str, obj: Json) -> None:
+        """An event as Stripe sends it: a snapshot of the object when it happened."""
+        self.moment += 1
+        if obj.get("object") == "invoice":
+            self._status_moment[obj["id"]] = self.moment
+            snapshot = _clone(obj)
+            snapshot["lines"]["data"] = snapshot["lines"]["data"][:10]
+        else:
+            snapshot = _clone(obj)
+        self.events.append(
+            {
+                # Not from the id generator: a seeded fake's other ids stay as they were.
+                "id": f"evt_{len(self.events) + 1:024d}",
+                "object": "event",
+                "api_version": API_VERSION,
+                "type": kind,
+                "created": self._now(),
+                "livemode": False,
+                "pending_webhooks": 1,
+                "data": {"object": snapshot},
+            }
+        )
 
     # ------------------------------------------------------------ internals: plumbing
 
@@ -940,6 +1001,7 @@ class StripeFake:
 
     def _handle_now(self, request: httpx.Request) -> httpx.Response | Coroutine[Any, Any, Any]:
         self._tick += 1
+        self.moment += 1
         request_id = self._new_id("req_", 14)
         method = request.method.upper()
         path = request.url.path
@@ -1739,6 +1801,7 @@ class StripeFake:
         inv["invoice_pdf"] = f"https://pay.stripe.test/invoice/{inv['id']}/pdf"
         if cus.get("currency") is None:
             cus["currency"] = inv["currency"]
+        self._emit("invoice.finalized", inv)
         if inv["amount_due"] == 0:
             self._mark_paid(inv, amount=0)
         elif charge and inv["auto_advance"] and inv["collection_method"] == "charge_automatically":
@@ -1753,6 +1816,7 @@ class StripeFake:
         inv["auto_advance"] = False
         inv["next_payment_attempt"] = None
         inv["status_transitions"]["paid_at"] = self._now()
+        self._emit("invoice.paid", inv)
 
     def _attempt_payment(self, inv: Json, *, automatic: bool = False) -> None:
         """Charge the customer's default payment method; StripeError(402) on a decline.
@@ -1777,6 +1841,7 @@ class StripeFake:
         if decline is not None:
             inv["next_payment_attempt"] = self._now() + 3 * 86400 if inv["auto_advance"] else None
             self._touch(inv)
+            self._emit("invoice.payment_failed", inv)
             raise StripeError(
                 402,
                 "Your card was declined."
@@ -1795,6 +1860,15 @@ class StripeFake:
             {"paid_out_of_band", "forgive", "off_session", "payment_method", "source", "mandate"},
         )
         inv = self._invoice(inv_id)
+        self.pay_attempts.append(
+            PayAttempt(
+                self.moment,
+                inv_id,
+                inv["status"],
+                self._status_moment.get(inv_id, 0),
+                inv["metadata"].get("tokens_bill_id"),
+            )
+        )
         self._customer(inv["customer"], "customer")
         out_of_band = bool(_bool(params, "paid_out_of_band", False))
         if inv["status"] == "paid":
@@ -1830,6 +1904,7 @@ class StripeFake:
         inv["amount_remaining"] = 0
         inv["status_transitions"]["voided_at"] = self._now()
         self._touch(inv)
+        self._emit("invoice.voided", inv)
         return self._render_invoice(inv, params)
 
     def _mark_uncollectible(self, params: dict[str, Any], inv_id: str) -> Json:
@@ -1847,6 +1922,7 @@ class StripeFake:
         inv["next_payment_attempt"] = None
         inv["status_transitions"]["marked_uncollectible_at"] = self._now()
         self._touch(inv)
+        self._emit("invoice.marked_uncollectible", inv)
         return self._render_invoice(inv, params)
 
     # ------------------------------------------------------------ invoice items
@@ -2323,6 +2399,7 @@ class StripeFake:
             },
         }
         self.subscriptions[sub_id] = sub
+        self._emit("customer.subscription.created", sub)
         return _clone(sub)
 
     def update_subscription(
@@ -2344,6 +2421,8 @@ class StripeFake:
             sub["status"] = status
         if status == "canceled":
             sub["canceled_at"] = sub["ended_at"] = ended_at if ended_at else self._now()
+        kind = "deleted" if sub["status"] in ("canceled", "incomplete_expired") else "updated"
+        self._emit(f"customer.subscription.{kind}", sub)
         return _clone(sub)
 
     def _retrieve_sub(self, params: dict[str, Any], sub_id: str) -> Json:
