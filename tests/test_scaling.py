@@ -147,7 +147,7 @@ _NEXT_OBJECT = re.compile(
     r"^(?:CREATE|DROP)\s+(?:OR\s+REPLACE\s+)?(?:FUNCTION|TRIGGER)\b", re.IGNORECASE | re.MULTILINE
 )
 _INSERT = re.compile(
-    r"INSERT\s+INTO\s+[a-z_]+\s*\(([^)]*)\)\s*VALUES\s*\(([^)]*)\)", re.IGNORECASE | re.DOTALL
+    r"INSERT\s+INTO\s+([a-z_]+)\s*\(([^)]*)\)\s*VALUES\s*\(([^)]*)\)", re.IGNORECASE | re.DOTALL
 )
 
 
@@ -190,7 +190,7 @@ def _reached_by_team(sql: str, table: str, alias: str | None) -> bool:
         if re.search(col + r"\s*=", sql) or re.search(r"=\s*" + col, sql):
             return True
     if table != "teams":  # INSERT INTO t (team_id, ...) VALUES (...)
-        return any("team_id" in cols for cols, _ in _INSERT.findall(sql))
+        return any(t == table and "team_id" in cols for t, cols, _ in _INSERT.findall(sql))
     return False
 
 
@@ -205,7 +205,7 @@ def _team_keys(sql: str, refs: list[tuple[str, str | None]]) -> list[str]:
     for col in columns:
         keys += re.findall(col + r"\s*=\s*(" + _KEY + ")", sql)
         keys += re.findall("(" + _KEY + r")\s*=\s*" + col, sql)
-    for cols, values in _INSERT.findall(sql):
+    for _, cols, values in _INSERT.findall(sql):
         names = [c.strip().lower() for c in cols.split(",")]
         vals = [v.strip() for v in values.split(",")]
         if "team_id" in names and len(vals) == len(names):
@@ -527,6 +527,10 @@ def test_a_new_unscoped_statement_is_flagged() -> None:
             "SELECT team_id, $1, $2, $3 FROM member_caps"
         ),
         "plans": "SELECT * FROM plans",
+        "a keyed insert beside an unkeyed update": (
+            "WITH a AS (INSERT INTO alerts (team_id, kind) VALUES ($1, 'free')) "
+            "UPDATE bills SET status = 'void'"
+        ),
     }
     for what, sql in flagged.items():
         assert not checker.statement(sql).by_team, what
@@ -580,6 +584,7 @@ def test_inline_sql_in_python_is_found(tmp_path: Path) -> None:
         "    await pool.fetch(_ALL)\n"
         '    await pool.execute("DELETE FROM alerts WHERE id = $1", 1)\n'
         "    await pool.fetch(sql)\n"
+        '    await pool.fetchrow(f"SELECT * FROM {sql}")\n'
         '    await pool.fetch(q("history"), "t")\n'
     )
     for package in PRODUCT_PACKAGES:
@@ -589,7 +594,7 @@ def test_inline_sql_in_python_is_found(tmp_path: Path) -> None:
         "worker/x.py:_ALL": ["SELECT * FROM charges"],
         "worker/x.py:sweep": ["DELETE FROM alerts WHERE id = $1"],
     }
-    assert unread == ["worker/x.py:sweep"]
+    assert unread == ["worker/x.py:sweep", "worker/x.py:sweep"]
     checker = Checker(function_files())
     assert not any(checker.statement(s).by_team for sqls in found.values() for s in sqls)
 
