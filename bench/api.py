@@ -1,4 +1,4 @@
-"""The HTTP API: bulk enqueue and the billing read, through `tokens serve` as a real process.
+"""The HTTP API and the read behind it: bulk enqueue and the billing section.
 
 1. `enqueue_10k_ms`: one POST /v1/teams/{team}/jobs with 10,000 leads, request to
    response (validation, the batched Lua enqueue, the 10,000-job answer), median of
@@ -8,12 +8,16 @@
    time: p50, p99 and requests/s, against the bare `Ledger.billing` call with the same
    concurrency and pool size in the same run. The client is a minimal HTTP/1.1 reader
    on asyncio streams, so that it costs the measurement little.
+3. `billing_read`: `Ledger.billing` called in a row for a team with 1,000,000 charges
+   in its month (100,000 quick): it reads the month's running totals and the newest
+   charges by index, so its time must not grow with the history.
 
-    python -m bench.api [--quick]
+    python -m bench api [--quick]
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -30,6 +34,7 @@ import httpx
 import jwt
 from arq.connections import ArqRedis, RedisSettings, create_pool
 
+from bench.servers import percentile
 from db.pool import create_pool as create_pg_pool
 from ledger.catalog import DEFAULT_CATALOG
 from ledger.service import Ledger
@@ -41,12 +46,9 @@ SECRET = "bench-app-secret-0123456789abcdef0123"
 TEAM = "bench-api"
 POOL_SIZE = 20  # what `tokens serve` opens (api/app.py)
 LEADS = 10_000
-
-
-def _percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))
-    return ordered[index]
+BILLING_TEAM = "bench-billing"
+BILLING_CALLS = 500
+LEDGER_CHARGES = 300  # made by the Ledger; the rest by one INSERT
 
 
 def _leads(n: int, tag: str) -> dict[str, Any]:
@@ -152,8 +154,8 @@ async def _drive(
     return {
         "requests": len(latencies),
         "per_s": round(len(latencies) / elapsed, 1),
-        "p50_ms": round(_percentile(latencies, 50), 3),
-        "p99_ms": round(_percentile(latencies, 99), 3),
+        "p50_ms": round(percentile(latencies, 50), 3),
+        "p99_ms": round(percentile(latencies, 99), 3),
     }
 
 
@@ -284,18 +286,83 @@ async def run(dsn: str, redis_url: str, *, quick: bool) -> dict[str, Any]:
         await pool.close()
 
 
-def main() -> None:
+async def billing_read(dsn: str, *, quick: bool) -> dict[str, Any]:
+    """`Ledger.billing` for a team with many charges in its month (JSON `billing_read`)."""
+    charges = 100_000 if quick else 1_000_000
+    at = datetime(2025, 1, 15, 12, tzinfo=UTC)
+    pool = await create_pg_pool(dsn, min_size=1, max_size=2)
+    try:
+        ledger = Ledger(pool, DEFAULT_CATALOG)
+        await ledger.sync_catalog()
+        await ledger.set_team(
+            BILLING_TEAM,
+            plan="sales_engagement",
+            seats=1_000,
+            interval="month",
+            anchor=datetime(2025, 1, 1, tzinfo=UTC),
+            at=at,
+        )
+        await ledger.set_limit(BILLING_TEAM, 10**11, actor="bench", role="admin", at=at)
+        for n in range(LEDGER_CHARGES):
+            await ledger.charge(BILLING_TEAM, "debounce", 1, key=f"ledger-{n}", at=at)
+        period_start = await pool.fetchval(
+            "SELECT period_start FROM charges WHERE team_id = $1 LIMIT 1", BILLING_TEAM
+        )
+        # Released charges count in no running total, so the totals still match the charges.
+        await pool.execute(
+            """
+            INSERT INTO charges (team_id, period_start, idempotency_key, action, quantity, tokens,
+                                 free_tokens, additional_tokens, state, held_at, settled_at)
+            SELECT $1, $2, 'bulk-' || g, 'debounce', 1, 1, 1, 0, 'released', $3, $3
+            FROM generate_series(1, $4::int) AS g
+            """,
+            BILLING_TEAM,
+            period_start,
+            at,
+            charges - LEDGER_CHARGES,
+            timeout=600,
+        )
+        await pool.execute("ANALYZE charges")
+        total = await pool.fetchval("SELECT count(*) FROM charges WHERE team_id = $1", BILLING_TEAM)
+        latencies = []
+        for _ in range(BILLING_CALLS):
+            t = time.perf_counter()
+            await ledger.billing(BILLING_TEAM, at=at)
+            latencies.append((time.perf_counter() - t) * 1000)
+        drift = await ledger.drift()
+    finally:
+        await pool.close()
+    result = {
+        "charges": int(total),
+        "calls": BILLING_CALLS,
+        "p50_ms": round(percentile(latencies, 50), 3),
+        "p99_ms": round(percentile(latencies, 99), 3),
+        "drift_rows": len(drift),
+    }
+    print(
+        f"  Ledger.billing at {total:,} charges: p50 {result['p50_ms']} ms "
+        f"p99 {result['p99_ms']} ms",
+        flush=True,
+    )
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
     from bench.servers import fresh_servers, quiet_logs
 
-    quick = "--quick" in sys.argv
+    parser = argparse.ArgumentParser(prog="python -m bench api", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="shorter runs, 100,000 charges")
+    args = parser.parse_args(argv)
     quiet_logs()
 
     async def go() -> dict[str, Any]:
         async with fresh_servers() as servers:
-            return await run(servers.dsn, servers.redis_url(), quick=quick)
+            api = await run(servers.dsn, servers.redis_url(), quick=args.quick)
+            return api | {"billing_read": await billing_read(servers.dsn, quick=args.quick)}
 
     print(json.dumps(asyncio.run(go()), indent=2))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

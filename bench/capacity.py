@@ -1,9 +1,6 @@
-"""How many workers for our load: metered jobs/s per worker process (issue 15, item 3).
+"""How many workers for a load: metered jobs/s per worker process.
 
-    python -m bench.capacity [--quick] [--json FILE]
-
-`run(dsn, redis_url, quick=...)` is what `python -m bench` calls (key
-`capacity`); run as a module this file starts its own servers.
+    python -m bench capacity [--quick] [--json FILE]
 
 Each point enqueues metered lead jobs (debounce and enrich alternating, over 8
 teams, sandbox providers with an added latency), then starts N worker
@@ -42,15 +39,15 @@ from typing import Any
 import asyncpg
 from arq.connections import ArqRedis
 
-from bench.arq_overhead import (
+from bench.jobs import (
     SPREAD_TEAMS,
-    _check_ledger,
-    _enqueue,
-    _forget_results,
-    _jobs,
-    _month_totals,
-    _results,
     bench_clients,
+    check_ledger,
+    enqueue,
+    forget_results,
+    job_results,
+    lead_jobs,
+    month_totals,
 )
 from bench.servers import postgres_cpu_s, postmaster_of, quiet_logs, standalone_main
 from worker.queue import QUEUE
@@ -59,7 +56,7 @@ GO_KEY = "bench:capacity:go"
 LATENCIES_MS = (0, 100, 1000)
 MAX_JOBS = (32, 128)
 PROCESSES = (1, 2, 4)
-# A rough ceiling of one worker process on this machine (CPU-bound at latency 0),
+# A rough ceiling of one worker process on a 2-core VM (CPU-bound at latency 0),
 # only used to size a point.
 CPU_BOUND_PER_S = 700
 QUICK = {"seconds": 2.0, "max_jobs_count": 3_000}
@@ -160,12 +157,12 @@ async def _point(
 ) -> dict[str, Any]:
     n = _jobs_for(latency_ms, max_jobs, processes, shape)
     tag = f"cap-{uuid.uuid4().hex[:10]}"
-    jobs = _jobs(tag, n, teams, True)
+    jobs = lead_jobs(tag, n, teams, True)
     if await redis.zcard(QUEUE):
         raise RuntimeError(f"queue {QUEUE} is not empty before the capacity point")
     await redis.delete(GO_KEY)
-    before = await _month_totals(pool, teams)
-    await _enqueue(redis, jobs)
+    before = await month_totals(pool, teams)
+    await enqueue(redis, jobs)
     procs = await asyncio.gather(
         *(_start_worker(dsn, redis_url, latency_ms, max_jobs) for _ in range(processes))
     )
@@ -180,14 +177,14 @@ async def _point(
         reports.append(json.loads(out.decode().strip().splitlines()[-1]))
     pg_cpu = postgres_cpu_s(postmaster) - pg0
     job_ids = [j[0] for j in jobs]
-    results = await _results(redis, job_ids)
-    await _forget_results(redis, job_ids)
+    results = await job_results(redis, job_ids)
+    await forget_results(redis, job_ids)
     mismatches = [
         job_id
         for job_id, r in zip(job_ids, results, strict=True)
         if r is None or not r.success or r.result.get("status") != "captured"
     ]
-    _, problems = await _check_ledger(pool, tag, n, teams, before)
+    _, problems = await check_ledger(pool, tag, n, teams, before)
     done = [r for r in results if r is not None]
     span = max(r.finish_time for r in done) - min(r.start_time for r in done)
     per_s = n / span.total_seconds()
@@ -261,7 +258,7 @@ async def run(dsn: str, redis_url: str, *, quick: bool) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     return standalone_main(
-        argv, prog="python -m bench.capacity", doc=__doc__, quick_help="2 s points", run=run
+        argv, prog="python -m bench capacity", doc=__doc__, quick_help="2 s points", run=run
     )
 
 

@@ -1,5 +1,7 @@
 """Start-up cost of a command: `tokens billing --json` and `tokens charge --json`.
 
+    python -m bench cli-start [--quick]
+
 A command is a whole Python process, so its wall time is interpreter start,
 imports, connecting and the work. Measured against `python -c pass` in the
 same run, on a running embedded Postgres (the servers outlive each command,
@@ -9,15 +11,18 @@ that a busy moment of the machine hits all three alike.
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from bench.servers import spread
 
 TOKENS = Path(sys.executable).with_name("tokens")
 TEAM = "bench-cli"
@@ -61,16 +66,17 @@ def run(*, quick: bool) -> dict[str, Any]:
     finally:
         subprocess.run([tokens, "stop"], env=env, capture_output=True, check=False)
         shutil.rmtree(root, ignore_errors=True)
-    p50 = {name: round(statistics.median(ms), 1) for name, ms in times.items()}
-    return {
-        "runs": runs,
-        "billing_p50_ms": p50["billing"],
-        "charge_p50_ms": p50["charge"],
-        "python_floor_ms": p50["python_floor"],
-        "billing_max_ms": round(max(times["billing"]), 1),
-        "charge_max_ms": round(max(times["charge"]), 1),
-    }
+    # Per command: the median of its runs (p50), with the fastest and the slowest.
+    return {"runs": runs, **{name: spread(ms, 1) for name, ms in times.items()}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench cli-start", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="15 runs of each (default 40)")
+    args = parser.parse_args(argv)
+    print(json.dumps(run(quick=args.quick), indent=2))
+    return 0
 
 
 if __name__ == "__main__":
-    print(run(quick="--quick" in sys.argv))
+    raise SystemExit(main())

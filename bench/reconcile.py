@@ -3,7 +3,7 @@
 Every team has one ended billing month with unbilled additional tokens, so the
 run makes one `month_end` bill per team and sends it, through the real
 `StripeSender` and stripe-python, to the stateful Stripe fake of the tests
-(`tests/stripe_fake.py`, on respx: no sockets), with zero latency or with a
+(`testing/stripe_fake.py`, on respx: no sockets), with zero latency or with a
 fixed latency per request. Teams, months and captured charges are written with
 bulk SQL (`generate_series`), consistent with each other, so `Ledger.drift()`
 stays empty; the timed part is the reconcile run alone.
@@ -16,15 +16,13 @@ by reading (a list request per 100 bills).
 Each run is checked: one bill per team, every bill paid, exactly one paid
 invoice per team at the fake and no other invoice, no drift.
 
-The rate-limited run (issue 11) puts Stripe's default limit on the fake, 25
+The rate-limited run puts Stripe's default limit on the fake, 25
 requests/s per endpoint, sends RATE_TEAMS bills through the production client
 (paced at RATE_PACE_RPS per endpoint, 429s retried) and reports Stripe requests
 per bill and bills/s as a share of what the limit allows (each bill needs one
 request at each of the three write endpoints, so the limit allows 25 bills/s).
 
-    python -m bench.reconcile [--quick] [--json FILE]
-
-`run(dsn, quick=...)` is what `python -m bench` calls, on its own database.
+    python -m bench reconcile [--quick] [--rate-limited] [--scenario ...] [--json FILE]
 """
 
 from __future__ import annotations
@@ -38,12 +36,13 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 
+from bench.reconcile_teams import RECONCILE_AT, UNBILLED, check, cleanup, setup
 from bench.servers import fresh_servers, quiet_logs
 from billing.reconcile import reconcile
 from billing.sender import StripeSender
@@ -53,16 +52,6 @@ from ledger.catalog import DEFAULT_CATALOG
 from ledger.service import Ledger
 from testing.stripe_fake import DEFAULT_API_KEY, DEFAULT_BASE, StripeFake
 
-# A billing month long past, so that no team of the other benchmarks (2025) is
-# due in these runs, and these teams are due in no other run.
-PERIOD_START = datetime(2001, 1, 1, tzinfo=UTC)
-PERIOD_END = datetime(2001, 2, 1, tzinfo=UTC)
-RECONCILE_AT = datetime(2001, 2, 1, 0, 5, tzinfo=UTC)
-PLAN = "email_outreach"
-SEATS = 2
-# Additional tokens per team: USD 10, below the USD 50 threshold, so each team gets
-# one month_end bill; a multiple of every charges-per-team count used.
-UNBILLED = 1_000
 DEFAULT_CONCURRENCY = 8  # billing.reconcile.reconcile's default
 LATENCY_MS = 100.0
 LATENCY_TEAMS = 1_000
@@ -71,7 +60,7 @@ LATENCY_CONCURRENCY = (DEFAULT_CONCURRENCY, 64)
 QUICK_TEAMS = 1_000
 FULL_TEAMS = (1_000, 10_000)  # 100,000: about 15 min with the in-process fake
 HEADLINE_TEAMS = 10_000
-TARGET_SECONDS = 10.0  # issue 6: 10,000 teams with a zero-latency Stripe
+TARGET_SECONDS = 10.0  # 10,000 teams with a zero-latency Stripe
 COMPARE_TEAMS = 1_000
 # Stripe's default rate limit per endpoint, and how the production client is paced
 # against it (TOKENS_STRIPE_MAX_RPS; its default, 20, leaves more room).
@@ -92,129 +81,6 @@ class Scenario:
     pace_rps: float | None = None  # the production client's pacing (None: a plain client)
 
 
-async def _setup(pool: asyncpg.Pool, prefix: str, s: Scenario, free: int) -> None:
-    """Teams, one ended month each, and captured charges adding up to its totals."""
-    ids = f"$1 || lpad(g::text, {len(str(s.teams))}, '0')"
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(
-            f"""
-            INSERT INTO teams (id, plan, seats, billing_interval, anchor, stripe_customer,
-                               additional_limit, created_at, updated_at)
-            SELECT {ids}, $2, $3, 'month', $4, 'cus_' || {ids}, 1000000, $4, $4
-            FROM generate_series(1, $5::int) AS g
-            """,
-            prefix,
-            PLAN,
-            SEATS,
-            PERIOD_START,
-            s.teams,
-        )
-        await conn.execute(
-            f"""
-            INSERT INTO billing_months (team_id, period_start, period_end, free_granted,
-                                        free_spent, additional_spent, unit_price, currency)
-            SELECT {ids}, $2, $3, $4, $4, $5, 0.01, 'usd'
-            FROM generate_series(1, $6::int) AS g
-            """,
-            prefix,
-            PERIOD_START,
-            PERIOD_END,
-            free,
-            UNBILLED,
-            s.teams,
-        )
-        # Charge 1 also spends the month's free tokens; the additional tokens are
-        # spread evenly over the charges (UNBILLED is a multiple of charges_per_team).
-        per = UNBILLED // s.charges_per_team
-        await conn.execute(
-            f"""
-            INSERT INTO charges (team_id, period_start, idempotency_key, action, quantity,
-                                 tokens, free_tokens, additional_tokens, state, held_at,
-                                 settled_at)
-            SELECT {ids}, $2, 'bench-' || c, 'debounce', t.tokens, t.tokens, t.free, $3,
-                   'captured', $4, $4
-            FROM generate_series(1, $5::int) AS g,
-                 generate_series(1, $6::int) AS c,
-                 LATERAL (SELECT CASE WHEN c = 1 THEN $7::bigint ELSE 0 END AS free,
-                                 CASE WHEN c = 1 THEN $7::bigint ELSE 0 END + $3 AS tokens) t
-            """,
-            prefix,
-            PERIOD_START,
-            per,
-            PERIOD_START + (PERIOD_END - PERIOD_START) / 2,
-            s.teams,
-            s.charges_per_team,
-            free,
-            timeout=600,
-        )
-    await pool.execute("ANALYZE teams, billing_months, charges, bills")
-
-
-async def _cleanup(pool: asyncpg.Pool, prefix: str) -> None:
-    like = prefix + "%"
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(
-            "DELETE FROM bill_charges bc USING bills b WHERE b.id = bc.bill_id"
-            " AND b.team_id LIKE $1",
-            like,
-            timeout=600,
-        )
-        for table in ("bills", "charges", "billing_months"):
-            await conn.execute(f"DELETE FROM {table} WHERE team_id LIKE $1", like, timeout=600)
-        await conn.execute("DELETE FROM teams WHERE id LIKE $1", like, timeout=600)
-
-
-async def _check(
-    pool: asyncpg.Pool, ledger: Ledger, fake: StripeFake, prefix: str, teams: int
-) -> dict[str, Any]:
-    """One bill per team, paid; one paid invoice per team at the fake, nothing else."""
-    like = prefix + "%"
-    bills = await pool.fetchrow(
-        """
-        SELECT count(*) AS bills, count(*) FILTER (WHERE step = 'paid') AS paid
-        FROM bills WHERE team_id LIKE $1
-        """,
-        like,
-    )
-    assert bills is not None
-    # Teams without exactly one bill, a paid month_end bill for their unbilled tokens.
-    not_billed_once = await pool.fetchval(
-        """
-        SELECT count(*) FROM teams t
-        WHERE t.id LIKE $1
-          AND (SELECT count(*) FILTER (WHERE b.step = 'paid' AND b.reason = 'month_end'
-                                         AND b.tokens = $2)
-                      || '/' || count(*)
-               FROM bills b WHERE b.team_id = t.id) <> '1/1'
-        """,
-        like,
-        UNBILLED,
-    )
-    open_months = await pool.fetchval(
-        """
-        SELECT count(*) FROM billing_months
-        WHERE team_id LIKE $1 AND (closed_at IS NULL OR additional_billed <> additional_spent)
-        """,
-        like,
-    )
-    paid = Counter(inv["customer"] for inv in fake.invoices.values() if inv["status"] == "paid")
-    customers = [c for c in fake.customers if c.startswith("cus_" + prefix)]
-    mismatches = sum(paid.get(c, 0) != 1 for c in customers)
-    drift = [r for r in await ledger.drift() if str(r["team_id"]).startswith(prefix)]
-    return {
-        "bills": int(bills["bills"]),
-        "bills_paid": int(bills["paid"]),
-        "invoices": len(fake.invoices),
-        "invoices_paid": sum(paid.values()),
-        "teams_not_billed_once": int(not_billed_once),
-        "teams_not_paid_once": mismatches + (teams - len(customers)),
-        "months_not_closed": int(open_months),
-        "drift_rows": len(drift),
-        "fake_errors": len(fake.internal_errors),
-        "stripe_requests": len(fake.requests),
-    }
-
-
 def _forget_calls(fake: StripeFake, done: int) -> None:
     """respx keeps every request and response it mocked; at 100,000 teams that is
     gigabytes the benchmark's own process would carry (and garbage-collect)."""
@@ -225,10 +91,8 @@ def _forget_calls(fake: StripeFake, done: int) -> None:
 async def run_one(pool: asyncpg.Pool, ledger: Ledger, s: Scenario, tag: str) -> dict[str, Any]:
     """Set up, time one reconcile run, check it, clean up."""
     prefix = f"brc{tag}-"
-    plan = DEFAULT_CATALOG.plan(PLAN)
-    free = plan.free_tokens * (SEATS if plan.per_seat else 1)
     t0 = time.perf_counter()
-    await _setup(pool, prefix, s, free)
+    await setup(pool, prefix, s.teams, s.charges_per_team)
     setup_s = time.perf_counter() - t0
     fake = StripeFake(latency=s.latency_ms / 1000, rate_limit_per_endpoint=s.rate_limit)
     width = len(str(s.teams))
@@ -262,9 +126,9 @@ async def run_one(pool: asyncpg.Pool, ledger: Ledger, s: Scenario, tag: str) -> 
                 pool, sender, team=None, at=RECONCILE_AT, concurrency=s.concurrency
             )
             read_s = time.perf_counter() - t1
-        checked = await _check(pool, ledger, fake, prefix, s.teams)
+        checked = await check(pool, ledger, fake, prefix, s.teams)
     finally:
-        await _cleanup(pool, prefix)
+        await cleanup(pool, prefix)
     result: dict[str, Any] = {
         "teams": s.teams,
         "charges_per_team": s.charges_per_team,
@@ -400,7 +264,7 @@ async def run(dsn: str, *, quick: bool) -> dict[str, Any]:
         (r for r in runs if r["teams"] == HEADLINE_TEAMS and r["latency_ms"] == 0), runs[0]
     )
     return {
-        # Against Stripe's 25 requests/s per endpoint (issue 11): goals <= 3 and >= 0.9.
+        # Against Stripe's 25 requests/s per endpoint: goals <= 3 and >= 0.9.
         "requests_per_bill": limited["requests_per_bill"],
         "rate_limit_share": limited["rate_limit_share"],
         "rate_limited": limited,
@@ -436,7 +300,7 @@ def _scenario(text: str) -> Scenario:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.reconcile", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench reconcile", description=__doc__)
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_TEAMS:,} teams only")
     parser.add_argument(
         "--rate-limited",

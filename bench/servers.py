@@ -1,4 +1,5 @@
-"""What every benchmark starts from: fresh embedded servers and quiet logs."""
+"""What every benchmark starts from: fresh embedded servers, quiet logs, CPU clocks,
+and the one way a figure that varies is reported (`spread`)."""
 
 from __future__ import annotations
 
@@ -102,8 +103,9 @@ def sleeps_so_far() -> int:
 def wake_cost_us(sleeps: int = 100, rounds: int = 5) -> float:
     """CPU (us) this process is charged per `time.sleep(0.003)`: the price of going
     idle and being woken, median over `rounds`. It is part of every round trip a
-    worker or client waits for, and it varies between machines far more than the
-    Python code does (42-55 us on the 2-core VMs of 2026-12-07)."""
+    worker or client waits for, and it varies between machines (a VM pays the
+    hypervisor for every wake) far more than the Python code does, so the report
+    prints it beside the figures it inflates."""
     per_sleep = []
     for _ in range(rounds):
         cpu0 = time.process_time()
@@ -111,6 +113,27 @@ def wake_cost_us(sleeps: int = 100, rounds: int = 5) -> float:
             time.sleep(0.003)
         per_sleep.append((time.process_time() - cpu0) / sleeps * 1e6)
     return round(statistics.median(per_sleep), 1)
+
+
+def spread(values: list[float], digits: int = 3) -> dict[str, Any]:
+    """A figure measured once per round: its median, with the min and max that say how
+    far one round can be trusted on a shared machine, and the number of rounds."""
+    if not values:
+        raise ValueError("spread of no rounds")
+    return {
+        "median": round(statistics.median(values), digits),
+        "min": round(min(values), digits),
+        "max": round(max(values), digits),
+        "rounds": len(values),
+    }
+
+
+def percentile(values: list[float], p: float) -> float:
+    """The p-th percentile (nearest rank) of `values`; NaN when there are none."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))]
 
 
 async def postmaster_of(pool: asyncpg.Pool) -> int:

@@ -1,7 +1,7 @@
 """Soak: many leads over several workers while every server restarts and a worker dies.
 
-    uv run python -m bench.soak [--leads 10000] [--workers 3] [--latency-ms 100]
-                                [--json bench/out/soak.json]
+    uv run python -m bench soak [--leads 10000] [--workers 3] [--latency-ms 100]
+                               [--json bench/out/soak.json]
 
 Not part of CI. On fresh embedded servers (a temporary data dir), it queues
 `--leads` enrich jobs over 4 teams (all of them fit their tokens), starts
@@ -348,8 +348,8 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench soak", description=__doc__)
     parser.add_argument("--leads", type=int, default=10_000)
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=32)
@@ -360,14 +360,15 @@ def main() -> None:
     parser.add_argument("--timeout-s", type=float, default=1800)
     parser.add_argument("--log-dir", default="bench/out/soak-logs")
     parser.add_argument("--json", default="bench/out/soak.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     report = asyncio.run(soak(args))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=2, default=str) + "\n")
     print(json.dumps(report, indent=2, default=str))
     if not report["ok"]:
         raise SystemExit("soak: something was lost, doubled or left held (see the report)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

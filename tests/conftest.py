@@ -27,7 +27,8 @@ from ledger.service import Ledger
 from testing.stripe_fake import StripeFake
 from tests.cli_helpers import Cli
 
-TEMPLATE = "tokens_template"
+# One template per test process: with `pytest -n`, workers may share a configured server.
+TEMPLATE = f"tokens_template_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
 _counter = itertools.count()
 
 
