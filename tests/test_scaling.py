@@ -63,7 +63,8 @@ ACROSS_TEAMS: dict[str, str] = {
     # All teams on purpose: sweeps, reconcile runs, checks.
     "expire_holds": "the hold-expiry sweep over every team's stale holds",
     "tokens_expire_holds": "the hold-expiry sweep over every team's stale holds",
-    "stale_hold_jobs": "the jobs of every team's stale holds (the sweep's first read)",
+    "stale_holds": "every team's stale holds and their jobs (the sweep's first read)",
+    "list_teams": "tokens teams: every team with its current billing month",
     "ledger_drift": "the drift check over every team's months",
     "member_drift": "the drift check over every capped member",
     "create_bills": "reconcile: every team's due months when team is NULL",
