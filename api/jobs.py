@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 
-from api import auth
+from api import auth, budget
 from api.deps import AUTHED, Svc, Who, documented
 from api.errors import ApiError
 from api.schemas import JobsIn, JobsOut, JobStatusOut
@@ -26,7 +26,7 @@ router = APIRouter(tags=["jobs"])
     "/v1/teams/{team:path}/jobs",
     status_code=202,
     response_model=None,
-    responses={202: {"model": JobsOut}, **documented(*AUTHED)},
+    responses={202: {"model": JobsOut}, **documented(*AUTHED, 409)},
 )
 async def create_jobs(team: TeamPath, body: JobsIn, svc: Svc, who: Who) -> JSONResponse:
     """Queue jobs: one per lead for enrich and debounce, one per generation for the AI
@@ -34,6 +34,9 @@ async def create_jobs(team: TeamPath, body: JobsIn, svc: Svc, who: Who) -> JSONR
     nothing."""
     auth.authorize(who, team, READERS)
     await svc.ledger.get_team(team)
+    member = budget.member_of(who, body)
+    if body.only_if_all_fit:
+        await budget.require_all_fit(svc, team, body, member)
     jobs = await enqueue(
         svc.redis,
         svc.ledger.catalog,
@@ -42,6 +45,7 @@ async def create_jobs(team: TeamPath, body: JobsIn, svc: Svc, who: Who) -> JSONR
         quantity=body.quantity,
         payload=body.payload,
         job_id=body.job_id,
+        member=member,
     )
     out = {
         "team": team,

@@ -143,7 +143,8 @@ async def _render(
     error: str | None = None,
     status: int = 200,
 ) -> HTMLResponse:
-    section = await svc.ledger.billing(team, at=svc.clock())
+    now = svc.clock()
+    section = await svc.ledger.billing(team, at=now)
     charges, next_cursor = await history_page(svc, team, cursor=cursor, limit=PAGE_SIZE)
     alerts = [
         a.as_dict() for a in await svc.ledger.alerts(team) if a.period_start == section.period_start
@@ -151,7 +152,7 @@ async def _render(
     return _html(
         "billing.html",
         status,
-        s=render.billing_dict(section),
+        s=render.billing_dict(section, at=now),
         alerts=alerts,
         charges=[render.charge_dict(c) for c in charges],
         next_cursor=next_cursor,

@@ -21,6 +21,7 @@ from arq.jobs import Job
 from ledger.catalog import Catalog
 from ledger.errors import BadInput, JobIdReused
 from ledger.validate import MAX_KEY, team_id
+from ledger.validate import member as check_member
 from ledger.validate import quantity as check_quantity
 from worker.bulk import JobSpec, enqueue_many
 from worker.metering import charge_key
@@ -121,6 +122,7 @@ async def enqueue(
     quantity: int | None = None,
     payload: dict[str, Any] | None = None,
     job_id: str | None = None,
+    member: str | None = None,
 ) -> list[Enqueued]:
     """Validate, then queue every job of the request in batches (worker/bulk.py).
 
@@ -129,12 +131,16 @@ async def enqueue(
     quantity or payload) is refused whole (`JobIdReused`). Without that check, a
     job of another team that happened to have the id would make this one's jobs
     "already queued", and they would never run.
+
+    `member`: who launched the jobs (the JWT's sub, `--member`); each job's hold
+    carries it, so the member's monthly cap applies.
     """
     jobs = plan_jobs(catalog, team, action, quantity=quantity, payload=payload, job_id=job_id)
+    by = {} if member is None else {"member": check_member(member)}
     if job_id is not None:
         await _claim(redis, job_id, _fingerprint(action, jobs))
     queued = await enqueue_many(
-        redis, [JobSpec(action, jid, args) for jid, args, _ in jobs], queue=QUEUE
+        redis, [JobSpec(action, jid, args, by) for jid, args, _ in jobs], queue=QUEUE
     )
     return [
         Enqueued(job_id=jid, action=action, lead_id=lead_id, queued=new)
