@@ -217,7 +217,9 @@ def test_budget_commands_as_processes(tokens: Tokens) -> None:
     make_team(tokens, "acme", limit=1000)
     cap = tokens.ok(*member_cap("acme", "bob", 40, json=True)).json()
     assert (cap["member"], cap["new_cap"]) == ("bob", 40)
-    tokens.ok(*argv("charge", "acme", "enrich", quantity=3, member="bob", at="2026-03-02T00:00:00Z"))
+    tokens.ok(
+        *argv("charge", "acme", "enrich", quantity=3, member="bob", at="2026-03-02T00:00:00Z")
+    )
     quoted = tokens.ok(
         *argv("quote", "acme", "enrich", payload=leads(5), member="bob", at=AT, json=True)
     ).json()
