@@ -35,8 +35,10 @@ async def create_jobs(team: TeamPath, body: JobsIn, svc: Svc, who: Who) -> JSONR
     auth.authorize(who, team, READERS)
     await svc.ledger.get_team(team)
     member = budget.member_of(who, body)
-    if body.only_if_all_fit:
+
+    async def all_fit() -> None:
         await budget.require_all_fit(svc, team, body, member)
+
     jobs = await enqueue(
         svc.redis,
         svc.ledger.catalog,
@@ -46,6 +48,7 @@ async def create_jobs(team: TeamPath, body: JobsIn, svc: Svc, who: Who) -> JSONR
         payload=body.payload,
         job_id=body.job_id,
         member=member,
+        admit=all_fit if body.only_if_all_fit else None,
     )
     out = {
         "team": team,

@@ -228,6 +228,31 @@ async def test_only_if_all_fit_queues_all_or_nothing(
     assert await arq_redis.zcard(QUEUE) == 25
 
 
+async def test_a_replay_of_an_admitted_request_is_not_checked_again(
+    ledger: Ledger, client: httpx.AsyncClient, arq_redis: ArqRedis
+) -> None:
+    await make_team(ledger, seats=1)  # 250 free: 25 leads
+    body = {"action": "enrich", "payload": leads(25), "only_if_all_fit": True, "job_id": "all"}
+    first = await client.post("/v1/teams/acme/jobs", json=body, headers=bearer("member"))
+    assert first.status_code == 202
+    # Its jobs run (here: the room is used), then the app sends the request again, as
+    # after a 503: the jobs are there, nothing is queued twice, and no 409 says otherwise.
+    await ledger.charge("acme", "enrich", 10, key="ran", at=NOW)
+    again = await client.post("/v1/teams/acme/jobs", json=body, headers=bearer("member"))
+    assert again.status_code == 202, again.text
+    assert [j["queued"] for j in again.json()["jobs"]] == [False] * 25
+    other = await client.post(
+        "/v1/teams/acme/jobs", json=body | {"job_id": "new"}, headers=bearer("member")
+    )
+    assert other.status_code == 409 and other.json()["error"]["code"] == "not_enough_tokens"
+    # A refused request claims nothing: sent again, it is checked again (not a replay).
+    retry = await client.post(
+        "/v1/teams/acme/jobs", json=body | {"job_id": "new"}, headers=bearer("member")
+    )
+    assert retry.status_code == 409
+    assert await arq_redis.zcard(QUEUE) == 25
+
+
 async def test_only_if_all_fit_names_the_cap_when_the_cap_stops_it(
     ledger: Ledger, client: httpx.AsyncClient, arq_redis: ArqRedis
 ) -> None:

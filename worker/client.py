@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,6 +124,7 @@ async def enqueue(
     payload: dict[str, Any] | None = None,
     job_id: str | None = None,
     member: str | None = None,
+    admit: Callable[[], Awaitable[None]] | None = None,
 ) -> list[Enqueued]:
     """Validate, then queue every job of the request in batches (worker/bulk.py).
 
@@ -133,12 +135,16 @@ async def enqueue(
     "already queued", and they would never run.
 
     `member`: who launched the jobs (the JWT's sub, `--member`); each job's hold
-    carries it, so the member's monthly cap applies.
+    carries it, so the member's monthly cap applies. `admit`: a last check before
+    anything is queued (it raises to refuse), skipped for a replay of a request
+    already admitted: its jobs may have run and used the room it checks.
     """
     jobs = plan_jobs(catalog, team, action, quantity=quantity, payload=payload, job_id=job_id)
     by = {} if member is None else {"member": check_member(member)}
     if job_id is not None:
-        await _claim(redis, job_id, _fingerprint(action, jobs))
+        await _claim(redis, job_id, _fingerprint(action, jobs), admit)
+    elif admit is not None:
+        await admit()
     queued = await enqueue_many(
         redis, [JobSpec(action, jid, args, by) for jid, args, _ in jobs], queue=QUEUE
     )
@@ -175,7 +181,14 @@ def _fingerprint(action: str, jobs: list[tuple[str, tuple[Any, ...], str | None]
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-async def _claim(redis: ArqRedis, job_id: str, fingerprint: str) -> None:
+async def _claim(
+    redis: ArqRedis,
+    job_id: str,
+    fingerprint: str,
+    admit: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    if admit is not None and await redis.get(CLAIM_PREFIX + job_id) is None:
+        await admit()  # a new request; a replay (or a reused id) is decided below
     claim = redis.register_script(_CLAIM)
     held = await claim(keys=[CLAIM_PREFIX + job_id], args=[fingerprint, CLAIM_TTL_MS])
     if (held.decode() if isinstance(held, bytes) else held) != fingerprint:
