@@ -137,7 +137,7 @@ def test_member_cap_by_an_admin_is_recorded_and_shown(cli: Cli) -> None:
 @pytest.mark.parametrize(
     ("args", "code", "says"),
     [
-        (member_cap("acme", "bob", 10, role="member"), 1, "only a team admin"),
+        (member_cap("acme", "bob", 10, role="member"), 1, "may change a member's monthly cap"),
         (member_cap("acme", "bob", 10, none=True), 1, "not both"),
         (member_cap("acme", "bob", None), 1, "--none to remove"),
         (member_cap("acme", "bob", -1), 1, "cap cannot be negative"),
