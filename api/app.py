@@ -118,10 +118,12 @@ def create_app(settings: Settings, ready: Services | None = None) -> FastAPI:
 
 
 def _mount(app: FastAPI) -> None:
-    from api import bills, jobs, page, teams, webhooks
+    from api import bills, budget, jobs, page, teams, webhooks
     from api.limits import BodyLimit
     from api.metrics import RequestMetrics
 
+    # Before teams: its PUT /v1/teams/{team:path} would take .../members/{member}/cap.
+    app.include_router(budget.router)
     app.include_router(teams.router)
     app.include_router(jobs.router)
     app.include_router(bills.router)

@@ -34,6 +34,7 @@ STATUS: dict[type[ledger_errors.TokensError], int] = {
     ledger_errors.ChargeAlreadySettled: 409,
     ledger_errors.AnchorConflict: 409,
     ledger_errors.NotEnoughTokens: 409,
+    ledger_errors.MemberCapReached: 409,
     ledger_errors.NotMigrated: 503,
 }
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 
-from api import auth
+from api import auth, budget
 from api.deps import AUTHED, WITH_BODY, Svc, Who, documented
 from api.errors import ApiError
 from api.schemas import JobsIn, JobsOut, JobStatusOut
@@ -34,6 +34,11 @@ async def create_jobs(team: TeamPath, body: JobsIn, svc: Svc, who: Who) -> JSONR
     nothing."""
     auth.authorize(who, team, READERS)
     await svc.ledger.get_team(team)
+    member = budget.member_of(who, body)
+
+    async def all_fit() -> None:
+        await budget.require_all_fit(svc, team, body, member)
+
     jobs = await enqueue(
         svc.redis,
         svc.ledger.catalog,
@@ -42,6 +47,8 @@ async def create_jobs(team: TeamPath, body: JobsIn, svc: Svc, who: Who) -> JSONR
         quantity=body.quantity,
         payload=body.payload,
         job_id=body.job_id,
+        member=member,
+        admit=all_fit if body.only_if_all_fit else None,
     )
     out = {
         "team": team,

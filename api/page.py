@@ -219,7 +219,7 @@ async def _render(
     return _html(
         "billing.html",
         status,
-        s=render.billing_dict(section),
+        s=render.billing_dict(section, at=now),
         alerts=alerts,
         charges=[render.charge_dict(c) for c in charges],
         next_cursor=next_cursor,

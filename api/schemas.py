@@ -42,6 +42,24 @@ class ChargeOut(BaseModel):
     settled_at: str | None
 
 
+class MemberSpendOut(BaseModel):
+    member: str
+    spent: int = Field(description="tokens captured this billing month")
+    cap: int = Field(description="monthly cap in tokens")
+    held: int = Field(description="tokens held by the member's running jobs")
+    left: int = Field(description="what the member may still hold this month")
+
+
+class ForecastOut(BaseModel):
+    """A straight line from the month's start through the tokens used so far."""
+
+    free_runs_out: str | None = Field(description="ISO 8601 date; null: not this month")
+    additional_runs_out: str | None = Field(
+        description="ISO 8601 date the limit is reached; null: not this month, or no limit"
+    )
+    projected_additional_cost: str = Field(description="in the team's currency")
+
+
 class BillingOut(BaseModel):
     team: str
     plan: str
@@ -64,6 +82,10 @@ class BillingOut(BaseModel):
     unit_price_usd: str
     currency: str
     history: list[ChargeOut] = Field(description="the month's latest charges, newest first")
+    members: list[MemberSpendOut] = Field(description="the members with a monthly cap")
+    forecast: ForecastOut | None = Field(
+        description="the month at its pace so far; null before a day of the month has gone"
+    )
 
 
 class HistoryPage(BaseModel):
@@ -151,6 +173,54 @@ class JobsIn(BaseModel):
         "queues nothing new, another request with it is a 409; no ':' (it joins the id to a "
         "lead or a generation)",
     )
+    member: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        description="who launches the jobs (their monthly cap applies): service tokens only; "
+        "a member's or admin's jobs are theirs (the token's sub)",
+    )
+    only_if_all_fit: bool = Field(
+        default=False,
+        description="queue nothing (409 not_enough_tokens or member_cap) unless every job "
+        "fits at this moment",
+    )
+
+
+class QuoteOut(BaseModel):
+    """What a jobs request would cost now (nothing held or queued)."""
+
+    team: str
+    action: str
+    member: str | None = Field(description="whose monthly cap was applied")
+    tokens: int
+    free_tokens: int
+    additional_tokens: int
+    cost: str = Field(description="of the additional tokens, in the currency's decimals")
+    currency: str
+    leads: int | None = Field(description="for a lead list: how many leads")
+    leads_that_fit: int | None = Field(description="for a lead list: how many fit now")
+    fits: bool
+    period_start: str
+    period_end: str
+
+
+class MemberCapIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tokens: StrictInt | None = Field(
+        ge=0, le=10**12, description="monthly cap in tokens; null removes the cap"
+    )
+
+
+class MemberCapOut(BaseModel):
+    team: str
+    member: str
+    actor: str
+    role: str
+    old_cap: int | None
+    new_cap: int | None
+    changed_at: str
 
 
 class JobOut(BaseModel):

@@ -58,8 +58,9 @@ async def list_teams(svc: Svc, who: Who) -> JSONResponse:
 async def billing(team: TeamPath, svc: Svc, who: Who) -> JSONResponse:
     """The billing section of the team's current billing month (as `tokens billing --json`)."""
     auth.authorize(who, team, READERS)
-    section = await svc.ledger.billing(team, at=svc.clock())
-    return JSONResponse(render.billing_dict(section))
+    now = svc.clock()
+    section = await svc.ledger.billing(team, at=now)
+    return JSONResponse(render.billing_dict(section, at=now))
 
 
 def parse_cursor(cursor: str | None) -> int | None:

@@ -172,7 +172,8 @@ async def run_demo(
     for team in teams.values():
         await reconcile(ledger.pool, sender, team=team, at=clock.now())
 
-    sections = [await ledger.billing(t, at=started, recent=5) for t in teams.values()]
+    read_at = started
+    sections = [await ledger.billing(t, at=read_at, recent=5) for t in teams.values()]
     bills = []
     for t in teams.values():
         bills += await team_bills(ledger.pool, t)
@@ -182,6 +183,7 @@ async def run_demo(
         "jobs": len(job_ids),
         "outcomes": outcomes,
         "sections": sections,
+        "read_at": read_at,
         "bills": [bill_dict(b) for b in bills],
         "stripe": settings.stripe_api_key is not None,
     }

@@ -22,10 +22,15 @@ def enqueue(
     ] = None,
     payload: Annotated[str | None, typer.Option("--payload", help="Job payload, JSON")] = None,
     job_id: Annotated[str | None, typer.Option("--job-id", help="Base job id")] = None,
+    member: Annotated[
+        str | None, typer.Option("--member", help="Who launches them (their monthly cap applies)")
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Queue metered jobs: one per lead for enrich/debounce, one per generation for AI."""
     settings = settings_for()
+    if member is not None:
+        validate.member(member)
     qty = validate.parse_whole(quantity, "--quantity") if quantity is not None else None
     data = _json_payload(payload)
 
@@ -53,6 +58,7 @@ def enqueue(
                     quantity=qty,
                     payload=data,
                     job_id=job_id,
+                    member=member,
                 )
             finally:
                 await redis.aclose()
@@ -147,7 +153,7 @@ def demo(
                 "teams": out["teams"],
                 "jobs": out["jobs"],
                 "outcomes": out["outcomes"],
-                "billing": [render.billing_dict(s) for s in out["sections"]],
+                "billing": [render.billing_dict(s, at=out["read_at"]) for s in out["sections"]],
                 "bills": out["bills"],
             }
         )
@@ -158,7 +164,7 @@ def demo(
     )
     for section in out["sections"]:
         render.console().rule()
-        render.print_billing(section)
+        render.print_billing(section, at=out["read_at"])
     render.console().rule()
     render.print_reconcile(
         {

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 # typer >= 0.29 vendors click; these are the classes its parser raises.
 from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
-from cli import alerts, bills, jobs, ops, serve, teams, usage
+from cli import alerts, bills, budget, jobs, ops, serve, teams, usage
 from ledger.errors import TokensError, Unreachable
 
 app = typer.Typer(
@@ -27,11 +27,15 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command()(ops.migrate)
+teams.team_app.command("member-cap", context_settings={"ignore_unknown_options": True})(
+    budget.member_cap
+)
 app.add_typer(teams.team_app, name="team")
 app.command("teams")(teams.teams)
 app.command()(usage.charge)
 app.command()(usage.billing)
 app.command()(usage.history)
+app.command()(budget.quote)
 app.command()(alerts.alerts)
 app.command()(jobs.enqueue)
 app.command()(jobs.worker)

@@ -8,16 +8,18 @@ import json
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
+from ledger.budget import Quote, forecast
 from ledger.results import (
     BillingSection,
     ChargeRow,
     HoldResult,
     LimitChangeRow,
+    MemberCapChangeRow,
     Settlement,
     TeamRow,
 )
@@ -183,7 +185,9 @@ def limit_change_dict(change: LimitChangeRow, after: BillingSection) -> dict[str
     }
 
 
-def billing_dict(s: BillingSection) -> dict[str, Any]:
+def billing_dict(s: BillingSection, *, at: datetime) -> dict[str, Any]:
+    """The billing section as `tokens billing --json` and the API give it; `at`: the
+    moment it was read (the forecast's pace runs up to it)."""
     return {
         "team": s.team,
         "plan": s.plan,
@@ -206,10 +210,66 @@ def billing_dict(s: BillingSection) -> dict[str, Any]:
         "unit_price_usd": str(s.unit_price),
         "currency": s.currency,
         "history": [charge_dict(c) for c in s.recent_charges],
+        "members": members_list(s),
+        "forecast": forecast_dict(s, at),
     }
 
 
-def print_billing(s: BillingSection) -> None:
+def members_list(s: BillingSection) -> list[dict[str, Any]]:
+    """The members with a cap: this month's spend (captured), holds, cap and what is left."""
+    return [
+        {"member": m.member, "spent": m.spent, "cap": m.cap, "held": m.held, "left": m.left}
+        for m in s.members
+    ]
+
+
+def forecast_dict(s: BillingSection, at: datetime) -> dict[str, Any] | None:
+    found = forecast(s, at)
+    if found is None:
+        return None
+    return {
+        "free_runs_out": _day(found.free_runs_out),
+        "additional_runs_out": _day(found.additional_runs_out),
+        "projected_additional_cost": found.projected_additional_cost,
+    }
+
+
+def _day(value: date | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def quote_dict(q: Quote, member: str | None) -> dict[str, Any]:
+    return {
+        "team": q.team,
+        "action": q.action,
+        "member": member,
+        "tokens": q.tokens,
+        "free_tokens": q.free_tokens,
+        "additional_tokens": q.additional_tokens,
+        "cost": q.cost,
+        "currency": q.currency,
+        "leads": q.leads,
+        "leads_that_fit": q.leads_that_fit,
+        "fits": q.fits,
+        "period_start": iso(q.period_start),
+        "period_end": iso(q.period_end),
+    }
+
+
+def member_cap_change_dict(change: MemberCapChangeRow) -> dict[str, Any]:
+    """A member cap change (command line and API alike); a cap of None: no cap."""
+    return {
+        "team": change.team_id,
+        "member": change.member,
+        "actor": change.actor,
+        "role": change.role,
+        "old_cap": change.old_cap,
+        "new_cap": change.new_cap,
+        "changed_at": iso(change.changed_at),
+    }
+
+
+def print_billing(s: BillingSection, *, at: datetime) -> None:
     console().print(
         f"[bold]{s.team}[/bold]  plan {s.plan} x{s.seats} seats ({s.interval}ly)  "
         f"billing month {iso(s.period_start)} -> {iso(s.period_end)}"
@@ -233,8 +293,36 @@ def print_billing(s: BillingSection) -> None:
     )
     console().print(table)
     console().print(f"Additional tokens billed this month: {s.additional_billed}")
+    if s.members:
+        from rich.markup import escape
+
+        caps = _table(title="Members with a monthly cap", show_header=True, header_style="bold")
+        for col in ("member", "spent", "held", "cap", "left"):
+            caps.add_column(col, justify="left" if col == "member" else "right")
+        for m in s.members:
+            caps.add_row(escape(m.member), str(m.spent), str(m.held), str(m.cap), str(m.left))
+        console().print(caps)
+    console().print(forecast_line(s, at), highlight=False)
     if s.recent_charges:
         print_history(s.recent_charges, title="Latest charges this month")
+
+
+def forecast_line(s: BillingSection, at: datetime) -> str:
+    found = forecast_dict(s, at)
+    if found is None:
+        return "Forecast: not enough history yet (less than a day of this billing month)."
+    free = found["free_runs_out"]
+    reached = found["additional_runs_out"]
+    if not s.additional_limit:
+        limit = "there is no additional-token limit"
+    else:
+        limit = f"the limit is reached on {reached}" if reached else "the limit lasts the month"
+    return (
+        "Forecast at this month's pace: "
+        + (f"free tokens run out on {free}" if free else "free tokens last the month")
+        + f"; {limit}; projected additional cost {found['projected_additional_cost']} "
+        + f"{s.currency.upper()}."
+    )
 
 
 def print_history(charges: list[ChargeRow], title: str = "History") -> None:

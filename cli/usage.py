@@ -13,7 +13,7 @@ import typer
 from cli import render
 from cli.common import AtOpt, JsonOpt, clock_at, refuse_both, run, settings_for
 from ledger import validate
-from ledger.errors import NotEnoughTokens
+from ledger.errors import refusal_error
 from runtime.app import open_ledger
 
 if TYPE_CHECKING:
@@ -27,11 +27,16 @@ def charge(
     action: str,
     quantity: Annotated[str, typer.Option("--quantity")] = "1",
     key: Annotated[str | None, typer.Option("--key", help="Idempotency key")] = None,
+    member: Annotated[
+        str | None, typer.Option("--member", help="Who spends (their monthly cap applies)")
+    ] = None,
     at: AtOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Hold and capture tokens at once, for a search that happened."""
     settings = settings_for()
+    if member is not None:
+        validate.member(member)
     qty = validate.parse_whole(quantity, "--quantity")
     validate.quantity(qty)
     now = clock_at(at)
@@ -40,11 +45,13 @@ def charge(
     async def go() -> dict[str, Any]:
         bills: list[Any] = []
         async with open_ledger(settings) as ledger:
-            held, settlement = await ledger.charge(team, action, qty, key=idem, at=now)
+            held, settlement = await ledger.charge(
+                team, action, qty, key=idem, at=now, member=member
+            )
             if settlement is not None and settlement.threshold_reached:
                 bills = await _threshold_bills(ledger, team, now)
         if held.refused:
-            raise NotEnoughTokens(held)
+            raise refusal_error(held)
         made = [
             {
                 "bill_id": b.id,
@@ -100,9 +107,9 @@ def billing(team: str, at: AtOpt = None, json_out: JsonOpt = False) -> None:
 
     section = run(go())
     if json_out:
-        render.print_json(render.billing_dict(section))
+        render.print_json(render.billing_dict(section, at=now))
     else:
-        render.print_billing(section)
+        render.print_billing(section, at=now)
 
 
 def history(

@@ -108,25 +108,25 @@ def forecast(section: BillingSection, at: datetime) -> Forecast | None:
     if elapsed < MIN_HISTORY:
         return None
     length = section.period_end - section.period_start
-    # Whole seconds keep the arithmetic exact (Decimal), whatever the month's length.
-    elapsed_s = Decimal(int(elapsed.total_seconds()))
-    length_s = Decimal(int(length.total_seconds()))
+    # Whole seconds and integer arithmetic keep the line exact: the pace (used /
+    # elapsed) is never rounded, so a total reached exactly at `at` is dated `at`.
+    elapsed_s = int(elapsed.total_seconds())
+    length_s = int(length.total_seconds())
     used = (
         section.free_spent + section.free_held + section.additional_spent + section.additional_held
     )
-    pace = Decimal(used) / elapsed_s  # tokens a second
 
     def reaches(total: int) -> date | None:
-        if total <= 0 or pace == 0:
+        if total <= 0 or used == 0:
             return None
-        seconds = Decimal(total) / pace
+        seconds = total * elapsed_s // used
         if seconds >= length_s:
             return None
-        return (section.period_start + timedelta(seconds=int(seconds))).date()
+        return (section.period_start + timedelta(seconds=seconds)).date()
 
     additional_used = section.additional_spent + section.additional_held
-    projected_total = (pace * length_s).to_integral_value(rounding=ROUND_HALF_UP)
-    projected_additional = max(int(projected_total) - section.free_granted, 0)
+    projected_total = (2 * used * length_s + elapsed_s) // (2 * elapsed_s)  # rounded half up
+    projected_additional = max(projected_total - section.free_granted, 0)
     projected_additional = max(min(projected_additional, section.additional_limit), additional_used)
     return Forecast(
         free_runs_out=reaches(section.free_granted),

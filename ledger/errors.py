@@ -67,10 +67,8 @@ class UnknownCharge(TokensError):
 class NotAdmin(TokensError):
     code = "not_admin"
 
-    def __init__(self, actor: str, role: str) -> None:
-        super().__init__(
-            f"only a team admin may change the additional-token limit ({actor!r} is {role})"
-        )
+    def __init__(self, actor: str, role: str, what: str = "the additional-token limit") -> None:
+        super().__init__(f"only a team admin may change {what} ({actor!r} is {role})")
 
 
 class TrialNoAdditional(TokensError):

@@ -219,7 +219,7 @@ class Ledger:
         at = validate.moment(at)
         if role != "admin":
             log.info("member_cap_refused", team=team, actor=actor, role=role, member=member)
-            raise NotAdmin(actor, role)
+            raise NotAdmin(actor, role, "a member's monthly cap")
 
         async def run() -> asyncpg.Record | None:
             async with self.pool.acquire() as conn, conn.transaction():

@@ -279,3 +279,38 @@ def test_a_missing_browser_is_installed_or_named_clearly(tmp_path: Path) -> None
     with pytest.raises(NoBrowser, match=r"sudo apt-get install -y chromium"):
         ensure_chromium(missing, may_install=False)
     assert ensure_chromium(CHROMIUM) == CHROMIUM  # there, or installed now
+
+
+async def test_member_caps_and_the_forecast_fit_a_phone_without_javascript(
+    live_api: LiveApi, browser: Any
+) -> None:
+    member = "a.very.long.member.name.of.the.sales.team@acme-industries.example"
+    async with httpx.AsyncClient(base_url=live_api.base_url) as c:
+        response = await c.put(
+            f"/v1/teams/acme/members/{member}/cap",
+            json={"tokens": 500},
+            headers={"Authorization": f"Bearer {token('admin', sub='alice')}"},
+        )
+    assert response.status_code == 200, response.text
+    context = await browser.new_context(
+        viewport=PHONE, device_scale_factor=2, is_mobile=True, java_script_enabled=False
+    )
+    page = await context.new_page()
+    await page.goto(f"{live_api.base_url}/teams/acme/billing?token={token('member')}")
+    cli = await cli_billing(live_api)
+    [capped] = [m for m in cli["members"] if m["member"] == member]
+    row = page.locator(f'#member-caps tr[data-member="{member}"] td')
+    texts = [t.strip() for t in await row.all_inner_texts()]
+    # On a phone the held column is hidden (.wide); its cell is still in the row.
+    assert texts == [member, str(capped["spent"]), str(capped["held"]), "500", str(capped["left"])]
+    assert await page.locator("#member-caps td.wide").first.is_hidden()
+    if cli["forecast"] is None:  # the first day of the billing month
+        assert await page.locator("#forecast-none").count() == 1
+    else:
+        cost = await _text(page, "#forecast-cost")
+        assert cost == f"{cli['forecast']['projected_additional_cost']} USD"
+    widths = await page.evaluate(
+        "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+    )
+    assert widths[0] <= widths[1], widths  # the long member name wraps, nothing scrolls sideways
+    await context.close()

@@ -27,7 +27,10 @@ _turn = itertools.count()
 
 def _token_for(method: str, path: str, team: str | None) -> str:
     """A valid token that may do what the operation needs."""
-    if method == "PUT" and path == "/v1/teams/{team}/limit":
+    if method == "PUT" and path in (
+        "/v1/teams/{team}/limit",
+        "/v1/teams/{team}/members/{member}/cap",
+    ):
         return token("admin", team, sub="fuzzer")
     return token("service", None, sub="fuzzer")
 
@@ -53,6 +56,9 @@ def _call(case: schemathesis.Case, anyone: bool = False) -> int:
         case.body = {**case.body, "plan": "sales_engagement", "anchor": "2026-01-01T00:00:00Z"}
         if case.body.get("stripe_customer") is not None:
             case.body["stripe_customer"] = "cus_fuzz"
+    if case.path == "/v1/teams/{team}/quote" and isinstance(case.body, dict) and real:
+        # An action of the catalog, with the default prompt: a quote the fuzzer's 200 needs.
+        case.body = {"action": "ai_sequence", "quantity": case.body.get("quantity")}
     headers = {"Authorization": f"Bearer {_token_for(case.method, case.path, team)}"}
     if anyone:
         headers = OTHER_CALLERS[next(_turn) % len(OTHER_CALLERS)]
@@ -95,6 +101,8 @@ def test_every_operation_answers_as_documented(live_api: LiveApi) -> None:
         "GET /v1/teams/{team}/history.csv",
         "PUT /v1/teams/{team}/limit",
         "PUT /v1/teams/{team}",
+        "POST /v1/teams/{team}/quote",
+        "PUT /v1/teams/{team}/members/{member}/cap",
         "GET /healthz",
     } <= reached, sorted(statuses.items())
 
@@ -123,6 +131,8 @@ def test_the_document_names_every_endpoint(live_api: LiveApi) -> None:
         "/v1/teams/{team}/limit",
         "/v1/teams/{team}",
         "/v1/teams/{team}/jobs",
+        "/v1/teams/{team}/quote",
+        "/v1/teams/{team}/members/{member}/cap",
         "/v1/jobs/{job_id}",
         "/v1/teams/{team}/bills",
         "/v1/bills/{bill_id}",

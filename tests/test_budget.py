@@ -277,3 +277,33 @@ def test_quote_of_nothing_left_fits_no_lead() -> None:
     )  # fmt: skip
     q = quote(empty, action="enrich", tokens_each=10, count=3, is_lead_list=True, member_left=None)
     assert (q.leads_that_fit, q.fits, q.free_tokens, q.additional_tokens) == (0, False, 0, 30)
+
+
+async def test_a_grant_used_up_exactly_now_is_dated_today(ledger: Ledger) -> None:
+    # 1,000 in 9 days: the line reaches the grant at the reading itself, Mar 10 00:00
+    # (a rounded pace put it one second before, on Mar 9).
+    section = await _section(ledger, 1000, limit=1000)
+    f = forecast(section, section.period_start + timedelta(days=9))
+    assert f is not None and f.free_runs_out == date(2026, 3, 10)
+
+
+async def test_the_projection_rounds_half_up(ledger: Ledger) -> None:
+    # 65 tokens in 2 days over a 31-day month: 1,007.5 tokens, rounded to 1,008: 8 additional.
+    section = await _section(ledger, 65, limit=1000)
+    f = forecast(section, section.period_start + timedelta(days=2))
+    assert f is not None and f.projected_additional_cost == "0.08"
+
+
+async def test_capped_members_read_as_whole_tokens(ledger: Ledger) -> None:
+    await make_team(ledger, limit=100)
+    await ledger.charge("acme", "enrich", 2, key="c1", at=T0, member="bob")
+    await _cap(ledger, "bob", 50)  # no hold under the cap yet: the sum of the charges
+    await _cap(ledger, "eve", 50)  # nothing at all
+    members = (await ledger.billing("acme", at=T0)).members
+    assert [(m.member, m.spent, m.held, m.left) for m in members] == [
+        ("bob", 20, 0, 30),
+        ("eve", 0, 0, 50),
+    ]
+    assert all(type(v) is int for m in members for v in (m.spent, m.held, m.left))
+    quoted = await ledger.quote("acme", "enrich", leads=5, member="bob", at=T0)
+    assert type(quoted.leads_that_fit) is int and quoted.leads_that_fit == 3

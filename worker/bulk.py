@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from arq.connections import ArqRedis
@@ -56,6 +56,7 @@ class JobSpec:
     function: str
     job_id: str
     args: tuple[Any, ...]
+    kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 async def enqueue_many(
@@ -76,7 +77,7 @@ async def enqueue_many(
         for job in chunk:
             keys += (job_key_prefix + job.job_id, result_key_prefix + job.job_id)
             args += (
-                serialize_job(job.function, job.args, {}, None, now, serializer=serializer),
+                serialize_job(job.function, job.args, job.kwargs, None, now, serializer=serializer),
                 job.job_id,
             )
         reply: list[int] = await script(keys=keys, args=args)

@@ -17,6 +17,7 @@ import hashlib
 import json
 import re
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,7 @@ from arq.jobs import Job
 from ledger.catalog import Catalog
 from ledger.errors import BadInput, JobIdReused
 from ledger.validate import MAX_KEY, team_id
+from ledger.validate import member as check_member
 from ledger.validate import quantity as check_quantity
 from worker.bulk import JobSpec, enqueue_many
 from worker.metering import charge_key
@@ -127,6 +129,8 @@ async def enqueue(
     quantity: int | None = None,
     payload: dict[str, Any] | None = None,
     job_id: str | None = None,
+    member: str | None = None,
+    admit: Callable[[], Awaitable[None]] | None = None,
 ) -> list[Enqueued]:
     """Validate, then queue every job of the request in batches (worker/bulk.py).
 
@@ -134,17 +138,25 @@ async def enqueue(
     the same request again queues nothing new, and another request of the team with
     it (another action, quantity or payload) is refused whole (`JobIdReused`).
     Another team's use of the same id is another job (module docstring).
+
+    `member`: who launched the jobs (the JWT's sub, `--member`); each job's hold
+    carries it, so the member's monthly cap applies. `admit`: a last check before
+    anything is queued (it raises to refuse), skipped for a replay of a request
+    already admitted: its jobs may have run and used the room it checks.
     """
     jobs = plan_jobs(catalog, team, action, quantity=quantity, payload=payload, job_id=job_id)
+    by = {} if member is None else {"member": check_member(member)}
     if job_id is not None:
         prefix = f"{team}{TEAM_SEPARATOR}"
         bare = [(jid.removeprefix(prefix), args, lead) for jid, args, lead in jobs]
         if await _claimed_bare(redis, job_id, _fingerprint(action, bare)):
             jobs = bare  # this very request was queued under bare ids: a replay of it
         else:
-            await _claim(redis, job_id, prefix + job_id, _fingerprint(action, jobs))
+            await _claim(redis, job_id, prefix + job_id, _fingerprint(action, jobs), admit)
+    elif admit is not None:
+        await admit()
     queued = await enqueue_many(
-        redis, [JobSpec(action, jid, args) for jid, args, _ in jobs], queue=QUEUE
+        redis, [JobSpec(action, jid, args, by) for jid, args, _ in jobs], queue=QUEUE
     )
     return [
         Enqueued(job_id=jid, action=action, lead_id=lead_id, queued=new)
@@ -179,7 +191,15 @@ def _fingerprint(action: str, jobs: list[tuple[str, tuple[Any, ...], str | None]
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-async def _claim(redis: ArqRedis, job_id: str, claimed: str, fingerprint: str) -> None:
+async def _claim(
+    redis: ArqRedis,
+    job_id: str,
+    claimed: str,
+    fingerprint: str,
+    admit: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    if admit is not None and await redis.get(CLAIM_PREFIX + claimed) is None:
+        await admit()  # a new request; a replay (or a reused id) is decided below
     claim = redis.register_script(_CLAIM)
     held = await claim(keys=[CLAIM_PREFIX + claimed], args=[fingerprint, CLAIM_TTL_MS])
     if (held.decode() if isinstance(held, bytes) else held) != fingerprint:

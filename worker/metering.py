@@ -83,6 +83,13 @@ def outage_defer_seconds(wait: float) -> float:
     return base * random.uniform(0.75, 1.25)
 
 
+# A refused hold's code (HoldResult.refusal) -> the job result's reason.
+REFUSAL_REASONS = {
+    "not_enough_tokens": "not enough tokens",
+    "member_cap": "over the member's monthly cap",
+}
+
+
 def charge_key(job_id: str, lead_id: str | None) -> str:
     """The idempotency key of a job's charge: the job id and the lead."""
     return f"{job_id}:{lead_id}" if lead_id else job_id
@@ -109,8 +116,9 @@ async def metered(
     outage_until: float | None = None,
     outage_wait: float = 0.0,
     memo: SearchMemo | None = None,
+    member: str | None = None,
 ) -> dict[str, Any]:
-    """One metered search.
+    """One metered search. `member`: who launched the job; their cap bounds the hold.
 
     `outage_until` (a `time.monotonic()` deadline, below the job's timeout):
     until then an unreachable Postgres is waited out inside the job, each
@@ -131,6 +139,7 @@ async def metered(
         backoff_base=backoff_base,
         outage=_Outage(outage_until, outage_wait),
         memo=memo,
+        member=member,
     )
     jobs_counter(action, out["status"]).inc()
     return out
@@ -151,12 +160,15 @@ async def _metered(
     backoff_base: float,
     outage: _Outage,
     memo: SearchMemo | None,
+    member: str | None,
 ) -> dict[str, Any]:
     key = charge_key(job_id, lead_id)
     base: dict[str, Any] = {"team": team, "action": action, "job_id": job_id, "lead_id": lead_id}
     fields = {"job_id": job_id, "key": key}
     held = await outage.guard(
-        lambda: ledger.hold(team, action, 1, key=key, at=clock(), job_id=job_id, lead_id=lead_id),
+        lambda: ledger.hold(
+            team, action, 1, key=key, at=clock(), job_id=job_id, lead_id=lead_id, member=member
+        ),
         "hold",
         fields,
     )
@@ -165,7 +177,8 @@ async def _metered(
         tokens_counter(action, "refused").inc(held.tokens)
         return base | {
             "status": "refused",
-            "reason": "not enough tokens",
+            "code": held.refusal,
+            "reason": REFUSAL_REASONS.get(held.refusal or "", "not enough tokens"),
             "free_available": held.free_available,
             "additional_available": held.additional_available,
         }

@@ -1,5 +1,8 @@
 """arq jobs: thin. Each validates its payload, then runs one metered search.
 
+`member` (an arq keyword argument, absent from jobs queued without one): who
+launched the job; the hold carries it, so their monthly cap applies.
+
 A malformed payload fails the job with a clear error before anything is held.
 
 Outages (runtime/transient.py): a job that meets an unreachable Postgres waits
@@ -88,7 +91,12 @@ async def queue_team_reconcile(redis: Any, team: str) -> bool:
 
 
 async def _run(
-    ctx: dict[str, Any], team: str, action: str, lead_id: str | None, search: Any
+    ctx: dict[str, Any],
+    team: str,
+    action: str,
+    lead_id: str | None,
+    search: Any,
+    member: str | None = None,
 ) -> dict[str, Any]:
     deps = deps_of(ctx)
 
@@ -105,7 +113,7 @@ async def _run(
         log.info("threshold_reached", team=team, unbilled=settlement.unbilled_additional)
 
     try:
-        return await _metered_job(ctx, deps, team, action, lead_id, search, on_threshold)
+        return await _metered_job(ctx, deps, team, action, lead_id, search, on_threshold, member)
     except (OutageRetry, VendorsPaused) as exc:
         await give_try_back(ctx, exc)
         raise
@@ -119,6 +127,7 @@ async def _metered_job(
     lead_id: str | None,
     search: Any,
     on_threshold: Any,
+    member: str | None,
 ) -> dict[str, Any]:
     settings = deps["settings"]
     return await metered(
@@ -136,43 +145,52 @@ async def _metered_job(
         outage_until=outage_deadline(deps),
         outage_wait=settings.outage_wait_seconds,
         memo=shared_memo(ctx["redis"], memo_ttl_seconds(settings)),
+        member=member,
     )
 
 
-async def ai_sequence(ctx: dict[str, Any], team: str, payload: dict[str, Any]) -> dict[str, Any]:
+async def ai_sequence(
+    ctx: dict[str, Any], team: str, payload: dict[str, Any], member: str | None = None
+) -> dict[str, Any]:
     body: SequencePayload = parse(SequencePayload, payload, "ai_sequence")
 
     async def search() -> SearchResult:
         return await deps_of(ctx)["providers"].ai.sequence(body)
 
-    return await _run(ctx, team, "ai_sequence", None, search)
+    return await _run(ctx, team, "ai_sequence", None, search, member)
 
 
-async def ai_icebreaker(ctx: dict[str, Any], team: str, payload: dict[str, Any]) -> dict[str, Any]:
+async def ai_icebreaker(
+    ctx: dict[str, Any], team: str, payload: dict[str, Any], member: str | None = None
+) -> dict[str, Any]:
     body: IcebreakerPayload = parse(IcebreakerPayload, payload, "ai_icebreaker")
 
     async def search() -> SearchResult:
         return await deps_of(ctx)["providers"].ai.icebreaker(body)
 
-    return await _run(ctx, team, "ai_icebreaker", body.lead.id, search)
+    return await _run(ctx, team, "ai_icebreaker", body.lead.id, search, member)
 
 
-async def enrich(ctx: dict[str, Any], team: str, lead: dict[str, Any]) -> dict[str, Any]:
+async def enrich(
+    ctx: dict[str, Any], team: str, lead: dict[str, Any], member: str | None = None
+) -> dict[str, Any]:
     body: Lead = parse(Lead, lead, "enrich lead")
 
     async def search() -> SearchResult:
         return await deps_of(ctx)["providers"].enrich.enrich(body)
 
-    return await _run(ctx, team, "enrich", body.id, search)
+    return await _run(ctx, team, "enrich", body.id, search, member)
 
 
-async def debounce(ctx: dict[str, Any], team: str, lead: dict[str, Any]) -> dict[str, Any]:
+async def debounce(
+    ctx: dict[str, Any], team: str, lead: dict[str, Any], member: str | None = None
+) -> dict[str, Any]:
     body: DebounceLead = parse(DebounceLead, lead, "debounce lead")
 
     async def search() -> SearchResult:
         return await deps_of(ctx)["providers"].verify.verify(body)
 
-    return await _run(ctx, team, "debounce", body.id, search)
+    return await _run(ctx, team, "debounce", body.id, search, member)
 
 
 async def reconcile_team(ctx: dict[str, Any], team: str | None = None) -> dict[str, Any]:

@@ -146,9 +146,11 @@ RETURNING *
 
 -- member_spend --
 -- Each capped member's use of billing month $2: their running totals, or, before
--- any hold of theirs under the cap this month, the sum of their charges.
+-- any hold of theirs under the cap this month, the sum of their charges (a sum of
+-- bigint is numeric: cast back, or the totals would read as Decimal).
 SELECT mc.member, mc.cap,
-       coalesce(mm.held, s.held, 0) AS held, coalesce(mm.spent, s.spent, 0) AS spent
+       coalesce(mm.held, s.held::bigint, 0) AS held,
+       coalesce(mm.spent, s.spent::bigint, 0) AS spent
 FROM member_caps mc
 LEFT JOIN member_months mm
        ON mm.team_id = mc.team_id AND mm.period_start = $2 AND mm.member = mc.member
