@@ -110,6 +110,7 @@ class Rule:
     body: dict[str, Any] | None = None
     creates: bool = False  # an unknown team is created (201), not a 404
     public: int | None = None  # the status of a route without a JWT, for anyone
+    listing: bool = False  # no object in the path: the same answer for every owner
 
 
 # Who may do what (SPEC section 8). Every operation of the document must be here: a new
@@ -124,6 +125,9 @@ RULES = {
     "PUT /v1/teams/{team}": Rule(("service",), body=TEAM_BODY, creates=True),
     "POST /v1/teams/{team}/jobs": Rule(ROLES, 202, {"action": "ai_sequence"}),
     "GET /v1/jobs/{job_id}": Rule(ROLES),
+    "GET /v1/teams": Rule(("service",), listing=True),
+    "POST /v1/teams/{team}/quote": Rule(ROLES, body={"action": "ai_sequence"}),
+    "PUT /v1/teams/{team}/members/{member}/cap": Rule(("admin",), body={"tokens": 10}),
     "GET /v1/bills/{bill_id}": Rule(("admin", "service")),
     "POST /v1/stripe/webhook": Rule((), body={"id": "evt_1"}, public=400),  # no signature
     "GET /healthz": Rule((), public=200),
@@ -151,6 +155,7 @@ def _headers(role: str | None, team: str | None) -> dict[str, str]:
 
 
 def _target(path: str, owner: str | None, ids: dict[str, str], n: int) -> str:
+    path = path.replace("{member}", "bob")
     if "{team}" in path:
         return path.replace("{team}", owner or f"ghost{n}")
     if "{job_id}" in path:
@@ -167,6 +172,8 @@ def _expected(op: str, rule: Rule, role: str | None, team: str | None, owner: st
         return 401
     if role not in rule.roles:
         return 403
+    if rule.listing:
+        return rule.ok
     in_path = "{team}" in op
     if role == "service" or team == owner:
         if owner is None:

@@ -187,10 +187,10 @@ async def test_jobs_record_the_member_who_launched_them(
     ]
     for extra, headers, member in posts:
         body = {"action": "enrich", "payload": leads(1)} | extra
-        assert (
-            await client.post("/v1/teams/acme/jobs", json=body, headers=headers)
-        ).status_code == 202
-        info = await Job(f"{extra['job_id']}:l0", arq_redis, _queue_name=QUEUE).info()
+        response = await client.post("/v1/teams/acme/jobs", json=body, headers=headers)
+        assert response.status_code == 202
+        [job] = response.json()["jobs"]
+        info = await Job(job["job_id"], arq_redis, _queue_name=QUEUE).info()
         assert info is not None
         assert info.kwargs == ({} if member is None else {"member": member})
     # A member may not launch jobs under another member's name (and cap).
@@ -297,11 +297,12 @@ async def test_a_capped_members_job_is_refused_in_the_worker_with_member_cap(
     )
     assert posted.status_code == 202
     await run_burst(settings_for(database_url, redis_url))
-    out = [await result(arq_redis, f"capped:l{i}") for i in range(3)]
+    ids = [j["job_id"] for j in posted.json()["jobs"]]
+    out = [await result(arq_redis, jid) for jid in ids]
     assert sorted(r["status"] for r in out) == ["captured", "captured", "refused"]
     (refused,) = [r for r in out if r["status"] == "refused"]
     assert refused["code"] == "member_cap" and refused["reason"] == "over the member's monthly cap"
-    job = f"capped:l{out.index(refused)}"
+    job = ids[out.index(refused)]
     status = (await client.get(f"/v1/jobs/{job}", headers=bearer("member", sub="bob"))).json()
     assert (status["status"], status["result"]["code"], status["charge"]) == (
         "refused",
@@ -329,7 +330,7 @@ async def test_without_caps_the_hold_and_capture_are_unchanged(
     )
     assert posted.status_code == 202
     await run_burst(settings_for(database_url, redis_url))
-    out = [await result(arq_redis, f"plain:l{i}") for i in range(26)]
+    out = [await result(arq_redis, j["job_id"]) for j in posted.json()["jobs"]]
     assert sorted(r["status"] for r in out) == ["captured"] * 25 + ["refused"]
     captured = [r for r in out if r["status"] == "captured"]
     assert all((r["free_tokens"], r["additional_tokens"]) == (10, 0) for r in captured)
