@@ -29,6 +29,9 @@ class MonthLock:
         self.conn = await self.pool.acquire()
         self.tx = self.conn.transaction()
         await self.tx.start()
+        # In a deadlock the session whose deadlock_timeout runs out first is the one
+        # Postgres cancels: this one never is (the other side's check finds the cycle).
+        await self.conn.execute("SET LOCAL deadlock_timeout = '60s'")
         await self.conn.execute(
             "SELECT 1 FROM billing_months WHERE team_id = $1 FOR NO KEY UPDATE", self.team
         )
@@ -64,12 +67,24 @@ class MonthLock:
             await self.pool.release(conn)
 
     async def close(self) -> None:
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
-        if self.task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
-        await self.commit()
+        """Ends the transaction and gives the connection back, whatever the steps met
+        (a step that failed, e.g. chosen as a deadlock's victim, must not keep the
+        connection: the pool would never close)."""
+        try:
+            if self.task is not None and not self.task.done():
+                self.task.cancel()
+            if self.task is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self.task
+        finally:
+            if self.tx is not None and self.conn is not None and self.conn.is_in_transaction():
+                tx, self.tx = self.tx, None
+                with contextlib.suppress(asyncpg.PostgresError):
+                    await tx.rollback()
+            self.tx = None
+            if self.conn is not None:
+                conn, self.conn = self.conn, None
+                await self.pool.release(conn)
 
 
 class CaptureFault:

@@ -181,6 +181,11 @@ async def test_a_capture_cut_off_while_a_bill_locks_the_month_is_retried(
 
 async def test_a_capture_that_deadlocks_with_bill_making_is_retried(ledger: Ledger) -> None:
     await make_team(ledger, "acme", anchor="2026-03-01", at=NOW)
+    # The capture's session checks for the deadlock (MonthLock's never does first); it
+    # waits long enough for the bill's session to close the cycle on a busy machine.
+    db = await ledger.pool.fetchval("SELECT current_database()")
+    await ledger.pool.execute(f"ALTER DATABASE \"{db}\" SET deadlock_timeout = '5s'")
+    await ledger.pool.expire_connections()
     lock = MonthLock(ledger.pool, "acme")
     spy = CaptureErrors(ledger.pool, DEFAULT_CATALOG)
 
