@@ -183,7 +183,7 @@ def test_enqueue_with_member_carries_it_to_each_job(
     monkeypatch.setenv("TOKENS_REDIS_URL", redis_url)
     asyncio.run(_flush(redis_url))
     cli.ok(*argv("enqueue", "acme", "enrich", payload=leads(2), job_id="m1", member="bob"))
-    info = asyncio.run(_job("m1:l1", redis_url))
+    info = asyncio.run(_job("acme~m1:l1", redis_url))  # job ids belong to their team
     assert info is not None and info.kwargs == {"member": "bob"}
     assert info.args == ("acme", {"id": "l1", "email": "p1@acme.io"})
     bad = cli(*argv("enqueue", "acme", "enrich", payload=leads(1), member="a\nb"))

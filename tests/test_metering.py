@@ -204,7 +204,9 @@ async def test_a_capture_that_deadlocks_with_bill_making_is_retried(ledger: Ledg
     finally:
         await lock.close()
     assert out["status"] == "captured"
-    assert [type(e) for e in spy.errors] == [asyncpg.DeadlockDetectedError]
+    # Cancelled once, or again when its retry met the bill's session still closing
+    # the cycle: each time a deadlock, never a lost search.
+    assert spy.errors and {type(e) for e in spy.errors} == {asyncpg.DeadlockDetectedError}
     [charge] = await ledger.history("acme")
     assert charge.state == "captured"
 
