@@ -6,9 +6,10 @@ writes a month row twice in its transaction (settlements and holds in one
 batch; a hold and then its capture in one transaction) also reaches the team
 row after the month's: Postgres' foreign-key check on billing_months.team_id,
 which it cannot skip for a row version its own transaction wrote, takes FOR
-KEY SHARE on the team. A team lock that conflicted with that closed the cycle
-(a lone hold had waited for the team lock of the call that opened the month,
-then queued for the month behind a batch that was about to check its team).
+KEY SHARE on the team. A team lock that conflicted with that would close a
+cycle: e.g. two workers' first holds, one opening the month while the other
+waits for the team's lock, then finds the month open and queues for it behind
+the first worker's next batch, which checks the team.
 
 Each test forces that interleaving with a third connection holding the month
 row: the month writer queues for it first, then the team locker takes its
@@ -18,8 +19,10 @@ team and queues behind; the month is let go, and both must commit.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -150,3 +153,21 @@ async def test_a_team_locker_and_a_month_writer_both_commit(
     if team_locker is not holds_opening_a_month:
         assert section.seats == 3
         assert section.free_granted == 3 * 250
+
+
+def test_no_statement_locks_a_team_for_update() -> None:
+    """One FOR UPDATE on a team row anywhere is enough for the cycle above (it is
+    the only row lock that blocks FOR KEY SHARE): every team lock of the SQL files
+    is FOR NO KEY UPDATE."""
+    root = Path(__file__).resolve().parent.parent
+    files = sorted([*root.glob("ledger/sql/*.sql"), *root.glob("billing/sql/*.sql")])
+    modes: list[tuple[str, str]] = []
+    for path in files:
+        # Statements end at a semicolon, or at the next name of a query file.
+        text = re.sub(r"^-- [a-z_]+ --$", ";", path.read_text(), flags=re.M)
+        for statement in re.sub(r"--[^\n]*", "", text).split(";"):
+            if re.search(r"\bFROM\s+teams\b", statement, re.I):
+                for mode in re.findall(r"\bFOR\s+(NO\s+KEY\s+UPDATE|UPDATE)\b", statement, re.I):
+                    modes.append((path.name, " ".join(mode.upper().split())))
+    assert len(modes) >= 4  # open_month, set_team, lock_team, team_subscription
+    assert [m for m in modes if m[1] != "NO KEY UPDATE"] == []
