@@ -21,9 +21,10 @@ UPDATE stripe_events SET handled_at = $2, result = $3 WHERE id = $1
 SELECT pg_advisory_xact_lock(hashtextextended('tokens.team_subscription:' || $1, 0))
 
 -- team_subscription --
--- The subscription the team follows, and when Stripe created it.
+-- The subscription the team follows, and when Stripe created it. NO KEY: the
+-- lock order in ledger/sql/holds.sql (a team set follows, which locks the month).
 SELECT stripe_subscription, subscription_created, subscription_ended_at
-FROM teams WHERE id = $1 FOR UPDATE
+FROM teams WHERE id = $1 FOR NO KEY UPDATE
 
 -- follow_subscription --
 -- The team follows subscription $2 (created $3 at Stripe) from now on: current, not ended.

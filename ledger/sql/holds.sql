@@ -16,6 +16,13 @@
 -- Lock order, everywhere: charges being settled -> teams -> billing_months
 -- (several months: by team, then period) -> charges (new rows).
 -- Settling locks the charge first, then its month; it never needs a team lock.
+-- One team lock comes after the month's, and cannot be avoided: a transaction
+-- that writes a month row a second time (a batch's settlements, then its
+-- holds; Ledger.charge's hold, then its capture) makes Postgres check the
+-- row's foreign key, which takes FOR KEY SHARE on the team. Every team lock is
+-- therefore FOR NO KEY UPDATE (nothing changes a team's id), which that check
+-- never waits for: a FOR UPDATE held by a call queued for the month closed a
+-- cycle (tests/test_lock_order.py).
 --
 -- Re-applied by `tokens migrate` whenever this file changes (db/migrate.py).
 -- Errors raised on purpose: ledger/sql/errors.sql (TK0xx, DETAIL = the ids as JSON).

@@ -83,7 +83,9 @@ BEGIN
         RETURN m;
     END IF;
 
-    SELECT * INTO t FROM teams WHERE id = p_team FOR UPDATE;
+    -- NO KEY: the foreign-key checks of the month's writers must not wait for
+    -- it (the lock order in holds.sql).
+    SELECT * INTO t FROM teams WHERE id = p_team FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         PERFORM tokens_raise('TK001', jsonb_build_object('team', p_team));
     END IF;

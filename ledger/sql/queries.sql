@@ -22,7 +22,8 @@ SELECT (r.team).*, r.created FROM tokens_set_team($1, $2, $3, $4, $5, $6, $7) r
 SELECT * FROM teams WHERE id = $1
 
 -- lock_team --
-SELECT * FROM teams WHERE id = $1 FOR UPDATE
+-- NO KEY: the lock order in ledger/sql/holds.sql.
+SELECT * FROM teams WHERE id = $1 FOR NO KEY UPDATE
 
 -- set_limit --
 UPDATE teams SET additional_limit = $2, updated_at = $3 WHERE id = $1

@@ -33,7 +33,8 @@ DECLARE
     cut timestamptz;
     new_term boolean;
 BEGIN
-    SELECT * INTO old FROM teams WHERE id = p_team FOR UPDATE;
+    -- NO KEY: the lock order in holds.sql.
+    SELECT * INTO old FROM teams WHERE id = p_team FOR NO KEY UPDATE;
     created := NOT FOUND;
     IF created THEN
         INSERT INTO teams (id, plan, seats, billing_interval, anchor, stripe_customer,
