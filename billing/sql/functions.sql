@@ -59,7 +59,7 @@ BEGIN
                       - round(m.additional_billed * m.unit_price * tokens_minor_units(m.currency));
             -- A remainder worth less than half a minor unit rounds to 0: never sent as
             -- a 0 invoice. Its tokens are still billed, by a bill of 0 that is `paid`
-            -- at once with no invoice (README: bills of 0), so that every token is on
+            -- at once with no invoice (README "Billing with Stripe", Prices), so that every token is on
             -- exactly one bill and the month closes.
             INSERT INTO bills (team_id, period_start, period_end, reason, tokens, unit_price,
                                amount_cents, currency, created_at, updated_at, status)
