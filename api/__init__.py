@@ -1,1 +1,2 @@
-"""The HTTP API (`tokens serve`, SPEC section 8): thin routes over the ledger, queue and billing."""
+"""The HTTP API (`tokens serve`, README "The HTTP API and the billing page"): thin routes
+over the ledger, queue and billing."""

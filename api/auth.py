@@ -1,4 +1,4 @@
-"""Who is calling: the application's HS256 JWT (SPEC section 8).
+"""Who is calling: the application's HS256 JWT (README "The HTTP API and the billing page").
 
 Claims: `sub` (the user, recorded as the actor of what they change), `team`,
 `role` (`member`, `admin` or `service`) and `exp` (required, a NumericDate:

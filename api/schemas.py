@@ -293,7 +293,9 @@ class BilledCharge(BaseModel):
 
 
 class BillExplained(BillOut):
-    """A bill and exactly the charges whose additional tokens it billed (SPEC 4a)."""
+    """A bill and exactly the charges whose additional tokens it billed.
+
+    README "Billing with Stripe", Explain a bill."""
 
     by_action: dict[str, int]
     charges_tokens: int

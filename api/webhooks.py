@@ -1,4 +1,4 @@
-"""POST /v1/stripe/webhook: Stripe's signature instead of a JWT (SPEC section 9)."""
+"""POST /v1/stripe/webhook: Stripe's signature instead of a JWT (README "Stripe webhooks")."""
 
 from __future__ import annotations
 

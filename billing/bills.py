@@ -115,7 +115,9 @@ REISSUE_LEASE_SECONDS = 120
 async def reissue_bill(
     pool: asyncpg.Pool, bill_id: int, *, at: datetime, client: Any = None
 ) -> dict[str, Any]:
-    """A new bill for the same tokens; the old one becomes `reissued` (see README).
+    """A new bill for the same tokens; the old one becomes `reissued`.
+
+    README "Billing with Stripe", Reissue, says when a bill may be reissued.
 
     Never two live invoices for one bill's tokens: first the old invoice is made
     unable to collect at Stripe (a draft deleted, an open or uncollectible one voided).

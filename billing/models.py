@@ -26,7 +26,7 @@ from sqlmodel import Field, SQLModel
 from ledger.models import ts_column  # also registers billing_months, which bills refer to
 
 STEPS = ("created", "invoice_created", "item_added", "finalized", "paid")
-# SPEC 4a's statuses, plus `reissued`; the API's schema uses the same type.
+# The statuses of README "Billing with Stripe"; the API's schema uses the same type.
 BillStatus = Literal[
     "unsent",
     "sending",

@@ -1,6 +1,7 @@
 """The Stripe client: async over httpx, built once per process and passed down.
 
-Its HTTP client paces requests and retries rate limits (SPEC 4a, "Rate limits"):
+Its HTTP client paces requests and retries rate limits (README "Billing with Stripe",
+Rate limits):
 
 - stripe-python 16.1.0 retries connection errors, 409 and 5xx, and whatever is
   answered with `Stripe-Should-Retry: true`, but not a plain 429

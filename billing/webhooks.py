@@ -1,4 +1,4 @@
-"""Stripe's events in (SPEC section 9): stored by id, handled once, in any order.
+"""Stripe's events in (README "Stripe webhooks"): stored by id, handled once, in any order.
 
 An event says only that something changed; what it changed is read from
 Stripe at the time of handling (the subscription, the invoice), so a late or

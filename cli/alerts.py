@@ -1,4 +1,4 @@
-"""`tokens alerts TEAM [--json]`: a team's usage alerts, newest first (SPEC sections 7, 10).
+"""`tokens alerts TEAM [--json]`: a team's usage alerts, newest first (README "Usage alerts").
 
 Registered by cli/main.py.
 """

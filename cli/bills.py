@@ -1,4 +1,5 @@
-"""`tokens reconcile`, `tokens bills`, `tokens bill show`, `tokens bill reissue` (SPEC 7).
+"""`tokens reconcile`, `tokens bills`, `tokens bill show`, `tokens bill reissue` (README
+"Billing with Stripe").
 
 Registered by cli/main.py. Only `reconcile` imports stripe, when it runs.
 """

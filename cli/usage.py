@@ -81,8 +81,8 @@ def charge(
 
 
 async def _threshold_bills(ledger: Ledger, team: str, now: datetime) -> list[Any]:
-    """SPEC 4 (c): the bill is made at once, as the worker's jobs have it made; the
-    next `tokens reconcile` (cron) or the worker's periodic run sends it.
+    """The bill is made at once, as the worker's jobs have it made; the next `tokens
+    reconcile` (cron) or the worker's periodic run sends it (README "Bills, exactly once").
 
     The charge is committed by now: whatever goes wrong here must not make the
     command fail, or a person would charge again. The next reconcile makes the

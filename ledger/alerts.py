@@ -1,4 +1,4 @@
-"""Usage alerts as the ledger reads them (SPEC section 10).
+"""Usage alerts as the ledger reads them (README "Usage alerts").
 
 The alerts themselves are made in Postgres, by the trigger of
 ledger/sql/alerts.sql, in the transaction of the charge that crossed a level.
@@ -53,7 +53,7 @@ class AlertRow(_Row):
         return str(self.public_id)
 
     def payload(self) -> dict[str, Any]:
-        """What the webhook receives (SPEC section 10), exactly these keys."""
+        """What the webhook receives (README "Usage alerts"), exactly these keys."""
         return {
             "alert_id": self.alert_id,
             "team": self.team_id,

@@ -1,6 +1,6 @@
 """The price catalog: actions, plans, unit price, thresholds.
 
-Defaults follow SPEC section 1; `TOKENS_CATALOG` points at a JSON or TOML file
+Defaults as README "Prices and plans" gives them; `TOKENS_CATALOG` points at a JSON or TOML file
 with the same shape to replace them without code changes.
 """
 
@@ -32,7 +32,7 @@ class Plan(BaseModel):
     once: bool = False
     additional_allowed: bool = True
     threshold_cents: int | None = Field(default=None, gt=0)
-    # Stripe price ids whose subscriptions put a team on this plan (webhooks, SPEC 9).
+    # Stripe price ids whose subscriptions put a team on this plan (README "Stripe webhooks").
     stripe_prices: tuple[str, ...] = ()
 
 

@@ -3,8 +3,8 @@
 Every hold and settlement goes to Postgres through `apply`, one `tokens_apply`
 call (sql/holds.sql, where the hold and settle rules live). One commit per
 charge caps a hot team at what one Postgres connection can commit in a row
-(two commits per search: the hold and the capture), and each call costs
-Postgres about 0.5-0.7 ms of CPU whatever it carries. So a caller's hold or
+(two commits per search: the hold and the capture), and each call has a
+fixed cost in Postgres whatever it carries. So a caller's hold or
 settlement is queued, and what queued while batches were committing goes in
 as few calls as keep the connections busy (GroupCommit says how many): one
 round trip, one transaction, one update of each team's month row per batch,
@@ -150,18 +150,14 @@ class GroupCommit:
     time under light load (what arrives meanwhile waits and goes together), two
     under load, each large enough to share its round trip and commit.
 
-    Why two (measured on 2 cores, docs/benchmarks.md, "Adaptive group commit"):
-    with one batch in flight this process and Postgres take turns (the callers
-    answer, then send again), so one of them is always idle. With two, one
-    batch is answered and the next formed here while the other runs in
-    Postgres: 32 callers over 1,000 teams as 2 x 16 made 23-27 % more
-    hold+captures per second than 1 x 32, and 64 as 2 x 32 24-26 % more than
-    1 x 64, although each batch costs Postgres about 0.4 ms of CPU before its
-    first item (30-37 % more Postgres CPU per operation). Batches of 8, or four
-    in flight, lost: the fixed cost outgrew the overlap. `max_inflight` is
-    capped by the pool's size; raise it where Postgres has cores to spare.
-    Runs taken while other benchmarks shared the same 2 cores found the
-    opposite: the overlap needs an idle core.
+    Why two: with one batch in flight this process and Postgres take turns
+    (the callers answer, then send again), so one of them is always idle. With
+    two, one batch is answered and the next formed here while the other runs
+    in Postgres. Each batch has a fixed cost in Postgres before its first
+    item, so more or smaller batches lose what the overlap wins, and the
+    overlap needs an idle core (docs/decisions.md, "Two batches in flight").
+    `max_inflight` is capped by the pool's size; raise it where Postgres has
+    cores to spare.
 
     Batches are partitioned by team: a team's items are in at most one batch
     in flight, and go together. Batches of one team would serialize on its

@@ -244,7 +244,7 @@ class MemberMonth(SQLModel, table=True):
 
 
 class Alert(SQLModel, table=True):
-    """A usage alert (migration 0005, SPEC section 10), and its webhook delivery state."""
+    """A usage alert (migration 0005, README "Usage alerts"), and its webhook delivery state."""
 
     __tablename__ = "alerts"
     __table_args__ = (

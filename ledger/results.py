@@ -3,8 +3,8 @@
 These are dataclasses, not the SQLModel table classes of `ledger/models.py`:
 a table class built without SQLAlchemy's mapper configuration crashes on
 attribute access in a fresh process (`'NoneType' object has no attribute
-'supports_population'`), and importing SQLAlchemy costs a command about a
-second at start. The table classes describe the schema; these carry data.
+'supports_population'`), and importing SQLAlchemy would slow every command's
+start. The table classes describe the schema; these carry data.
 
 `from_record` picks its fields by name, so a query may return more columns
 than a row keeps (a migration adding a column does not break a read).
@@ -174,7 +174,7 @@ class Settlement:
 
 @dataclass(frozen=True, slots=True)
 class BillingSection:
-    """SPEC section 5, read from the month's running totals."""
+    """README "The billing section", read from the month's running totals."""
 
     team: str
     plan: str

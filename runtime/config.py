@@ -1,4 +1,4 @@
-"""Process configuration, read once from the environment (SPEC section 7 names)."""
+"""Process configuration, read once from the environment (README "Configuration")."""
 
 from __future__ import annotations
 
@@ -132,7 +132,7 @@ class Settings(BaseSettings):
     # Make the offline sandbox providers as slow as a real one (demo, crash tests).
     sandbox_latency_ms: int = Field(default=0, ge=0)
 
-    # Usage alerts (SPEC section 10): POSTed here by the worker when set, signed
+    # Usage alerts (README "Usage alerts"): POSTed here by the worker when set, signed
     # with app_secret (TOKENS_APP_SECRET, the application's shared secret, which
     # also signs the JWTs of the HTTP API).
     alert_webhook_url: str | None = None

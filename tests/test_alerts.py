@@ -1,4 +1,4 @@
-"""Usage alerts (SPEC section 10): made once, in the charge's transaction; delivered once."""
+"""Usage alerts (README "Usage alerts"): made once, in the charge's transaction; delivered once."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The HTTP API (SPEC section 8) on the real ledger, queue and bills, through ASGI."""
+"""The HTTP API (README "The HTTP API and the billing page") on the real ledger, queue and
+bills, through ASGI."""
 
 from __future__ import annotations
 

@@ -113,8 +113,8 @@ class Rule:
     listing: bool = False  # no object in the path: the same answer for every owner
 
 
-# Who may do what (SPEC section 8). Every operation of the document must be here: a new
-# route fails this test until its row says who may call it.
+# Who may do what (README "The HTTP API and the billing page"). Every operation of the
+# document must be here: a new route fails this test until its row says who may call it.
 RULES = {
     "GET /v1/teams/{team}/billing": Rule(ROLES),
     "GET /v1/teams/{team}/history": Rule(ROLES),

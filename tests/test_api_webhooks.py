@@ -1,4 +1,4 @@
-"""Stripe webhooks (SPEC section 9): signatures, once-only handling, any delivery order."""
+"""Stripe webhooks (README "Stripe webhooks"): signatures, handled once, any delivery order."""
 
 from __future__ import annotations
 

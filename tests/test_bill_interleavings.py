@@ -1,5 +1,5 @@
 """Bills while other actors move: finance and Stripe act between a reconcile run's
-reading and its writes, webhooks land mid-run (README: billing against Stripe)."""
+reading and its writes, webhooks land mid-run (README "Billing with Stripe")."""
 
 from __future__ import annotations
 

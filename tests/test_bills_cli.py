@@ -1,4 +1,5 @@
-"""`tokens bills`, `tokens bill show`, `tokens bill reissue` as real processes (SPEC 7)."""
+"""`tokens bills`, `tokens bill show`, `tokens bill reissue` as real processes (README
+"Billing with Stripe")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The command-line contract of SPEC section 7, and every bad input of section 6."""
+"""The command-line contract (README "Command line"), and every bad input."""
 
 from __future__ import annotations
 

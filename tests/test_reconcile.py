@@ -1,4 +1,4 @@
-"""SPEC section 4: additional tokens billed to Stripe, exactly once, whatever fails."""
+"""README "Bills, exactly once": additional tokens billed to Stripe once, whatever fails."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SPEC 4a: bills against Stripe as it really behaves (issue 11).
+"""README "Billing with Stripe": bills against Stripe as it really behaves.
 
 One test per failure the issue lists; each fails on the code before the issue
 (a2ca460) and passes after.

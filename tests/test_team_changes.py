@@ -1,4 +1,5 @@
-"""SPEC section 2: grants that only grow, trial once, trial conversion; the audited limit."""
+"""README "How the ledger works": grants that only grow, trial once, trial conversion; the
+audited limit."""
 
 from __future__ import annotations
 

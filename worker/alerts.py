@@ -1,4 +1,4 @@
-"""Usage alerts to the application's webhook: the worker's outbox sender (SPEC section 10).
+"""Usage alerts to the application's webhook: the worker's outbox sender.
 
 The `alerts` table is the outbox: the ledger's trigger writes an alert in the
 transaction of the charge that crossed the level, and the worker's cron job
@@ -69,7 +69,7 @@ WHERE id = $1
 
 
 def body_of(alert: AlertRow) -> bytes:
-    """The JSON POSTed for one alert (the SPEC's keys), compact and in a fixed order."""
+    """The JSON POSTed for one alert (README "Usage alerts"), compact and in a fixed order."""
     return json.dumps(alert.payload(), separators=(",", ":"), sort_keys=True).encode()
 
 

@@ -207,10 +207,11 @@ async def _claim(
 
 
 async def _claimed_bare(redis: ArqRedis, job_id: str, fingerprint: str) -> bool:
-    """Whether this request was queued before job ids belonged to their team, under
-    the bare id (its claim lives CLAIM_TTL_MS): answering with those jobs keeps a
-    retry from queueing, and charging, the same leads again under new ids. A bare
-    claim of another request (another team's among them) no longer stands in the way."""
+    """Whether this very request holds a claim under its bare job id, the form ids
+    had before they named their team (a claim lives CLAIM_TTL_MS): answering with
+    those jobs keeps a retry across an upgrade from queueing, and charging, the
+    same leads again under new ids. Another request's bare claim (another team's
+    among them) does not refuse this one."""
     held = await redis.get(CLAIM_PREFIX + job_id)
     return (held.decode() if isinstance(held, bytes) else held) == fingerprint
 

@@ -1,4 +1,4 @@
-"""Job payloads, validated before anything is held (SPEC section 7, `enqueue`)."""
+"""Job payloads, validated before anything is held (README "Queueing jobs")."""
 
 from __future__ import annotations
 

@@ -3,9 +3,8 @@
 arq takes a job in four Redis round trips and then reads it in a fifth, its
 own pipeline per job, so jobs taken in one poll would reach their holds one
 by one, each in its own loop turn, and group commit would find little to
-group (a lone first hold, then the rest a few at a time: 6.5 items per
-`tokens_apply` on average, against 16 now). Two meeting points keep a group
-together:
+group (a lone first hold, then the rest a few at a time). Two meeting points
+keep a group together:
 
 1. taken: no job of the group runs before the last one is taken;
 2. met: a job's function starts only when every job of its group has read

@@ -59,7 +59,7 @@ BEGIN
                       - round(m.additional_billed * m.unit_price * tokens_minor_units(m.currency));
             -- A remainder worth less than half a minor unit rounds to 0: never sent as
             -- a 0 invoice. Its tokens are still billed, by a bill of 0 that is `paid`
-            -- at once with no invoice (README: bills of 0), so that every token is on
+            -- at once with no invoice (README "Billing with Stripe", Prices), so that every token is on
             -- exactly one bill and the month closes.
             INSERT INTO bills (team_id, period_start, period_end, reason, tokens, unit_price,
                                amount_cents, currency, created_at, updated_at, status)
@@ -72,11 +72,11 @@ BEGIN
             -- of the month not billed yet. Captures lock this month row too, so the
             -- set is exactly what made additional_spent - additional_billed.
             -- "Not billed yet" is the primary key's arbiter (ON CONFLICT), one probe
-            -- per charge whatever the plan: a NOT EXISTS anti-join, planned while
-            -- bill_charges was small (a new deployment, before its first month's
-            -- end), scanned every link made so far for each bill, and this loop
-            -- makes every team's bill in one transaction: quadratic in the teams
-            -- (tests/test_bill_making.py).
+            -- per charge whatever the plan. A NOT EXISTS anti-join planned while
+            -- bill_charges is small (a new deployment, before its first month's
+            -- end) scans every link made so far for each bill, and this loop makes
+            -- every team's bill in one transaction: quadratic in the teams
+            -- (docs/decisions.md, "Bills").
             INSERT INTO bill_charges (charge_id, bill_id)
             SELECT c.id, b.id FROM charges c
              WHERE c.team_id = m.team_id AND c.period_start = m.period_start

@@ -1,4 +1,4 @@
--- Statements of the billing package, by name (parsed by ledger/queries.py).
+-- Statements of the billing package, by name (parsed by db/queries.py).
 --
 -- Every write of a sending run names the lease token of its claim ($2 below):
 -- a run that stalled past its lease, and whose bill another run claimed since,

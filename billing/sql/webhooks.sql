@@ -1,4 +1,4 @@
--- Statements of billing/webhooks.py, by name (parsed by ledger/queries.py).
+-- Statements of billing/webhooks.py, by name (parsed by db/queries.py).
 
 -- record_event --
 -- A delivery: the event is stored once by its id; a redelivery is counted.

@@ -1,5 +1,5 @@
 -- Tokens are billed at the price in force when their billing month opened, never
--- repriced after they were spent (README: prices): each billing month keeps the
+-- repriced after they were spent (README "Billing with Stripe", Prices): each billing month keeps the
 -- unit price and currency of the team's plan as they were when the month opened.
 -- A catalog change, or a plan change mid-month, applies from the next month.
 

@@ -1,11 +1,11 @@
--- Usage alerts (SPEC section 10), made in the transaction of the charge that
+-- Usage alerts (README "Usage alerts"), made in the transaction of the charge that
 -- crossed the level, whichever function made the change (tokens_hold,
 -- tokens_settle, tokens_apply's group commit): a row trigger on the month's
 -- running totals, so the money functions need not know about alerts.
 --
 -- Re-applied by `tokens migrate` whenever this file changes (after the
 -- versioned migrations, in the same transaction); the table is in
--- migrations/0005_alerts.sql.
+-- db/migrations/0005_alerts.sql.
 --
 -- Usage of a kind = held + spent: a hold counts against what is available at
 -- once, so it is what brings a team to the point where charges are refused.

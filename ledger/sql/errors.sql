@@ -2,7 +2,7 @@
 --
 -- Re-applied by `tokens migrate` whenever this file changes (after the
 -- versioned migrations, in the same transaction; db/migrate.py lists the files
--- in the order they are applied: errors, periods, holds, teams).
+-- in the order they are applied).
 --
 -- Errors raised on purpose carry SQLSTATE TK0xx, their message written once
 -- in tokens_error_message, and DETAIL = a JSON object of the ids they concern

@@ -568,8 +568,8 @@ BEGIN
       FROM (SELECT j AS i, hold_team[j] AS t FROM generate_subscripts(hold_team, 1) j) u
       LEFT JOIN LATERAL (SELECT * FROM charges c1 WHERE c1.id = hold_charge[u.i] OFFSET 0) ch
         ON true
-      -- The detail inside a CASE: a lateral subquery filtered on the error was
-      -- pulled up by the planner, which then built the object for every hold.
+      -- The detail inside a CASE: the planner pulls a lateral subquery filtered
+      -- on the error up, and then builds the object for every hold.
       CROSS JOIN LATERAL (
           SELECT CASE WHEN hold_error[u.i] IS NOT NULL THEN jsonb_build_object(
                      'team', u.t, 'key', hold_key[u.i], 'charge', ch.id,

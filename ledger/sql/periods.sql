@@ -2,7 +2,7 @@
 --
 -- Re-applied by `tokens migrate` whenever this file changes (after the
 -- versioned migrations, in the same transaction; db/migrate.py lists the files
--- in the order they are applied: errors, periods, holds, teams).
+-- in the order they are applied).
 
 DROP FUNCTION IF EXISTS tokens_add_months(timestamptz, integer) CASCADE;
 DROP FUNCTION IF EXISTS tokens_period(timestamptz, timestamptz) CASCADE;

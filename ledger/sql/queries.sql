@@ -1,4 +1,4 @@
--- Every statement the ledger sends, by name. Parsed once by ledger/queries.py.
+-- Every statement the ledger sends, by name. Parsed once by db/queries.py.
 -- The state changes themselves are the functions in holds.sql, periods.sql, teams.sql.
 
 -- upsert_plan --

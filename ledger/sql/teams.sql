@@ -2,12 +2,12 @@
 --
 -- Re-applied by `tokens migrate` whenever this file changes (after the
 -- versioned migrations, in the same transaction; db/migrate.py lists the files
--- in the order they are applied: errors, periods, holds, teams).
+-- in the order they are applied).
 
 DROP FUNCTION IF EXISTS tokens_set_team(text, text, integer, text, timestamptz, text, timestamptz)
     CASCADE;
 
--- Create or update a team (SPEC section 2). A month's grant only grows: a
+-- Create or update a team (README "How the ledger works"). A month's grant only grows: a
 -- plan or seat change raises the current month's grant at once to what the
 -- new plan x seats gives, never lowers it. A new anchor (a trial converting,
 -- a new subscription) cuts the running month short where it takes effect (at
@@ -19,7 +19,7 @@ DROP FUNCTION IF EXISTS tokens_set_team(text, text, integer, text, timestamptz, 
 -- the end grant nothing and allow no additional tokens, whatever the plan and
 -- seats say. A new anchor is a new term and makes the team current again; it
 -- also leaves the ended subscription, whose late events then change nothing
--- (README, "Stripe webhooks").
+-- (README "Stripe webhooks").
 CREATE FUNCTION tokens_set_team(
     p_team text, p_plan text, p_seats integer, p_interval text, p_anchor timestamptz,
     p_customer text, p_at timestamptz,

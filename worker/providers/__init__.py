@@ -1,6 +1,6 @@
 """The providers a job pays tokens for: AI generation, lead enrichment, email verification.
 
-Charged on search, not on success (SPEC section 3). Every provider call ends
+Charged on search, not on success (README "How the ledger works"). Every provider call ends
 in one of two ways:
 
 - it returns a `SearchResult`: the search happened, whatever it found
