@@ -7,7 +7,7 @@ may overlap: bills are made on locked month rows (billing/sql/functions.sql) and
 sent under a lease with a fencing token (sender.py).
 
 Every run reads the Stripe status of each bill that is open, payment_failed or
-uncollectible (SPEC 4a): Stripe's automatic collection pays most invoices, and
+uncollectible (README, "Billing with Stripe"): Stripe's automatic collection pays most invoices, and
 the run learns it without a pay request. Many bills are read with a few list
 requests (invoices created since the oldest of them, 100 a page: listing is
 consistent, unlike search); a bill the listing did not show is read alone.
@@ -27,14 +27,16 @@ import stripe
 import structlog
 
 from billing.models import Bill, bill_dict
-
-__all__ = ["ReconcileReport", "bill_dict", "bill_status", "reconcile", "team_bills"]
-from billing.sender import SQL, StripeSender
+from billing.sender import StripeSender
 from db.queries import q
 from ledger import validate
 from runtime.metrics import BILLS, RECONCILE_SECONDS
 
+__all__ = ["ReconcileReport", "bill_dict", "bill_status", "reconcile", "team_bills"]
+
 log = structlog.get_logger("tokens.billing")
+
+SQL = "billing.sql"
 
 Progress = Callable[[int, int], None]
 
@@ -47,8 +49,9 @@ LIST_PAGE = 100
 
 
 def bill_status(bill: Bill) -> str:
-    """What finance reads (SPEC 4a): unsent, sending, open, paid, payment_failed, void,
-    uncollectible, failed; `reissued` for a bill `tokens bill reissue` replaced."""
+    """What finance reads (README, "Billing with Stripe"): unsent, sending, open, paid,
+    payment_failed, void, uncollectible, failed; `reissued` for a bill `tokens bill
+    reissue` replaced."""
     return bill.status
 
 

@@ -1,4 +1,4 @@
-"""The `tokens` command line (SPEC section 7): one module per command group,
+"""The `tokens` command line (README, "Command line"): one module per command group,
 registered here, and the exit codes.
 
 Every refused input ends with one line on stderr and a non-zero exit:

@@ -1,4 +1,4 @@
-"""`tokens serve`: the HTTP API of SPEC section 8 under uvicorn.
+"""`tokens serve`: the HTTP API (README, "The HTTP API and the billing page") under uvicorn.
 
 FastAPI and uvicorn are imported inside the command: the other commands
 never pay for them at start-up.

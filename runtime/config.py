@@ -1,4 +1,4 @@
-"""Process configuration, read once from the environment (SPEC section 7 names)."""
+"""Process configuration, read once from the environment (README, "Configuration")."""
 
 from __future__ import annotations
 
@@ -19,6 +19,15 @@ class VendorSettings(BaseModel):
 
 
 _VENDOR_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+# The vendors this version speaks, per action, by the names TOKENS_ENRICH_PROVIDERS and
+# TOKENS_VERIFY_PROVIDERS take. Plain names: settings are checked at start-up by every
+# process, which must not load the vendors' code to do it; a test holds this list to
+# worker/providers/vendors, where each vendor is built.
+VENDOR_NAMES: dict[str, tuple[str, ...]] = {
+    "enrich": ("hunter", "pdl"),
+    "verify": ("debounce", "zerobounce"),
+}
 
 
 def vendor_names(value: str | None) -> list[str]:
@@ -132,7 +141,7 @@ class Settings(BaseSettings):
     # Make the offline sandbox providers as slow as a real one (demo, crash tests).
     sandbox_latency_ms: int = Field(default=0, ge=0)
 
-    # Usage alerts (SPEC section 10): POSTed here by the worker when set, signed
+    # Usage alerts (README, "Usage alerts"): POSTed here by the worker when set, signed
     # with app_secret (TOKENS_APP_SECRET, the application's shared secret, which
     # also signs the JWTs of the HTTP API).
     alert_webhook_url: str | None = None
@@ -162,10 +171,8 @@ class Settings(BaseSettings):
         ):
             if not names:
                 continue
-            from worker.providers.vendors import VENDORS
-
             variable = f"TOKENS_{action.upper()}_PROVIDERS"
-            known = sorted(n for n, v in VENDORS.items() if v.action == action)
+            known = sorted(VENDOR_NAMES[action])
             for name in names:
                 if not _VENDOR_NAME.match(name) or name not in known:
                     raise ValueError(

@@ -1,4 +1,4 @@
--- Bills against Stripe as it really behaves (SPEC 4a, issue 11).
+-- Bills against Stripe as it really behaves (README, "Billing with Stripe").
 --
 -- * `status`: what finance reads (unsent, sending, open, paid, payment_failed,
 --   void, uncollectible, failed, reissued), kept by the sender in the same

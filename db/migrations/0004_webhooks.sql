@@ -1,4 +1,4 @@
--- Stripe webhooks (SPEC section 9): every event stored by its id and handled once.
+-- Stripe webhooks (README, "The HTTP API and the billing page"): every event stored by its id and handled once.
 -- A delivery inserts the event (or counts a redelivery); handling locks the row,
 -- so two deliveries of one event never both act on it.
 

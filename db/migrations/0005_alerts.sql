@@ -1,4 +1,4 @@
--- Usage alerts (SPEC section 10): 80 % and 100 % of a billing month's free
+-- Usage alerts (README, "Usage alerts"): 80 % and 100 % of a billing month's free
 -- grant ('free') and of the team's additional-token limit ('additional').
 --
 -- Made by the trigger in ledger/sql/alerts.sql, in the transaction of the
