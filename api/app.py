@@ -1,7 +1,8 @@
-"""The ASGI app: wiring, start-up and shutdown. Routes live in one module per concern.
+"""The ASGI app: its routes (one module per concern) and its services' lifetime.
 
 `create_app(settings)` opens its own pool, Redis and Stripe client on start-up
-and closes them on shutdown; tests (and the benchmark) hand in ready ones.
+(through wiring/) and closes them on shutdown; tests (and the benchmark) hand in
+ready ones.
 """
 
 from __future__ import annotations
