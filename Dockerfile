@@ -23,6 +23,7 @@ RUN uv sync --frozen --no-dev --no-install-project
 COPY --chown=tokens:tokens cli ./cli
 COPY --chown=tokens:tokens db ./db
 COPY --chown=tokens:tokens runtime ./runtime
+COPY --chown=tokens:tokens wiring ./wiring
 COPY --chown=tokens:tokens ledger ./ledger
 COPY --chown=tokens:tokens worker ./worker
 COPY --chown=tokens:tokens billing ./billing

@@ -1,50 +1,25 @@
-"""The ASGI app: wiring, start-up and shutdown. Routes live in one module per concern.
+"""The ASGI app: its routes (one module per concern) and its services' lifetime.
 
 `create_app(settings)` opens its own pool, Redis and Stripe client on start-up
-and closes them on shutdown; tests (and the benchmark) hand in ready ones.
+(through wiring/) and closes them on shutdown; tests (and the benchmark) hand in
+ready ones.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime
 
-import stripe
 import structlog
-from arq.connections import ArqRedis
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from api import errors
 from api.schemas import HealthOut
-from ledger.service import Ledger
+from api.services import Services, services
 from runtime.config import Settings
 
 log = structlog.get_logger("tokens.api")
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-@dataclass
-class Services:
-    """What the routes use, built once per process and passed down (no globals)."""
-
-    settings: Settings
-    ledger: Ledger
-    redis: ArqRedis
-    stripe: stripe.StripeClient | None
-    app_secret: str
-    webhook_secret: str | None
-    clock: Callable[[], datetime] = utc_now
-
-
-def services(request: Request) -> Services:
-    found: Services = request.app.state.services
-    return found
 
 
 def app_secret(settings: Settings) -> str:
@@ -61,27 +36,25 @@ def app_secret(settings: Settings) -> str:
 
 @asynccontextmanager
 async def _open(settings: Settings) -> AsyncIterator[Services]:
-    from arq.connections import RedisSettings, create_pool
-
     from billing.stripe_client import make_stripe_client
-    from runtime.app import open_ledger, redis_url
     from runtime.embedded.supervise import supervised
+    from wiring.pools import open_ledger, open_queue
 
     secret = app_secret(settings)
-    async with supervised(settings), open_ledger(settings, max_size=20) as ledger:
-        redis = await create_pool(RedisSettings.from_dsn(redis_url(settings)))
-        try:
-            hook = settings.stripe_webhook_secret
-            yield Services(
-                settings=settings,
-                ledger=ledger,
-                redis=redis,
-                stripe=make_stripe_client(settings),
-                app_secret=secret,
-                webhook_secret=hook.get_secret_value() if hook else None,
-            )
-        finally:
-            await redis.aclose()
+    async with (
+        supervised(settings),
+        open_ledger(settings, max_size=20) as ledger,
+        open_queue(settings) as redis,
+    ):
+        hook = settings.stripe_webhook_secret
+        yield Services(
+            settings=settings,
+            ledger=ledger,
+            redis=redis,
+            stripe=make_stripe_client(settings),
+            app_secret=secret,
+            webhook_secret=hook.get_secret_value() if hook else None,
+        )
 
 
 def create_app(settings: Settings, ready: Services | None = None) -> FastAPI:

@@ -17,7 +17,7 @@ from api.errors import ApiError
 from api.schemas import BillExplained, BillsOut
 from api.teams import TeamPath
 from billing.bills import UnknownBill, explain_bill, list_bills
-from cli import render
+from ledger import shapes
 
 router = APIRouter(tags=["bills"])
 
@@ -28,7 +28,7 @@ BILL_READERS = (auth.ADMIN, auth.SERVICE)
 def plain(value: Any) -> Any:
     """JSON values: times in UTC ISO 8601, money as strings, nested as it comes."""
     if isinstance(value, datetime):
-        return render.iso(value)
+        return shapes.iso(value)
     if isinstance(value, Decimal):
         return str(value)
     if isinstance(value, dict):

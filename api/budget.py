@@ -13,7 +13,7 @@ from api.deps import AUTHED, Svc, Who, documented
 from api.errors import ApiError
 from api.schemas import JobsIn, MemberCapIn, MemberCapOut, QuoteOut
 from api.teams import READERS, TeamPath
-from cli import render
+from ledger import shapes
 from worker.budget import quote_jobs, refusal_code
 
 router = APIRouter(prefix="/v1/teams", tags=["budget"])
@@ -55,7 +55,7 @@ async def quote(team: TeamPath, body: JobsIn, svc: Svc, who: Who) -> JSONRespons
         member=member,
         at=svc.clock(),
     )
-    return JSONResponse(render.quote_dict(found, member))
+    return JSONResponse(shapes.quote_dict(found, member))
 
 
 async def require_all_fit(svc: Svc, team: str, body: JobsIn, member: str | None) -> None:
@@ -95,4 +95,4 @@ async def set_member_cap(
     change = await svc.ledger.set_member_cap(
         team, member, body.tokens, actor=who.sub, role=who.role, at=svc.clock()
     )
-    return JSONResponse(render.member_cap_change_dict(change))
+    return JSONResponse(shapes.member_cap_change_dict(change))

@@ -8,8 +8,8 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api import auth
-from api.app import Services, services
 from api.schemas import ErrorOut
+from api.services import Services, services
 
 # Documents the bearer scheme in /openapi.json; the checks are ours (auth.py).
 _bearer = HTTPBearer(auto_error=False, bearerFormat="JWT")

@@ -14,7 +14,7 @@ from api.deps import AUTHED, WITH_BODY, Svc, Who, documented
 from api.errors import ApiError
 from api.schemas import JobsIn, JobsOut, JobStatusOut
 from api.teams import READERS, TeamPath
-from cli import render
+from ledger import shapes
 from worker.client import enqueue
 from worker.metering import charge_key
 from worker.queue import ACTION_JOBS, QUEUE
@@ -126,7 +126,7 @@ async def job_status(
         "action": info.function,
         "lead_id": lead_id,
         "status": _status(state, info),
-        "charge": render.charge_dict(charge) if charge is not None else None,
+        "charge": shapes.charge_dict(charge) if charge is not None else None,
         "result": _result(info),
     }
     return JSONResponse(out)

@@ -34,7 +34,7 @@ from api.errors import ApiError, error_response
 if TYPE_CHECKING:
     from starlette.responses import Response
 
-    from api.app import Services
+    from api.services import Services
 
 WEBHOOK = "/v1/stripe/webhook"
 _LEAD_LISTS = re.compile(r"/v1/teams/.+/(jobs|quote)")

@@ -25,11 +25,10 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from api import auth
-from api.app import Services, services
 from api.errors import INFRASTRUCTURE, RETRY_AFTER_S, ApiError, status_of
+from api.services import Services, services
 from api.teams import READERS, change_limit, history_page, parse_cursor
-from cli import render
-from ledger import validate
+from ledger import shapes, validate
 from ledger.errors import TokensError, UnknownTeam
 from runtime.transient import is_transient
 
@@ -208,7 +207,7 @@ async def _render(
     shown = month or section.period_start
     if not any(start == shown for start, _ in months):
         raise ApiError(
-            404, "unknown_month", f"team {team!r} has no billing month starting {render.iso(shown)}"
+            404, "unknown_month", f"team {team!r} has no billing month starting {shapes.iso(shown)}"
         )
     charges, next_cursor = await history_page(
         svc, team, cursor=cursor, limit=PAGE_SIZE, month=shown
@@ -219,20 +218,20 @@ async def _render(
     return _html(
         "billing.html",
         status,
-        s=render.billing_dict(section, at=now),
+        s=shapes.billing_dict(section, at=now),
         alerts=alerts,
-        charges=[render.charge_dict(c) for c in charges],
+        charges=[shapes.charge_dict(c) for c in charges],
         next_cursor=next_cursor,
         paged=cursor is not None,
         months=[
             {
-                "start": render.iso(start),
-                "end": render.iso(end),
+                "start": shapes.iso(start),
+                "end": shapes.iso(end),
                 "current": start == section.period_start,
             }
             for start, end in months
         ],
-        shown=render.iso(shown),
+        shown=shapes.iso(shown),
         shown_is_current=shown == section.period_start,
         who=who,
         is_admin=who.role == auth.ADMIN and who.team == team,

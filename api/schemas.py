@@ -1,6 +1,6 @@
 """Request bodies and the documented shape of every response (for /openapi.json).
 
-Responses are built as plain dicts (cli/render.py's builders where the CLI
+Responses are built as plain dicts (ledger/shapes.py's builders where the CLI
 prints the same thing) and sent as they are; these models describe them, and
 the schemathesis test checks that the two agree.
 """

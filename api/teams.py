@@ -21,8 +21,7 @@ from api.schemas import (
     TeamOut,
     TeamsOut,
 )
-from cli import render
-from ledger import validate
+from ledger import shapes, validate
 
 router = APIRouter(prefix="/v1/teams", tags=["teams"])
 
@@ -47,7 +46,7 @@ async def list_teams(svc: Svc, who: Who) -> JSONResponse:
     if who.role != auth.SERVICE:
         raise ApiError(403, "forbidden_role", f"role {who.role!r} may not list teams")
     found = await svc.ledger.teams(at=svc.clock())
-    return JSONResponse({"teams": [render.team_list_dict(*row) for row in found]})
+    return JSONResponse({"teams": [shapes.team_list_dict(*row) for row in found]})
 
 
 @router.get(
@@ -60,7 +59,7 @@ async def billing(team: TeamPath, svc: Svc, who: Who) -> JSONResponse:
     auth.authorize(who, team, READERS)
     now = svc.clock()
     section = await svc.ledger.billing(team, at=now)
-    return JSONResponse(render.billing_dict(section, at=now))
+    return JSONResponse(shapes.billing_dict(section, at=now))
 
 
 def parse_cursor(cursor: str | None) -> int | None:
@@ -100,7 +99,7 @@ async def history(
     auth.authorize(who, team, READERS)
     rows, next_cursor = await history_page(svc, team, cursor=cursor, limit=limit)
     return JSONResponse(
-        {"charges": [render.charge_dict(c) for c in rows], "next_cursor": next_cursor}
+        {"charges": [shapes.charge_dict(c) for c in rows], "next_cursor": next_cursor}
     )
 
 
@@ -118,7 +117,7 @@ async def history_csv(team: TeamPath, svc: Svc, who: Who) -> Response:
     auth.authorize(who, team, READERS)
     charges = await svc.ledger.history(team)
     return Response(
-        render.history_csv(charges),
+        shapes.history_csv(charges),
         media_type="text/csv; charset=utf-8",
         headers={
             "Content-Disposition": (f'attachment; filename="{team.replace("/", "_")}-history.csv"')
@@ -156,7 +155,7 @@ async def change_limit(svc: Svc, team: str, tokens: int, who: auth.Caller) -> di
     now = svc.clock()
     change = await svc.ledger.set_limit(team, tokens, actor=who.sub, role=who.role, at=now)
     section = await svc.ledger.billing(team, at=now)
-    return render.limit_change_dict(change, section)
+    return shapes.limit_change_dict(change, section)
 
 
 @router.put(
@@ -184,5 +183,5 @@ async def set_team(team: TeamPath, body: TeamIn, svc: Svc, who: Who) -> JSONResp
         stripe_customer=body.stripe_customer,
     )
     section = await svc.ledger.billing(team, at=now)
-    out = render.team_set_dict(row, created, section)
+    out = shapes.team_set_dict(row, created, section)
     return JSONResponse(out, status_code=201 if created else 200)

@@ -27,14 +27,16 @@ import stripe
 import structlog
 
 from billing.models import Bill, bill_dict
-
-__all__ = ["ReconcileReport", "bill_dict", "bill_status", "reconcile", "team_bills"]
-from billing.sender import SQL, StripeSender
+from billing.sender import StripeSender
 from db.queries import q
 from ledger import validate
 from runtime.metrics import BILLS, RECONCILE_SECONDS
 
+__all__ = ["ReconcileReport", "bill_dict", "bill_status", "reconcile", "team_bills"]
+
 log = structlog.get_logger("tokens.billing")
+
+SQL = "billing.sql"
 
 Progress = Callable[[int, int], None]
 

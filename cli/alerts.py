@@ -22,7 +22,7 @@ def alerts(
     from cli import render
     from cli.common import run, settings_for
     from ledger import validate
-    from runtime.app import open_ledger
+    from wiring.pools import open_ledger
 
     settings = settings_for()
     until = validate.parse_moment(at, "--at") if at is not None else None

@@ -16,8 +16,9 @@ import typer
 
 from cli import render
 from cli.common import AtOpt, JsonOpt, clock_at, refuse_both, run, settings_for
+from ledger import shapes
 from ledger.errors import TokensError
-from runtime.app import open_ledger
+from wiring.pools import open_ledger
 
 bill_app = typer.Typer(help="Explain and reissue bills.", no_args_is_help=True)
 
@@ -41,7 +42,7 @@ def bills(
     """Finance's list of bills, oldest first."""
     from billing.bills import check_status, list_bills
     from cli.common import run, settings_for
-    from runtime.app import open_ledger
+    from wiring.pools import open_ledger
 
     settings = settings_for()
     check_status(status)
@@ -77,7 +78,7 @@ def show(
     """Explain a bill: the exact charges whose additional tokens it billed."""
     from billing.bills import explain_bill, parse_bill_id
     from cli.common import run, settings_for
-    from runtime.app import open_ledger
+    from wiring.pools import open_ledger
 
     refuse_both(csv_out, json_out)
     settings = settings_for()
@@ -94,8 +95,8 @@ def show(
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(CSV_COLUMNS)
         for c in explained.charges:
-            row = {**c, "bill_id": bill_id, "time": render.iso(c["time"])}
-            writer.writerow([render.csv_cell(row[k]) for k in CSV_COLUMNS])
+            row = {**c, "bill_id": bill_id, "time": shapes.iso(c["time"])}
+            writer.writerow([shapes.csv_cell(row[k]) for k in CSV_COLUMNS])
         sys.stdout.write(buf.getvalue())
     elif json_out:
         render.print_json(out)
@@ -123,7 +124,7 @@ def reissue(
     failed for good); the old invoice is first made unable to collect at Stripe."""
     from billing.bills import parse_bill_id, reissue_bill
     from cli.common import clock_at, run, settings_for
-    from runtime.app import open_ledger
+    from wiring.pools import open_ledger
 
     settings = settings_for()
     bill_id = parse_bill_id(bill)

@@ -9,9 +9,9 @@ import typer
 from cli import render
 from cli.common import AtOpt, JsonOpt, clock_at, run, settings_for
 from cli.jobs import _json_payload
-from ledger import validate
+from ledger import shapes, validate
 from ledger.errors import BadInput
-from runtime.app import open_ledger
+from wiring.pools import open_ledger
 
 MemberOpt = Annotated[
     str | None, typer.Option("--member", help="Who would launch it (their monthly cap applies)")
@@ -46,7 +46,7 @@ def quote(
             found = await quote_jobs(
                 ledger, team, action, quantity=qty, payload=data, member=member, at=now
             )
-        return render.quote_dict(found, member)
+        return shapes.quote_dict(found, member)
 
     out = run(go())
     if json_out:
@@ -92,7 +92,7 @@ def member_cap(
     async def go() -> dict[str, Any]:
         async with open_ledger(settings) as ledger:
             change = await ledger.set_member_cap(team, member, cap, actor=actor, role=role, at=now)
-        return render.member_cap_change_dict(change)
+        return shapes.member_cap_change_dict(change)
 
     out = run(go())
     if json_out:

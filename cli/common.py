@@ -52,8 +52,8 @@ def clock_at(at: str | None) -> datetime:
 
 def run(coro: Coroutine[Any, Any, T], *, uvloop: bool = False) -> T:
     """Run `coro` to its end. `uvloop`: on uvloop's event loop (libuv), for the
-    long-running worker: about 11 % less CPU per job than asyncio's own loop
-    (docs/benchmarks.md). One-shot commands keep asyncio's, one import fewer."""
+    long-running worker: less CPU per job than asyncio's own loop (docs/decisions.md,
+    "The worker"). One-shot commands keep asyncio's, one import fewer."""
     if uvloop:
         import uvloop as uv
 

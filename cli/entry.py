@@ -2,12 +2,11 @@
 
 Every command is a whole Python process, so start-up is part of each command's
 latency (`python -m bench` measures it against `python -c pass`). Two things
-here are worth about 80 ms a command on these machines:
+here shorten it (docs/decisions.md, "A command's start-up"):
 
-- Bytecode caches. Machines that set PYTHONDONTWRITEBYTECODE (these do)
-  compile every imported module from source in every process: about a second
-  a command. The first command writes the caches (`__pycache__/`, ignored by
-  git), the next ones load them.
+- Bytecode caches. Machines that set PYTHONDONTWRITEBYTECODE compile every
+  imported module from source in every process. The first command writes the
+  caches (`__pycache__/`, ignored by git), the next ones load them.
 - structlog without rich tracebacks. `structlog.dev` imports rich (and
   pygments) at import time just to offer pretty tracebacks; our log lines
   render exceptions as plain text anyway, and rich stays importable for the

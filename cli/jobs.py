@@ -9,9 +9,10 @@ import typer
 
 from cli import render
 from cli.common import JsonOpt, run, settings_for
-from ledger import validate
-from ledger.errors import BadInput, Unreachable
-from runtime.app import open_ledger, redacted, redis_url
+from ledger import shapes, validate
+from ledger.errors import BadInput
+from wiring.pools import open_ledger, open_queue
+from wiring.servers import redis_url
 
 
 def enqueue(
@@ -35,21 +36,13 @@ def enqueue(
     data = _json_payload(payload)
 
     async def go() -> list[dict[str, Any]]:
-        from arq.connections import RedisSettings, create_pool
-        from redis.exceptions import RedisError
-
         from worker.client import enqueue as enqueue_jobs
         from worker.client import plan_jobs
 
         async with open_ledger(settings) as ledger:
             plan_jobs(ledger.catalog, team, action, quantity=qty, payload=data, job_id=job_id)
             await ledger.get_team(team)
-            url = redis_url(settings)
-            try:
-                redis = await create_pool(RedisSettings.from_dsn(url))
-            except (OSError, RedisError) as exc:
-                raise Unreachable("Redis", redacted(url), exc) from exc
-            try:
+            async with open_queue(settings) as redis:
                 jobs = await enqueue_jobs(
                     redis,
                     ledger.catalog,
@@ -60,8 +53,6 @@ def enqueue(
                     job_id=job_id,
                     member=member,
                 )
-            finally:
-                await redis.aclose()
         return [
             {"job_id": j.job_id, "action": j.action, "lead_id": j.lead_id, "queued": j.queued}
             for j in jobs
@@ -153,7 +144,7 @@ def demo(
                 "teams": out["teams"],
                 "jobs": out["jobs"],
                 "outcomes": out["outcomes"],
-                "billing": [render.billing_dict(s, at=out["read_at"]) for s in out["sections"]],
+                "billing": [shapes.billing_dict(s, at=out["read_at"]) for s in out["sections"]],
                 "bills": out["bills"],
             }
         )

@@ -6,7 +6,7 @@ from cli import render
 from cli.common import JsonOpt, run, settings_for
 from db.migrate import migrate as run_migrations
 from ledger.errors import TokensError
-from runtime.app import connect_pool
+from wiring.pools import connect_pool
 
 
 def migrate(json_out: JsonOpt = False) -> None:
@@ -33,7 +33,7 @@ def migrate(json_out: JsonOpt = False) -> None:
 def check(json_out: JsonOpt = False) -> None:
     """Health: Postgres, migrations at head, Redis, Stripe reachability (exit 1 if not ok)."""
     settings = settings_for()
-    from runtime.health import run_checks
+    from wiring.health import run_checks
 
     results = run(run_checks(settings))
     if json_out:

@@ -9,8 +9,8 @@ import typer
 
 from cli import render
 from cli.common import AtOpt, JsonOpt, clock_at, run, settings_for
-from ledger import validate
-from runtime.app import open_ledger
+from ledger import shapes, validate
+from wiring.pools import open_ledger
 
 team_app = typer.Typer(help="Create and change teams.", no_args_is_help=True)
 
@@ -44,7 +44,7 @@ def team_set(
                 stripe_customer=stripe_customer,
             )
             section = await ledger.billing(team, at=now)
-        return render.team_set_dict(team_row, created, section)
+        return shapes.team_set_dict(team_row, created, section)
 
     out = run(go())
     if json_out:
@@ -78,7 +78,7 @@ def team_limit(
         async with open_ledger(settings) as ledger:
             change = await ledger.set_limit(team, limit, actor=actor, role=role, at=now)
             section = await ledger.billing(team, at=now)
-        return render.limit_change_dict(change, section)
+        return shapes.limit_change_dict(change, section)
 
     out = run(go())
     if json_out:
@@ -98,7 +98,7 @@ def teams(at: AtOpt = None, json_out: JsonOpt = False) -> None:
     async def go() -> list[dict[str, Any]]:
         async with open_ledger(settings) as ledger:
             found = await ledger.teams(at=now)
-        return [render.team_list_dict(*row) for row in found]
+        return [shapes.team_list_dict(*row) for row in found]
 
     out = run(go())
     if json_out:

@@ -12,9 +12,9 @@ import typer
 
 from cli import render
 from cli.common import AtOpt, JsonOpt, clock_at, refuse_both, run, settings_for
-from ledger import validate
+from ledger import shapes, validate
 from ledger.errors import refusal_error
-from runtime.app import open_ledger
+from wiring.pools import open_ledger
 
 if TYPE_CHECKING:
     from ledger.service import Ledger
@@ -61,7 +61,7 @@ def charge(
             }
             for b in bills
         ]
-        return render.hold_dict(held, settlement) | {"bills_created": made}
+        return shapes.hold_dict(held, settlement) | {"bills_created": made}
 
     out = run(go())
     if json_out:
@@ -107,7 +107,7 @@ def billing(team: str, at: AtOpt = None, json_out: JsonOpt = False) -> None:
 
     section = run(go())
     if json_out:
-        render.print_json(render.billing_dict(section, at=now))
+        render.print_json(shapes.billing_dict(section, at=now))
     else:
         render.print_billing(section, at=now)
 
@@ -130,8 +130,8 @@ def history(
 
     charges = run(go())
     if csv_out:
-        sys.stdout.write(render.history_csv(charges))
+        sys.stdout.write(shapes.history_csv(charges))
     elif json_out:
-        render.print_json([render.charge_dict(c) for c in charges])
+        render.print_json([shapes.charge_dict(c) for c in charges])
     else:
         render.print_history(charges)

@@ -20,6 +20,15 @@ class VendorSettings(BaseModel):
 
 _VENDOR_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
+# The vendors this version speaks, per action, by the names TOKENS_ENRICH_PROVIDERS and
+# TOKENS_VERIFY_PROVIDERS take. Plain names: settings are checked at start-up by every
+# process, which must not load the vendors' code to do it; a test holds this list to
+# worker/providers/vendors, where each vendor is built.
+VENDOR_NAMES: dict[str, tuple[str, ...]] = {
+    "enrich": ("hunter", "pdl"),
+    "verify": ("debounce", "zerobounce"),
+}
+
 
 def vendor_names(value: str | None) -> list[str]:
     """`pdl, hunter` -> ["pdl", "hunter"] (waterfall order)."""
@@ -162,10 +171,8 @@ class Settings(BaseSettings):
         ):
             if not names:
                 continue
-            from worker.providers.vendors import VENDORS
-
             variable = f"TOKENS_{action.upper()}_PROVIDERS"
-            known = sorted(n for n, v in VENDORS.items() if v.action == action)
+            known = sorted(VENDOR_NAMES[action])
             for name in names:
                 if not _VENDOR_NAME.match(name) or name not in known:
                     raise ValueError(

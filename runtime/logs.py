@@ -23,8 +23,9 @@ class _CurrentStderr:
 
 
 def _dumps(obj: Any, default: Callable[[Any], Any] | None = None, **_: Any) -> str:
-    """JSON for structlog's renderer by orjson: a third of a log line's cost with
-    json.dumps was the encoding (two lines per metered job in production).
+    """JSON for structlog's renderer by orjson: with json.dumps the encoding is a
+    large part of a log line's cost, and the worker writes two lines per metered
+    job (docs/decisions.md, "The worker").
     Datetimes come out as ISO 8601; what orjson cannot encode goes through
     structlog's fallback (`__structlog__`, else repr), as with json.dumps. What
     orjson refuses outright (an integer beyond 64 bits) goes to json.dumps: a log
@@ -41,8 +42,8 @@ def configure_logging(fmt: str = "auto", level: str = "INFO") -> None:
     if use_json:
         renderer = structlog.processors.JSONRenderer(serializer=_dumps)
     else:
-        # Imported only here: structlog.dev pulls in rich's tracebacks (about 30 ms
-        # of every command's start-up).
+        # Imported only here: structlog.dev pulls in rich's tracebacks, which every
+        # command would otherwise load at start-up.
         from structlog.dev import ConsoleRenderer
 
         renderer = ConsoleRenderer(colors=sys.stderr.isatty())

@@ -12,7 +12,8 @@ import jwt
 import pytest
 from arq.connections import ArqRedis, RedisSettings, create_pool
 
-from api.app import Services, create_app
+from api.app import create_app
+from api.services import Services
 from ledger.service import Ledger
 from runtime.config import Settings
 from tests.conftest import at

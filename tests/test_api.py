@@ -12,8 +12,9 @@ import pytest
 from arq.connections import ArqRedis
 from arq.jobs import Job
 
-from api.app import Services, create_app
+from api.app import create_app
 from api.page import csrf_token
+from api.services import Services
 from billing.reconcile import create_bills
 from ledger.errors import UnknownTeam
 from ledger.service import Ledger

@@ -15,7 +15,8 @@ import jwt
 import pytest
 from arq.connections import ArqRedis
 
-from api.app import Services, create_app
+from api.app import create_app
+from api.services import Services
 from ledger import validate
 from ledger.errors import BadInput
 from ledger.service import Ledger

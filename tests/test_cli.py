@@ -8,7 +8,7 @@ import io
 import asyncpg
 import pytest
 
-from cli import render
+from ledger import shapes
 from ledger.service import Ledger
 from tests.cli_helpers import Cli
 from tests.conftest import at
@@ -108,7 +108,7 @@ async def test_a_csv_cell_a_spreadsheet_would_run_is_quoted(ledger: Ledger) -> N
         "acme", "enrich", 1, key="=cmd|' /C calc'!A0", at=at(AT), job_id="+1", lead_id="@x"
     )
     await ledger.hold("acme", "enrich", 1, key="-5", at=at(AT), job_id="-x", lead_id="\tl")
-    rows = list(csv.DictReader(io.StringIO(render.history_csv(await ledger.history("acme")))))
+    rows = list(csv.DictReader(io.StringIO(shapes.history_csv(await ledger.history("acme")))))
     cells = [(r["key"], r["job_id"], r["lead_id"]) for r in rows]
     assert cells == [("'=cmd|' /C calc'!A0", "'+1", "'@x"), ("-5", "'-x", "'\tl")]
     assert rows[0]["tokens"] == "10" and rows[0]["settled_at"] == ""

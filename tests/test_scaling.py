@@ -31,7 +31,7 @@ from db.queries import parse
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "scaling.md"
-PRODUCT_PACKAGES = ("api", "billing", "cli", "db", "ledger", "runtime", "worker")
+PRODUCT_PACKAGES = ("api", "billing", "cli", "db", "ledger", "runtime", "wiring", "worker")
 NAMED_FILES = (
     ("ledger.sql", "queries.sql"),
     ("billing.sql", "queries.sql"),

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from ledger.catalog import DEFAULT_CATALOG
 from ledger.service import Ledger
-from runtime.config import Settings
+from runtime.config import VENDOR_NAMES, Settings
 from runtime.metrics import VENDOR_PAUSES
 from testing.vendor_answers import EXAMPLES, PATHS, Example, example
 from tests.test_worker import ENRICH, leads, run_burst, settings_for, team
@@ -504,3 +504,12 @@ async def test_jobs_wait_out_a_pause_without_using_their_tries(
     assert sent.call_count == 1
     [charge] = await ledger.history("acme")
     assert charge.state == "captured"
+
+
+def test_settings_know_the_vendors_the_worker_builds() -> None:
+    """Settings check vendor names without loading the vendors' code: the two lists agree."""
+    built = {
+        action: tuple(sorted(n for n, v in VENDORS.items() if v.action == action))
+        for action in ("enrich", "verify")
+    }
+    assert built == VENDOR_NAMES

@@ -18,10 +18,11 @@ from arq.worker import Worker, func
 
 from billing.sender import sender_from_settings
 from db.pool import create_pool
-from runtime.app import catalog, database_url, ensure_schema
 from runtime.config import Settings
 from runtime.embedded.supervise import supervise
 from runtime.transient import is_transient, ride_out
+from wiring.pools import catalog, ensure_schema
+from wiring.servers import database_url
 from worker.alerts import deliver_alerts
 from worker.context import Deps
 from worker.providers import build_providers

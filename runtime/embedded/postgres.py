@@ -105,7 +105,7 @@ def ensure_postgres_locked(data_dir: Path) -> tuple[str, bool]:
     began = time.monotonic()
     if postmaster is None:
         postmaster = _start_postgres(pgdata)
-    # A psql process costs every command about 30 ms: create the database once
+    # A psql process would slow every command: create the database once
     # per server start, and remember it next to the postmaster's own pid file.
     marker = pgdata / "tokens_database.pid"
     if started or not _marker_matches(marker, postmaster.pid):

@@ -7,8 +7,8 @@ import asyncio
 import asyncpg
 
 from db.migrate import pending
-from runtime.app import database_url, redis_url
 from runtime.config import Settings
+from wiring.servers import database_url, redis_url
 
 
 async def _postgres(settings: Settings) -> tuple[str, str]:

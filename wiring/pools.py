@@ -1,10 +1,10 @@
-"""Wiring for one process: settings -> servers -> pool -> Ledger."""
+"""Connections for one process: the Postgres pool and its Ledger, the arq pool."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from urllib.parse import urlsplit, urlunsplit
+from typing import TYPE_CHECKING
 
 import asyncpg
 import structlog
@@ -15,25 +15,12 @@ from ledger.catalog import Catalog, load_catalog
 from ledger.errors import NotMigrated, Unreachable
 from ledger.service import Ledger
 from runtime.config import Settings
+from wiring.servers import database_url, redacted, redis_url
+
+if TYPE_CHECKING:
+    from arq.connections import ArqRedis
 
 log = structlog.get_logger("tokens.app")
-
-
-def database_url(settings: Settings) -> str:
-    """The configured Postgres, or the embedded one of the data dir (started if needed)."""
-    if settings.database_url:
-        return settings.database_url
-    from runtime.embedded import ensure_postgres
-
-    return ensure_postgres(settings.data_dir)
-
-
-def redis_url(settings: Settings) -> str:
-    if settings.redis_url:
-        return settings.redis_url
-    from runtime.embedded import ensure_redis
-
-    return ensure_redis(settings.data_dir)
 
 
 def catalog(settings: Settings) -> Catalog:
@@ -68,15 +55,6 @@ CONNECT_ERRORS = (
 )
 
 
-def redacted(url: str) -> str:
-    """A connection URL fit for a log line or an error: no password."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 async def connect_pool(settings: Settings, *, max_size: int = 10) -> asyncpg.Pool:
     url = database_url(settings)
     try:
@@ -101,3 +79,20 @@ async def open_ledger(settings: Settings, *, max_size: int = 10) -> AsyncIterato
         yield ledger
     finally:
         await pool.close()
+
+
+@asynccontextmanager
+async def open_queue(settings: Settings) -> AsyncIterator[ArqRedis]:
+    """The arq pool jobs are enqueued through; closed on the way out."""
+    from arq.connections import RedisSettings, create_pool
+    from redis.exceptions import RedisError
+
+    url = redis_url(settings)
+    try:
+        redis = await create_pool(RedisSettings.from_dsn(url))
+    except (OSError, RedisError) as exc:
+        raise Unreachable("Redis", redacted(url), exc) from exc
+    try:
+        yield redis
+    finally:
+        await redis.aclose()
