@@ -72,7 +72,7 @@ class Tokens:
         return proc
 
     def refused(self, *args: str, code: int = 1, says: str = "") -> Proc:
-        """A refusal as SPEC section 6 wants it: non-zero exit, one line, no traceback."""
+        """A refusal as README "Command line" wants it: non-zero exit, one line, no traceback."""
         proc = self(*args)
         assert proc.code == code, (
             f"tokens {' '.join(args)} -> {proc.code}, wanted {code}\n{proc.err}"

@@ -1,4 +1,4 @@
-"""Usage alerts (SPEC section 10): made once, in the charge's transaction; delivered once."""
+"""Usage alerts (README "Usage alerts"): made once, in the charge's transaction; delivered once."""
 
 from __future__ import annotations
 
@@ -25,27 +25,14 @@ from ledger.errors import UnknownTeam
 from ledger.service import Ledger
 from runtime.config import Settings
 from tests.cli_helpers import Cli
-from tests.conftest import at
+from tests.clock import at
+from tests.factories import make_team
 from tests.process import ROOT, Tokens, clean_env, team_set
 from worker.alerts import AlertSender, backoff, deliver_alerts, sign
 from worker.settings import worker_kwargs
 
 T0 = at("2026-03-10T12:00:00")
 MARCH = at("2026-03-01")
-
-
-async def team(
-    ledger: Ledger,
-    name: str = "acme",
-    *,
-    seats: int = 1,
-    limit: int = 0,
-    plan: str = "email_outreach",
-    when: str = "2026-03-10T12:00:00",
-) -> None:
-    await ledger.set_team(name, plan=plan, seats=seats, interval="month", anchor=MARCH, at=at(when))
-    if limit:
-        await ledger.set_limit(name, limit, actor="ann", role="admin", at=at(when))
 
 
 def levels(alerts: list[AlertRow]) -> list[tuple[str, int]]:
@@ -68,7 +55,7 @@ async def spend(
 
 
 async def test_free_grant_alerts_at_80_and_100_percent_once(ledger: Ledger) -> None:
-    await team(ledger)  # 250 free tokens, no additional
+    await make_team(ledger, anchor=MARCH, at=T0)  # 250 free tokens, no additional
     await spend(ledger, 190, "a")  # 76 %
     assert await ledger.alerts("acme") == []
     await spend(ledger, 10, "b")  # 200 = 80 %
@@ -89,7 +76,7 @@ async def test_free_grant_alerts_at_80_and_100_percent_once(ledger: Ledger) -> N
 async def test_a_hold_counts_at_once_and_a_capture_or_release_makes_no_alert(
     ledger: Ledger,
 ) -> None:
-    await team(ledger)
+    await make_team(ledger, anchor=MARCH, at=T0)
     held = await ledger.hold("acme", "ai_sequence", 4, key="gen", at=T0)  # 200 held = 80 %
     assert held.charge_id is not None
     assert levels(await ledger.alerts("acme")) == [("free", 80)]
@@ -102,7 +89,7 @@ async def test_a_hold_counts_at_once_and_a_capture_or_release_makes_no_alert(
 
 
 async def test_one_charge_jumping_past_both_levels_makes_both(ledger: Ledger) -> None:
-    await team(ledger)
+    await make_team(ledger, anchor=MARCH, at=T0)
     held, settled = await ledger.charge("acme", "ai_sequence", 5, key="all", at=T0)  # 250
     assert not held.refused and settled is not None
     alerts = await ledger.alerts("acme")
@@ -111,7 +98,7 @@ async def test_one_charge_jumping_past_both_levels_makes_both(ledger: Ledger) ->
 
 
 async def test_refused_holds_make_no_alert(ledger: Ledger) -> None:
-    await team(ledger)  # no additional tokens
+    await make_team(ledger, anchor=MARCH, at=T0)  # no additional tokens
     await spend(ledger, 150, "a")  # 60 %
     for n in range(3):
         refused = await ledger.hold("acme", "ai_sequence", 3, key=f"big{n}", at=T0)  # 150 > 100
@@ -122,7 +109,7 @@ async def test_refused_holds_make_no_alert(ledger: Ledger) -> None:
 
 
 async def test_replayed_keys_do_not_alert_twice(ledger: Ledger) -> None:
-    await team(ledger)
+    await make_team(ledger, anchor=MARCH, at=T0)
     first, _ = await ledger.charge("acme", "ai_sequence", 4, key="job:1", at=T0)
     for _ in range(3):
         again, settled = await ledger.charge("acme", "ai_sequence", 4, key="job:1", at=T0)
@@ -136,7 +123,7 @@ async def test_replayed_keys_do_not_alert_twice(ledger: Ledger) -> None:
 async def test_a_rolled_back_charge_takes_its_alert_with_it(
     ledger: Ledger, pool: asyncpg.Pool
 ) -> None:
-    await team(ledger)
+    await make_team(ledger, anchor=MARCH, at=T0)
     async with pool.acquire() as conn:
         tx = conn.transaction()
         await tx.start()
@@ -151,7 +138,7 @@ async def test_a_rolled_back_charge_takes_its_alert_with_it(
 
 
 async def test_a_new_billing_month_alerts_again(ledger: Ledger) -> None:
-    await team(ledger)
+    await make_team(ledger, anchor=MARCH, at=T0)
     await spend(ledger, 200, "mar", when=at("2026-03-31T23:59:59"))
     await spend(ledger, 200, "apr", when=at("2026-04-01T00:00:00"))
     alerts = await ledger.alerts("acme")
@@ -160,12 +147,12 @@ async def test_a_new_billing_month_alerts_again(ledger: Ledger) -> None:
 
 
 async def test_a_raised_grant_alerts_only_levels_not_yet_alerted(ledger: Ledger) -> None:
-    await team(ledger, seats=1)  # 250
+    await make_team(ledger, seats=1, anchor=MARCH, at=T0)  # 250
     await spend(ledger, 200, "a")  # 80 % of 250
-    await team(ledger, seats=3)  # the month's grant becomes 750 at once
+    await make_team(ledger, seats=3, anchor=MARCH, at=T0)  # the month's grant becomes 750 at once
     await spend(ledger, 400, "b")  # 600 = 80 % of 750: already alerted this month
     assert levels(await ledger.alerts("acme")) == [("free", 80)]
-    await team(ledger, seats=1)  # a grant never shrinks mid-month
+    await make_team(ledger, seats=1, anchor=MARCH, at=T0)  # a grant never shrinks mid-month
     await spend(ledger, 150, "c")  # 750 = 100 % of 750
     alerts = await ledger.alerts("acme")
     assert levels(alerts) == [("free", 80), ("free", 100)]
@@ -174,7 +161,7 @@ async def test_a_raised_grant_alerts_only_levels_not_yet_alerted(ledger: Ledger)
 
 
 async def test_additional_limit_alerts(ledger: Ledger) -> None:
-    await team(ledger, limit=100)  # 250 free + 100 additional
+    await make_team(ledger, limit=100, anchor=MARCH, at=T0)  # 250 free + 100 additional
     await spend(ledger, 250, "free")
     assert levels(await ledger.alerts("acme")) == [("free", 80), ("free", 100)]
     await spend(ledger, 70, "add-1")  # 70 %
@@ -188,7 +175,7 @@ async def test_additional_limit_alerts(ledger: Ledger) -> None:
 
 
 async def test_a_charge_split_between_free_and_additional_alerts_both(ledger: Ledger) -> None:
-    await team(ledger, limit=100)
+    await make_team(ledger, limit=100, anchor=MARCH, at=T0)
     await spend(ledger, 190, "a")
     held = await ledger.hold("acme", "ai_sequence", 3, key="split", at=T0)  # 60 free + 90 add
     assert (held.free_tokens, held.additional_tokens) == (60, 90)
@@ -200,10 +187,12 @@ async def test_a_charge_split_between_free_and_additional_alerts_both(ledger: Le
 
 
 async def test_no_additional_alerts_without_a_limit_or_on_a_trial(ledger: Ledger) -> None:
-    await team(ledger, "trial", plan="trial")  # 100 free, once; never additional
+    await make_team(
+        ledger, "trial", plan="trial", anchor=MARCH, at=T0
+    )  # 100 free, once; never additional
     await spend(ledger, 100, "t", team_id="trial")
     assert levels(await ledger.alerts("trial")) == [("free", 80), ("free", 100)]
-    await team(ledger, "zero", limit=0)
+    await make_team(ledger, "zero", limit=0, anchor=MARCH, at=T0)
     await spend(ledger, 250, "z", team_id="zero")
     assert {a.kind for a in await ledger.alerts("zero")} == {"free"}
 
@@ -216,7 +205,9 @@ async def test_alerts_of_an_unknown_team_is_an_error(ledger: Ledger) -> None:
 async def test_200_concurrent_holds_alert_each_level_once(
     ledger: Ledger, database_url: str
 ) -> None:
-    await team(ledger, "hot", seats=2, limit=230)  # 500 free + 230 additional: 73 holds fit
+    await make_team(
+        ledger, "hot", seats=2, limit=230, anchor=MARCH, at=T0
+    )  # 500 free + 230 additional: 73 holds fit
     pool = await asyncpg.create_pool(database_url, min_size=20, max_size=20)
     assert pool is not None
     try:
@@ -401,7 +392,7 @@ def receiver() -> Iterator[Receiver]:
 
 
 async def four_alerts(ledger: Ledger) -> list[AlertRow]:
-    await team(ledger, limit=100)
+    await make_team(ledger, limit=100, anchor=MARCH, at=T0)
     await spend(ledger, 250, "free")
     await spend(ledger, 100, "additional")
     alerts = await ledger.alerts("acme")
@@ -485,7 +476,7 @@ async def test_a_receiver_down_then_failing_then_back_gets_each_alert_once(
 async def test_two_senders_at_once_never_send_the_same_alert(
     ledger: Ledger, pool: asyncpg.Pool, receiver: Receiver
 ) -> None:
-    await team(ledger)
+    await make_team(ledger, anchor=MARCH, at=T0)
     await spend(ledger, 250, "all")  # two alerts: free 80 and 100
     # Each request waits until a second one is in flight: both senders are mid-POST
     # at once, each holding its alert's row lock.

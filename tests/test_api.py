@@ -1,4 +1,5 @@
-"""The HTTP API (SPEC section 8) on the real ledger, queue and bills, through ASGI."""
+"""The HTTP API (README "The HTTP API and the billing page") on the real ledger, queue
+and bills, through ASGI."""
 
 from __future__ import annotations
 
@@ -23,13 +24,13 @@ from tests.api_helpers import (
     arq_redis,
     bearer,
     client,
-    make_team,
     services_for,
     settings_for,
     token,
 )
 from tests.cli_helpers import Cli
-from tests.conftest import at
+from tests.clock import at
+from tests.factories import make_team
 from tests.test_worker import run_burst
 from worker.bulk import JobSpec, enqueue_many
 from worker.client import CLAIM_PREFIX, _fingerprint, plan_jobs
@@ -43,7 +44,7 @@ def leads(n: int) -> dict[str, object]:
 async def test_billing_is_the_cli_billing_json(
     ledger: Ledger, client: httpx.AsyncClient, cli: Cli
 ) -> None:
-    await make_team(ledger, limit=1000)
+    await make_team(ledger, limit=1000, seats=2, at=NOW)
     for n in range(3):
         await ledger.charge("acme", "ai_sequence", 5, key=f"k{n}", at=NOW)  # 750 > 500 free
     response = await client.get("/v1/teams/acme/billing", headers=bearer("member"))
@@ -62,7 +63,7 @@ async def test_billing_is_the_cli_billing_json(
 async def test_alerts_are_the_cli_alerts_json(
     ledger: Ledger, client: httpx.AsyncClient, cli: Cli
 ) -> None:
-    await make_team(ledger, limit=100)  # 500 free tokens, 100 additional
+    await make_team(ledger, limit=100, seats=2, at=NOW)  # 500 free tokens, 100 additional
     await ledger.charge("acme", "ai_sequence", 9, key="a", at=NOW)  # 450: 90 % of free
     await ledger.charge("acme", "ai_sequence", 3, key="b", at=NOW)  # 500 free + 100 additional
     response = await client.get("/v1/teams/acme/alerts", headers=bearer("member"))
@@ -77,8 +78,8 @@ async def test_alerts_are_the_cli_alerts_json(
 async def test_teams_are_listed_for_the_service_only_as_the_cli_lists_them(
     ledger: Ledger, client: httpx.AsyncClient, cli: Cli
 ) -> None:
-    await make_team(ledger, "zeta", seats=3)
-    await make_team(ledger, "acme", plan="trial", seats=1)
+    await make_team(ledger, "zeta", seats=3, at=NOW)
+    await make_team(ledger, "acme", plan="trial", seats=1, at=NOW)
     response = await client.get("/v1/teams", headers=bearer("service", None))
     assert response.status_code == 200, response.text
     listed = response.json()["teams"]
@@ -110,7 +111,9 @@ async def test_teams_are_listed_for_the_service_only_as_the_cli_lists_them(
 async def test_the_page_history_is_one_billing_month_and_links_the_others(
     ledger: Ledger, client: httpx.AsyncClient
 ) -> None:
-    await make_team(ledger)  # monthly from 2026-01-01; the page's clock is 2026-03-10
+    await make_team(
+        ledger, seats=2, at=NOW
+    )  # monthly from 2026-01-01; the page's clock is 2026-03-10
     await ledger.charge("acme", "enrich", 1, key="feb", at=at("2026-02-10T09:30:00"))
     await ledger.charge("acme", "debounce", 1, key="mar", at=NOW)
     signed_in = await client.get(f"/teams/acme/billing?token={token('member')}&month=2026-02-01")
@@ -137,7 +140,7 @@ async def test_the_page_history_is_one_billing_month_and_links_the_others(
 async def test_history_pages_newest_first_and_csv_has_them_all(
     ledger: Ledger, client: httpx.AsyncClient
 ) -> None:
-    await make_team(ledger)
+    await make_team(ledger, seats=2, at=NOW)
     for n in range(7):
         await ledger.charge("acme", "debounce", 1, key=f"k{n}", at=NOW)
     ids: list[int] = []
@@ -170,7 +173,7 @@ async def test_history_pages_newest_first_and_csv_has_them_all(
 async def test_limit_change_records_the_token_sub_and_admins_only(
     ledger: Ledger, client: httpx.AsyncClient
 ) -> None:
-    await make_team(ledger)
+    await make_team(ledger, seats=2, at=NOW)
     ok = await client.put(
         "/v1/teams/acme/limit", json={"tokens": 500}, headers=bearer("admin", sub="alice")
     )
@@ -197,7 +200,7 @@ async def test_limit_change_records_the_token_sub_and_admins_only(
         response = await client.put("/v1/teams/acme/limit", json=bad, headers=bearer("admin"))
         assert response.status_code == 422, bad
         assert set(response.json()["error"]) == {"code", "message"}
-    await make_team(ledger, "trialco", plan="trial", seats=1)
+    await make_team(ledger, "trialco", plan="trial", seats=1, at=NOW)
     trial = await client.put(
         "/v1/teams/trialco/limit", json={"tokens": 5}, headers=bearer("admin", team="trialco")
     )
@@ -269,7 +272,7 @@ async def test_an_anchor_out_of_range_is_refused_and_creates_nothing(
 async def test_jobs_are_queued_once_per_id(
     ledger: Ledger, client: httpx.AsyncClient, arq_redis: ArqRedis
 ) -> None:
-    await make_team(ledger)
+    await make_team(ledger, seats=2, at=NOW)
     body = {"action": "enrich", "payload": leads(3), "job_id": "b1"}
     first = await client.post("/v1/teams/acme/jobs", json=body, headers=bearer("member"))
     assert first.status_code == 202, first.text
@@ -292,8 +295,8 @@ async def test_jobs_are_queued_once_per_id(
 async def test_a_job_id_used_for_another_request_is_a_409_and_queues_nothing(
     ledger: Ledger, client: httpx.AsyncClient, arq_redis: ArqRedis
 ) -> None:
-    await make_team(ledger)
-    await make_team(ledger, "rival")
+    await make_team(ledger, seats=2, at=NOW)
+    await make_team(ledger, "rival", seats=2, at=NOW)
     payload = {"prompt": "hello", "tone": "warm"}
     body = {"action": "ai_sequence", "payload": payload, "job_id": "j2", "quantity": 2}
     first = await client.post("/v1/teams/rival/jobs", json=body, headers=bearer("service", None))
@@ -330,8 +333,8 @@ async def test_two_teams_may_use_the_same_job_id_and_get_two_jobs(
     database_url: str,
     redis_url: str,
 ) -> None:
-    await make_team(ledger)
-    await make_team(ledger, "rival")
+    await make_team(ledger, seats=2, at=NOW)
+    await make_team(ledger, "rival", seats=2, at=NOW)
     body = {"action": "enrich", "payload": leads(1), "job_id": "import-43"}
     # The rival claims the id first, with another request than acme's.
     rival = await client.post(
@@ -366,8 +369,8 @@ async def test_a_request_queued_under_a_bare_job_id_is_replayed_not_queued_again
     redis_url: str,
 ) -> None:
     # Jobs queued before job ids belonged to their team: bare ids, a bare claim.
-    await make_team(ledger)
-    await make_team(ledger, "rival")
+    await make_team(ledger, seats=2, at=NOW)
+    await make_team(ledger, "rival", seats=2, at=NOW)
     body = {"action": "enrich", "payload": leads(2), "job_id": "old"}
     planned = plan_jobs(ledger.catalog, "acme", "enrich", quantity=None, payload=leads(2))
     bare = [(f"old:l{n}", args, lead) for n, (_, args, lead) in enumerate(planned)]
@@ -399,7 +402,7 @@ async def _commands(redis: ArqRedis) -> dict[str, int]:
 async def test_ten_thousand_leads_in_one_request_in_a_few_round_trips(
     ledger: Ledger, client: httpx.AsyncClient, arq_redis: ArqRedis
 ) -> None:
-    await make_team(ledger)
+    await make_team(ledger, seats=2, at=NOW)
     before = await _commands(arq_redis)
     response = await client.post(
         "/v1/teams/acme/jobs",
@@ -420,7 +423,7 @@ async def test_ten_thousand_leads_in_one_request_in_a_few_round_trips(
 async def test_an_icebreaker_job_is_found_by_its_lead_as_the_worker_reads_it(
     ledger: Ledger, client: httpx.AsyncClient, database_url: str, redis_url: str
 ) -> None:
-    await make_team(ledger)
+    await make_team(ledger, seats=2, at=NOW)
     lead = {"id": " L1 ", "first_name": "Ann", "email": "ann@acme.io"}  # the worker strips it
     posted = await client.post(
         "/v1/teams/acme/jobs",
@@ -443,8 +446,8 @@ async def test_job_status_from_queue_to_charge(
     database_url: str,
     redis_url: str,
 ) -> None:
-    await make_team(ledger)
-    await make_team(ledger, "broke", seats=0)
+    await make_team(ledger, seats=2, at=NOW)
+    await make_team(ledger, "broke", seats=0, at=NOW)
     ok = await client.post(
         "/v1/teams/acme/jobs",
         json={"action": "enrich", "payload": leads(1), "job_id": "j1"},
@@ -482,8 +485,8 @@ async def test_job_status_from_queue_to_charge(
 
 
 async def test_bills_of_a_team(ledger: Ledger, client: httpx.AsyncClient) -> None:
-    await make_team(ledger, seats=1, limit=10_000)
-    await make_team(ledger, "other")
+    await make_team(ledger, seats=1, limit=10_000, at=NOW)
+    await make_team(ledger, "other", seats=2, at=NOW)
     await ledger.charge("acme", "ai_sequence", 10, key="k", at=NOW)  # 250 free + 250 additional
     [bill] = await create_bills(ledger.pool, team=None, at=at("2026-04-02"))
     listed = await client.get("/v1/teams/acme/bills", headers=bearer("admin"))
@@ -518,7 +521,7 @@ async def test_unknown_team_route_and_bad_json_use_the_error_shape(
     assert unknown.json()["error"]["code"] == "unknown_team"
     route = await client.get("/v1/nothing", headers=bearer("service", None))
     assert route.status_code == 404 and route.json()["error"]["code"] == "not_found"
-    await make_team(ledger)
+    await make_team(ledger, seats=2, at=NOW)
     broken = await client.put(
         "/v1/teams/acme/limit",
         content=b"{not json",
@@ -581,7 +584,7 @@ async def test_the_billing_page_answers_an_outage_with_a_page(
 async def test_a_redis_that_cannot_be_reached_is_a_503(
     ledger: Ledger, database_url: str, redis_url: str
 ) -> None:
-    await make_team(ledger)
+    await make_team(ledger, seats=2, at=NOW)
     dead = ArqRedis(host="127.0.0.1", port=9, socket_connect_timeout=1)  # connects lazily
     svc = services_for(ledger, dead, settings_for(database_url, redis_url))
     app = create_app(svc.settings, svc)
@@ -597,7 +600,7 @@ async def test_a_redis_that_cannot_be_reached_is_a_503(
 
 
 async def test_healthz_and_metrics(ledger: Ledger, client: httpx.AsyncClient) -> None:
-    await make_team(ledger)
+    await make_team(ledger, seats=2, at=NOW)
     health = await client.get("/healthz")
     assert health.json() == {"status": "ok", "postgres": "ok", "redis": "ok"}
     await client.get("/v1/teams/acme/billing", headers=bearer("member"))
@@ -611,7 +614,7 @@ async def test_a_team_id_with_a_slash_is_reached_by_every_team_route(
 ) -> None:
     # The ledger takes "/" in a team id; every route must reach such a team, whether
     # the client sends the "/" raw or as %2F.
-    await make_team(ledger, "org/7", limit=100)
+    await make_team(ledger, "org/7", limit=100, seats=2, at=NOW)
     member, admin = bearer("member", "org/7"), bearer("admin", "org/7", sub="ann")
     for team_in_path in ("org/7", "org%2F7"):
         billing = await client.get(f"/v1/teams/{team_in_path}/billing", headers=member)

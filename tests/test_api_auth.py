@@ -22,10 +22,10 @@ from tests.api_helpers import (
     api_services,
     arq_redis,
     client,
-    make_team,
     token,
 )
-from tests.conftest import at
+from tests.clock import at
+from tests.factories import make_team
 from worker.queue import QUEUE
 
 OWN, OTHER = "acme", "other"
@@ -62,7 +62,7 @@ async def _world(ledger: Ledger, client: httpx.AsyncClient) -> dict[str, str]:
     """Both teams, a job and a bill of each."""
     ids: dict[str, str] = {}
     for team in (OWN, OTHER):
-        await make_team(ledger, team, seats=1, limit=1000)
+        await make_team(ledger, team, seats=1, limit=1000, at=NOW)
         await ledger.charge(team, "ai_sequence", 10, key="k", at=NOW)
         queued = await client.post(
             f"/v1/teams/{team}/jobs",
@@ -113,8 +113,8 @@ class Rule:
     listing: bool = False  # no object in the path: the same answer for every owner
 
 
-# Who may do what (SPEC section 8). Every operation of the document must be here: a new
-# route fails this test until its row says who may call it.
+# Who may do what (README "The HTTP API and the billing page"). Every operation of the
+# document must be here: a new route fails this test until its row says who may call it.
 RULES = {
     "GET /v1/teams/{team}/billing": Rule(ROLES),
     "GET /v1/teams/{team}/history": Rule(ROLES),
@@ -287,7 +287,7 @@ async def test_bad_tokens_are_401_on_every_endpoint_and_change_nothing(
 async def test_a_role_the_api_does_not_know_is_refused(
     ledger: Ledger, client: httpx.AsyncClient
 ) -> None:
-    await make_team(ledger, OWN)
+    await make_team(ledger, OWN, seats=2, at=NOW)
     response = await client.get(
         "/v1/teams/acme/billing", headers={"Authorization": f"Bearer {token('owner', OWN)}"}
     )

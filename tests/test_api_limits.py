@@ -20,18 +20,19 @@ from ledger import validate
 from ledger.errors import BadInput
 from ledger.service import Ledger
 from tests.api_helpers import (
+    NOW,
     SECRET,
     api_services,
     arq_redis,
     bearer,
     client,
-    make_team,
     services_for,
     settings_for,
     token,
 )
 from tests.api_live import LiveApi, live_api
 from tests.cli_helpers import Cli
+from tests.factories import make_team
 from worker.queue import QUEUE
 
 MB = 1024 * 1024
@@ -51,7 +52,7 @@ def _claims(**over: Any) -> dict[str, Any]:
 async def test_exp_must_be_a_number_and_the_lifetime_is_capped(
     ledger: Ledger, client: httpx.AsyncClient
 ) -> None:
-    await make_team(ledger)
+    await make_team(ledger, seats=2, at=NOW)
     now = int(time.time())
     refused = {
         "numeric string": (_claims(exp=str(now + 600)), "invalid_token"),
@@ -83,7 +84,7 @@ async def test_exp_must_be_a_number_and_the_lifetime_is_capped(
 async def test_the_lifetime_cap_is_configurable(
     ledger: Ledger, arq_redis: ArqRedis, database_url: str, redis_url: str
 ) -> None:
-    await make_team(ledger)
+    await make_team(ledger, seats=2, at=NOW)
     settings = settings_for(database_url, redis_url, jwt_max_lifetime_seconds=300)
     svc = services_for(ledger, arq_redis, settings)
     app = create_app(settings, svc)
@@ -97,7 +98,7 @@ async def test_the_lifetime_cap_is_configurable(
 async def test_the_page_cookie_never_outlives_its_token(
     ledger: Ledger, client: httpx.AsyncClient
 ) -> None:
-    await make_team(ledger)
+    await make_team(ledger, seats=2, at=NOW)
     signed_in = await client.get(
         "/teams/acme/billing", params={"token": token("member", exp_in=1800)}
     )
@@ -123,7 +124,7 @@ async def test_a_team_id_with_a_trailing_newline_is_refused_everywhere(
         put = await client.put(path, json=body, headers=bearer("service", None))
         assert put.status_code == 400 and put.json()["error"]["code"] == "bad_path", put.text
     assert await ledger.pool.fetchval("SELECT count(*) FROM teams") == 0
-    await make_team(ledger)
+    await make_team(ledger, seats=2, at=NOW)
     for path in ("/v1/teams/acme%0A/billing", "/v1/jobs/acme~x%0A", "/teams/acme%0A/billing"):
         got = await client.get(path, headers=bearer("member"))
         assert got.status_code == 400, path
@@ -156,7 +157,7 @@ async def test_the_cli_and_webhooks_refuse_a_team_id_with_a_trailing_newline(
 async def test_a_body_over_the_limit_is_a_413_before_authentication(
     ledger: Ledger, client: httpx.AsyncClient, arq_redis: ArqRedis
 ) -> None:
-    await make_team(ledger)
+    await make_team(ledger, seats=2, at=NOW)
     # Content-Length says it all: no token needed to be told, nothing read.
     declared = await client.put(
         "/v1/teams/acme/limit",
@@ -187,7 +188,7 @@ async def test_a_body_over_the_limit_is_a_413_before_authentication(
 async def test_ten_thousand_full_leads_fit_in_the_default_limit(
     ledger: Ledger, client: httpx.AsyncClient, arq_redis: ArqRedis
 ) -> None:
-    await make_team(ledger)
+    await make_team(ledger, seats=2, at=NOW)
     lead = {
         "email": "firstname.lastname@a-rather-long-company-name.example.com",
         "first_name": "Maximilian-Alexander",
@@ -210,7 +211,7 @@ async def test_ten_thousand_full_leads_fit_in_the_default_limit(
 async def test_the_limits_are_configurable(
     ledger: Ledger, arq_redis: ArqRedis, database_url: str, redis_url: str
 ) -> None:
-    await make_team(ledger)
+    await make_team(ledger, seats=2, at=NOW)
     settings = settings_for(database_url, redis_url, max_jobs_body_bytes=1000)
     svc: Services = services_for(ledger, arq_redis, settings)
     app = create_app(settings, svc)
@@ -229,7 +230,7 @@ async def test_the_limits_are_configurable(
 async def test_a_body_that_is_not_json_is_told_so(
     ledger: Ledger, client: httpx.AsyncClient
 ) -> None:
-    await make_team(ledger)
+    await make_team(ledger, seats=2, at=NOW)
     json_type = {"Content-Type": "application/json"}
     cases = {
         "bad json": (

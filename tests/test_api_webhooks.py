@@ -1,4 +1,5 @@
-"""Stripe webhooks (SPEC section 9): signatures, once-only handling, any delivery order."""
+"""Stripe webhooks (README "Billing with Stripe"): signatures, once-only handling, any
+delivery order."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from ledger.errors import UnknownTeam
 from ledger.service import Ledger
 from testing.stripe_fake import StripeFake
 from tests.api_helpers import WEBHOOK_SECRET, arq_redis, bearer, services_for, settings_for
-from tests.conftest import at
+from tests.clock import FrozenClock, at, epoch
 from tests.factories import make_team
 
 CATALOG = Catalog(
@@ -36,16 +37,8 @@ CATALOG = Catalog(
         "sales_engagement": Plan(free_tokens=500, stripe_prices=("price_se_m",)),
     },
 )
-MAR_1 = int(at("2026-03-01").timestamp())
+MAR_1 = epoch("2026-03-01")
 _ids = itertools.count()
-
-
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture
@@ -57,8 +50,8 @@ async def priced(pool: asyncpg.Pool) -> AsyncIterator[Ledger]:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock(at("2026-03-10T12:00:00"))
+def clock() -> FrozenClock:
+    return FrozenClock(at("2026-03-10T12:00:00"))
 
 
 @pytest.fixture
@@ -66,7 +59,7 @@ async def hooks(
     priced: Ledger,
     arq_redis: ArqRedis,
     stripe_fake: StripeFake,
-    clock: Clock,
+    clock: FrozenClock,
     database_url: str,
     redis_url: str,
 ) -> AsyncIterator[httpx.AsyncClient]:
@@ -142,7 +135,7 @@ async def test_a_bad_or_missing_signature_is_400_and_stores_nothing(
 
 
 async def test_subscription_syncs_plan_seats_interval_anchor_customer(
-    hooks: httpx.AsyncClient, priced: Ledger, stripe_fake: StripeFake, clock: Clock
+    hooks: httpx.AsyncClient, priced: Ledger, stripe_fake: StripeFake, clock: FrozenClock
 ) -> None:
     cus = stripe_fake.add_customer()
     sub = stripe_fake.add_subscription(
@@ -170,7 +163,7 @@ async def test_subscription_syncs_plan_seats_interval_anchor_customer(
 
 
 async def test_a_late_subscription_event_moves_the_anchor_from_its_arrival(
-    hooks: httpx.AsyncClient, priced: Ledger, stripe_fake: StripeFake, clock: Clock
+    hooks: httpx.AsyncClient, priced: Ledger, stripe_fake: StripeFake, clock: FrozenClock
 ) -> None:
     # A trial from Mar 5; Stripe's subscription is anchored Mar 1, its event arrives Mar 10.
     await make_team(priced, plan="trial", anchor="2026-03-05")
@@ -195,7 +188,7 @@ async def test_a_late_subscription_event_moves_the_anchor_from_its_arrival(
 
 
 async def test_a_conflicting_anchor_keeps_the_plan_seats_and_customer(
-    hooks: httpx.AsyncClient, priced: Ledger, stripe_fake: StripeFake, clock: Clock
+    hooks: httpx.AsyncClient, priced: Ledger, stripe_fake: StripeFake, clock: FrozenClock
 ) -> None:
     await make_team(priced, anchor="2026-02-20")
     await priced.billing("acme", at=at("2026-04-25"))  # a month opened ahead: Apr 20 - May 20
@@ -263,7 +256,7 @@ async def test_out_of_order_events_apply_the_current_state(
 
 
 async def test_a_deleted_subscription_stops_the_next_months_grants(
-    hooks: httpx.AsyncClient, priced: Ledger, stripe_fake: StripeFake, clock: Clock
+    hooks: httpx.AsyncClient, priced: Ledger, stripe_fake: StripeFake, clock: FrozenClock
 ) -> None:
     cus = stripe_fake.add_customer()
     sub = stripe_fake.add_subscription(cus, team="acme", price="price_eo_m", anchor=MAR_1)
@@ -272,9 +265,7 @@ async def test_a_deleted_subscription_stops_the_next_months_grants(
     held, _ = await priced.charge("acme", "ai_sequence", 6, key="march", at=clock())  # 250 + 50
     assert held.additional_tokens == 50
     clock.now = at("2026-03-15")
-    ended = stripe_fake.update_subscription(
-        sub["id"], status="canceled", ended_at=int(clock.now.timestamp())
-    )
+    ended = stripe_fake.update_subscription(sub["id"], status="canceled", ended_at=epoch(clock.now))
     await deliver(hooks, event("customer.subscription.deleted", ended))
     # The month it ended in keeps its grant and its limit...
     march = await priced.billing("acme", at=at("2026-03-20"))
@@ -292,19 +283,10 @@ async def test_a_deleted_subscription_stops_the_next_months_grants(
 
 
 async def test_invoice_events_update_their_bill_by_the_invoice_state(
-    hooks: httpx.AsyncClient, priced: Ledger, stripe_fake: StripeFake, clock: Clock
+    hooks: httpx.AsyncClient, priced: Ledger, stripe_fake: StripeFake, clock: FrozenClock
 ) -> None:
     cus = stripe_fake.add_customer(card_declines="insufficient_funds")
-    await priced.set_team(
-        "acme",
-        plan="email_outreach",
-        seats=1,
-        interval="month",
-        anchor=at("2026-03-01"),
-        at=clock(),
-        stripe_customer=cus,
-    )
-    await priced.set_limit("acme", 1000, actor="ann", role="admin", at=clock())
+    await make_team(priced, anchor="2026-03-01", at=clock(), limit=1000, stripe_customer=cus)
     await priced.charge("acme", "ai_sequence", 6, key="k", at=clock())  # 50 additional
     sender = StripeSender(priced.pool, stripe_fake.client(), lambda: datetime.now(UTC))
     await reconcile(priced.pool, sender, team="acme", at=at("2026-04-02"))
@@ -334,19 +316,10 @@ async def test_invoice_events_update_their_bill_by_the_invoice_state(
 
 
 async def test_a_voided_invoice_is_kept_on_its_bill(
-    hooks: httpx.AsyncClient, priced: Ledger, stripe_fake: StripeFake, clock: Clock
+    hooks: httpx.AsyncClient, priced: Ledger, stripe_fake: StripeFake, clock: FrozenClock
 ) -> None:
     cus = stripe_fake.add_customer(card_declines=True)
-    await priced.set_team(
-        "acme",
-        plan="email_outreach",
-        seats=1,
-        interval="month",
-        anchor=at("2026-03-01"),
-        at=clock(),
-        stripe_customer=cus,
-    )
-    await priced.set_limit("acme", 1000, actor="ann", role="admin", at=clock())
+    await make_team(priced, anchor="2026-03-01", at=clock(), limit=1000, stripe_customer=cus)
     await priced.charge("acme", "ai_sequence", 6, key="k", at=clock())
     sender = StripeSender(priced.pool, stripe_fake.client(), lambda: datetime.now(UTC))
     await reconcile(priced.pool, sender, team="acme", at=at("2026-04-02"))
@@ -366,7 +339,7 @@ async def test_a_voided_invoice_is_kept_on_its_bill(
 
 
 async def test_a_new_subscription_makes_an_ended_team_current_again(
-    hooks: httpx.AsyncClient, priced: Ledger, stripe_fake: StripeFake, clock: Clock
+    hooks: httpx.AsyncClient, priced: Ledger, stripe_fake: StripeFake, clock: FrozenClock
 ) -> None:
     cus = stripe_fake.add_customer()
     old = stripe_fake.add_subscription(
@@ -374,9 +347,7 @@ async def test_a_new_subscription_makes_an_ended_team_current_again(
     )
     await deliver(hooks, event("customer.subscription.created", old))
     clock.now = at("2026-03-15")
-    ended = stripe_fake.update_subscription(
-        old["id"], status="canceled", ended_at=int(clock.now.timestamp())
-    )
+    ended = stripe_fake.update_subscription(old["id"], status="canceled", ended_at=epoch(clock.now))
     deleted = event("customer.subscription.deleted", ended)
     await deliver(hooks, deleted)
     assert (await priced.billing("acme", at=at("2026-04-10"))).free_granted == 0
@@ -385,8 +356,8 @@ async def test_a_new_subscription_makes_an_ended_team_current_again(
         cus,
         team="acme",
         price="price_se_m",
-        anchor=int(clock.now.timestamp()),
-        created=int(clock.now.timestamp()),
+        anchor=epoch(clock.now),
+        created=epoch(clock.now),
     )
     await deliver(hooks, event("customer.subscription.created", new))
     # A late copy of the old subscription's end does not end the new one.
@@ -402,7 +373,7 @@ async def test_a_new_subscription_makes_an_ended_team_current_again(
 
 
 async def test_without_a_stripe_key_the_events_object_is_used(
-    priced: Ledger, arq_redis: ArqRedis, database_url: str, redis_url: str, clock: Clock
+    priced: Ledger, arq_redis: ArqRedis, database_url: str, redis_url: str, clock: FrozenClock
 ) -> None:
     svc = services_for(priced, arq_redis, settings_for(database_url, redis_url), clock=clock)
     app = create_app(svc.settings, svc)
@@ -423,7 +394,7 @@ async def test_a_malformed_signed_event_is_a_stored_refusal_never_a_500(
     arq_redis: ArqRedis,
     database_url: str,
     redis_url: str,
-    clock: Clock,
+    clock: FrozenClock,
     pool: asyncpg.Pool,
 ) -> None:
     svc = services_for(priced, arq_redis, settings_for(database_url, redis_url), clock=clock)
@@ -466,12 +437,8 @@ async def test_a_malformed_signed_event_is_a_stored_refusal_never_a_500(
         await priced.get_team("acme")
 
 
-def ts(text: str) -> int:
-    return int(at(text).timestamp())
-
-
 async def test_a_late_event_of_an_older_subscription_changes_nothing(
-    hooks: httpx.AsyncClient, priced: Ledger, stripe_fake: StripeFake, clock: Clock
+    hooks: httpx.AsyncClient, priced: Ledger, stripe_fake: StripeFake, clock: FrozenClock
 ) -> None:
     cus = stripe_fake.add_customer()
     old = stripe_fake.add_subscription(
@@ -481,7 +448,7 @@ async def test_a_late_event_of_an_older_subscription_changes_nothing(
     # The team moves to a newer subscription B, anchored (and created) Mar 10.
     new = stripe_fake.add_subscription(
         cus, team="acme", price="price_se_m", quantity=2,
-        anchor=ts("2026-03-10"), created=ts("2026-03-10"),
+        anchor=epoch("2026-03-10"), created=epoch("2026-03-10"),
     )  # fmt: skip
     moved = await deliver(hooks, event("customer.subscription.created", new))
     assert moved.json()["result"].startswith("team acme: sales_engagement x2"), moved.text
@@ -508,7 +475,9 @@ async def test_a_late_event_of_an_older_subscription_changes_nothing(
         at("2026-03-10"), at("2026-04-10"), 1000, 50,
     )  # fmt: skip
     # A's cancellation does not end the team: B is active and paid.
-    gone = stripe_fake.update_subscription(old["id"], status="canceled", ended_at=ts("2026-03-13"))
+    gone = stripe_fake.update_subscription(
+        old["id"], status="canceled", ended_at=epoch("2026-03-13")
+    )
     await deliver(hooks, event("customer.subscription.deleted", gone))
     team = await priced.get_team("acme")
     assert (team.stripe_subscription, team.subscription_ended_at) == (new["id"], None)
@@ -523,7 +492,7 @@ async def test_a_late_event_of_an_older_subscription_changes_nothing(
     assert (await priced.get_team("acme")).seats == 3
     newest = stripe_fake.add_subscription(
         cus, team="acme", price="price_eo_m", quantity=4,
-        anchor=ts("2026-03-10"), created=ts("2026-03-14"),
+        anchor=epoch("2026-03-10"), created=epoch("2026-03-14"),
     )  # fmt: skip
     await deliver(hooks, event("customer.subscription.created", newest))
     team = await priced.get_team("acme")
@@ -542,8 +511,8 @@ async def test_a_newer_subscription_that_never_ran_does_not_end_the_team(
     await deliver(hooks, event("customer.subscription.created", current))
     # An upgrade whose first payment failed: Stripe expires it after 23 hours.
     upgrade = stripe_fake.add_subscription(
-        cus, team="acme", price="price_se_m", anchor=ts("2026-03-05"),
-        created=ts("2026-03-05"), status="incomplete_expired",
+        cus, team="acme", price="price_se_m", anchor=epoch("2026-03-05"),
+        created=epoch("2026-03-05"), status="incomplete_expired",
     )  # fmt: skip
     response = await deliver(hooks, event("customer.subscription.updated", upgrade))
     assert response.json()["result"].startswith("ignored: subscription"), response.text
@@ -554,7 +523,7 @@ async def test_a_newer_subscription_that_never_ran_does_not_end_the_team(
 
 
 async def test_without_a_stripe_key_a_late_active_copy_does_not_revive_an_ended_team(
-    priced: Ledger, arq_redis: ArqRedis, database_url: str, redis_url: str, clock: Clock
+    priced: Ledger, arq_redis: ArqRedis, database_url: str, redis_url: str, clock: FrozenClock
 ) -> None:
     svc = services_for(priced, arq_redis, settings_for(database_url, redis_url), clock=clock)
     app = create_app(svc.settings, svc)
@@ -564,7 +533,7 @@ async def test_without_a_stripe_key_a_late_active_copy_does_not_revive_an_ended_
         transport=httpx.ASGITransport(app=app), base_url="http://testserver"
     ) as c:
         await deliver(c, event("customer.subscription.created", sub))
-        ended = fake.update_subscription(sub["id"], status="canceled", ended_at=ts("2026-03-15"))
+        ended = fake.update_subscription(sub["id"], status="canceled", ended_at=epoch("2026-03-15"))
         await deliver(c, event("customer.subscription.deleted", ended))
         stale = await deliver(c, event("customer.subscription.updated", sub))  # active, older
     assert stale.json()["result"] == f"ignored: subscription {sub['id']} of team acme has ended"
@@ -572,14 +541,16 @@ async def test_without_a_stripe_key_a_late_active_copy_does_not_revive_an_ended_
 
 
 async def test_a_team_set_of_the_same_term_keeps_the_subscription_ended(
-    hooks: httpx.AsyncClient, priced: Ledger, stripe_fake: StripeFake, clock: Clock
+    hooks: httpx.AsyncClient, priced: Ledger, stripe_fake: StripeFake, clock: FrozenClock
 ) -> None:
     cus = stripe_fake.add_customer()
     sub = stripe_fake.add_subscription(
         cus, team="acme", price="price_eo_m", quantity=2, anchor=MAR_1, created=MAR_1
     )
     await deliver(hooks, event("customer.subscription.created", sub))
-    ended = stripe_fake.update_subscription(sub["id"], status="canceled", ended_at=ts("2026-03-15"))
+    ended = stripe_fake.update_subscription(
+        sub["id"], status="canceled", ended_at=epoch("2026-03-15")
+    )
     await deliver(hooks, event("customer.subscription.deleted", ended))
     # The app re-sends the team (one seat more, same anchor) in April, after the end.
     clock.now = at("2026-04-05")

@@ -15,7 +15,7 @@ from billing.bills import ReissueRefused, reissue_bill
 from billing.webhooks import WebhookHandler
 from ledger.service import Ledger
 from testing.stripe_fake import StripeFake
-from tests.conftest import at
+from tests.clock import at
 from tests.test_reconcile import billed_team, clocked, invoices_of, run, spend
 
 T0 = "2026-01-20T01:00:00"

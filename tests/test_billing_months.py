@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ledger.service import Ledger
-from tests.conftest import at
+from tests.clock import at
 from tests.factories import make_team
 
 

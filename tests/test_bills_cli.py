@@ -1,4 +1,4 @@
-"""`tokens bills`, `tokens bill show`, `tokens bill reissue` as real processes (SPEC 7)."""
+"""`tokens bills`, `tokens bill show`, `tokens bill reissue` as real processes."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import asyncpg
 from billing.reconcile import create_bills
 from ledger.service import Ledger
 from testing.stripe_fake import StripeFake
-from tests.conftest import at
+from tests.clock import at
 from tests.test_demo_and_crash import ROOT, TOKENS, env_for
 from tests.test_reconcile import billed_team, run, sender_for, spend
 

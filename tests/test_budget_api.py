@@ -17,10 +17,10 @@ from tests.api_helpers import (
     arq_redis,
     bearer,
     client,
-    make_team,
     settings_for,
     token,
 )
+from tests.factories import make_team
 from tests.test_worker import run_burst
 from worker.client import result
 from worker.queue import QUEUE
@@ -42,7 +42,7 @@ async def cap(ledger: Ledger, member: str, tokens: int | None, team: str = "acme
 async def test_quote_answers_any_role_of_the_team_and_holds_nothing(
     ledger: Ledger, client: httpx.AsyncClient
 ) -> None:
-    await make_team(ledger, seats=1, limit=30)  # 250 free + 30 additional: 28 leads of 10
+    await make_team(ledger, seats=1, limit=30, at=NOW)  # 250 free + 30 additional: 28 leads of 10
     body = {"action": "enrich", "payload": leads(30)}
     for headers in (bearer("member"), bearer("admin"), bearer("service", None)):
         response = await client.post("/v1/teams/acme/quote", json=body, headers=headers)
@@ -72,7 +72,7 @@ async def test_quote_answers_any_role_of_the_team_and_holds_nothing(
 
 
 async def test_quote_applies_the_callers_cap(ledger: Ledger, client: httpx.AsyncClient) -> None:
-    await make_team(ledger, limit=1000)
+    await make_team(ledger, limit=1000, seats=2, at=NOW)
     await cap(ledger, "bob", 45)
     body = {"action": "debounce", "payload": leads(60)}
     bob = await client.post("/v1/teams/acme/quote", json=body, headers=bearer("member", sub="bob"))
@@ -88,8 +88,8 @@ async def test_quote_applies_the_callers_cap(ledger: Ledger, client: httpx.Async
 async def test_a_quote_is_refused_as_a_jobs_request_is(
     ledger: Ledger, client: httpx.AsyncClient
 ) -> None:
-    await make_team(ledger)
-    await make_team(ledger, "rival")
+    await make_team(ledger, seats=2, at=NOW)
+    await make_team(ledger, "rival", seats=2, at=NOW)
     ok = {"action": "enrich", "payload": leads(1)}
     cases: list[tuple[str, dict[str, Any], dict[str, str], int, str]] = [
         ("rival", ok, bearer("member"), 403, "forbidden_team"),
@@ -112,8 +112,8 @@ async def test_a_quote_is_refused_as_a_jobs_request_is(
 async def test_a_cap_is_set_by_admins_of_the_team_only_and_recorded(
     ledger: Ledger, client: httpx.AsyncClient
 ) -> None:
-    await make_team(ledger, limit=100)
-    await make_team(ledger, "rival")
+    await make_team(ledger, limit=100, seats=2, at=NOW)
+    await make_team(ledger, "rival", seats=2, at=NOW)
     url = "/v1/teams/acme/members/bob/cap"
     ok = await client.put(url, json={"tokens": 30}, headers=bearer("admin", sub="alice"))
     assert ok.status_code == 200, ok.text
@@ -164,7 +164,7 @@ async def test_a_cap_is_set_by_admins_of_the_team_only_and_recorded(
 async def test_a_team_id_with_a_slash_has_member_caps_too(
     ledger: Ledger, client: httpx.AsyncClient
 ) -> None:
-    await make_team(ledger, "org/7")
+    await make_team(ledger, "org/7", seats=2, at=NOW)
     response = await client.put(
         "/v1/teams/org/7/members/bob/cap", json={"tokens": 10}, headers=bearer("admin", "org/7")
     )
@@ -178,7 +178,7 @@ async def test_a_team_id_with_a_slash_has_member_caps_too(
 async def test_jobs_record_the_member_who_launched_them(
     ledger: Ledger, client: httpx.AsyncClient, arq_redis: ArqRedis
 ) -> None:
-    await make_team(ledger)
+    await make_team(ledger, seats=2, at=NOW)
     posts: list[tuple[dict[str, Any], dict[str, str], str | None]] = [
         ({"job_id": "a"}, bearer("member", sub="bob"), "bob"),
         ({"job_id": "b", "member": "ann"}, bearer("admin", sub="ann"), "ann"),
@@ -206,7 +206,7 @@ async def test_jobs_record_the_member_who_launched_them(
 async def test_only_if_all_fit_queues_all_or_nothing(
     ledger: Ledger, client: httpx.AsyncClient, arq_redis: ArqRedis
 ) -> None:
-    await make_team(ledger, seats=1)  # 250 free, no additional: 25 leads of 10
+    await make_team(ledger, seats=1, at=NOW)  # 250 free, no additional: 25 leads of 10
     too_many = {"action": "enrich", "payload": leads(26), "only_if_all_fit": True}
     refused = await client.post("/v1/teams/acme/jobs", json=too_many, headers=bearer("member"))
     assert refused.status_code == 409
@@ -231,7 +231,7 @@ async def test_only_if_all_fit_queues_all_or_nothing(
 async def test_a_replay_of_an_admitted_request_is_not_checked_again(
     ledger: Ledger, client: httpx.AsyncClient, arq_redis: ArqRedis
 ) -> None:
-    await make_team(ledger, seats=1)  # 250 free: 25 leads
+    await make_team(ledger, seats=1, at=NOW)  # 250 free: 25 leads
     body = {"action": "enrich", "payload": leads(25), "only_if_all_fit": True, "job_id": "all"}
     first = await client.post("/v1/teams/acme/jobs", json=body, headers=bearer("member"))
     assert first.status_code == 202
@@ -256,7 +256,7 @@ async def test_a_replay_of_an_admitted_request_is_not_checked_again(
 async def test_only_if_all_fit_names_the_cap_when_the_cap_stops_it(
     ledger: Ledger, client: httpx.AsyncClient, arq_redis: ArqRedis
 ) -> None:
-    await make_team(ledger, limit=1000)  # room for 150 leads
+    await make_team(ledger, limit=1000, seats=2, at=NOW)  # room for 150 leads
     await cap(ledger, "bob", 50)
     body = {"action": "enrich", "payload": leads(6), "only_if_all_fit": True}
     by_bob = await client.post(
@@ -288,7 +288,7 @@ async def test_a_capped_members_job_is_refused_in_the_worker_with_member_cap(
     database_url: str,
     redis_url: str,
 ) -> None:
-    await make_team(ledger, limit=1000)
+    await make_team(ledger, limit=1000, seats=2, at=NOW)
     await cap(ledger, "bob", 25)
     posted = await client.post(
         "/v1/teams/acme/jobs",
@@ -322,7 +322,7 @@ async def test_without_caps_the_hold_and_capture_are_unchanged(
     database_url: str,
     redis_url: str,
 ) -> None:
-    await make_team(ledger, seats=1)  # 250 free, no additional, no caps
+    await make_team(ledger, seats=1, at=NOW)  # 250 free, no additional, no caps
     posted = await client.post(
         "/v1/teams/acme/jobs",
         json={"action": "enrich", "payload": leads(26), "job_id": "plain"},
@@ -347,7 +347,7 @@ async def test_without_caps_the_hold_and_capture_are_unchanged(
 async def test_the_billing_page_shows_caps_and_the_forecast(
     ledger: Ledger, client: httpx.AsyncClient, role: str
 ) -> None:
-    await make_team(ledger, seats=1, limit=1000)
+    await make_team(ledger, seats=1, limit=1000, at=NOW)
     await cap(ledger, "bob@acme.io", 40)
     await ledger.charge("acme", "enrich", 3, key="k1", at=NOW, member="bob@acme.io")
     signed = await client.get("/teams/acme/billing", params={"token": token(role)})

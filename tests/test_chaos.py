@@ -38,7 +38,8 @@ from ledger.service import Ledger
 from runtime.config import Settings
 from runtime.embedded import ensure_postgres, ensure_redis, stop_postgres, stop_redis, stop_servers
 from runtime.transient import is_transient
-from tests.conftest import at, with_database
+from tests.conftest import with_database
+from tests.factories import make_team
 from tests.process import TOKENS_BIN
 from worker.client import enqueue, result
 from worker.payloads import Lead
@@ -108,15 +109,7 @@ async def _ledger(url: str) -> tuple[asyncpg.Pool, Ledger]:
     assert pool is not None
     ledger = Ledger(pool, DEFAULT_CATALOG)
     await ledger.sync_catalog()
-    await ledger.set_team(
-        "acme",
-        plan="email_outreach",
-        seats=1,
-        interval="month",
-        anchor=at("2026-01-01"),
-        at=at("2026-01-01"),
-    )
-    await ledger.set_limit("acme", 1550, actor="ann", role="admin", at=at("2026-01-01"))
+    await make_team(ledger, limit=1550)
     return pool, ledger
 
 

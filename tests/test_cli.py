@@ -1,4 +1,4 @@
-"""The command-line contract of SPEC section 7, and every bad input of section 6."""
+"""The command-line contract (README "Command line"), and every bad input's refusal."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from cli import render
 from ledger.service import Ledger
 from tests.cli_helpers import Cli
-from tests.conftest import at
+from tests.clock import at
 from tests.factories import make_team
 from tests.process import argv, team_limit, team_set
 
@@ -101,9 +101,7 @@ def test_history_csv_has_a_header_row(cli: Cli) -> None:
 
 
 async def test_a_csv_cell_a_spreadsheet_would_run_is_quoted(ledger: Ledger) -> None:
-    await ledger.set_team(
-        "acme", plan="email_outreach", seats=1, interval="month", anchor=at(AT), at=at(AT)
-    )
+    await make_team(ledger, anchor=AT)
     await ledger.hold(
         "acme", "enrich", 1, key="=cmd|' /C calc'!A0", at=at(AT), job_id="+1", lead_id="@x"
     )

@@ -8,7 +8,7 @@ import asyncpg
 
 from ledger.catalog import DEFAULT_CATALOG
 from ledger.service import Ledger
-from tests.conftest import at
+from tests.clock import at
 from tests.factories import make_team
 
 T0 = at("2026-03-10T12:00:00")

@@ -16,9 +16,10 @@ from api.app import create_app
 from db.pool import create_pool
 from ledger.service import Ledger
 from testing.stripe_fake import StripeFake
-from tests.api_helpers import arq_redis, bearer, make_team, services_for, settings_for
-from tests.conftest import at
-from tests.test_api_webhooks import CATALOG, MAR_1, Clock, deliver, event
+from tests.api_helpers import NOW, arq_redis, bearer, services_for, settings_for
+from tests.clock import FrozenClock, at
+from tests.factories import make_team
+from tests.test_api_webhooks import CATALOG, MAR_1, deliver, event
 
 __all__ = ["arq_redis"]
 
@@ -62,7 +63,7 @@ def api(
 async def test_a_burst_of_webhooks_on_a_small_pool_all_finish_and_the_api_answers(
     five: Ledger, arq_redis: ArqRedis, stripe_fake: StripeFake, database_url: str, redis_url: str
 ) -> None:
-    await make_team(five, "reader")
+    await make_team(five, "reader", seats=2, at=NOW)
     stripe_fake.latency = 0.3  # Stripe's round trip, for every read of an event's object
     cus = stripe_fake.add_customer()
     subs = [
@@ -76,7 +77,7 @@ async def test_a_burst_of_webhooks_on_a_small_pool_all_finish_and_the_api_answer
     # As many deliveries as the pool has connections stall at Stripe for a while.
     stalled = range(1, 6)
     holds = [stripe_fake.hold_next(f"GET /v1/subscriptions/{subs[n]['id']}") for n in stalled]
-    clock = Clock(at("2026-03-10T12:00:00"))
+    clock = FrozenClock(at("2026-03-10T12:00:00"))
     async with api(
         five, arq_redis, database_url, redis_url, clock=clock, stripe=stripe_fake.client()
     ) as c:
@@ -116,7 +117,7 @@ async def test_an_exhausted_pool_is_a_503_with_retry_after_quickly(
 ) -> None:
     pool, ledger = await small_ledger(database_url, acquire_timeout=0.5)
     try:
-        await make_team(ledger, "acme")
+        await make_team(ledger, "acme", seats=2, at=NOW)
         async with api(ledger, arq_redis, database_url, redis_url) as c:
             held = [await pool.acquire() for _ in range(5)]  # every connection is busy
             try:
@@ -149,7 +150,7 @@ async def test_a_statement_past_its_deadline_is_a_503_and_changes_nothing(
 ) -> None:
     pool, ledger = await small_ledger(database_url, statement_timeout=0.3)
     try:
-        await make_team(ledger, "acme")
+        await make_team(ledger, "acme", seats=2, at=NOW)
         async with api(ledger, arq_redis, database_url, redis_url) as c:
             blocker = await asyncpg.connect(database_url)
             try:

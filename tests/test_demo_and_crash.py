@@ -18,7 +18,8 @@ from arq.connections import ArqRedis, RedisSettings, create_pool
 from cli.demo import month_of
 from ledger.service import Ledger
 from tests.cli_helpers import Cli
-from tests.conftest import at
+from tests.clock import at
+from tests.factories import make_team
 from tests.process import TOKENS_BIN
 
 TOKENS = [str(TOKENS_BIN)]  # the installed executable, as users run it
@@ -170,14 +171,7 @@ def test_reconcile_exits_non_zero_when_stripe_refuses(
 async def test_worker_killed_mid_job_charges_once(
     ledger: Ledger, database_url: str, redis_url: str, pool: asyncpg.Pool
 ) -> None:
-    await ledger.set_team(
-        "acme",
-        plan="email_outreach",
-        seats=1,
-        interval="month",
-        anchor=at("2026-01-01"),
-        at=at("2026-01-01"),
-    )
+    await make_team(ledger)
     redis: ArqRedis = await create_pool(RedisSettings.from_dsn(redis_url))
     await redis.flushdb()
     env = env_for(
@@ -241,14 +235,7 @@ async def test_worker_killed_mid_job_charges_once(
 async def test_sigterm_lets_the_running_search_finish(
     ledger: Ledger, database_url: str, redis_url: str, pool: asyncpg.Pool
 ) -> None:
-    await ledger.set_team(
-        "acme",
-        plan="email_outreach",
-        seats=1,
-        interval="month",
-        anchor=at("2026-01-01"),
-        at=at("2026-01-01"),
-    )
+    await make_team(ledger)
     redis: ArqRedis = await create_pool(RedisSettings.from_dsn(redis_url))
     await redis.flushdb()
     env = env_for(

@@ -24,7 +24,7 @@ from ledger.errors import (
 )
 from ledger.group_commit import GroupCommit
 from ledger.service import Ledger
-from tests.conftest import at
+from tests.clock import at
 from tests.factories import make_team
 
 T0 = at("2026-03-10T12:00:00")

@@ -18,7 +18,7 @@ from ledger.catalog import DEFAULT_CATALOG
 from ledger.group_commit import Batch, GroupCommit, HoldItem
 from ledger.results import HoldResult
 from ledger.service import Ledger
-from tests.conftest import at
+from tests.clock import at
 from tests.factories import make_team
 
 T0 = at("2026-03-10T12:00:00")

@@ -10,7 +10,7 @@ import pytest
 from db.queries import q
 from ledger.errors import BadInput, ChargeAlreadySettled, IdempotencyMismatch, UnknownTeam
 from ledger.service import Ledger
-from tests.conftest import at
+from tests.clock import at
 from tests.factories import make_team
 
 T0 = at("2026-03-10T12:00:00")

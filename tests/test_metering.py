@@ -17,7 +17,7 @@ from ledger.catalog import DEFAULT_CATALOG
 from ledger.results import Settlement
 from ledger.service import Ledger
 from runtime.config import Settings
-from tests.conftest import at
+from tests.clock import at
 from tests.factories import make_team
 from tests.faults import MonthLock, capture_fault
 from worker.memo import CALL_TIMEOUT_S, RedisSearchMemo

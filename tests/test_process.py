@@ -1,4 +1,4 @@
-"""Every command of SPEC section 7 as users run it: the installed `tokens`, a fresh
+"""Every command of README "Command line" as users run it: the installed `tokens`, a fresh
 process each time, on embedded servers (a data dir of its own) and on a
 configured TOKENS_DATABASE_URL. `pytest -m process` runs this layer alone.
 """

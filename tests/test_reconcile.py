@@ -1,4 +1,5 @@
-"""SPEC section 4: additional tokens billed to Stripe, exactly once, whatever fails."""
+"""Additional tokens billed to Stripe, exactly once, whatever fails (README "Bills,
+exactly once")."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from billing.reconcile import ReconcileReport, bill_status, reconcile, team_bill
 from billing.sender import StripeSender
 from ledger.service import Ledger
 from testing.stripe_fake import StripeFake
-from tests.conftest import at
+from tests.clock import at
+from tests.factories import make_team
 
 JAN = at("2026-01-15T00:00:00")
 
@@ -49,16 +51,7 @@ async def billed_team(
     customer: str | None = "auto",
 ) -> str | None:
     cus = fake.add_customer() if (fake is not None and customer == "auto") else customer
-    await ledger.set_team(
-        team,
-        plan="email_outreach",
-        seats=1,
-        interval=interval,
-        anchor=JAN,
-        at=JAN,
-        stripe_customer=cus,
-    )
-    await ledger.set_limit(team, 100_000, actor="ann", role="admin", at=JAN)
+    await make_team(ledger, team, interval=interval, anchor=JAN, limit=100_000, stripe_customer=cus)
     return cus
 
 
@@ -238,15 +231,7 @@ async def test_team_without_customer_keeps_its_bill_until_it_has_one(
     assert bill_status(bill) == "failed" and "no Stripe customer" in (bill.last_error or "")
     assert report.as_dict()["bills_failed"] == 1 and stripe_fake.invoices == {}
     cus = stripe_fake.add_customer()
-    await ledger.set_team(
-        "acme",
-        plan="email_outreach",
-        seats=1,
-        interval="month",
-        anchor=JAN,
-        at=at("2026-01-21"),
-        stripe_customer=cus,
-    )
+    await make_team(ledger, anchor=JAN, at="2026-01-21", stripe_customer=cus)
     report = await run(pool, sender_for(pool, stripe_fake), "2026-01-21T01:00:00")
     assert report.created == [] and report.sent == 1
     assert [i["customer"] for i in stripe_fake.invoices.values()] == [cus]
@@ -261,15 +246,7 @@ async def test_unknown_customer_and_declined_card_are_reported_and_retried(
     assert report.failed == 1 and "does not know" in (report.bills[0].last_error or "")
 
     cus = stripe_fake.add_customer(card_declines=True)
-    await ledger.set_team(
-        "acme",
-        plan="email_outreach",
-        seats=1,
-        interval="month",
-        anchor=JAN,
-        at=at("2026-01-21"),
-        stripe_customer=cus,
-    )
+    await make_team(ledger, anchor=JAN, at="2026-01-21", stripe_customer=cus)
     report = await run(
         pool, clocked(pool, stripe_fake, "2026-01-21T01:00:00"), "2026-01-21T01:00:00"
     )
@@ -329,15 +306,7 @@ async def test_a_bill_stays_with_the_customer_of_its_invoice(
     report = await run(pool, sender_for(pool, stripe_fake), "2026-01-20T01:00:00")
     assert report.bills[0].step == "invoice_created"
     other = stripe_fake.add_customer()
-    await ledger.set_team(
-        "acme",
-        plan="email_outreach",
-        seats=1,
-        interval="month",
-        anchor=JAN,
-        at=at("2026-01-21"),
-        stripe_customer=other,
-    )
+    await make_team(ledger, anchor=JAN, at="2026-01-21", stripe_customer=other)
     report = await run(pool, sender_for(pool, stripe_fake), "2026-01-21T01:00:00")
     assert report.sent == 1 and report.bills[0].stripe_customer == first
     [invoice] = stripe_fake.invoices.values()

@@ -1,7 +1,7 @@
-"""SPEC 4a: bills against Stripe as it really behaves (issue 11).
+"""Bills against Stripe as it really behaves (README "Billing with Stripe").
 
-One test per failure the issue lists; each fails on the code before the issue
-(a2ca460) and passes after.
+One test per way a real Stripe account differs from the happy path: each
+failed on the code before the sender learned it.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from billing.sender import StripeSender
 from billing.stripe_client import Pacer, build_client, endpoint_of
 from ledger.service import Ledger
 from testing.stripe_fake import DEFAULT_API_KEY, DEFAULT_BASE, StripeFake
-from tests.conftest import at
+from tests.clock import at
 from tests.test_reconcile import billed_team, clocked, invoices_of, run, sender_for, spend
 
 T0 = "2026-01-20T01:00:00"

@@ -1,4 +1,5 @@
-"""SPEC section 2: grants that only grow, trial once, trial conversion; the audited limit."""
+"""Billing months (README "How the ledger works"): grants that only grow, trial once,
+trial conversion; the audited limit."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 
 from ledger.errors import AnchorConflict, NotAdmin, TrialNoAdditional
 from ledger.service import Ledger
-from tests.conftest import at
+from tests.clock import at
 from tests.factories import make_team
 
 T0 = at("2026-03-10T12:00:00")

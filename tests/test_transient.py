@@ -14,7 +14,8 @@ from ledger.results import HoldResult, Settlement
 from ledger.service import Ledger
 from runtime.config import Settings
 from runtime.transient import is_contention, is_transient, ride_out
-from tests.conftest import at
+from tests.clock import at
+from tests.factories import make_team
 from worker.metering import OutageRetry, metered
 from worker.providers import Outcome, SearchResult
 
@@ -153,12 +154,6 @@ class DictMemo:
         self.saved[key] = result
 
 
-async def _team(ledger: Ledger) -> None:
-    await ledger.set_team(
-        "acme", plan="email_outreach", seats=1, interval="month", anchor=at("2026-03-01"), at=NOW
-    )
-
-
 def _job(searches: list[int], **extra: Any) -> dict[str, Any]:
     async def search() -> SearchResult:
         searches.append(1)
@@ -178,7 +173,7 @@ def _job(searches: list[int], **extra: Any) -> dict[str, Any]:
 
 
 async def test_a_short_outage_is_waited_out_inside_the_job(ledger: Ledger) -> None:
-    await _team(ledger)
+    await make_team(ledger, anchor="2026-03-01", at=NOW)
     down = Outage(ledger.pool, ledger.catalog)
     down.down_for = {"hold": 3, "capture": 3}
     searches: list[int] = []
@@ -191,7 +186,7 @@ async def test_a_short_outage_is_waited_out_inside_the_job(ledger: Ledger) -> No
 async def test_a_long_outage_requeues_and_the_rerun_does_not_search_again(
     ledger: Ledger,
 ) -> None:
-    await _team(ledger)
+    await make_team(ledger, anchor="2026-03-01", at=NOW)
     down = Outage(ledger.pool, ledger.catalog)
     down.down_for = {"capture": 10_000}  # Postgres goes away right after the search
     searches: list[int] = []
@@ -215,7 +210,7 @@ async def test_a_long_outage_requeues_and_the_rerun_does_not_search_again(
 async def test_a_hold_that_never_reached_postgres_requeues_before_any_search(
     ledger: Ledger,
 ) -> None:
-    await _team(ledger)
+    await make_team(ledger, anchor="2026-03-01", at=NOW)
     down = Outage(ledger.pool, ledger.catalog)
     down.down_for = {"hold": 10_000}
     searches: list[int] = []

@@ -19,7 +19,9 @@ from ledger.catalog import DEFAULT_CATALOG
 from ledger.errors import BadInput, NotMigrated
 from ledger.service import Ledger
 from runtime.config import Settings
-from tests.conftest import at, with_database
+from tests.clock import at
+from tests.conftest import with_database
+from tests.factories import make_team
 from tests.faults import MonthLock, capture_fault
 from worker.client import enqueue, result
 from worker.memo import PREFIX as MEMO_PREFIX
@@ -56,19 +58,6 @@ async def run_burst(settings: Settings, *, after_job_end: Any = None, **extra: A
     return w
 
 
-async def team(ledger: Ledger, limit: int = 0) -> None:
-    await ledger.set_team(
-        "acme",
-        plan="email_outreach",
-        seats=1,
-        interval="month",
-        anchor=at("2026-01-01"),
-        at=at("2026-01-01"),
-    )
-    if limit:
-        await ledger.set_limit("acme", limit, actor="ann", role="admin", at=at("2026-01-01"))
-
-
 def leads(n: int, domain: str = "acme.io") -> dict[str, Any]:
     return {"leads": [{"id": f"l{i}", "email": f"p{i}@{domain}"} for i in range(n)]}
 
@@ -76,7 +65,7 @@ def leads(n: int, domain: str = "acme.io") -> dict[str, Any]:
 async def test_enrich_list_charges_each_lead_once(
     ledger: Ledger, redis: ArqRedis, database_url: str, redis_url: str
 ) -> None:
-    await team(ledger)
+    await make_team(ledger)
     jobs = await enqueue(redis, DEFAULT_CATALOG, "acme", "enrich", payload=leads(3), job_id="b1")
     assert [j.job_id for j in jobs] == ["acme~b1:l0", "acme~b1:l1", "acme~b1:l2"]
     again = await enqueue(redis, DEFAULT_CATALOG, "acme", "enrich", payload=leads(3), job_id="b1")
@@ -94,7 +83,7 @@ async def test_enrich_list_charges_each_lead_once(
 async def test_out_of_tokens_never_reaches_the_provider(
     ledger: Ledger, redis: ArqRedis, database_url: str, redis_url: str
 ) -> None:
-    await team(ledger)  # 250 free, no additional: 25 enrichments
+    await make_team(ledger)  # 250 free, no additional: 25 enrichments
     jobs = await enqueue(redis, DEFAULT_CATALOG, "acme", "enrich", payload=leads(30))
     with respx.mock(base_url=ENRICH, assert_all_called=True) as mock:
         route = mock.post("/v1/enrich").respond(json={"found": True, "person": {"x": 1}})
@@ -111,7 +100,7 @@ async def test_out_of_tokens_never_reaches_the_provider(
 async def test_provider_5xx_then_success_charges_once(
     ledger: Ledger, redis: ArqRedis, database_url: str, redis_url: str
 ) -> None:
-    await team(ledger)
+    await make_team(ledger)
     [job] = await enqueue(redis, DEFAULT_CATALOG, "acme", "enrich", payload=leads(1))
     with respx.mock(base_url=ENRICH) as mock:
         route = mock.post("/v1/enrich").mock(
@@ -131,7 +120,7 @@ async def test_provider_5xx_then_success_charges_once(
 async def test_provider_down_on_every_retry_charges_nothing(
     ledger: Ledger, redis: ArqRedis, database_url: str, redis_url: str
 ) -> None:
-    await team(ledger)
+    await make_team(ledger)
     [job] = await enqueue(redis, DEFAULT_CATALOG, "acme", "enrich", payload=leads(1))
     with respx.mock(base_url=ENRICH) as mock:
         route = mock.post("/v1/enrich").mock(side_effect=httpx.ConnectError("refused"))
@@ -146,7 +135,7 @@ async def test_provider_down_on_every_retry_charges_nothing(
 async def test_malformed_payload_fails_the_job_and_charges_nothing(
     ledger: Ledger, redis: ArqRedis, database_url: str, redis_url: str
 ) -> None:
-    await team(ledger)
+    await make_team(ledger)
     await redis.enqueue_job(
         "debounce", "acme", {"first_name": "no email"}, _job_id="bad", _queue_name="tokens:queue"
     )
@@ -178,7 +167,7 @@ async def test_a_lead_the_worker_could_not_charge_is_refused_at_enqueue(
 async def test_threshold_capture_enqueues_the_team_reconcile(
     ledger: Ledger, redis: ArqRedis, database_url: str, redis_url: str, pool: asyncpg.Pool
 ) -> None:
-    await team(ledger, limit=10_000)
+    await make_team(ledger, limit=10_000)
     from datetime import UTC, datetime
 
     now = datetime.now(UTC)
@@ -211,7 +200,7 @@ async def test_the_sweep_leaves_the_holds_of_jobs_arq_still_has(
 ) -> None:
     # A job put back by a provider's 429 may wait behind a long queue for longer than
     # the hold TTL: its hold must be there when it runs.
-    await team(ledger)
+    await make_team(ledger)
     held_at = at("2026-01-02")
     for job in ("waiting", "gone"):
         await ledger.hold("acme", "enrich", 1, key=job, at=held_at, job_id=job)
@@ -241,7 +230,7 @@ async def test_a_capture_cut_off_by_a_statement_timeout_is_captured_not_lost(
 ) -> None:
     # The worker's statements time out after 300 ms; bill-making holds the team's
     # month row for a second while the job captures.
-    await team(ledger)
+    await make_team(ledger)
     [job] = await enqueue(redis, DEFAULT_CATALOG, "acme", "enrich", payload=leads(1))
     lock = MonthLock(ledger.pool, "acme")
 
@@ -266,7 +255,7 @@ async def test_a_capture_cut_off_by_a_statement_timeout_is_captured_not_lost(
 async def test_a_capture_refused_on_the_last_try_goes_back_and_is_captured_once(
     ledger: Ledger, redis: ArqRedis, database_url: str, redis_url: str, pool: asyncpg.Pool
 ) -> None:
-    await team(ledger)
+    await make_team(ledger)
     settings = settings_for(database_url, redis_url, enrich_base_url=ENRICH, job_max_tries=1,
                             outage_wait_seconds=0.3)  # fmt: skip
     job_id = "b1:l0"
@@ -305,7 +294,7 @@ async def test_the_sweep_keeps_the_hold_of_a_running_job_whose_arq_key_expired(
 ) -> None:
     # arq's job key expires a day after enqueue, whatever the job's retries; a job
     # held its tokens on its first try long ago and runs again as the day ends.
-    await team(ledger)
+    await make_team(ledger)
     held_at = at("2026-01-02")
     settings = settings_for(database_url, redis_url, enrich_base_url=ENRICH)
     [job] = await enqueue(redis, DEFAULT_CATALOG, "acme", "enrich", payload=leads(1))
@@ -335,7 +324,7 @@ async def test_the_sweep_captures_a_remembered_search_whose_job_arq_dropped(
     # Both jobs held long ago and arq no longer has them (expired in the queue, or
     # out of tries). One had searched, its capture unanswered: its search is
     # remembered, so its tokens are spent. The other never searched.
-    await team(ledger)
+    await make_team(ledger)
     held_at = at("2026-01-02")
     for job in ("searched", "never_ran"):
         await ledger.hold("acme", "enrich", 1, key=job, at=held_at, job_id=job)
@@ -354,7 +343,7 @@ async def test_the_sweep_captures_a_remembered_search_whose_job_arq_dropped(
 async def test_concurrent_workers_share_the_queue(
     ledger: Ledger, redis: ArqRedis, database_url: str, redis_url: str
 ) -> None:
-    await team(ledger, limit=1000)
+    await make_team(ledger, limit=1000)
     jobs = await enqueue(redis, DEFAULT_CATALOG, "acme", "debounce", payload=leads(120))
     settings = settings_for(database_url, redis_url)
     await asyncio.gather(run_burst(settings), run_burst(settings))

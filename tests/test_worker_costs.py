@@ -1,4 +1,4 @@
-"""What the worker's money path saves per job (issue 15): each saving keeps the behaviour."""
+"""What the worker's money path saves per job: each saving keeps the behaviour."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ from ledger.logs import cached_logger
 from ledger.service import Ledger
 from runtime.logs import configure_logging
 from runtime.metrics import Children
+from tests.clock import at
+from tests.factories import make_team
 from worker.memo import _SHARED, PREFIX, RedisSearchMemo, shared_memo
 from worker.providers import Outcome, SearchResult
 
@@ -179,20 +181,15 @@ async def test_while_a_batch_commits_what_arrives_meanwhile_goes_together(
     pool: asyncpg.Pool, in_flight: int | None, min_batch: int, batches: int
 ) -> None:
     from ledger.group_commit import GroupCommit
-    from tests.conftest import at
 
     ledger = Ledger(pool, DEFAULT_CATALOG, batches_in_flight=in_flight)
     ledger.group = GroupCommit(pool, max_inflight=in_flight, min_batch=min_batch)
     await ledger.sync_catalog()
     for team in ("acme", "other"):
-        await ledger.set_team(
-            team,
-            plan="sales_engagement",
-            seats=10,
-            interval="month",
-            anchor=at("2025-01-01T00:00:00Z"),
-            at=at("2025-01-01T00:00:01Z"),
-        )
+        await make_team(
+            ledger, team, plan="sales_engagement", seats=10, anchor="2025-01-01",
+            at="2025-01-01T00:00:01Z",
+        )  # fmt: skip
     when = at("2025-01-02T00:00:00Z")
 
     def hold(n: int, team: str = "acme") -> asyncio.Future[Any]:
@@ -398,19 +395,6 @@ async def test_a_job_that_ends_before_its_start_does_not_hold_its_group(
     assert (worker.jobs_complete, worker.jobs_failed) == (5, 1)
 
 
-async def _metered_team(ledger: Ledger) -> None:
-    from tests.conftest import at
-
-    await ledger.set_team(
-        "acme",
-        plan="sales_engagement",
-        seats=10,
-        interval="month",
-        anchor=at("2026-01-01T00:00:00Z"),
-        at=at("2026-01-01T00:00:00Z"),
-    )
-
-
 async def _enqueue_leads(redis: ArqRedis, n: int) -> list[str]:
     from worker.client import enqueue
 
@@ -449,7 +433,7 @@ async def test_jobs_started_together_make_one_charge_each_in_shared_batches(
     from worker.client import result
 
     n = 12
-    await _metered_team(ledger)
+    await make_team(ledger, plan="sales_engagement", seats=10)
     searches = _count_searches(monkeypatch)
     job_ids = await _enqueue_leads(redis, n)
     worker = _tokens_worker(database_url, redis_url, cron_jobs=[])
@@ -484,7 +468,7 @@ async def test_a_capture_batch_whose_answer_is_lost_charges_once(
     from worker.client import result
 
     n = 8
-    await _metered_team(ledger)
+    await make_team(ledger, plan="sales_engagement", seats=10)
     searches = _count_searches(monkeypatch)
     apply = group_commit.apply
     lost: list[int] = []
@@ -523,7 +507,7 @@ async def test_a_job_stopped_at_its_capture_runs_again_without_a_second_search_o
     from worker.client import result
 
     n = 6
-    await _metered_team(ledger)
+    await make_team(ledger, plan="sales_engagement", seats=10)
     searches = _count_searches(monkeypatch)
     capture = Ledger.capture
     stopped: set[int] = set()
