@@ -24,7 +24,8 @@ from ledger.service import Ledger
 from runtime.config import Settings
 from runtime.metrics import VENDOR_PAUSES
 from testing.vendor_answers import EXAMPLES, PATHS, Example, example
-from tests.test_worker import ENRICH, leads, run_burst, settings_for, team
+from tests.factories import make_team
+from tests.test_worker import ENRICH, leads, run_burst, settings_for
 from worker.client import enqueue, result
 from worker.payloads import Lead
 from worker.providers import (
@@ -457,7 +458,7 @@ async def test_an_unreadable_2xx_is_charged_by_the_worker(
     lead is charged (captured), not released."""
     arq = await create_pool(RedisSettings.from_dsn(redis_url))
     await arq.flushdb()
-    await team(ledger)
+    await make_team(ledger)
     [job] = await enqueue(arq, DEFAULT_CATALOG, "acme", "enrich", payload=leads(1))
     with respx.mock(base_url=ENRICH) as mock:
         mock.post("/v1/enrich").respond(200, json={"found": True, "person": None})
@@ -487,7 +488,7 @@ async def test_jobs_wait_out_a_pause_without_using_their_tries(
     await arq.flushdb()
     for name in ("pdl", "hunter"):
         await Gate(redis, name).pause(1.0)  # flushdb took the first pause away
-    await team(ledger)
+    await make_team(ledger)
     payload = {"leads": [{"id": "l0", "first_name": "Jane", "last_name": "Doe",
                           "company_domain": "acme.com"}]}  # fmt: skip
     [job] = await enqueue(arq, DEFAULT_CATALOG, "acme", "enrich", payload=payload)
