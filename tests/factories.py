@@ -8,7 +8,7 @@ Both make the same team: plan email_outreach, one seat, monthly, anchored (and
 set) on 2026-01-01 unless told otherwise; `limit` sets the additional-token
 limit as an admin (`actor`). Times are ISO strings (a trailing Z or none: UTC)
 or datetimes (see tests/clock.py). The argv builders themselves (`argv`,
-`team_set`, `team_limit`) are in tests/process.py.
+`team_set`, `team_limit`) are in tests/process/__init__.py.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from runtime.config import Settings
 from tests.cli_helpers import Cli
 from worker.settings import worker_kwargs
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _subcommands() -> set[str]:

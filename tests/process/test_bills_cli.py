@@ -8,13 +8,16 @@ import subprocess
 from typing import Any
 
 import asyncpg
+import pytest
 
 from billing.reconcile import create_bills
 from ledger.service import Ledger
 from testing.stripe_fake import StripeFake
+from tests.billing.test_reconcile import billed_team, run, sender_for, spend
 from tests.clock import at
-from tests.test_demo_and_crash import ROOT, TOKENS, env_for
-from tests.test_reconcile import billed_team, run, sender_for, spend
+from tests.process.test_demo_and_crash import ROOT, TOKENS, env_for
+
+pytestmark = pytest.mark.process
 
 BILL_KEYS = {
     "bill_id",

@@ -21,7 +21,7 @@ from tests.api_helpers import (
     token,
 )
 from tests.factories import make_team
-from tests.test_worker import run_burst
+from tests.worker.test_worker import run_burst
 from worker.client import result
 from worker.queue import QUEUE
 

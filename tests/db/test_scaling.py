@@ -29,7 +29,7 @@ import asyncpg
 from db.migrate import FUNCTION_FILES
 from db.queries import parse
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "scaling.md"
 PRODUCT_PACKAGES = ("api", "billing", "cli", "db", "ledger", "runtime", "worker")
 NAMED_FILES = (

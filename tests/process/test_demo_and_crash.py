@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pytest
 from arq.connections import ArqRedis, RedisSettings, create_pool
 
 from cli.demo import month_of
@@ -22,8 +23,10 @@ from tests.clock import at
 from tests.factories import make_team
 from tests.process import TOKENS_BIN
 
+pytestmark = pytest.mark.process
+
 TOKENS = [str(TOKENS_BIN)]  # the installed executable, as users run it
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def env_for(database_url: str, redis_url: str, **extra: str) -> dict[str, str]:

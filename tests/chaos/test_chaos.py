@@ -48,7 +48,7 @@ from worker.queue import OUTAGE_KEY_PREFIX
 
 pytestmark = pytest.mark.chaos
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LEADS = 200
 FITS = 180  # 250 free + 1,550 additional tokens = 180 enrichments of 10
 _names = itertools.count()

@@ -25,7 +25,7 @@ from runtime.config import Settings
 from runtime.metrics import VENDOR_PAUSES
 from testing.vendor_answers import EXAMPLES, PATHS, Example, example
 from tests.factories import make_team
-from tests.test_worker import ENRICH, leads, run_burst, settings_for
+from tests.worker.test_worker import ENRICH, leads, run_burst, settings_for
 from worker.client import enqueue, result
 from worker.payloads import Lead
 from worker.providers import (

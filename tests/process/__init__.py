@@ -2,7 +2,8 @@
 
 In-process CLI tests share one interpreter with every other test, so they
 cannot see what only a fresh process meets (imports, mapper set-up, start-up
-cost, exit codes). These helpers start `.venv/bin/tokens` itself.
+cost, exit codes). These helpers start `.venv/bin/tokens` itself; the tests
+next to them are all marked `process` (`pytest -m process` runs this layer alone).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TOKENS_BIN = Path(sys.executable).with_name("tokens")
 
 

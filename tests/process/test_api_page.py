@@ -19,6 +19,8 @@ from tests.api_helpers import token
 from tests.api_live import ROOT, TOKENS, LiveApi, live_api
 from tests.browser import CHROMIUM, NoBrowser, ensure_chromium
 
+pytestmark = pytest.mark.process
+
 ARGS = [
     "--no-sandbox",
     "--headless",

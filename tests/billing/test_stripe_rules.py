@@ -21,8 +21,8 @@ from billing.sender import StripeSender
 from billing.stripe_client import Pacer, build_client, endpoint_of
 from ledger.service import Ledger
 from testing.stripe_fake import DEFAULT_API_KEY, DEFAULT_BASE, StripeFake
+from tests.billing.test_reconcile import billed_team, clocked, invoices_of, run, sender_for, spend
 from tests.clock import at
-from tests.test_reconcile import billed_team, clocked, invoices_of, run, sender_for, spend
 
 T0 = "2026-01-20T01:00:00"
 

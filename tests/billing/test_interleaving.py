@@ -1,6 +1,6 @@
 """The money path when its actors interleave: the worker, two reconcilers, Stripe,
 finance and the app, in random orders from a seed, with the invariants checked after
-every step and at rest (tests/interleave.py has the actors and the invariants):
+every step and at rest (interleave.py, next to it, has the actors and the invariants):
 
  (i)   every captured additional token is on exactly one live bill, or unbilled (below
        the threshold, or its month not ended and settled, after a reconcile run);
@@ -30,8 +30,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from testing.stripe_fake import StripeFake
-from tests import interleave
-from tests.interleave import Violation, World
+from tests.billing import interleave
+from tests.billing.interleave import Violation, World
 
 CI_SEEDS = (1, 2, 3)
 CI_STEPS = 60

@@ -587,7 +587,7 @@ async def test_the_current_subscriptions_created_is_backfilled_from_its_events(
     )
     await deliver(hooks, event("customer.subscription.created", sub))
     await pool.execute("UPDATE teams SET subscription_created = NULL")  # as before migration 0006
-    sql = (Path(__file__).parents[1] / "db/migrations/0006_subscription_order.sql").read_text()
+    sql = (Path(__file__).parents[2] / "db/migrations/0006_subscription_order.sql").read_text()
     await pool.execute(sql[sql.index("UPDATE teams") :])
     team = await pool.fetchrow("SELECT stripe_subscription, subscription_created FROM teams")
     assert tuple(team) == (sub["id"], at("2026-02-28T23:00:00"))

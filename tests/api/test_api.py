@@ -31,7 +31,7 @@ from tests.api_helpers import (
 from tests.cli_helpers import Cli
 from tests.clock import at
 from tests.factories import make_team
-from tests.test_worker import run_burst
+from tests.worker.test_worker import run_burst
 from worker.bulk import JobSpec, enqueue_many
 from worker.client import CLAIM_PREFIX, _fingerprint, plan_jobs
 from worker.queue import QUEUE

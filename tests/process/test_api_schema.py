@@ -7,12 +7,15 @@ import itertools
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import checks
 
 from tests.api_helpers import token
 from tests.api_live import LiveApi, live_api
+
+pytestmark = pytest.mark.process
 
 CHECKS = [
     checks.not_a_server_error,

@@ -1,5 +1,5 @@
 """The actors of the money path, interleaved by a seeded scheduler, with the invariants
-checked after every step and at rest (tests/test_interleaving.py runs it).
+checked after every step and at rest (test_interleaving.py, next to it, runs it).
 
 Actors, on the real ledger (embedded Postgres) and the Stripe fake:
 

@@ -15,8 +15,8 @@ from billing.bills import ReissueRefused, reissue_bill
 from billing.webhooks import WebhookHandler
 from ledger.service import Ledger
 from testing.stripe_fake import StripeFake
+from tests.billing.test_reconcile import billed_team, clocked, invoices_of, run, spend
 from tests.clock import at
-from tests.test_reconcile import billed_team, clocked, invoices_of, run, spend
 
 T0 = "2026-01-20T01:00:00"
 SLOW = {"pay_after": timedelta(hours=1)}  # Stripe's own collection comes first
