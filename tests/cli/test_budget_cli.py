@@ -182,8 +182,10 @@ def test_enqueue_with_member_carries_it_to_each_job(
     make_team(cli, "acme")
     monkeypatch.setenv("TOKENS_REDIS_URL", redis_url)
     asyncio.run(_flush(redis_url))
-    cli.ok(*argv("enqueue", "acme", "enrich", payload=leads(2), job_id="m1", member="bob"))
-    info = asyncio.run(_job("m1:l1", redis_url))
+    enqueue = argv("enqueue", "acme", "enrich", payload=leads(2), job_id="m1", member="bob")
+    jobs = cli.ok(*enqueue, "--json").json()["jobs"]  # ids are per team: take the ones given
+    [job_id] = [j["job_id"] for j in jobs if j["lead_id"] == "l1"]
+    info = asyncio.run(_job(job_id, redis_url))
     assert info is not None and info.kwargs == {"member": "bob"}
     assert info.args == ("acme", {"id": "l1", "email": "p1@acme.io"})
     bad = cli(*argv("enqueue", "acme", "enrich", payload=leads(1), member="a\nb"))
