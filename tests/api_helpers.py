@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from datetime import datetime
 from typing import Any
 
 import httpx
@@ -16,7 +15,7 @@ from api.app import create_app
 from api.services import Services
 from ledger.service import Ledger
 from runtime.config import Settings
-from tests.conftest import at
+from tests.clock import at
 
 SECRET = "tokens-test-app-secret-0123456789abcdef"
 WEBHOOK_SECRET = "whsec_test_secret_0123456789"
@@ -42,19 +41,6 @@ def token(
 
 def bearer(role: str, team: str | None = "acme", **kw: Any) -> dict[str, str]:
     return {"Authorization": f"Bearer {token(role, team, **kw)}"}
-
-
-async def make_team(
-    ledger: Ledger,
-    team: str = "acme",
-    *,
-    seats: int = 2,
-    limit: int = 0,
-    plan: str = "email_outreach",
-) -> None:
-    await ledger.set_team(team, plan=plan, seats=seats, interval="month", anchor=ANCHOR, at=NOW)
-    if limit:
-        await ledger.set_limit(team, limit, actor="setup", role="admin", at=NOW)
 
 
 def settings_for(database_url: str, redis_url: str, **extra: Any) -> Settings:
@@ -102,7 +88,3 @@ async def client(api_services: Services) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
         yield c
-
-
-def moment(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))

@@ -25,6 +25,7 @@ from ledger.catalog import DEFAULT_CATALOG
 from ledger.service import Ledger
 from tests.api_helpers import SECRET, WEBHOOK_SECRET
 from tests.conftest import with_database
+from tests.factories import make_team
 from tests.process import TOKENS_BIN
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,12 +68,8 @@ def free_port() -> int:
 
 async def seed(ledger: Ledger, now: datetime) -> None:
     """Two teams in their current billing month; acme has free and additional charges."""
-    anchor = datetime(2026, 1, 1, tzinfo=UTC)
-    for team in ("acme", "other"):
-        await ledger.set_team(
-            team, plan="email_outreach", seats=2, interval="month", anchor=anchor, at=now
-        )
-    await ledger.set_limit("acme", 1000, actor="setup", role="admin", at=now)
+    await make_team(ledger, "acme", seats=2, at=now, limit=1000, actor="setup")
+    await make_team(ledger, "other", seats=2, at=now)
     # 30 charges, 610 tokens: 500 free, then 110 additional.
     for n in range(30):
         action, quantity = [("ai_sequence", 1), ("enrich", 1), ("debounce", 1)][n % 3]

@@ -13,7 +13,6 @@ import itertools
 import os
 import tempfile
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -35,11 +34,6 @@ _counter = itertools.count()
 def with_database(dsn: str, name: str) -> str:
     parts = urlsplit(dsn)
     return urlunsplit(parts._replace(path=f"/{name}"))
-
-
-def at(text: str) -> datetime:
-    """Test shorthand: an ISO timestamp in UTC."""
-    return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
 
 @pytest.fixture(scope="session")
