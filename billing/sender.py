@@ -57,7 +57,7 @@ import asyncpg
 import stripe
 import structlog
 
-from billing.models import Bill
+from billing.rows import BillRow
 from db.queries import q
 from runtime.config import Settings
 
@@ -86,7 +86,7 @@ class StatusMoved(Exception):
     """A webhook changed the bill's status since this run read it: its news wins, the
     run stops with the bill as it is now."""
 
-    def __init__(self, bill: Bill) -> None:
+    def __init__(self, bill: BillRow) -> None:
         super().__init__(bill.id)
         self.bill = bill
 
@@ -96,13 +96,13 @@ class Sent:
     """What one `send` did. `new_failure`: this run could not send the bill, or
     received a decline (`tokens reconcile` exits non-zero)."""
 
-    bill: Bill
+    bill: BillRow
     new_failure: bool = False
     # Read and left as it was: a total mismatch still waiting for finance's fix.
     waiting: bool = False
 
 
-def describe(bill: Bill) -> str:
+def describe(bill: BillRow) -> str:
     kind = "threshold reached" if bill.reason == "threshold" else "billing month end"
     price = f"{bill.currency.upper()} {bill.unit_price.normalize()}"
     return (
@@ -111,7 +111,7 @@ def describe(bill: Bill) -> str:
     )
 
 
-def metadata(bill: Bill) -> dict[str, str]:
+def metadata(bill: BillRow) -> dict[str, str]:
     return {
         "tokens_bill": str(bill.public_id),
         "tokens_bill_id": str(bill.id),
@@ -125,7 +125,7 @@ def metadata(bill: Bill) -> dict[str, str]:
     }
 
 
-def idempotency_key(bill: Bill, step: str) -> str:
+def idempotency_key(bill: BillRow, step: str) -> str:
     """The same on every attempt of a step, until Stripe answers it with an error."""
     return f"tokens-bill-{bill.public_id}-{step}-{bill.key_gen}"
 
@@ -160,7 +160,7 @@ class StripeSender:
         row = await self.pool.fetchrow(q("claim_bill", SQL), bill_id, self.lease_seconds)
         if row is None:
             return None
-        bill = Bill.model_validate(dict(row))
+        bill = BillRow.from_record(row)
         token = bill.lease_token
         try:
             return await self._advance(bill, invoice)
@@ -175,7 +175,7 @@ class StripeSender:
         finally:
             await self.pool.execute(q("release_lease", SQL), bill_id, token)
 
-    async def _advance(self, bill: Bill, seen: Any) -> Sent:
+    async def _advance(self, bill: BillRow, seen: Any) -> Sent:
         if self.client is None:
             return Sent(
                 await self._fail(
@@ -234,7 +234,7 @@ class StripeSender:
 
     # -- steps ---------------------------------------------------------------
 
-    async def _invoice(self, client: stripe.StripeClient, bill: Bill) -> Bill:
+    async def _invoice(self, client: stripe.StripeClient, bill: BillRow) -> BillRow:
         """A draft invoice for the bill's customer, without the customer's discounts,
         collected automatically if the customer has a default payment method, else sent."""
         assert bill.stripe_customer is not None
@@ -283,7 +283,7 @@ class StripeSender:
             created=invoice.created,
         )
 
-    async def _item(self, client: stripe.StripeClient, bill: Bill) -> tuple[Bill, Any]:
+    async def _item(self, client: stripe.StripeClient, bill: BillRow) -> tuple[BillRow, Any]:
         """-> (bill, the invoice as Stripe returned it with the new item, or None)."""
         assert bill.stripe_invoice_id is not None and bill.stripe_customer is not None
         item_id = await self._find_item(client, bill) if bill.attempts > 1 else None
@@ -313,8 +313,8 @@ class StripeSender:
         return bill, invoice if isinstance(invoice, stripe.Invoice) else None
 
     async def _finalize(
-        self, client: stripe.StripeClient, bill: Bill, invoice: Any
-    ) -> tuple[Bill, Any]:
+        self, client: stripe.StripeClient, bill: BillRow, invoice: Any
+    ) -> tuple[BillRow, Any]:
         """Check the total, then finalize with automatic collection on.
         `invoice`: as this attempt's item step just saw it (a draft), or None: read it,
         since an earlier attempt may have finalized it without hearing back."""
@@ -346,8 +346,8 @@ class StripeSender:
         return bill, invoice
 
     async def _collect(
-        self, client: stripe.StripeClient, bill: Bill, invoice: Any, *, fresh: bool
-    ) -> tuple[Bill, bool]:
+        self, client: stripe.StripeClient, bill: BillRow, invoice: Any, *, fresh: bool
+    ) -> tuple[BillRow, bool]:
         """A finalized invoice: learn its status; pay it only when Stripe has not and the
         decline policy allows. `fresh`: `invoice` was read after this run claimed the bill
         (else it is the run's listing, or None). -> (bill, a decline was received)."""
@@ -402,12 +402,12 @@ class StripeSender:
             keep_error=status == "payment_failed",
         ), False
 
-    def _pay_due(self, bill: Bill, now: datetime) -> bool:
+    def _pay_due(self, bill: BillRow, now: datetime) -> bool:
         if bill.collection_method == "send_invoice" or bill.declines >= MAX_DECLINES:
             return False
         return bill.next_pay_at is None or bill.next_pay_at <= now
 
-    async def _decline(self, bill: Bill, exc: stripe.CardError, now: datetime) -> Bill:
+    async def _decline(self, bill: BillRow, exc: stripe.CardError, now: datetime) -> BillRow:
         error = exc.error
         code = (getattr(error, "decline_code", None) if error else None) or exc.code or "declined"
         declines = bill.declines + 1
@@ -435,7 +435,7 @@ class StripeSender:
         )
         return await self._written(row, bill)
 
-    async def _declined_at_stripe(self, bill: Bill, attempts: int, now: datetime) -> Bill:
+    async def _declined_at_stripe(self, bill: BillRow, attempts: int, now: datetime) -> BillRow:
         """Stripe's automatic collection failed (`attempts` in all on the invoice): the
         bill is `payment_failed`, its declines are Stripe's count, and the next pay of
         ours waits out DECLINE_WAIT (none after MAX_DECLINES)."""
@@ -461,7 +461,7 @@ class StripeSender:
     # -- errors ----------------------------------------------------------------
 
     async def _stripe_error(
-        self, client: stripe.StripeClient, bill: Bill, exc: stripe.StripeError
+        self, client: stripe.StripeClient, bill: BillRow, exc: stripe.StripeError
     ) -> Sent:
         code, message = _code(exc), _message(exc)
         sending = bill.step != "finalized"
@@ -523,7 +523,7 @@ class StripeSender:
             new_failure=refused,
         )
 
-    async def _customer_deleted(self, client: stripe.StripeClient, bill: Bill) -> bool:
+    async def _customer_deleted(self, client: stripe.StripeClient, bill: BillRow) -> bool:
         if not bill.stripe_customer:
             return False
         try:
@@ -534,7 +534,7 @@ class StripeSender:
 
     # -- look-ups after an attempt that may have reached Stripe ---------------
 
-    async def _find_invoice(self, client: stripe.StripeClient, bill: Bill) -> Any:
+    async def _find_invoice(self, client: stripe.StripeClient, bill: BillRow) -> Any:
         assert bill.stripe_customer is not None
         params: dict[str, Any] = {"customer": bill.stripe_customer, "limit": 100}
         for _ in range(LOOKUP_PAGES):
@@ -548,7 +548,7 @@ class StripeSender:
             params["starting_after"] = page.data[-1].id
         return None
 
-    async def _find_item(self, client: stripe.StripeClient, bill: Bill) -> str | None:
+    async def _find_item(self, client: stripe.StripeClient, bill: BillRow) -> str | None:
         assert bill.stripe_invoice_id is not None
         lines = await client.v1.invoices.line_items.list_async(
             bill.stripe_invoice_id, {"limit": 100}
@@ -565,7 +565,7 @@ class StripeSender:
 
     async def _record(
         self,
-        bill: Bill,
+        bill: BillRow,
         step: str,
         status: str,
         *,
@@ -577,7 +577,7 @@ class StripeSender:
         next_pay_at: datetime | None = None,
         release: bool = False,
         keep_error: bool = False,
-    ) -> Bill:
+    ) -> BillRow:
         row = await self.pool.fetchrow(
             q("record_step", SQL),
             bill.id,
@@ -601,25 +601,25 @@ class StripeSender:
 
     async def _fail(
         self,
-        bill: Bill,
+        bill: BillRow,
         code: str,
         message: str,
         *,
         status: str = "failed",
         answered: bool = False,
-    ) -> Bill:
+    ) -> BillRow:
         return await self._note(bill, code, message, status, answered=answered)
 
     async def _note(
         self,
-        bill: Bill,
+        bill: BillRow,
         code: str,
         message: str,
         status: str,
         *,
         answered: bool = False,
         next_pay: datetime | None = None,
-    ) -> Bill:
+    ) -> BillRow:
         log.warning(
             "bill_not_sent" if status in ("failed", "unsent", "void") else "bill_error",
             bill_id=bill.id,
@@ -644,21 +644,21 @@ class StripeSender:
         )
         return await self._written(row, bill)
 
-    async def _written(self, row: asyncpg.Record | None, bill: Bill) -> Bill:
+    async def _written(self, row: asyncpg.Record | None, bill: BillRow) -> BillRow:
         """The bill as a write left it; nothing written: the lease or the status moved."""
         if row is None:
             await self._moved(bill)
-        return Bill.model_validate(dict(row))
+        return BillRow.from_record(row)
 
-    async def _moved(self, bill: Bill) -> NoReturn:
+    async def _moved(self, bill: BillRow) -> NoReturn:
         """A write changed nothing: another run holds the bill now, or a webhook changed
         its status since this run read it."""
         row = await self.pool.fetchrow(q("get_bill", SQL), bill.id)
         if row is None or row["lease_token"] != bill.lease_token:
             raise LeaseLost(bill.id)
-        raise StatusMoved(Bill.model_validate(dict(row)))
+        raise StatusMoved(BillRow.from_record(row))
 
-    async def _mismatch(self, bill: Bill, invoice: Any) -> Bill:
+    async def _mismatch(self, bill: BillRow, invoice: Any) -> BillRow:
         """The invoice does not carry the bill's amount (finance edited the draft, or
         finalized it before the bill's item was on it): the bill stops with
         `total_mismatch`, nothing more is finalized or paid. Already so: unchanged, so
@@ -695,7 +695,7 @@ class StripeSender:
         return await self._fail(bill, "total_mismatch", message)
 
 
-def carries(bill: Bill, invoice: Any) -> bool:
+def carries(bill: BillRow, invoice: Any) -> bool:
     """The invoice bills exactly the bill's amount, undiscounted: the only invoice a bill
     may be finalized, paid or called paid on (an empty draft finance finalized is paid
     at 0 at once, with the bill's tokens never charged)."""
