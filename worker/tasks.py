@@ -29,7 +29,8 @@ from runtime.metrics import OUTAGES
 from runtime.transient import is_transient, ride_out
 from worker.context import Deps, JobContext
 from worker.memo import CALL_TIMEOUT_S, JOB_KEY_TTL_S, memo_ttl_seconds, remembered, shared_memo
-from worker.metering import OutageRetry, metered, outage_defer_seconds
+from worker.metering import metered
+from worker.outages import OutageRetry, outage_defer_seconds
 from worker.payloads import DebounceLead, IcebreakerPayload, Lead, SequencePayload, parse
 from worker.providers import SearchResult, VendorsPaused
 from worker.queue import ACTION_JOBS, OUTAGE_KEY_PREFIX, QUEUE, RECONCILE_JOB
