@@ -1,5 +1,5 @@
-"""Bills: a team's list and one bill with its explanation (SPEC 4a), over billing/bills.py,
-the same functions as `tokens bills` and `tokens bill show`."""
+"""Bills: a team's list and one bill with its explanation (README "Billing with Stripe"),
+over billing/bills.py, the same functions as `tokens bills` and `tokens bill show`."""
 
 from __future__ import annotations
 

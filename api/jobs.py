@@ -51,7 +51,7 @@ async def create_jobs(team: TeamPath, body: JobsIn, svc: Svc, who: Who) -> JobsO
     )
 
 
-# A finished job's own word -> the API's status (SPEC 8).
+# A finished job's own word -> the API's status (README "The HTTP API and the billing page").
 _FINISHED = {
     "captured": "captured",
     "already_charged": "captured",

@@ -315,7 +315,8 @@ class BilledCharge(TypedDict):
 
 
 class BillExplained(BillOut):
-    """A bill and exactly the charges whose additional tokens it billed (SPEC 4a)."""
+    """A bill and exactly the charges whose additional tokens it billed (README "Billing
+    with Stripe", explain a bill)."""
 
     by_action: dict[str, int]
     charges_tokens: int

@@ -1,4 +1,5 @@
-"""POST /v1/stripe/webhook: Stripe's signature instead of a JWT (SPEC section 9)."""
+"""POST /v1/stripe/webhook: Stripe's signature instead of a JWT (README "The HTTP API and
+the billing page", Stripe webhooks)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Sending one bill to Stripe: a resumable state machine (SPEC 4 and 4a).
+"""Sending one bill to Stripe: a resumable state machine (README "Bills, exactly once").
 
     created -> invoice_created -> item_added -> finalized -> paid
 
@@ -23,7 +23,7 @@ Exactly once, whatever fails or stalls:
   (listing, which is consistent; search lags) before creating them, for when a
   key expired (24 h) or a new generation started after an unknown outcome.
 
-Money (SPEC 4a):
+Money (README "Billing with Stripe"):
 
 - The invoice is created with `discounts=""` (else it inherits the customer's
   coupon: `params/_invoice_create_params.py`) and the item with

@@ -117,7 +117,7 @@ class Reads(LedgerBase):
         return [ChargeRow.from_record(r) for r in rows]
 
     async def alerts(self, team: str) -> list[AlertRow]:
-        """The team's usage alerts (SPEC section 10), newest first."""
+        """The team's usage alerts (README "Usage alerts"), newest first."""
         validate.team_id(team)
         await self.get_team(team)
         rows = await self._run(lambda: self.pool.fetch(TEAM_ALERTS, team))
