@@ -1,6 +1,5 @@
-"""Bills: a team's list and one bill with its explanation (README "Billing with Stripe"), over
-billing/bills.py,
-the same functions as `tokens bills` and `tokens bill show`."""
+"""Bills: a team's list and one bill with its explanation (README "Billing with Stripe"),
+over billing/bills.py, the same functions as `tokens bills` and `tokens bill show`."""
 
 from __future__ import annotations
 
@@ -9,7 +8,6 @@ from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
-from fastapi.responses import JSONResponse
 
 from api import auth
 from api.deps import AUTHED, Svc, Who, documented
@@ -38,32 +36,24 @@ def plain(value: Any) -> Any:
     return value
 
 
-@router.get(
-    "/v1/teams/{team:path}/bills",
-    response_model=None,
-    responses={200: {"model": BillsOut}, **documented(*AUTHED)},
-)
+@router.get("/v1/teams/{team:path}/bills", responses=documented(*AUTHED))
 async def team_bills(
     team: TeamPath,
     svc: Svc,
     who: Who,
     status: Annotated[str | None, Query(max_length=40, description="only this status")] = None,
-) -> JSONResponse:
+) -> BillsOut:
     """The team's bills, oldest first (as `tokens bills --team TEAM --json`)."""
     auth.authorize(who, team, BILL_READERS)
     await svc.ledger.get_team(team)
     bills = await list_bills(svc.ledger.pool, team=team, status=status)
-    return JSONResponse({"team": team, "bills": plain(bills)})
+    return BillsOut.model_validate({"team": team, "bills": plain(bills)})
 
 
-@router.get(
-    "/v1/bills/{bill_id}",
-    response_model=None,
-    responses={200: {"model": BillExplained}, **documented(*AUTHED)},
-)
+@router.get("/v1/bills/{bill_id}", responses=documented(*AUTHED))
 async def get_bill(
     bill_id: Annotated[int, Path(ge=1, le=2**63 - 1)], svc: Svc, who: Who
-) -> JSONResponse:
+) -> BillExplained:
     """One bill with the exact charges it billed and their sum by action (as `tokens bill
     show BILL --json`); only for its team."""
     # The role first, for any bill; then another team's bill answers as an unknown one.
@@ -75,4 +65,4 @@ async def get_bill(
         raise unknown from None
     if not auth.may_see(who, explained.bill["team"]):
         raise unknown
-    return JSONResponse(plain(explained.as_dict()))
+    return BillExplained.model_validate(plain(explained.as_dict()))

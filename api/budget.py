@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Path
-from fastapi.responses import JSONResponse
 
 from api import auth
 from api.deps import AUTHED, Svc, Who, documented
@@ -36,12 +35,8 @@ def member_of(who: auth.Caller, body: JobsIn) -> str | None:
     return who.sub
 
 
-@router.post(
-    "/{team:path}/quote",
-    response_model=None,
-    responses={200: {"model": QuoteOut}, **documented(*AUTHED)},
-)
-async def quote(team: TeamPath, body: JobsIn, svc: Svc, who: Who) -> JSONResponse:
+@router.post("/{team:path}/quote", responses=documented(*AUTHED))
+async def quote(team: TeamPath, body: JobsIn, svc: Svc, who: Who) -> QuoteOut:
     """What a jobs request (the same body) would cost now: tokens, their free and additional
     parts, the cost, how many leads fit. Nothing is held or queued."""
     auth.authorize(who, team, READERS)
@@ -55,7 +50,7 @@ async def quote(team: TeamPath, body: JobsIn, svc: Svc, who: Who) -> JSONRespons
         member=member,
         at=svc.clock(),
     )
-    return JSONResponse(shapes.quote_dict(found, member))
+    return QuoteOut.model_validate(shapes.quote_dict(found, member))
 
 
 async def require_all_fit(svc: Svc, team: str, body: JobsIn, member: str | None) -> None:
@@ -81,18 +76,14 @@ async def require_all_fit(svc: Svc, team: str, body: JobsIn, member: str | None)
     raise ApiError(409, code, f"{why}: {what}; nothing was queued (only_if_all_fit)")
 
 
-@router.put(
-    "/{team:path}/members/{member}/cap",
-    response_model=None,
-    responses={200: {"model": MemberCapOut}, **documented(*AUTHED)},
-)
+@router.put("/{team:path}/members/{member}/cap", responses=documented(*AUTHED))
 async def set_member_cap(
     team: TeamPath, member: MemberPath, body: MemberCapIn, svc: Svc, who: Who
-) -> JSONResponse:
+) -> MemberCapOut:
     """Set a member's monthly cap in tokens (`{"tokens": null}` removes it): admins of the
     team only; the token's `sub` is recorded as the actor."""
     auth.authorize(who, team, (auth.ADMIN,))
     change = await svc.ledger.set_member_cap(
         team, member, body.tokens, actor=who.sub, role=who.role, at=svc.clock()
     )
-    return JSONResponse(shapes.member_cap_change_dict(change))
+    return MemberCapOut.model_validate(shapes.member_cap_change_dict(change))

@@ -7,12 +7,11 @@ from typing import Annotated, Any
 from arq.jobs import Job, JobDef, JobResult, JobStatus
 from fastapi import APIRouter, Path
 from fastapi.encoders import jsonable_encoder
-from fastapi.responses import JSONResponse
 
 from api import auth, budget
 from api.deps import AUTHED, WITH_BODY, Svc, Who, documented
 from api.errors import ApiError
-from api.schemas import JobsIn, JobsOut, JobStatusOut
+from api.schemas import JobOut, JobsIn, JobsOut, JobStatusOut
 from api.teams import READERS, TeamPath
 from ledger import shapes
 from worker.client import enqueue
@@ -22,13 +21,8 @@ from worker.queue import ACTION_JOBS, QUEUE
 router = APIRouter(tags=["jobs"])
 
 
-@router.post(
-    "/v1/teams/{team:path}/jobs",
-    status_code=202,
-    response_model=None,
-    responses={202: {"model": JobsOut}, **documented(*WITH_BODY, 409)},
-)
-async def create_jobs(team: TeamPath, body: JobsIn, svc: Svc, who: Who) -> JSONResponse:
+@router.post("/v1/teams/{team:path}/jobs", status_code=202, responses=documented(*WITH_BODY, 409))
+async def create_jobs(team: TeamPath, body: JobsIn, svc: Svc, who: Who) -> JobsOut:
     """Queue jobs: one per lead for enrich and debounce, one per generation for the AI
     actions. A whole list (10,000 leads and more) goes in one request; a bad one queues
     nothing."""
@@ -50,12 +44,11 @@ async def create_jobs(team: TeamPath, body: JobsIn, svc: Svc, who: Who) -> JSONR
         member=member,
         admit=all_fit if body.only_if_all_fit else None,
     )
-    out = {
-        "team": team,
-        "action": body.action,
-        "jobs": [{"job_id": j.job_id, "lead_id": j.lead_id, "queued": j.queued} for j in jobs],
-    }
-    return JSONResponse(out, status_code=202)
+    return JobsOut(
+        team=team,
+        action=body.action,
+        jobs=[JobOut(job_id=j.job_id, lead_id=j.lead_id, queued=j.queued) for j in jobs],
+    )
 
 
 # A finished job's own word -> the API's status (README "The HTTP API and the billing page").
@@ -97,14 +90,10 @@ def _result(info: JobDef) -> dict[str, Any] | None:
     return {"status": "failed", "error": f"{type(info.result).__name__}: {info.result}"}
 
 
-@router.get(
-    "/v1/jobs/{job_id:path}",  # a lead id may hold a "/"
-    response_model=None,
-    responses={200: {"model": JobStatusOut}, **documented(*AUTHED)},
-)
+@router.get("/v1/jobs/{job_id:path}", responses=documented(*AUTHED))  # a lead id may hold a "/"
 async def job_status(
     job_id: Annotated[str, Path(min_length=1, max_length=300)], svc: Svc, who: Who
-) -> JSONResponse:
+) -> JobStatusOut:
     """A job's status (queued, running, captured, refused, failed, released), its charge and
     its result; only for the job's team. arq keeps a finished job's result for 24 h."""
     auth.require_role(who, READERS)
@@ -120,13 +109,14 @@ async def job_status(
         raise unknown
     lead_id = _lead_id(info.function, info.args)
     charge = await svc.ledger.charge_by_key(team, charge_key(job_id, lead_id))
-    out = {
-        "job_id": job_id,
-        "team": team,
-        "action": info.function,
-        "lead_id": lead_id,
-        "status": _status(state, info),
-        "charge": shapes.charge_dict(charge) if charge is not None else None,
-        "result": _result(info),
-    }
-    return JSONResponse(out)
+    return JobStatusOut.model_validate(
+        {
+            "job_id": job_id,
+            "team": team,
+            "action": info.function,
+            "lead_id": lead_id,
+            "status": _status(state, info),
+            "charge": shapes.charge_dict(charge) if charge is not None else None,
+            "result": _result(info),
+        }
+    )

@@ -1,20 +1,37 @@
-"""Request bodies and the documented shape of every response (for /openapi.json).
+"""Request bodies and every response body: the routes return these models, so
+/openapi.json describes exactly what is sent.
 
-Responses are built as plain dicts (ledger/shapes.py's builders where the CLI
-prints the same thing) and sent as they are; these models describe them, and
-the schemathesis test checks that the two agree.
+A response (an `Answer`) is built from the same dict the CLI prints (ledger/shapes.py,
+billing/rows.py) and validated strictly: a key the model lacks, or a value of
+another type, is an error at the route rather than a silent change of the answer.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, with_config
+from typing_extensions import TypedDict
 
-from billing.models import BillStatus
+from billing.rows import BillStatus
 
 MAX_JOBS_QUANTITY = 10_000
+
+
+_EXACT = ConfigDict(extra="forbid", strict=True)
+
+
+class Answer(BaseModel):
+    """A response body: exactly these keys, each value of its type as it is (no coercion)."""
+
+    model_config = _EXACT
+
+
+# The items of a list an answer holds are TypedDicts with the same checks: pydantic
+# validates a dict in place, where a model would build an object per item (a jobs
+# request answers 10,000 of them).
+item = with_config(_EXACT)
 
 
 class ErrorDetail(BaseModel):
@@ -26,7 +43,8 @@ class ErrorOut(BaseModel):
     error: ErrorDetail
 
 
-class ChargeOut(BaseModel):
+@item
+class ChargeOut(TypedDict):
     charge_id: int
     time: str
     action: str
@@ -42,15 +60,16 @@ class ChargeOut(BaseModel):
     settled_at: str | None
 
 
-class MemberSpendOut(BaseModel):
+@item
+class MemberSpendOut(TypedDict):
     member: str
-    spent: int = Field(description="tokens captured this billing month")
-    cap: int = Field(description="monthly cap in tokens")
-    held: int = Field(description="tokens held by the member's running jobs")
-    left: int = Field(description="what the member may still hold this month")
+    spent: Annotated[int, Field(description="tokens captured this billing month")]
+    cap: Annotated[int, Field(description="monthly cap in tokens")]
+    held: Annotated[int, Field(description="tokens held by the member's running jobs")]
+    left: Annotated[int, Field(description="what the member may still hold this month")]
 
 
-class ForecastOut(BaseModel):
+class ForecastOut(Answer):
     """A straight line from the month's start through the tokens used so far."""
 
     free_runs_out: str | None = Field(description="ISO 8601 date; null: not this month")
@@ -60,7 +79,7 @@ class ForecastOut(BaseModel):
     projected_additional_cost: str = Field(description="in the team's currency")
 
 
-class BillingOut(BaseModel):
+class BillingOut(Answer):
     team: str
     plan: str
     seats: int
@@ -88,7 +107,7 @@ class BillingOut(BaseModel):
     )
 
 
-class HistoryPage(BaseModel):
+class HistoryPage(Answer):
     charges: list[ChargeOut] = Field(description="newest first")
     next_cursor: str | None = Field(description="pass as ?cursor= for older charges; null: done")
 
@@ -99,7 +118,7 @@ class LimitIn(BaseModel):
     tokens: StrictInt = Field(ge=0, le=10**12, description="monthly additional-token limit")
 
 
-class LimitOut(BaseModel):
+class LimitOut(Answer):
     team: str
     actor: str
     role: str
@@ -122,7 +141,7 @@ class TeamIn(BaseModel):
     stripe_customer: str | None = Field(default=None, min_length=1, max_length=255)
 
 
-class TeamOut(BaseModel):
+class TeamOut(Answer):
     team: str
     created: bool
     plan: str
@@ -136,7 +155,8 @@ class TeamOut(BaseModel):
     free_granted: int
 
 
-class TeamListed(BaseModel):
+@item
+class TeamListed(TypedDict):
     team: str
     plan: str
     seats: int
@@ -144,11 +164,11 @@ class TeamListed(BaseModel):
     anchor: str
     stripe_customer: str | None
     additional_limit: int
-    period_start: str = Field(description="the billing month containing now")
+    period_start: Annotated[str, Field(description="the billing month containing now")]
     period_end: str
 
 
-class TeamsOut(BaseModel):
+class TeamsOut(Answer):
     teams: list[TeamListed]
 
 
@@ -187,7 +207,7 @@ class JobsIn(BaseModel):
     )
 
 
-class QuoteOut(BaseModel):
+class QuoteOut(Answer):
     """What a jobs request would cost now (nothing held or queued)."""
 
     team: str
@@ -213,7 +233,7 @@ class MemberCapIn(BaseModel):
     )
 
 
-class MemberCapOut(BaseModel):
+class MemberCapOut(Answer):
     team: str
     member: str
     actor: str
@@ -223,13 +243,14 @@ class MemberCapOut(BaseModel):
     changed_at: str
 
 
-class JobOut(BaseModel):
+@item
+class JobOut(TypedDict):
     job_id: str
     lead_id: str | None
-    queued: bool = Field(description="false when a job with this id existed already")
+    queued: Annotated[bool, Field(description="false when a job with this id existed already")]
 
 
-class JobsOut(BaseModel):
+class JobsOut(Answer):
     team: str
     action: str
     jobs: list[JobOut]
@@ -238,7 +259,7 @@ class JobsOut(BaseModel):
 JobState = Literal["queued", "running", "captured", "refused", "failed", "released"]
 
 
-class JobStatusOut(BaseModel):
+class JobStatusOut(Answer):
     job_id: str
     team: str
     action: str
@@ -248,7 +269,7 @@ class JobStatusOut(BaseModel):
     result: dict[str, Any] | None = Field(description="what the job returned, once finished")
 
 
-class BillOut(BaseModel):
+class BillOut(Answer):
     """A bill as `tokens bills --json` prints it."""
 
     bill_id: int
@@ -271,17 +292,18 @@ class BillOut(BaseModel):
     declines: int
     next_pay_at: str | None
     reissue_of: int | None
-    reissued_as: int | None = None
     attempts: int
     created_at: str
+    reissued_as: int | None
 
 
-class BillsOut(BaseModel):
+class BillsOut(Answer):
     team: str
     bills: list[BillOut]
 
 
-class BilledCharge(BaseModel):
+@item
+class BilledCharge(TypedDict):
     charge_id: int
     action: str
     quantity: int
@@ -293,9 +315,8 @@ class BilledCharge(BaseModel):
 
 
 class BillExplained(BillOut):
-    """A bill and exactly the charges whose additional tokens it billed.
-
-    README "Billing with Stripe", Explain a bill."""
+    """A bill and exactly the charges whose additional tokens it billed (README "Billing
+    with Stripe", explain a bill)."""
 
     by_action: dict[str, int]
     charges_tokens: int
@@ -303,7 +324,8 @@ class BillExplained(BillOut):
     charges: list[BilledCharge]
 
 
-class AlertOut(BaseModel):
+@item
+class AlertOut(TypedDict):
     alert_id: str
     team: str
     kind: Literal["free", "additional"]
@@ -316,19 +338,19 @@ class AlertOut(BaseModel):
     delivery_attempts: int
 
 
-class AlertsOut(BaseModel):
+class AlertsOut(Answer):
     team: str
     alerts: list[AlertOut] = Field(description="newest first")
 
 
-class WebhookOut(BaseModel):
+class WebhookOut(Answer):
     event_id: str
     type: str
     duplicate: bool = Field(description="true when this event had been handled before")
     result: str
 
 
-class HealthOut(BaseModel):
+class HealthOut(Answer):
     status: str
     postgres: str
     redis: str

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from api import auth
 from api.deps import AUTHED, WITH_BODY, Svc, Who, documented
@@ -35,31 +35,23 @@ READERS = (auth.MEMBER, auth.ADMIN, auth.SERVICE)
 MAX_PAGE = 500
 
 
-@router.get(
-    "",
-    response_model=None,
-    responses={200: {"model": TeamsOut}, **documented(401, 403, 503)},
-)
-async def list_teams(svc: Svc, who: Who) -> JSONResponse:
+@router.get("", responses=documented(401, 403, 503))
+async def list_teams(svc: Svc, who: Who) -> TeamsOut:
     """Every team with its current billing month, by id (as `tokens teams --json`): the
     `service` role only."""
     if who.role != auth.SERVICE:
         raise ApiError(403, "forbidden_role", f"role {who.role!r} may not list teams")
     found = await svc.ledger.teams(at=svc.clock())
-    return JSONResponse({"teams": [shapes.team_list_dict(*row) for row in found]})
+    return TeamsOut.model_validate({"teams": [shapes.team_list_dict(*row) for row in found]})
 
 
-@router.get(
-    "/{team:path}/billing",
-    response_model=None,
-    responses={200: {"model": BillingOut}, **documented(*AUTHED)},
-)
-async def billing(team: TeamPath, svc: Svc, who: Who) -> JSONResponse:
+@router.get("/{team:path}/billing", responses=documented(*AUTHED))
+async def billing(team: TeamPath, svc: Svc, who: Who) -> BillingOut:
     """The billing section of the team's current billing month (as `tokens billing --json`)."""
     auth.authorize(who, team, READERS)
     now = svc.clock()
     section = await svc.ledger.billing(team, at=now)
-    return JSONResponse(shapes.billing_dict(section, at=now))
+    return BillingOut.model_validate(shapes.billing_dict(section, at=now))
 
 
 def parse_cursor(cursor: str | None) -> int | None:
@@ -83,22 +75,18 @@ async def history_page(
     return rows, (str(rows[-1].id) if more and rows else None)
 
 
-@router.get(
-    "/{team:path}/history",
-    response_model=None,
-    responses={200: {"model": HistoryPage}, **documented(*AUTHED)},
-)
+@router.get("/{team:path}/history", responses=documented(*AUTHED))
 async def history(
     team: TeamPath,
     svc: Svc,
     who: Who,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
     cursor: Annotated[str | None, Query(max_length=32, description="next_cursor")] = None,
-) -> JSONResponse:
+) -> HistoryPage:
     """The team's charges, newest first, `limit` at a time."""
     auth.authorize(who, team, READERS)
     rows, next_cursor = await history_page(svc, team, cursor=cursor, limit=limit)
-    return JSONResponse(
+    return HistoryPage.model_validate(
         {"charges": [shapes.charge_dict(c) for c in rows], "next_cursor": next_cursor}
     )
 
@@ -125,49 +113,40 @@ async def history_csv(team: TeamPath, svc: Svc, who: Who) -> Response:
     )
 
 
-@router.get(
-    "/{team:path}/alerts",
-    response_model=None,
-    responses={200: {"model": AlertsOut}, **documented(*AUTHED)},
-)
-async def alerts(team: TeamPath, svc: Svc, who: Who) -> JSONResponse:
+@router.get("/{team:path}/alerts", responses=documented(*AUTHED))
+async def alerts(team: TeamPath, svc: Svc, who: Who) -> AlertsOut:
     """The team's usage alerts (80 % and 100 % of the free grant and of the limit), newest
     first (as `tokens alerts TEAM --json`)."""
     auth.authorize(who, team, READERS)
     found = await svc.ledger.alerts(team)
-    return JSONResponse({"team": team, "alerts": [a.as_dict() for a in found]})
+    return AlertsOut.model_validate({"team": team, "alerts": [a.as_dict() for a in found]})
 
 
-@router.put(
-    "/{team:path}/limit",
-    response_model=None,
-    responses={200: {"model": LimitOut}, **documented(*WITH_BODY)},
-)
-async def set_limit(team: TeamPath, body: LimitIn, svc: Svc, who: Who) -> JSONResponse:
+@router.put("/{team:path}/limit", responses=documented(*WITH_BODY))
+async def set_limit(team: TeamPath, body: LimitIn, svc: Svc, who: Who) -> LimitOut:
     """Change the monthly additional-token limit: admins of the team only; the token's `sub`
     is recorded as the actor."""
     auth.authorize(who, team, (auth.ADMIN,))
-    return JSONResponse(await change_limit(svc, team, body.tokens, who))
+    return await change_limit(svc, team, body.tokens, who)
 
 
-async def change_limit(svc: Svc, team: str, tokens: int, who: auth.Caller) -> dict[str, Any]:
+async def change_limit(svc: Svc, team: str, tokens: int, who: auth.Caller) -> LimitOut:
     """The ledger's limit change by this caller (shared with the billing page's form)."""
     now = svc.clock()
     change = await svc.ledger.set_limit(team, tokens, actor=who.sub, role=who.role, at=now)
     section = await svc.ledger.billing(team, at=now)
-    return shapes.limit_change_dict(change, section)
+    return LimitOut.model_validate(shapes.limit_change_dict(change, section))
 
 
 @router.put(
     "/{team:path}",
-    response_model=None,
     responses={
-        200: {"model": TeamOut, "description": "updated"},
+        200: {"description": "updated"},
         201: {"model": TeamOut, "description": "created"},
         **documented(400, 401, 403, 409, 413, 422, 503),
     },
 )
-async def set_team(team: TeamPath, body: TeamIn, svc: Svc, who: Who) -> JSONResponse:
+async def set_team(team: TeamPath, body: TeamIn, svc: Svc, who: Who, response: Response) -> TeamOut:
     """Create or update a team (the fields of `tokens team set`): the `service` role only."""
     auth.authorize(who, team, (auth.SERVICE,))
     now = svc.clock()
@@ -183,5 +162,5 @@ async def set_team(team: TeamPath, body: TeamIn, svc: Svc, who: Who) -> JSONResp
         stripe_customer=body.stripe_customer,
     )
     section = await svc.ledger.billing(team, at=now)
-    out = shapes.team_set_dict(row, created, section)
-    return JSONResponse(out, status_code=201 if created else 200)
+    response.status_code = 201 if created else 200
+    return TeamOut.model_validate(shapes.team_set_dict(row, created, section))

@@ -11,7 +11,7 @@ from typing import Any
 
 import asyncpg
 
-from billing.models import STATUSES, Bill, bill_dict
+from billing.rows import STATUSES, BillRow, bill_dict
 from db.queries import q
 from ledger import validate
 from ledger.errors import BadInput, TokensError
@@ -49,9 +49,7 @@ def check_status(status: str | None) -> None:
 
 
 def _bill(row: asyncpg.Record) -> dict[str, Any]:
-    data = dict(row)
-    reissued_as = data.pop("reissued_as", None)
-    return bill_dict(Bill.model_validate(data), reissued_as=reissued_as)
+    return bill_dict(BillRow.from_record(row), reissued_as=row.get("reissued_as"))
 
 
 async def list_bills(
@@ -130,7 +128,7 @@ async def reissue_bill(
     if row is None:
         # Unknown, or held by a reconcile run: the function says which, changing nothing.
         return await _reissue(pool, bill_id, at, None)
-    bill = Bill.model_validate(dict(row))
+    bill = BillRow.from_record(row)
     try:
         if _may_collect(bill):
             followed = await _settle_old_invoice(pool, client, bill)
@@ -141,7 +139,7 @@ async def reissue_bill(
         await pool.execute(q("release_lease", SQL), bill_id, bill.lease_token)
 
 
-def _may_collect(bill: Bill) -> bool:
+def _may_collect(bill: BillRow) -> bool:
     """A bill reissue may replace whose invoice could still collect money."""
     if bill.stripe_invoice_id is None or bill.error_code == "invoice_deleted":
         return False
@@ -150,7 +148,9 @@ def _may_collect(bill: Bill) -> bool:
     )
 
 
-async def _settle_old_invoice(pool: asyncpg.Pool, client: Any, bill: Bill) -> dict[str, Any] | None:
+async def _settle_old_invoice(
+    pool: asyncpg.Pool, client: Any, bill: BillRow
+) -> dict[str, Any] | None:
     """Make the old invoice unable to collect; or, when it carries the bill (paid, or
     fixed or finalized by finance), the bill follows it: -> the bill as it is now."""
     import stripe
@@ -192,7 +192,7 @@ async def _settle_old_invoice(pool: asyncpg.Pool, client: Any, bill: Bill) -> di
 
 
 def _followed(row: Any, invoice_id: str | None, invoice_status: str) -> dict[str, Any]:
-    bill = row if isinstance(row, Bill) else Bill.model_validate(dict(row))
+    bill = row if isinstance(row, BillRow) else BillRow.from_record(row)
     return {
         **bill_dict(bill),
         "reissued": False,
@@ -213,4 +213,4 @@ async def _reissue(pool: asyncpg.Pool, bill_id: int, at: datetime, token: Any) -
             raise ReissueRefused(f"bill {bill_id} was reissued already") from None
         raise
     assert row is not None
-    return {**bill_dict(Bill.model_validate(dict(row))), "reissued": True}
+    return {**bill_dict(BillRow.from_record(row)), "reissued": True}

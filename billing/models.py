@@ -1,10 +1,13 @@
-"""The bills and bill_charges tables (migrations 0002, 0003) as SQLModel classes."""
+"""The bills and bill_charges tables (migrations 0002, 0003) as SQLModel classes.
+
+They describe the schema (tests/test_schema.py diffs them against the migrations);
+the code reads bills as billing/rows.py's `BillRow`, which needs no SQLAlchemy.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal, get_args
 from uuid import UUID
 
 from sqlalchemy import (
@@ -24,23 +27,6 @@ from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlmodel import Field, SQLModel
 
 from ledger.models import ts_column  # also registers billing_months, which bills refer to
-
-STEPS = ("created", "invoice_created", "item_added", "finalized", "paid")
-# The statuses of README "Billing with Stripe"; the API's schema uses the same type.
-BillStatus = Literal[
-    "unsent",
-    "sending",
-    "open",
-    "paid",
-    "payment_failed",
-    "void",
-    "uncollectible",
-    "failed",
-    "reissued",
-]
-STATUSES: tuple[str, ...] = get_args(BillStatus)
-# Statuses a reconcile run still works on: sends, or reads Stripe's status of.
-ACTIVE = ("unsent", "sending", "failed", "open", "payment_failed", "uncollectible")
 
 
 def _text(nullable: bool = True) -> Column[str]:
@@ -165,31 +151,3 @@ class BillCharge(SQLModel, table=True):
 
     charge_id: int = Field(sa_column=Column(BigInteger, ForeignKey("charges.id"), primary_key=True))
     bill_id: int = Field(sa_column=Column(BigInteger, ForeignKey("bills.id"), nullable=False))
-
-
-def bill_dict(bill: Bill, **extra: Any) -> dict[str, Any]:
-    return {
-        "bill_id": bill.id,
-        "team": bill.team_id,
-        "reason": bill.reason,
-        "tokens": bill.tokens,
-        "amount_cents": bill.amount_cents,
-        "currency": bill.currency,
-        "unit_price_usd": str(bill.unit_price.normalize()),
-        "period_start": bill.period_start,
-        "period_end": bill.period_end,
-        "status": bill.status,
-        "step": bill.step,
-        "stripe_invoice_id": bill.stripe_invoice_id,
-        "stripe_invoice_status": bill.stripe_invoice_status,
-        "error": bill.last_error,
-        "error_code": bill.error_code,
-        "collection_method": bill.collection_method,
-        "decline_code": bill.decline_code,
-        "declines": bill.declines,
-        "next_pay_at": bill.next_pay_at,
-        "reissue_of": bill.reissue_of,
-        "attempts": bill.attempts,
-        "created_at": bill.created_at,
-        **extra,
-    }

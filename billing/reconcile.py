@@ -26,7 +26,7 @@ import asyncpg
 import stripe
 import structlog
 
-from billing.models import Bill, bill_dict
+from billing.rows import BillRow, bill_dict
 from billing.sender import StripeSender
 from db.queries import q
 from ledger import validate
@@ -48,7 +48,7 @@ LIST_FROM = 3
 LIST_PAGE = 100
 
 
-def bill_status(bill: Bill) -> str:
+def bill_status(bill: BillRow) -> str:
     """What finance reads (README "Billing with Stripe"): unsent, sending, open, paid,
     payment_failed, void, uncollectible, failed; `reissued` for a bill `tokens bill
     reissue` replaced."""
@@ -57,8 +57,8 @@ def bill_status(bill: Bill) -> str:
 
 @dataclass
 class ReconcileReport:
-    created: list[Bill] = field(default_factory=list)
-    touched: dict[int, Bill] = field(default_factory=dict)
+    created: list[BillRow] = field(default_factory=list)
+    touched: dict[int, BillRow] = field(default_factory=dict)
     # Bills this run could not send, or whose payment was declined in this run.
     new_failures: set[int] = field(default_factory=set)
     # Bills left for the next run: the run's time budget was spent.
@@ -66,7 +66,7 @@ class ReconcileReport:
     seconds: float = 0.0
 
     @property
-    def bills(self) -> list[Bill]:
+    def bills(self) -> list[BillRow]:
         return sorted(self.touched.values(), key=lambda b: b.id or 0)
 
     @property
@@ -94,9 +94,9 @@ class ReconcileReport:
         }
 
 
-async def create_bills(pool: asyncpg.Pool, *, team: str | None, at: datetime) -> list[Bill]:
+async def create_bills(pool: asyncpg.Pool, *, team: str | None, at: datetime) -> list[BillRow]:
     rows = await pool.fetch(q("create_bills", SQL), team, at)
-    bills = [Bill.model_validate(dict(r)) for r in rows]
+    bills = [BillRow.from_record(r) for r in rows]
     for b in bills:
         log.info(
             "bill_created",
@@ -203,10 +203,10 @@ async def reconcile(
     return report
 
 
-async def team_bills(pool: asyncpg.Pool, team: str | None = None) -> list[Bill]:
+async def team_bills(pool: asyncpg.Pool, team: str | None = None) -> list[BillRow]:
     rows = (
         await pool.fetch(q("team_bills", SQL), team)
         if team is not None
         else await pool.fetch(q("all_bills", SQL))
     )
-    return [Bill.model_validate(dict(r)) for r in rows]
+    return [BillRow.from_record(r) for r in rows]

@@ -44,7 +44,7 @@ import httpx
 import structlog
 
 from ledger.alerts import AlertRow
-from worker.context import deps_of
+from worker.context import JobContext
 
 log = structlog.get_logger("tokens.alerts")
 
@@ -169,9 +169,9 @@ class AlertSender:
         return report
 
 
-async def deliver_alerts(ctx: dict[str, Any]) -> dict[str, Any]:
+async def deliver_alerts(ctx: JobContext) -> dict[str, Any]:
     """arq cron job: send the due alerts when TOKENS_ALERT_WEBHOOK_URL is set."""
-    deps = deps_of(ctx)
+    deps = ctx["deps"]
     settings = deps["settings"]
     if not settings.alert_webhook_url:
         return DeliveryReport().as_dict()

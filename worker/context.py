@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 import httpx
 
@@ -27,8 +27,9 @@ class Deps(TypedDict):
     sender: StripeSender | None
 
 
-class JobContext(TypedDict, total=False):
-    """arq's ctx: our `deps`, plus what arq adds per job."""
+class JobContext(TypedDict):
+    """arq's ctx as a job gets it: our `deps` (set in `on_startup`), plus what arq adds
+    for each job. arq's own types say `dict`: worker/arq_shim.py hands the jobs to arq."""
 
     deps: Deps
     redis: ArqRedis
@@ -36,8 +37,3 @@ class JobContext(TypedDict, total=False):
     job_try: int
     enqueue_time: datetime
     score: int
-
-
-def deps_of(ctx: dict[str, Any]) -> Deps:
-    deps: Deps = ctx["deps"]
-    return deps

@@ -26,11 +26,9 @@ memo write.
 from __future__ import annotations
 
 import asyncio
-import random
-import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import structlog
 from arq.worker import Retry
@@ -38,15 +36,17 @@ from arq.worker import Retry
 from ledger.errors import ChargeAlreadySettled, UnknownCharge
 from ledger.results import Settlement
 from ledger.service import Ledger
-from runtime.metrics import OUTAGES, jobs_counter, tokens_counter
-from runtime.transient import is_contention, is_transient, ride_out
+from runtime.metrics import jobs_counter, tokens_counter
+from runtime.transient import is_contention, is_transient
+from worker.outages import Outage, OutageRetry
 from worker.providers import ProviderFailure, SearchResult
+
+__all__ = ["OutageRetry", "SearchMemo", "charge_key", "metered"]
 
 log = structlog.get_logger("tokens.worker")
 
 Search = Callable[[], Awaitable[SearchResult]]
 OnThreshold = Callable[[Settlement], Awaitable[None]]
-T = TypeVar("T")
 
 
 class SearchMemo(Protocol):
@@ -59,28 +59,6 @@ class SearchMemo(Protocol):
     async def get(self, key: str) -> SearchResult | None: ...
 
     async def put(self, key: str, result: SearchResult) -> None: ...
-
-
-class OutageRetry(Retry):
-    """Postgres or Redis is away, or a search's capture failed: run this job again later.
-
-    Not a failure of the job nor one of its tries: the worker gives arq's try
-    back (worker/tasks.py), so an outage never uses up TOKENS_JOB_MAX_TRIES,
-    and a search whose capture failed is never left unrecorded by a job that
-    ran out of tries.
-    """
-
-    def __init__(self, what: str, defer: float) -> None:
-        super().__init__(defer=defer)
-        self.what = what
-
-
-def outage_defer_seconds(wait: float) -> float:
-    """How long a job waits in the queue after an outage outlasted its in-job wait:
-    a quarter of that wait (0.1-10 s), with jitter so that the jobs put back do
-    not all come back at the same moment."""
-    base = min(max(wait / 4, 0.1), 10.0)
-    return base * random.uniform(0.75, 1.25)
 
 
 # A refused hold's code (HoldResult.refusal) -> the job result's reason.
@@ -137,7 +115,7 @@ async def metered(
         search=search,
         on_threshold=on_threshold,
         backoff_base=backoff_base,
-        outage=_Outage(outage_until, outage_wait),
+        outage=Outage(outage_until, outage_wait),
         memo=memo,
         member=member,
     )
@@ -158,7 +136,7 @@ async def _metered(
     search: Search,
     on_threshold: OnThreshold | None,
     backoff_base: float,
-    outage: _Outage,
+    outage: Outage,
     memo: SearchMemo | None,
     member: str | None,
 ) -> dict[str, Any]:
@@ -274,10 +252,6 @@ class _Remembered:
             log.error("search_memo_failed", **self.fields, exc_info=True)
 
 
-def _outage_or_contention(exc: BaseException) -> bool:
-    return is_transient(exc) or is_contention(exc)
-
-
 # The ledger's final answers to a capture: there is nothing left to capture.
 _FINAL = (ChargeAlreadySettled, UnknownCharge)
 
@@ -290,7 +264,7 @@ async def _capture(
     ledger: Ledger,
     charge_id: int,
     clock: Callable[[], datetime],
-    outage: _Outage,
+    outage: Outage,
     fields: dict[str, Any],
     remember: Callable[[], Awaitable[None]],
 ) -> Settlement:
@@ -338,7 +312,7 @@ async def _search(
     max_tries: int,
     clock: Callable[[], datetime],
     backoff_base: float,
-    outage: _Outage,
+    outage: Outage,
     earlier_search: Callable[[], Awaitable[SearchResult | None]],
 ) -> SearchResult | dict[str, Any]:
     """The provider's answer, or the job's result when the search did not happen.
@@ -387,69 +361,3 @@ async def _search(
             "reason": f"{failure.provider}: {failure.reason}",
             "charged": False,
         }
-
-
-class _Outage:
-    """Ledger calls that wait out an outage until a deadline, then put the job back."""
-
-    def __init__(self, until: float | None, wait: float) -> None:
-        self.until = until
-        self.wait = wait
-
-    async def guard(self, call: Callable[[], Awaitable[T]], what: str, fields: dict[str, Any]) -> T:
-        """`call` (a hold or a release), waiting out an outage, or a statement that
-        other sessions' locks cut off (a bill locking the team's month): either
-        would otherwise fail the job for good, its lead never searched."""
-        try:
-            return await call()  # nearly always: no deadline to work out, no wrapper
-        except Exception as exc:
-            if not _outage_or_contention(exc):
-                raise
-            failed = exc
-        return await self.wait_out(call, what, fields, failed, retry_on=_outage_or_contention)
-
-    async def by_deadline(self, call: Awaitable[T]) -> T:
-        """`call`, given up (TimeoutError) at the deadline. A settlement given up
-        on still commits or not with its batch (ledger/group_commit.py); the
-        job's next run finds which."""
-        if self.until is None:
-            return await call
-        async with asyncio.timeout(max(self.until - time.monotonic(), 0.0)):
-            return await call
-
-    async def wait_out(
-        self,
-        call: Callable[[], Awaitable[T]],
-        what: str,
-        fields: dict[str, Any],
-        failed: Exception,
-        retry_on: Callable[[BaseException], bool] = is_transient,
-    ) -> T:
-        """`call` failed, Postgres (or Redis) being away, or with another error
-        `retry_on` accepts: `call` again, with backoff, until the deadline; past
-        it, or without one, put the job back (OutageRetry)."""
-        try:
-            if self.until is None:
-                raise failed
-            until = min(self.until, time.monotonic() + self.wait)
-            return await ride_out(
-                call,
-                until=until,
-                what=what,
-                on_wait=lambda _: OUTAGES.labels(what, "waited").inc(),
-                retry_on=retry_on,
-                **fields,
-            )
-        except Exception as exc:
-            if not retry_on(exc):
-                raise
-            defer = outage_defer_seconds(self.wait)
-            OUTAGES.labels(what, "deferred").inc()
-            log.warning(
-                "outage_retry",
-                what=what,
-                error=f"{type(exc).__name__}: {exc}"[:200],
-                retry_in_s=round(defer, 2),
-                **fields,
-            )
-            raise OutageRetry(what, defer) from exc

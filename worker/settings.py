@@ -13,22 +13,22 @@ import httpx
 import redis.exceptions as redis_errors
 import structlog
 from arq.connections import RedisSettings
-from arq.cron import cron
-from arq.worker import Worker, func
 
 from billing.sender import sender_from_settings
 from db.pool import create_pool
 from runtime.config import Settings
 from runtime.embedded.supervise import supervise
-from runtime.transient import is_transient, ride_out
+from runtime.transient import ride_out
 from wiring.pools import catalog, ensure_schema
 from wiring.servers import database_url
 from worker.alerts import deliver_alerts
+from worker.arq_shim import TokensWorker, cron_job, job, pooled_connections
 from worker.context import Deps
 from worker.providers import build_providers
 from worker.queue import QUEUE, RECONCILE_JOB
-from worker.start_groups import Member, StartGroup
 from worker.tasks import JOBS, expire_holds, reconcile_all, reconcile_team
+
+__all__ = ["TokensWorker", "ride_out_redis", "worker_kwargs"]
 
 log = structlog.get_logger("tokens.worker")
 
@@ -80,104 +80,13 @@ def ride_out_redis(redis: Any, outage_s: float = REDIS_OUTAGE_S) -> None:
         retries=int(outage_s / cap) + 5,
         supported_errors=tuple(errors),  # type: ignore[arg-type]
     )
-    pool = redis.connection_pool
-    pool.connection_kwargs.update(retry=retry, retry_on_error=errors, retry_on_timeout=True)
-    for conn in [*pool._available_connections, *pool._in_use_connections]:
+    redis.connection_pool.connection_kwargs.update(
+        retry=retry, retry_on_error=errors, retry_on_timeout=True
+    )
+    for conn in pooled_connections(redis):
         conn.retry = retry
         conn.retry_on_error = errors
         conn.retry_on_timeout = True
-
-
-class TokensWorker(Worker):
-    """arq's worker, which must not die of a Redis restart.
-
-    A command inside WATCH ... EXEC that loses its connection raises WatchError
-    (redis-py cannot retry a transaction whose WATCH is gone). arq takes a job
-    under WATCH, and enqueues its cron jobs under WATCH, and does not expect
-    that error there: the worker's poll loop ended, the process exited. Here
-    such an outage skips this poll (the next one tries again) and gives back
-    the job slot it had taken.
-    """
-
-    # At most this many jobs taken in a row wait for each other (worker/start_groups.py).
-    start_group = 16
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._members: dict[str, Member] = {}  # taken, not yet running
-        self._running: dict[str, Member] = {}
-        on_job_start = self.on_job_start
-
-        async def meet_then_start(ctx: dict[str, Any]) -> None:
-            member = self._running.get(ctx["job_id"])
-            if member is not None:
-                await member.meet()
-            if on_job_start is not None:
-                await on_job_start(ctx)
-
-        self.on_job_start = meet_then_start
-
-    async def start_jobs(self, job_ids: list[bytes]) -> None:
-        """arq's, one job at a time (each its own WATCH), with two changes.
-
-        Outages: see the class. Start together: the jobs taken by one poll
-        start together, up to `start_group` at a time (worker/start_groups.py):
-        once they are all taken, and their functions once they have all read
-        their jobs. Their holds and captures then meet in the same ledger
-        batch: fewer round trips per job (bench/arq_overhead.py). Nothing
-        else changes: a job is taken exactly as arq takes it, and runs
-        exactly as arq runs it.
-        """
-        group = StartGroup()
-        try:
-            for job_id in job_ids:
-                if self.job_counter >= self.max_jobs:
-                    return  # arq's own check, before it takes anything: no slot left
-                if group.size >= self.start_group:
-                    group.close()
-                    group = StartGroup()
-                name = job_id.decode()
-                member = self._members[name] = group.join()
-                before = self.tasks.get(name)  # arq adds each job it starts to self.tasks
-                try:
-                    await super().start_jobs([job_id])
-                except Exception as exc:
-                    if not is_transient(exc):
-                        raise
-                    # It failed after taking a slot and before starting the job (the
-                    # only place it can): give the slot back, try again next poll.
-                    self.job_counter -= 1
-                    self.sem.release()
-                    log.warning("worker_redis_outage", where="start_jobs", error=repr(exc)[:200])
-                    return
-                finally:
-                    if self.tasks.get(name) is before:  # not started (taken elsewhere, ...)
-                        self._members.pop(name, None)
-                        member.arrived()
-        finally:
-            group.close()
-
-    async def run_job(self, job_id: str, score: int) -> None:
-        member = self._members.pop(job_id, None)
-        if member is None:
-            await super().run_job(job_id, score)
-            return
-        await member.group.taken()
-        self._running[job_id] = member
-        try:
-            await super().run_job(job_id, score)
-        finally:
-            if self._running.get(job_id) is member:  # not a later run of the same job
-                del self._running[job_id]
-            member.arrived()  # ended before its start (expired, out of tries, ...)
-
-    async def heart_beat(self) -> None:
-        try:
-            await super().heart_beat()
-        except Exception as exc:
-            if not is_transient(exc):
-                raise
-            log.warning("worker_redis_outage", where="heart_beat", error=repr(exc)[:200])
 
 
 def worker_kwargs(
@@ -247,13 +156,13 @@ def worker_kwargs(
     alert_every = _every(settings.alert_interval_seconds)
     return {
         "functions": [
-            *(func(f, name=f.__name__) for f in JOBS),
-            func(reconcile_team, name=RECONCILE_JOB, keep_result=0, max_tries=3),
+            *(job(f) for f in JOBS),
+            job(reconcile_team, name=RECONCILE_JOB, keep_result=0, max_tries=3),
         ],
         "cron_jobs": [
-            cron(reconcile_all, name="reconcile_all", run_at_startup=not burst, **every),
-            cron(expire_holds, name="expire_holds", run_at_startup=not burst, **every),
-            cron(deliver_alerts, name="deliver_alerts", **alert_every),
+            cron_job(reconcile_all, name="reconcile_all", run_at_startup=not burst, **every),
+            cron_job(expire_holds, name="expire_holds", run_at_startup=not burst, **every),
+            cron_job(deliver_alerts, name="deliver_alerts", **alert_every),
         ],
         "queue_name": QUEUE,
         "redis_settings": RedisSettings.from_dsn(redis_url),

@@ -1,4 +1,4 @@
-"""The jobs a worker takes in one poll start together (TokensWorker, worker/settings.py).
+"""The jobs a worker takes in one poll start together (TokensWorker, worker/arq_shim.py).
 
 arq takes a job in four Redis round trips and then reads it in a fifth, its
 own pipeline per job, so jobs taken in one poll would reach their holds one

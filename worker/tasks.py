@@ -27,9 +27,10 @@ from ledger.errors import ChargeAlreadySettled
 from ledger.results import Settlement, StaleHold
 from runtime.metrics import OUTAGES
 from runtime.transient import is_transient, ride_out
-from worker.context import Deps, deps_of
+from worker.context import Deps, JobContext
 from worker.memo import CALL_TIMEOUT_S, JOB_KEY_TTL_S, memo_ttl_seconds, remembered, shared_memo
-from worker.metering import OutageRetry, metered, outage_defer_seconds
+from worker.metering import metered
+from worker.outages import OutageRetry, outage_defer_seconds
 from worker.payloads import DebounceLead, IcebreakerPayload, Lead, SequencePayload, parse
 from worker.providers import SearchResult, VendorsPaused
 from worker.queue import ACTION_JOBS, OUTAGE_KEY_PREFIX, QUEUE, RECONCILE_JOB
@@ -44,7 +45,7 @@ def outage_deadline(deps: Deps) -> float:
     return time.monotonic() + timeout - min(5.0, timeout * 0.2)
 
 
-async def give_try_back(ctx: dict[str, Any], exc: OutageRetry | VendorsPaused) -> None:
+async def give_try_back(ctx: JobContext, exc: OutageRetry | VendorsPaused) -> None:
     """An outage is not one of the job's tries: undo arq's count of this run.
 
     arq counts a try when a run starts (INCR arq:retry:<job id>) and fails the
@@ -91,14 +92,14 @@ async def queue_team_reconcile(redis: Any, team: str) -> bool:
 
 
 async def _run(
-    ctx: dict[str, Any],
+    ctx: JobContext,
     team: str,
     action: str,
     lead_id: str | None,
     search: Any,
     member: str | None = None,
 ) -> dict[str, Any]:
-    deps = deps_of(ctx)
+    deps = ctx["deps"]
 
     async def on_threshold(settlement: Settlement) -> None:
         try:
@@ -120,7 +121,7 @@ async def _run(
 
 
 async def _metered_job(
-    ctx: dict[str, Any],
+    ctx: JobContext,
     deps: Deps,
     team: str,
     action: str,
@@ -150,56 +151,56 @@ async def _metered_job(
 
 
 async def ai_sequence(
-    ctx: dict[str, Any], team: str, payload: dict[str, Any], member: str | None = None
+    ctx: JobContext, team: str, payload: dict[str, Any], member: str | None = None
 ) -> dict[str, Any]:
     body: SequencePayload = parse(SequencePayload, payload, "ai_sequence")
 
     async def search() -> SearchResult:
-        return await deps_of(ctx)["providers"].ai.sequence(body)
+        return await ctx["deps"]["providers"].ai.sequence(body)
 
     return await _run(ctx, team, "ai_sequence", None, search, member)
 
 
 async def ai_icebreaker(
-    ctx: dict[str, Any], team: str, payload: dict[str, Any], member: str | None = None
+    ctx: JobContext, team: str, payload: dict[str, Any], member: str | None = None
 ) -> dict[str, Any]:
     body: IcebreakerPayload = parse(IcebreakerPayload, payload, "ai_icebreaker")
 
     async def search() -> SearchResult:
-        return await deps_of(ctx)["providers"].ai.icebreaker(body)
+        return await ctx["deps"]["providers"].ai.icebreaker(body)
 
     return await _run(ctx, team, "ai_icebreaker", body.lead.id, search, member)
 
 
 async def enrich(
-    ctx: dict[str, Any], team: str, lead: dict[str, Any], member: str | None = None
+    ctx: JobContext, team: str, lead: dict[str, Any], member: str | None = None
 ) -> dict[str, Any]:
     body: Lead = parse(Lead, lead, "enrich lead")
 
     async def search() -> SearchResult:
-        return await deps_of(ctx)["providers"].enrich.enrich(body)
+        return await ctx["deps"]["providers"].enrich.enrich(body)
 
     return await _run(ctx, team, "enrich", body.id, search, member)
 
 
 async def debounce(
-    ctx: dict[str, Any], team: str, lead: dict[str, Any], member: str | None = None
+    ctx: JobContext, team: str, lead: dict[str, Any], member: str | None = None
 ) -> dict[str, Any]:
     body: DebounceLead = parse(DebounceLead, lead, "debounce lead")
 
     async def search() -> SearchResult:
-        return await deps_of(ctx)["providers"].verify.verify(body)
+        return await ctx["deps"]["providers"].verify.verify(body)
 
     return await _run(ctx, team, "debounce", body.id, search, member)
 
 
-async def reconcile_team(ctx: dict[str, Any], team: str | None = None) -> dict[str, Any]:
+async def reconcile_team(ctx: JobContext, team: str | None = None) -> dict[str, Any]:
     """Bill what is due (one team after a threshold, or everyone from cron).
 
     Postgres away: wait it out, then a team's reconcile goes back to the queue
     (not counted as a try); the periodic one leaves it to its next run.
     """
-    deps = deps_of(ctx)
+    deps = ctx["deps"]
     sender = deps["sender"]
     assert sender is not None
 
@@ -232,11 +233,11 @@ async def reconcile_team(ctx: dict[str, Any], team: str | None = None) -> dict[s
         raise
 
 
-async def reconcile_all(ctx: dict[str, Any]) -> dict[str, Any]:
+async def reconcile_all(ctx: JobContext) -> dict[str, Any]:
     return await reconcile_team(ctx, None)
 
 
-async def expire_holds(ctx: dict[str, Any]) -> dict[str, Any]:
+async def expire_holds(ctx: JobContext) -> dict[str, Any]:
     """Settle the holds of jobs arq no longer has (older than the hold TTL).
 
     Not the holds of jobs arq still has (queued, waiting to be tried again, or
@@ -258,7 +259,7 @@ async def expire_holds(ctx: dict[str, Any]) -> dict[str, Any]:
     is long, a few minutes later changes nothing). The expiry is one statement,
     all or nothing; each capture is its own, and a repeat of one is a replay.
     """
-    deps = deps_of(ctx)
+    deps = ctx["deps"]
 
     async def run() -> dict[str, Any]:
         now = deps["clock"]()
@@ -286,7 +287,7 @@ async def expire_holds(ctx: dict[str, Any]) -> dict[str, Any]:
 
 
 async def capture_searched(
-    ctx: dict[str, Any], ledger: Any, holds: list[StaleHold], at: datetime
+    ctx: JobContext, ledger: Any, holds: list[StaleHold], at: datetime
 ) -> int:
     """Capture the holds of remembered searches; how many this call captured. One
     that fails stays held (kept from expiry) for the next sweep."""

@@ -501,7 +501,7 @@ def test_the_checker_reads_the_statements_it_should() -> None:
         "tokens_usage_alerts",
         "ledger/alerts.py:TEAM_ALERTS",
         "billing/reconcile.py:reconcile",
-        "ledger/service.py:member_cap_changes",
+        "ledger/team_changes.py:member_cap_changes",
     ):
         assert verdicts[name].by_team, (name, verdicts[name].why)
     assert "team_id" in named_statements()["history"]

@@ -103,3 +103,27 @@ async def test_constraints_reject_a_wrong_balance(database_url: str) -> None:
                 raise AssertionError(f"{bad} was accepted")
     finally:
         await conn.close()
+
+
+def test_a_bill_row_keeps_every_column_of_bills() -> None:
+    """The bills read from `SELECT *` carry every column the table class describes."""
+    from dataclasses import fields
+
+    from billing.models import Bill
+    from billing.rows import BillRow
+
+    assert [f.name for f in fields(BillRow)] == list(Bill.__table__.columns.keys())  # type: ignore[attr-defined]
+
+
+def test_reading_a_bill_does_not_import_sqlalchemy() -> None:
+    """Reading, sending and showing bills needs no SQLAlchemy: only the schema test does."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, billing.bills, billing.reconcile, billing.sender, billing.webhooks, "
+        "api.bills, api.schemas; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sqlalchemy', 'sqlmodel')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -143,3 +143,34 @@ def test_the_document_names_every_endpoint(live_api: LiveApi) -> None:
         "/healthz",
     } <= paths
     assert doc["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+
+
+def test_every_json_route_returns_its_response_model() -> None:
+    """The document's answers are the routes' own models, not a description beside a dict."""
+    from fastapi.responses import HTMLResponse, Response
+    from fastapi.routing import APIRoute
+    from pydantic import BaseModel
+
+    from api.app import create_app
+    from runtime.config import Settings
+
+    def api_routes(routes: list[Any]) -> list[APIRoute]:
+        found: list[APIRoute] = []
+        for route in routes:
+            if isinstance(route, APIRoute):
+                found.append(route)
+            elif hasattr(route, "original_router"):  # a router included in the app
+                found += api_routes(route.original_router.routes)
+        return found
+
+    routes = api_routes(create_app(Settings()).routes)
+    json_routes = [
+        r
+        for r in routes
+        if r.include_in_schema and r.response_class not in (Response, HTMLResponse)
+    ]
+    assert len(json_routes) >= 14
+    for route in json_routes:
+        model = route.response_model
+        assert isinstance(model, type) and issubclass(model, BaseModel), route.path
+        assert model.model_config.get("extra") == "forbid", route.path
