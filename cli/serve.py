@@ -92,6 +92,8 @@ def _serve_processes(host: str, port: int, processes: int) -> None:
     replaces one that dies, and on SIGINT or SIGTERM stops them all (each shuts down
     gracefully) before it exits. Each worker runs the embedded-server supervisor too;
     the data dir's lock makes them start one server between them."""
+    import tempfile
+
     import uvicorn
     from uvicorn.config import STARTUP_FAILURE
     from uvicorn.supervisors import Multiprocess
@@ -99,8 +101,13 @@ def _serve_processes(host: str, port: int, processes: int) -> None:
     config = uvicorn.Config(
         "cli.serve:worker_app", factory=True, host=host, port=port, workers=processes, **_UVICORN
     )
-    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
-    supervisor.run()
+    with tempfile.TemporaryDirectory(prefix="tokens-serve-metrics-") as metrics_dir:
+        # prometheus-client's multiprocess mode: each worker counts in files here and
+        # /metrics adds up all of them, so a scrape answered by any one process sees
+        # every process's requests (the workers inherit the environment).
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+        supervisor.run()
     # A worker that could not start (Postgres unreachable, say) made the supervisor
     # give up: exit as the single process does then, not 0.
     if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes):

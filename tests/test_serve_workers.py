@@ -46,6 +46,18 @@ async def started_apps(log: Path, want: int, within_s: float = 60) -> int:
         await asyncio.sleep(0.1)
 
 
+def billing_requests(metrics: str) -> float:
+    """GET billing requests answered 200, from a Prometheus text page."""
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("tokens_http_request_seconds_count{")
+        and 'route="/v1/teams/{team}/billing"' in line
+        and 'method="GET"' in line
+        and 'status="200"' in line
+    )
+
+
 async def test_two_workers_serve_billing_and_stop_with_their_parent(
     server_dsn: str, template_db: str, redis_url: str
 ) -> None:
@@ -63,6 +75,10 @@ async def test_two_workers_serve_billing_and_stop_with_their_parent(
                 billing = await c.get("/v1/teams/acme/billing", headers=headers)
             assert billing.status_code == 200, billing.text
             assert (billing.json()["free_spent"], billing.json()["additional_spent"]) == (500, 110)
+        # Whichever process answers the scrape, it counts the requests of both.
+        for _ in range(4):
+            async with httpx.AsyncClient(base_url=live.base_url, timeout=10) as c:
+                assert billing_requests((await c.get("/metrics")).text) == 8
 
         live.process.terminate()
         assert await asyncio.to_thread(live.process.wait, 60) == 0
