@@ -7,6 +7,7 @@ ready ones.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -107,10 +108,17 @@ def _mount(app: FastAPI) -> None:
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
-        """Prometheus metrics of this process (the HTTP histogram and the ledger's own)."""
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        """Prometheus metrics (the HTTP histogram and the ledger's own): of this process,
+        or of every worker process of `tokens serve --workers N`."""
+        from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        registry = REGISTRY
+        if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+            from prometheus_client import CollectorRegistry, multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", tags=["operations"], responses={503: {"model": HealthOut}})
     async def healthz(request: Request, response: Response) -> HealthOut:

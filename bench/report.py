@@ -105,22 +105,47 @@ def cli_table(c: dict[str, Any]) -> str:
 
 def api_table(api: dict[str, Any]) -> str:
     b = api["billing"]
+    n = b["workers"]
     rows = [
-        "| GET /v1/teams/{team}/billing | clients | p50 ms | p99 ms | requests/s |",
-        "|---|---:|---:|---:|---:|",
+        "| GET /v1/teams/{team}/billing | clients | requests/s | p50 ms | p99 ms "
+        "| CPU ms/request: client, server, Postgres | cores busy | connections per process |",
+        "|---|---:|---:|---:|---:|---|---:|---|",
     ]
-    for clients, part in ((b["concurrency"], b), (1, b["c1"])):
-        for label, key in (("HTTP (`tokens serve`)", "http"), ("bare `Ledger.billing`", "ledger")):
-            row = part[key]
-            rows.append(
-                f"| {label} | {clients} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} "
-                f"| {row['per_s']:,.0f} |"
+    loads = (
+        ("`tokens serve` (one process)", "serve_1"),
+        (f"`tokens serve --workers {n}`", "serve_n"),
+        ("bare `Ledger.billing`, in process", "ledger"),
+    )
+    ratios = []
+    for clients in (32, 1):
+        part = b[f"c{clients}"]
+        for label, key in loads:
+            f = part[key]
+            cpu = ", ".join(
+                f"{f[f'{who}_cpu_ms']['median']:.2f}" for who in ("client", "server", "postgres")
             )
+            spread_of = {
+                "/".join(str(x) for x in counts) for counts in f.get("connections_per_process", [])
+            }
+            rows.append(
+                f"| {label} | {clients} | {ranged(f['per_s'], ',.0f')} "
+                f"| {ranged(f['p50_ms'])} | {ranged(f['p99_ms'])} | {cpu} "
+                f"| {f['cores']['median']:.2f} | {', '.join(sorted(spread_of)) or '-'} |"
+            )
+        ratios.append(
+            f"{clients} client{'s' if clients > 1 else ''} "
+            f"{ranged(part['serve_n_over_serve_1'], unit='x')} "
+            f"(over the bare call {ranged(part['serve_n_over_ledger'], unit='x')})"
+        )
     return "\n".join(
         [
             f"10,000 leads in one POST /v1/teams/{{team}}/jobs: **{api['enqueue_10k_ms']:.0f} ms** "
             f"(median; the client code alone {api['enqueue_10k_client_ms']:.0f} ms, arq's "
             f"enqueue_job one by one {api['enqueue_10k_one_by_one_ms']:.0f} ms)",
+            "",
+            f"GET billing, {b['rounds']} interleaved rounds of {b['round_s']:g} s per load and "
+            f"concurrency; requests/s of `--workers {n}` over one process, each round's: "
+            f"{'; '.join(ratios)}.",
             "",
             *rows,
         ]
@@ -157,6 +182,7 @@ def targets(result: dict[str, Any]) -> list[tuple[str, str, str]]:
     user = {k: a[k]["user_cpu_overhead_pct"] for k in ("teams", "hot_team")}
     total = {k: a[k]["cpu_overhead_pct"]["median"] for k in ("teams", "hot_team")}
     slowest_cli = max(c["billing"]["median"], c["charge"]["median"])
+    c32, n = api["billing"]["c32"], api["billing"]["workers"]
     return [
         ("hold+capture at c32 >= 3x the baseline, one hot team (median)", *hot),
         ("hold+capture at c32 >= 3x the baseline, 1,000 teams (median)", *many),
@@ -191,10 +217,19 @@ def targets(result: dict[str, Any]) -> list[tuple[str, str, str]]:
             MET if api["enqueue_10k_ms"] < 1000 else MISSED,
         ),
         (
-            "the HTTP layer adds < 1 ms at p50 to the billing read (32 clients)",
-            f"+{api['billing']['added_p50_ms']:.2f} ms at c32, "
-            f"+{api['billing']['c1']['added_p50_ms']:.2f} ms at c1",
-            MET if api["billing"]["added_p50_ms"] < 1 else MISSED,
+            f"GET billing at 32 clients is not capped by one process: `tokens serve --workers "
+            f"{n}` answers more requests/s than one process (median of per-round ratios)",
+            f"{ranged(c32['serve_n_over_serve_1'], unit='x')}; cores busy (client, server and "
+            f"Postgres) {c32['serve_1']['cores']['median']:.2f} with one process, "
+            f"{c32['serve_n']['cores']['median']:.2f} with {n}",
+            MET if c32["serve_n_over_serve_1"]["median"] > 1 else MISSED,
+        ),
+        (
+            f"the HTTP layer adds < 1 ms at p50 to the billing read (32 clients, `--workers {n}`)",
+            f"{ranged(c32['added_p50_ms'], unit=' ms')} at c32 (one process "
+            f"{c32['added_p50_ms_serve_1']['median']:.2f} ms), "
+            f"{ranged(api['billing']['c1']['added_p50_ms'], unit=' ms')} at c1",
+            MET if c32["added_p50_ms"]["median"] < 1 else MISSED,
         ),
     ]
 
@@ -352,10 +387,17 @@ endpoint ({rl["teams"]} bills, client paced at {rl["pace_rps"]:g}/s):
 
 ## The HTTP API and the billing read
 
-`python -m bench api` (bench/api.py): `tokens serve` as a real process on the
+`python -m bench api` (bench/api.py): `tokens serve` as real processes on the
 same servers. Bulk enqueue: one request with 10,000 leads, to its 202. Billing
-read: C keep-alive connections against C coroutines calling `Ledger.billing`
-in the benchmark's process, in the same run.
+read: C keep-alive connections to `tokens serve` (one process) and to `tokens
+serve --workers N` (N processes sharing the port), against C coroutines calling
+`Ledger.billing` in the benchmark's process (a pool of the same size), the three
+loads alternating round by round. CPU per request is the benchmark process's
+(the HTTP client; for the bare call, the client and the Ledger), the server
+processes' and Postgres'; cores busy is their sum over the round's seconds: on
+a machine shared with other work it shows how much CPU the three got. A new
+connection goes to whichever server process accepts it first, so the split of
+the connections between processes is shown too.
 
 {api_table(result["api"])}
 

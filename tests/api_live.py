@@ -12,6 +12,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -94,6 +95,16 @@ async def wait_ready(base_url: str, proc: subprocess.Popen[str], within_s: float
 
 @pytest.fixture(scope="module")
 async def live_api(server_dsn: str, template_db: str, redis_url: str) -> AsyncIterator[LiveApi]:
+    async with running_api(server_dsn, template_db, redis_url) as live:
+        yield live
+
+
+@asynccontextmanager
+async def running_api(
+    server_dsn: str, template_db: str, redis_url: str, *serve_args: str, **env: str
+) -> AsyncIterator[LiveApi]:
+    """`tokens serve [serve_args]` on a seeded copy of the template database, until the
+    block ends; then stopped with SIGTERM, which must be a clean shutdown."""
     name = f"live_{os.getpid()}_{next(_n)}"
     admin = await asyncpg.connect(server_dsn)
     try:
@@ -112,8 +123,8 @@ async def live_api(server_dsn: str, template_db: str, redis_url: str) -> AsyncIt
     log_path = Path(tempfile.mkstemp(prefix="tokens-serve-", suffix=".log", dir="/tmp")[1])
     log_file = log_path.open("w")
     proc = subprocess.Popen(
-        [*TOKENS, "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env=env_for(dsn, redis_url),
+        [*TOKENS, "serve", "--host", "127.0.0.1", "--port", str(port), *serve_args],
+        env=env_for(dsn, redis_url) | env,
         cwd=ROOT,
         stdout=log_file,
         stderr=subprocess.STDOUT,

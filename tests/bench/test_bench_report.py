@@ -64,6 +64,31 @@ def _arq(user: float, total: float) -> dict[str, Any]:
     }
 
 
+def _billing_point(over_one_process: float, added_ms: float) -> dict[str, Any]:
+    def load(per_s: float, server_ms: float) -> dict[str, Any]:
+        return {
+            "per_s": _s(per_s, per_s * 0.8, per_s * 1.1),
+            "p50_ms": _s(5.0),
+            "p99_ms": _s(9.0),
+            "client_cpu_ms": _s(0.1),
+            "server_cpu_ms": _s(server_ms),
+            "postgres_cpu_ms": _s(0.2),
+            "cores": _s(1.9),
+            "connections_per_process": [[16, 16], [20, 12]] if server_ms else [],
+        }
+
+    return {
+        "serve_1": load(1000.0, 0.7),
+        "serve_n": load(1000.0 * over_one_process, 0.8),
+        "ledger": load(2000.0, 0.0),
+        "serve_n_over_serve_1": _s(over_one_process, over_one_process - 0.3, 2.0),
+        "serve_n_over_ledger": _s(over_one_process / 2),
+        "serve_1_over_ledger": _s(0.5),
+        "added_p50_ms": _s(added_ms, 0.0, 3.0),
+        "added_p50_ms_serve_1": _s(added_ms * 2),
+    }
+
+
 def _result(concurrencies: tuple[int, ...] = (1, 8, 32, 64)) -> dict[str, Any]:
     points = {f"c{c}": _point(3.2 if c == 32 else 1.5, 1.1) for c in concurrencies}
     reconcile_run = {
@@ -76,7 +101,6 @@ def _result(concurrencies: tuple[int, ...] = (1, 8, 32, 64)) -> dict[str, Any]:
         "invoices_paid": 1_000,
         "ok": True,
     }
-    http = {"p50_ms": 5.0, "p99_ms": 9.0, "per_s": 900.0}
     return {
         "quick": len(concurrencies) == 1,
         "commit": "abc1234",
@@ -120,11 +144,12 @@ def _result(concurrencies: tuple[int, ...] = (1, 8, 32, 64)) -> dict[str, Any]:
             "enqueue_10k_client_ms": 280.0,
             "enqueue_10k_one_by_one_ms": 3000.0,
             "billing": {
-                "concurrency": 32,
-                "http": http,
-                "ledger": http,
-                "added_p50_ms": 0.5,
-                "c1": {"http": http, "ledger": http, "added_p50_ms": 0.2},
+                "workers": 2,
+                "pool_size": 20,
+                "rounds": 7,
+                "round_s": 2.0,
+                "c32": _billing_point(over_one_process=1.4, added_ms=0.5),
+                "c1": _billing_point(over_one_process=1.0, added_ms=0.2),
             },
         },
         "billing_read": {"calls": 500, "charges": 1_000_000, "p50_ms": 1.5, "p99_ms": 3.0},
@@ -177,6 +202,20 @@ def test_the_arq_target_is_judged_on_user_mode_cpu_not_total_cpu() -> None:
     # worker's own work over it: missed.
     result["arq_overhead"] = _arq(user=24.0, total=9.0)
     assert _status(result, "the worker's metering overhead") == report.MISSED
+
+
+def test_billing_over_http_is_judged_on_the_median_round_of_several_processes() -> None:
+    result = _result()
+    assert _status(result, "GET billing at 32 clients is not capped") == report.MET
+    assert _status(result, "the HTTP layer adds < 1 ms") == report.MET
+    # Its best round beat one process, its median did not: capped.
+    result["api"]["billing"]["c32"] = _billing_point(over_one_process=0.9, added_ms=1.5)
+    assert _status(result, "GET billing at 32 clients is not capped") == report.MISSED
+    assert _status(result, "the HTTP layer adds < 1 ms") == report.MISSED
+    table = report.api_table(result["api"])
+    assert "| `tokens serve --workers 2` | 32 | 900 [720-990] |" in table
+    assert "| 0.10, 0.80, 0.20 | 1.90 | 16/16, 20/12 |" in table
+    assert "32 clients 0.90x [0.60-2.00]" in table
 
 
 def test_targets_a_quick_run_cannot_reach_are_not_measured_rather_than_met() -> None:
