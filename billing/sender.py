@@ -353,13 +353,23 @@ class StripeSender:
         (else it is the run's listing, or None). -> (bill, a decline was received)."""
         assert bill.stripe_invoice_id is not None
         if invoice is None or invoice.id != bill.stripe_invoice_id:
-            invoice, fresh = await client.v1.invoices.retrieve_async(bill.stripe_invoice_id), True
+            invoice, fresh = await self._read_invoice(client, bill.stripe_invoice_id), True
         now = self.clock()
         if invoice.status == "open" and not fresh and self._pay_due(bill, now):
             # Never pay on a stale reading: finance or Stripe may have acted since.
-            invoice = await client.v1.invoices.retrieve_async(bill.stripe_invoice_id)
+            invoice = await self._read_invoice(client, bill.stripe_invoice_id)
         if not carries(bill, invoice):
             return await self._mismatch(bill, invoice), False
+        if invoice.status == "open" and customer_deleted(invoice):
+            # Nobody can pay it any more (a sent invoice, or one the reconciler stopped
+            # paying after the last decline, would otherwise stay open for ever).
+            return await self._fail(
+                bill,
+                "customer_deleted",
+                f"Stripe customer {bill.stripe_customer} was deleted: invoice "
+                f"{bill.stripe_invoice_id} can no longer be paid; the bill stops until it is "
+                f"reissued (`tokens bill reissue {bill.id}`)",
+            ), True
         # Stripe's own collection tried since we last looked, and the invoice is still
         # open: those attempts were declined. Count them before deciding to pay, so
         # that a card Stripe just failed is not charged again within the wait.
@@ -401,6 +411,10 @@ class StripeSender:
             release=step == "paid",
             keep_error=status == "payment_failed",
         ), False
+
+    async def _read_invoice(self, client: stripe.StripeClient, invoice_id: str) -> Any:
+        """The invoice now, with its customer (whether Stripe still has it)."""
+        return await client.v1.invoices.retrieve_async(invoice_id, {"expand": ["customer"]})
 
     def _pay_due(self, bill: Bill, now: datetime) -> bool:
         if bill.collection_method == "send_invoice" or bill.declines >= MAX_DECLINES:
@@ -693,6 +707,14 @@ class StripeSender:
         if bill.error_code == "total_mismatch" and bill.last_error == message:
             return bill
         return await self._fail(bill, "total_mismatch", message)
+
+
+def customer_deleted(invoice: Any) -> bool:
+    """The invoice's customer was deleted at Stripe (read expanded; an id alone says
+    nothing)."""
+    customer = getattr(invoice, "customer", None)
+    return bool(customer is not None and not isinstance(customer, str)
+                and getattr(customer, "deleted", False))  # fmt: skip
 
 
 def carries(bill: Bill, invoice: Any) -> bool:

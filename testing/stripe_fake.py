@@ -41,7 +41,8 @@ What it models, as Stripe v1 does it (API 2026-10-28):
 * ``after_next``: something happens (a webhook, finance) between a request running at
   Stripe and its caller reading the answer;
 * events: every invoice status change (``invoice.finalized|paid|payment_failed|voided|
-  marked_uncollectible``) and subscription change (``customer.subscription.*``) is
+  marked_uncollectible``), subscription change (``customer.subscription.*``) and
+  customer deletion (``customer.deleted``, its subscriptions canceled with it) is
   appended to ``events`` with a snapshot of the object, as Stripe sends them to a webhook
   endpoint (``take_events`` hands out the new ones); every pay request is recorded in
   ``pay_attempts`` with the invoice's status when it arrived and the ``moment`` (one
@@ -89,6 +90,7 @@ import respx
 import stripe
 
 DEFAULT_BASE = "https://api.stripe.test"
+_ENDED_SUBSCRIPTIONS = ("canceled", "incomplete_expired")
 DEFAULT_API_KEY = "sk_test_fake"
 API_VERSION = "2026-10-28.endive"
 
@@ -758,7 +760,18 @@ class StripeFake:
         self._set_card(customer, decline)
 
     def delete_customer(self, customer: str) -> None:
+        """Finance deletes the customer. Stripe "also immediately cancels any active
+        subscriptions on the customer" (API reference, Delete a customer) and sends
+        ``customer.deleted``; it documents nothing done to the customer's invoices, so an
+        open one stays open, with nobody left to pay it. Retrieved (or expanded) since,
+        the customer is ``{"id", "object", "deleted": true}``."""
+        snapshot = _clone(self.customers[customer])
+        for sub in list(self.subscriptions.values()):
+            if sub["customer"] == customer and sub["status"] not in _ENDED_SUBSCRIPTIONS:
+                self.update_subscription(sub["id"], status="canceled")
         self.customers[customer] = {"id": customer, "object": "customer", "deleted": True}
+        if not snapshot.get("deleted"):
+            self._emit("customer.deleted", snapshot)
 
     def fail_next(
         self,
@@ -1718,7 +1731,16 @@ class StripeFake:
             and all(compare[op](i["created"], b) for op, b in bounds.items())
         ]
         page = self._paginate(objs, params, "/v1/invoices", "invoice")
-        page["data"] = [self._render_invoice(i) for i in page["data"]]
+        # A list expands its objects' fields as `data.<field>`.
+        expand = params.get("expand") or []
+        inner = []
+        for name in expand if isinstance(expand, list) else [expand]:
+            if not str(name).startswith("data."):
+                raise StripeError(
+                    400, f"This property cannot be expanded ({name}).", param="expand"
+                )
+            inner.append(str(name).removeprefix("data."))
+        page["data"] = [self._render_invoice(i, {"expand": inner}) for i in page["data"]]
         return page
 
     def _search_invoices(self, params: dict[str, Any]) -> Json:
