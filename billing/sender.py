@@ -358,18 +358,9 @@ class StripeSender:
         if invoice.status == "open" and not fresh and self._pay_due(bill, now):
             # Never pay on a stale reading: finance or Stripe may have acted since.
             invoice = await self._read_invoice(client, bill.stripe_invoice_id)
-        if not carries(bill, invoice):
-            return await self._mismatch(bill, invoice), False
-        if invoice.status == "open" and customer_deleted(invoice):
-            # Nobody can pay it any more (a sent invoice, or one the reconciler stopped
-            # paying after the last decline, would otherwise stay open for ever).
-            return await self._fail(
-                bill,
-                "customer_deleted",
-                f"Stripe customer {bill.stripe_customer} was deleted: invoice "
-                f"{bill.stripe_invoice_id} can no longer be paid; the bill stops until it is "
-                f"reissued (`tokens bill reissue {bill.id}`)",
-            ), True
+        stopped = await self._stopped(bill, invoice)
+        if stopped is not None:
+            return stopped
         # Stripe's own collection tried since we last looked, and the invoice is still
         # open: those attempts were declined. Count them before deciding to pay, so
         # that a card Stripe just failed is not charged again within the wait.
@@ -411,6 +402,23 @@ class StripeSender:
             release=step == "paid",
             keep_error=status == "payment_failed",
         ), False
+
+    async def _stopped(self, bill: Bill, invoice: Any) -> tuple[Bill, bool] | None:
+        """A finalized invoice that must not be collected as the bill: it does not carry
+        the bill's amount, or nobody can pay it any more. -> (bill, a new failure)."""
+        if not carries(bill, invoice):
+            return await self._mismatch(bill, invoice), False
+        if invoice.status == "open" and customer_deleted(invoice):
+            # A sent invoice, or one the reconciler stopped paying after the last
+            # decline, would otherwise stay open for ever.
+            return await self._fail(
+                bill,
+                "customer_deleted",
+                f"Stripe customer {bill.stripe_customer} was deleted: invoice "
+                f"{bill.stripe_invoice_id} can no longer be paid; the bill stops until it is "
+                f"reissued (`tokens bill reissue {bill.id}`)",
+            ), True
+        return None
 
     async def _read_invoice(self, client: stripe.StripeClient, invoice_id: str) -> Any:
         """The invoice now, with its customer (whether Stripe still has it)."""
