@@ -125,11 +125,6 @@ class Job:
     def key(self) -> str:
         return f"{self.job_id}:{self.lead}"
 
-    @property
-    def alive(self) -> bool:
-        """arq still has it (queued, running, or waiting for its next try)."""
-        return self.state in ("queued", "running", "retry")
-
 
 @dataclass
 class Grant:
