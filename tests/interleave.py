@@ -147,6 +147,15 @@ class Team:
     subscription: str  # the current one
     old_subscriptions: list[str] = field(default_factory=list)
     grants: list[Grant] = field(default_factory=list)
+    # States of a subscription the team has left, made while Tokens could not know it
+    # had (no event of a later subscription delivered yet): Tokens follows them, rightly,
+    # until it learns of the later one.
+    unseen_moves: list[Grant] = field(default_factory=list)
+
+    def later(self, sub: str) -> list[str]:
+        """The subscriptions the team moved to after `sub`."""
+        history = [*self.old_subscriptions, self.subscription]
+        return history[history.index(sub) + 1 :]
 
 
 @dataclass
@@ -368,7 +377,17 @@ class World:
             # A state learnt at the very moment a month starts may have opened it.
             if grant.since < end and (until is None or until >= start):
                 bound = max(bound, grant.free)
+        for grant in self.teams[team].unseen_moves:
+            until = self._left(team, grant.subscription)
+            if grant.since < end and (until is None or until >= start):
+                bound = max(bound, grant.free)
         return bound
+
+    def _left(self, team: str, sub: str) -> datetime | None:
+        """When Tokens could first know that the team left `sub`: an event of a later
+        subscription handled (the app's team set names no subscription)."""
+        seen = [t for later in self.teams[team].later(sub) for t, _ in self.sub_seen.get(later, [])]
+        return min(seen, default=None)
 
     async def _check_free(self) -> None:
         rows = await self.pool.fetch(
@@ -849,7 +868,8 @@ async def _deliver(w: World, events: list[dict[str, Any]]) -> list[str]:
                 f"{event['type']} {event['id']}: HTTP {response.status_code} {response.text[:200]}",
             )
         obj = event["data"]["object"]
-        if obj.get("object") == "subscription":
+        # A delivery of an event handled before reads nothing: it answers what it did then.
+        if obj.get("object") == "subscription" and not response.json()["duplicate"]:
             w.happened += 1
             w.sub_seen.setdefault(obj["id"], []).append((w.now, w.happened))
         return f"{event['type']}: {response.json()['result'][:60]}"
@@ -1049,7 +1069,14 @@ async def app_old_subscription(w: World, rng: random.Random) -> str:
         return "app: no old subscription"
     team, sub = rng.choice(olds)
     if rng.random() < 0.5 and w.on("old_subscription_events"):
-        w.fake.update_subscription(sub, quantity=rng.randint(3, 6))
+        updated = w.fake.update_subscription(sub, quantity=rng.randint(3, 6))
+        if w._left(team.name, sub) is None:
+            item = updated["items"]["data"][0]
+            plan = CATALOG.plan_for_price(item["price"]["id"])
+            assert plan is not None
+            w.happened += 1
+            free = CATALOG.plans[plan].free_tokens * item["quantity"]
+            team.unseen_moves.append(Grant(w.now, free, sub, order=w.happened))
         return f"Stripe: {team.name}'s old {sub} updated while active"
     w.fake.update_subscription(sub, status="canceled", ended_at=int(w.now.timestamp()))
     return f"Stripe: {team.name}'s old {sub} canceled"
