@@ -123,7 +123,13 @@ async def read_invoices(client: Any, rows: list[asyncpg.Record]) -> dict[str, An
     found: dict[str, Any] = {}
     if client is None or len(created) < LIST_FROM:
         return found
-    params: dict[str, Any] = {"created": {"gte": min(created)}, "limit": LIST_PAGE}
+    params: dict[str, Any] = {
+        "created": {"gte": min(created)},
+        "limit": LIST_PAGE,
+        # A deleted customer shows as {"id", "deleted": true}: its open invoice can no
+        # longer be paid (the sender fails the bill with customer_deleted).
+        "expand": ["data.customer"],
+    }
     # Other invoices of the account may share the window; give up well before paging
     # costs more than reading each bill alone.
     for _ in range(len(created) // 2 // LIST_PAGE + 2):

@@ -20,6 +20,7 @@ from billing.send_records import (
 from billing.stripe_objects import (
     _message,
     carries,
+    customer_deleted,
     idempotency_key,
 )
 from db.queries import q
@@ -36,13 +37,14 @@ class SendCollection(SendRecords):
         (else it is the run's listing, or None). -> (bill, a decline was received)."""
         assert bill.stripe_invoice_id is not None
         if invoice is None or invoice.id != bill.stripe_invoice_id:
-            invoice, fresh = await client.v1.invoices.retrieve_async(bill.stripe_invoice_id), True
+            invoice, fresh = await self._read_invoice(client, bill.stripe_invoice_id), True
         now = self.clock()
         if invoice.status == "open" and not fresh and self._pay_due(bill, now):
             # Never pay on a stale reading: finance or Stripe may have acted since.
-            invoice = await client.v1.invoices.retrieve_async(bill.stripe_invoice_id)
-        if not carries(bill, invoice):
-            return await self._mismatch(bill, invoice), False
+            invoice = await self._read_invoice(client, bill.stripe_invoice_id)
+        stopped = await self._stopped(bill, invoice)
+        if stopped is not None:
+            return stopped
         # Stripe's own collection tried since we last looked, and the invoice is still
         # open: those attempts were declined. Count them before deciding to pay, so
         # that a card Stripe just failed is not charged again within the wait.
@@ -84,6 +86,27 @@ class SendCollection(SendRecords):
             release=step == "paid",
             keep_error=status == "payment_failed",
         ), False
+
+    async def _stopped(self, bill: BillRow, invoice: Any) -> tuple[BillRow, bool] | None:
+        """A finalized invoice that must not be collected as the bill: it does not carry
+        the bill's amount, or nobody can pay it any more. -> (bill, a new failure)."""
+        if not carries(bill, invoice):
+            return await self._mismatch(bill, invoice), False
+        if invoice.status == "open" and customer_deleted(invoice):
+            # A sent invoice, or one the reconciler stopped paying after the last
+            # decline, would otherwise stay open for ever.
+            return await self._fail(
+                bill,
+                "customer_deleted",
+                f"Stripe customer {bill.stripe_customer} was deleted: invoice "
+                f"{bill.stripe_invoice_id} can no longer be paid; the bill stops until it is "
+                f"reissued (`tokens bill reissue {bill.id}`)",
+            ), True
+        return None
+
+    async def _read_invoice(self, client: stripe.StripeClient, invoice_id: str) -> Any:
+        """The invoice now, with its customer (whether Stripe still has it)."""
+        return await client.v1.invoices.retrieve_async(invoice_id, {"expand": ["customer"]})
 
     def _pay_due(self, bill: BillRow, now: datetime) -> bool:
         if bill.collection_method == "send_invoice" or bill.declines >= MAX_DECLINES:

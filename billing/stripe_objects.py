@@ -45,6 +45,14 @@ def has_payment_method(customer: Any) -> bool:
     return bool(default_pm or getattr(customer, "default_source", None))
 
 
+def customer_deleted(invoice: Any) -> bool:
+    """The invoice's customer was deleted at Stripe (read expanded; an id alone says
+    nothing)."""
+    customer = getattr(invoice, "customer", None)
+    return bool(customer is not None and not isinstance(customer, str)
+                and getattr(customer, "deleted", False))  # fmt: skip
+
+
 def carries(bill: BillRow, invoice: Any) -> bool:
     """The invoice bills exactly the bill's amount, undiscounted: the only invoice a bill
     may be finalized, paid or called paid on (an empty draft finance finalized is paid

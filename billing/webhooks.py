@@ -323,6 +323,12 @@ class WebhookHandler:
         other = await conn.fetchrow(q("invoice_bill"), invoice_id)
         if other is None:
             return f"ignored: no bill has invoice {invoice_id}"
+        if other["status"] != "reissued":
+            # A newer reading was written first: this one is stale.
+            log.info("stale_invoice_event", bill_id=other["id"], invoice=invoice_id,
+                     read=stripe_status, kept=other["status"])  # fmt: skip
+            kept = other["status"]
+            return f"bill {other['id']} stays {kept}: this reading ({stripe_status}) is older"
         log.warning(
             "reissued_bill_invoice_event", bill_id=other["id"], invoice=invoice_id, status=status
         )

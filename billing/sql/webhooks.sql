@@ -45,7 +45,10 @@ RETURNING id
 -- What Stripe says of a bill's invoice now ($2 the bill's status, $3 Stripe's invoice
 -- status). The sending state machine and its lease are the sender's: a paid invoice
 -- only ends its steps; a reconciler holding the bill reads the same from Stripe.
--- A reissued bill keeps `reissued` (the result tells what Stripe said).
+-- A reissued bill keeps `reissued` (the result tells what Stripe said). Stripe never
+-- moves a paid or void invoice again, nor an uncollectible one back to open: a reading
+-- that says so is older than the one already written (two deliveries of one invoice
+-- handled at once, each having read Stripe at another moment), and changes nothing.
 UPDATE bills
 SET status = $2,
     stripe_invoice_status = $3,
@@ -56,6 +59,8 @@ SET status = $2,
                        ELSE next_pay_at END,
     updated_at = $6
 WHERE stripe_invoice_id = $1 AND status <> 'reissued'
+  AND (status = $2 OR status NOT IN ('paid', 'void', 'uncollectible')
+       OR (status = 'uncollectible' AND $3 IN ('paid', 'void')))
 RETURNING id
 
 -- invoice_bill --

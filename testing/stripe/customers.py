@@ -74,9 +74,6 @@ class Customers(Discounts):
         )
         self._set_card(customer, decline)
 
-    def delete_customer(self, customer: str) -> None:
-        self.customers[customer] = {"id": customer, "object": "customer", "deleted": True}
-
     def _set_card(self, customer: str, decline: str | None) -> None:
         self._cards[customer] = decline
         self._no_payment_method.discard(customer)

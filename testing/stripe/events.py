@@ -1,7 +1,8 @@
 """Events as Stripe sends them to a webhook endpoint: every invoice status change
-(``invoice.finalized|paid|payment_failed|voided|marked_uncollectible``) and
-subscription change (``customer.subscription.*``) is appended to ``events`` with a
-snapshot of the object; ``take_events`` hands out the new ones.
+(``invoice.finalized|paid|payment_failed|voided|marked_uncollectible``),
+subscription change (``customer.subscription.*``) and customer deletion
+(``customer.deleted``, its subscriptions canceled with it) is appended to ``events``
+with a snapshot of the object; ``take_events`` hands out the new ones.
 """
 
 from __future__ import annotations

@@ -307,7 +307,16 @@ class Invoices(Items):
             and all(compare[op](i["created"], b) for op, b in bounds.items())
         ]
         page = self._paginate(objs, params, "/v1/invoices", "invoice")
-        page["data"] = [self._render_invoice(i) for i in page["data"]]
+        # A list expands its objects' fields as `data.<field>`.
+        expand = params.get("expand") or []
+        inner = []
+        for name in expand if isinstance(expand, list) else [expand]:
+            if not str(name).startswith("data."):
+                raise StripeError(
+                    400, f"This property cannot be expanded ({name}).", param="expand"
+                )
+            inner.append(str(name).removeprefix("data."))
+        page["data"] = [self._render_invoice(i, {"expand": inner}) for i in page["data"]]
         return page
 
     def _list_lines(self, params: dict[str, Any], inv_id: str) -> Json:

@@ -12,6 +12,8 @@ from testing.stripe.invoice_states import InvoiceStates
 from testing.stripe.params import _check_known, _clone
 from testing.stripe.shapes import Json
 
+_ENDED_SUBSCRIPTIONS = ("canceled", "incomplete_expired")
+
 
 class Subscriptions(InvoiceStates):
     """``GET /v1/subscriptions/{id}`` and the events of a subscription's changes."""
@@ -74,6 +76,20 @@ class Subscriptions(InvoiceStates):
         self.subscriptions[sub_id] = sub
         self._emit("customer.subscription.created", sub)
         return _clone(sub)
+
+    def delete_customer(self, customer: str) -> None:
+        """Finance deletes the customer. Stripe "also immediately cancels any active
+        subscriptions on the customer" (API reference, Delete a customer) and sends
+        ``customer.deleted``; it documents nothing done to the customer's invoices, so an
+        open one stays open, with nobody left to pay it. Retrieved (or expanded) since,
+        the customer is ``{"id", "object", "deleted": true}``."""
+        snapshot = _clone(self.customers[customer])
+        for sub in list(self.subscriptions.values()):
+            if sub["customer"] == customer and sub["status"] not in _ENDED_SUBSCRIPTIONS:
+                self.update_subscription(sub["id"], status="canceled")
+        self.customers[customer] = {"id": customer, "object": "customer", "deleted": True}
+        if not snapshot.get("deleted"):
+            self._emit("customer.deleted", snapshot)
 
     def update_subscription(
         self,

@@ -590,3 +590,35 @@ async def test_the_current_subscriptions_created_is_backfilled_from_its_events(
     await pool.execute(sql[sql.index("UPDATE teams") :])
     team = await pool.fetchrow("SELECT stripe_subscription, subscription_created FROM teams")
     assert tuple(team) == (sub["id"], at("2026-02-28T23:00:00"))
+
+
+async def test_a_new_subscriptions_creation_and_the_old_ones_end_at_once_leave_the_team_on_the_new(
+    hooks: httpx.AsyncClient, priced: Ledger, stripe_fake: StripeFake
+) -> None:
+    # A team moves to a new subscription and its old one ends: the two events are
+    # delivered at the same moment (a dozen teams, so that they meet mid-handling).
+    teams = [f"team{i}" for i in range(12)]
+    olds, news = {}, {}
+    for team in teams:
+        cus = stripe_fake.add_customer()
+        olds[team] = stripe_fake.add_subscription(
+            cus, team=team, price="price_eo_m", anchor=MAR_1, created=MAR_1
+        )
+        assert (await deliver(hooks, event("customer.subscription.created", olds[team]))).is_success
+        news[team] = stripe_fake.add_subscription(
+            cus, team=team, price="price_se_m", quantity=2, anchor=MAR_1, created=MAR_1 + 60
+        )
+        stripe_fake.update_subscription(olds[team]["id"], status="canceled", ended_at=MAR_1 + 60)
+    for team in teams:  # each team's two deliveries at the same moment
+        both = await asyncio.gather(
+            deliver(hooks, event("customer.subscription.created", news[team])),
+            deliver(hooks, event("customer.subscription.deleted", olds[team])),
+        )
+        assert [r.status_code for r in both] == [200, 200], [r.text[:200] for r in both]
+    for team in teams:
+        row = await priced.get_team(team)
+        assert (row.stripe_subscription, row.plan, row.subscription_ended_at) == (
+            news[team]["id"],
+            "sales_engagement",
+            None,
+        ), team

@@ -5,14 +5,17 @@ Actors, on the real ledger (embedded Postgres) and the Stripe fake:
 
 - the worker: `worker.metering.metered` jobs whose provider (a respx stand-in for an
   HTTP verify vendor) answers when the scheduler says: a known status, an unreadable
-  2xx, 429 / 5xx (the job is put back and runs again), 401 (no search); the hold-expiry
-  sweep; a capture that meets a lock held by bill-making (lock timeout);
+  2xx, 429 / 5xx (the job is put back and runs again), 401 (no search); arq's keys of
+  each job in Redis (a job whose key expires while it waits is dropped, never run
+  again); the hold-expiry sweep (`worker.tasks.expire_holds`, which reads those keys and
+  the search memos); a capture that meets a lock held by bill-making (lock timeout);
 - two reconcilers (`billing.reconcile.reconcile`, two `StripeSender`s), alone, both at
   once, or with other actors acting while a run is under way, at any moment (month ends
   included);
 - Stripe: its automatic collection, declines, latency, 429s, 5xx, lost answers, keys
   expiring after a day, and its webhooks delivered late, out of order, twice and in
-  bursts (`billing.webhooks.WebhookHandler.receive` with the events the fake emits);
+  bursts, signed, to the HTTP API's `POST /v1/stripe/webhook` (on its own small pool,
+  which also answers `GET /v1/teams/{team}/billing` meanwhile);
 - finance in the Dashboard: void, mark uncollectible, discount / fix / finalize / delete
   a draft, delete a customer; `bill reissue`;
 - the app: charges, seat and plan changes at Stripe (also told to Tokens directly with
@@ -31,6 +34,7 @@ import contextlib
 import json
 import os
 import random
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -41,21 +45,25 @@ import asyncpg
 import httpx
 import respx
 import stripe
+from arq.constants import in_progress_key_prefix, job_key_prefix
 from arq.worker import Retry
 
+from api.app import Services, create_app
 from billing.bills import ReissueRefused, reissue_bill
 from billing.reconcile import reconcile
 from billing.sender import StripeSender
 from billing.stripe_client import build_client
-from billing.webhooks import WebhookHandler
 from db.pool import PooledConnection, create_pool
 from ledger.catalog import DEFAULT_CATALOG, Catalog, Plan
 from ledger.service import Ledger
+from runtime.config import Settings
 from testing.stripe_fake import StripeFake
-from worker.memo import RedisSearchMemo
-from worker.metering import metered
+from tests.api_helpers import SECRET, WEBHOOK_SECRET, bearer
+from worker.memo import JOB_KEY_TTL_S, RedisSearchMemo
+from worker.metering import OutageRetry, metered
 from worker.payloads import Lead
 from worker.providers.http import HttpVerifyProvider
+from worker.tasks import expire_holds
 
 CATALOG = Catalog(
     actions=DEFAULT_CATALOG.actions,
@@ -70,28 +78,15 @@ START = datetime(2026, 1, 1, tzinfo=UTC)
 ANCHOR = int(START.timestamp())
 PROVIDER = "https://verify.interleave.test"
 HOLD_TTL = timedelta(hours=2)
+JOB_KEY_TTL = timedelta(seconds=JOB_KEY_TTL_S)  # arq drops a queued job a day after enqueue
 THRESHOLD_TOKENS = 5000  # USD 50 at USD 0.01
 
 # Actions that meet a defect known and being fixed on another branch: off unless
 # TOKENS_INTERLEAVE_ALL=1 (or named in TOKENS_INTERLEAVE_ENABLE, comma-separated).
 # Each names what it does; the lead turns them on once the fixes are merged.
-PENDING_FIXES: dict[str, str] = {
-    "provider_unknown_2xx": "the vendor answers a 2xx the adapter cannot read (catch_all): "
-    "the search happened and must be captured; today it is released",
-    "capture_meets_lock": "the capture waits on a month row bill-making holds, past the "
-    "worker's lock timeout: today the job fails for good and the sweep expires the search",
-    "webhook_burst_over_pool": "more webhook deliveries at once than the API's pool has "
-    "connections: today each holds one and waits for a second, and the pool freezes",
-    "old_subscription_events": "an event of a subscription the team has left (still active "
-    "at Stripe: updated, or its creation delivered after the newer one's): today it puts "
-    "the team back on it",
-    "subscription_events_concurrent": "the new subscription's event and the old one's "
-    "cancellation handled at the same moment: today the team can end on its new one",
-    "finance_during_reconcile": "finance voids or marks an invoice uncollectible while a "
-    "reconcile run is under way: today the run pays it from the listing it read first",
-    "customer_deleted_send_invoice": "finance deletes the customer of a team whose bills are "
-    "sent (send_invoice): today such a bill stays open, never failed (customer_deleted)",
-}
+# Every action is on today: the flags the actions check (`World.on`) are the ones
+# listed here, e.g. "capture_meets_lock": "what the action does, what goes wrong today".
+PENDING_FIXES: dict[str, str] = {}
 
 
 def month_start(n: int) -> datetime:
@@ -117,7 +112,9 @@ class Job:
     lead: str
     tries: int = 0
     searched: bool = False  # a vendor answered 2xx: the search happened
-    state: str = "queued"  # queued | running | retry | done | failed
+    # queued | running | retry | done | failed | dropped (arq's job key expired in the queue)
+    state: str = "queued"
+    key_expires: datetime | None = None  # arq's job key, by the world's clock
     answer: str = "valid"
     gate: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
@@ -127,11 +124,6 @@ class Job:
     @property
     def key(self) -> str:
         return f"{self.job_id}:{self.lead}"
-
-    @property
-    def alive(self) -> bool:
-        """arq still has it (queued, running, or waiting for its next try)."""
-        return self.state in ("queued", "running", "retry")
 
 
 @dataclass
@@ -143,6 +135,9 @@ class Grant:
     free: int
     subscription: str
     told: datetime | None = None
+    # In the order of what happens (several steps share one moment of the clock): only a
+    # delivery after the change can have read it.
+    order: int = 0
 
 
 @dataclass
@@ -152,6 +147,15 @@ class Team:
     subscription: str  # the current one
     old_subscriptions: list[str] = field(default_factory=list)
     grants: list[Grant] = field(default_factory=list)
+    # States of a subscription the team has left, made while Tokens could not know it
+    # had (no event of a later subscription delivered yet): Tokens follows them, rightly,
+    # until it learns of the later one.
+    unseen_moves: list[Grant] = field(default_factory=list)
+
+    def later(self, sub: str) -> list[str]:
+        """The subscriptions the team moved to after `sub`."""
+        history = [*self.old_subscriptions, self.subscription]
+        return history[history.index(sub) + 1 :]
 
 
 @dataclass
@@ -205,7 +209,18 @@ class World:
         self.ledger = Ledger(pool, CATALOG)
         self.api_ledger = Ledger(api_pool, CATALOG)
         self.worker_ledger = Ledger(worker_pool, CATALOG)
-        self.memo = RedisSearchMemo(redis, int(HOLD_TTL.total_seconds()))
+        self.redis = redis
+        self.memo = RedisSearchMemo(redis, int(HOLD_TTL.total_seconds()) + JOB_KEY_TTL_S)
+        settings = Settings(
+            hold_ttl_seconds=int(HOLD_TTL.total_seconds()),
+            app_secret=SECRET,
+            stripe_webhook_secret=WEBHOOK_SECRET,  # type: ignore[call-arg]
+        )
+        # The worker's hold-expiry sweep (worker/tasks.py), on arq's keys in Redis.
+        self.sweep_ctx: dict[str, Any] = {
+            "deps": {"settings": settings, "ledger": self.worker_ledger, "clock": self.clock},
+            "redis": redis,
+        }
         self.run_id = uuid.uuid4().hex[:8]
         self.teams: dict[str, Team] = {}
         self.jobs: dict[str, Job] = {}
@@ -214,7 +229,9 @@ class World:
         self.delivered: list[dict[str, Any]] = []
         self.pays_checked = 0
         self.checks = 0  # steps after which every invariant was checked
-        self.sub_seen: dict[str, list[datetime]] = {}
+        # Deliveries of each subscription's events: (the clock, the order of happening).
+        self.sub_seen: dict[str, list[tuple[datetime, int]]] = {}
+        self.happened = 0
         self.keys_expired_at = self.now
         self.log: list[str] = []
         self.http = httpx.AsyncClient()
@@ -222,7 +239,20 @@ class World:
         self.router = respx.MockRouter(base_url=PROVIDER, assert_all_called=False)
         self.router.post("/v1/verify").mock(side_effect=self._vendor)
         clock = self.clock
-        self.handler = WebhookHandler(self.api_ledger, fake.client(), clock)
+        # Stripe's webhooks and the billing read go through the HTTP API (its own pool).
+        services = Services(
+            settings=settings,
+            ledger=self.api_ledger,
+            redis=redis,
+            stripe=fake.client(),
+            app_secret=SECRET,
+            webhook_secret=WEBHOOK_SECRET,
+            clock=clock,
+        )
+        self.api = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=create_app(settings, services)),
+            base_url="http://api.test",
+        )
         self.senders = [
             TrackedSender(
                 self,
@@ -274,7 +304,8 @@ class World:
             team = Team(name, cus, sub["id"], grants=[Grant(START, 250 * seats, sub["id"], START)])
             self.teams[name] = team
         for event in self.fake.take_events():
-            await self.handler.receive(event)
+            response = await post_event(self, event)
+            assert response.status_code == 200, response.text
 
     async def close(self) -> None:
         for job in self.jobs.values():
@@ -285,6 +316,10 @@ class World:
         await asyncio.gather(*tasks, return_exceptions=True)
         self.router.stop()
         await self.http.aclose()
+        await self.api.aclose()
+        keys = [p + j for j in self.jobs for p in (job_key_prefix, in_progress_key_prefix)]
+        if keys:
+            await self.redis.delete(*keys)
 
     # -- the vendor --------------------------------------------------------------
 
@@ -327,7 +362,7 @@ class World:
 
     def _known(self, grant: Grant) -> datetime | None:
         """When Tokens could first know this state of the subscription."""
-        seen = [t for t in self.sub_seen.get(grant.subscription, []) if t >= grant.since]
+        seen = [t for t, n in self.sub_seen.get(grant.subscription, []) if n > grant.order]
         times = [t for t in (grant.told, min(seen, default=None)) if t is not None]
         return min(times, default=None)
 
@@ -339,9 +374,20 @@ class World:
         bound = 0
         for i, grant in enumerate(grants):
             until = self._known(grants[i + 1]) if i + 1 < len(grants) else None
-            if grant.since < end and (until is None or until > start):
+            # A state learnt at the very moment a month starts may have opened it.
+            if grant.since < end and (until is None or until >= start):
+                bound = max(bound, grant.free)
+        for grant in self.teams[team].unseen_moves:
+            until = self._left(team, grant.subscription)
+            if grant.since < end and (until is None or until >= start):
                 bound = max(bound, grant.free)
         return bound
+
+    def _left(self, team: str, sub: str) -> datetime | None:
+        """When Tokens could first know that the team left `sub`: an event of a later
+        subscription handled (the app's team set names no subscription)."""
+        seen = [t for later in self.teams[team].later(sub) for t, _ in self.sub_seen.get(later, [])]
+        return min(seen, default=None)
 
     async def _check_free(self) -> None:
         rows = await self.pool.fetch(
@@ -470,6 +516,10 @@ class World:
                 continue
             deleted = self.fake.customers.get(inv["customer"], {}).get("deleted")
             if inv["status"] == "open" and deleted:  # nobody can pay it any more
+                continue
+            if inv["total"] == 0 and inv["amount_paid"] == 0:
+                # Collects nothing: an empty draft finance finalized is paid at 0 at once
+                # (its bill stops with total_mismatch until it is reissued).
                 continue
             root = root_of.get(int(bill_id))
             if root is None:
@@ -609,8 +659,23 @@ async def app_charge(w: World, rng: random.Random) -> str:
 
 
 async def _job_runs(w: World, job: Job) -> None:
+    """One run of the job as arq runs it: its job key from enqueue to its end, its
+    in-progress key while it runs (what the sweep reads)."""
     job.state = "running"
     job.tries += 1
+    if job.key_expires is None:
+        job.key_expires = w.now + JOB_KEY_TTL
+    await w.redis.set(job_key_prefix + job.job_id, b"1")
+    await w.redis.set(in_progress_key_prefix + job.job_id, b"1")
+    try:
+        await _job_try(w, job)
+    finally:
+        await w.redis.delete(in_progress_key_prefix + job.job_id)
+        if job.state in ("done", "failed"):
+            await w.redis.delete(job_key_prefix + job.job_id)
+
+
+async def _job_try(w: World, job: Job) -> None:
 
     async def search() -> Any:
         return await w.provider.verify(Lead(id=job.lead, email=f"{job.job_id}@lead.test"))
@@ -629,6 +694,11 @@ async def _job_runs(w: World, job: Job) -> None:
             memo=w.memo,
         )
         job.state = "done"
+    except OutageRetry:
+        # Not one of its tries, and its job key renewed (worker/tasks.py give_try_back).
+        job.tries -= 1
+        job.state = "retry"
+        job.key_expires = w.now + JOB_KEY_TTL
     except Retry:
         job.state = "retry" if job.tries < 5 else "failed"
     except Exception as exc:  # arq fails the job for good
@@ -682,11 +752,17 @@ async def worker_answer(w: World, rng: random.Random) -> str:
 
 
 async def worker_sweep(w: World, rng: random.Random) -> str:
-    older = w.now - HOLD_TTL
-    stale = {h.job_id for h in await w.worker_ledger.stale_holds(older_than=older)}
-    keep = [j for j in sorted(stale) if j in w.jobs and w.jobs[j].alive]
-    expired = await w.worker_ledger.expire_holds(older_than=older, at=w.now, keep_jobs=keep)
-    return f"sweep expires {[c.job_id for c in expired]}"
+    """arq drops the jobs whose key expired while they waited (never run again), then
+    the worker's hold-expiry sweep runs."""
+    dropped = []
+    for job in w.jobs.values():
+        waiting = job.state in ("queued", "retry")
+        if waiting and job.key_expires is not None and job.key_expires <= w.now:
+            job.state = "dropped"
+            await w.redis.delete(job_key_prefix + job.job_id)
+            dropped.append(job.job_id)
+    out = await expire_holds(w.sweep_ctx)
+    return f"arq drops {dropped}; sweep {out}"
 
 
 async def _reconcile(w: World, sender: int) -> str:
@@ -769,23 +845,43 @@ def _take(w: World) -> None:
     w.pending.extend(w.fake.take_events())
 
 
+async def post_event(w: World, event: dict[str, Any]) -> httpx.Response:
+    """Stripe's delivery: the event signed with the endpoint's secret."""
+    payload = json.dumps(event)
+    t = int(time.time())
+    signature = stripe.WebhookSignature._compute_signature(f"{t}.{payload}", WEBHOOK_SECRET)
+    headers = {"Content-Type": "application/json", "Stripe-Signature": f"t={t},v1={signature}"}
+    return await w.api.post("/v1/stripe/webhook", content=payload, headers=headers)
+
+
 async def _deliver(w: World, events: list[dict[str, Any]]) -> list[str]:
     async def one(event: dict[str, Any]) -> str:
-        try:
-            outcome = await w.handler.receive(event)
-        except stripe.StripeError as exc:
-            # The endpoint answers 500 and Stripe delivers the event again later.
+        response = await post_event(w, event)
+        if response.status_code == 503:
+            # Stripe unreadable, or the API busy: Stripe delivers the event again later.
             w.pending.append(event)
-            return f"{event['type']}: not handled ({type(exc).__name__}), comes again"
+            code = response.json()["error"]["code"]
+            return f"{event['type']}: not handled ({code}), comes again"
+        if response.status_code != 200:
+            raise Violation(
+                "the API answers",
+                f"{event['type']} {event['id']}: HTTP {response.status_code} {response.text[:200]}",
+            )
         obj = event["data"]["object"]
-        if obj.get("object") == "subscription":
-            w.sub_seen.setdefault(obj["id"], []).append(w.now)
-        return f"{event['type']}: {outcome.result[:60]}"
+        # A delivery of an event handled before reads nothing: it answers what it did then.
+        if obj.get("object") == "subscription" and not response.json()["duplicate"]:
+            w.happened += 1
+            w.sub_seen.setdefault(obj["id"], []).append((w.now, w.happened))
+        return f"{event['type']}: {response.json()['result'][:60]}"
 
     async def probe() -> None:
         await asyncio.sleep(0.005)
         team = next(iter(w.teams))
-        await asyncio.wait_for(w.api_ledger.billing(team, at=w.now), 5)
+        got = await asyncio.wait_for(
+            w.api.get(f"/v1/teams/{team}/billing", headers=bearer("service", team)), 5
+        )
+        if got.status_code != 200:
+            raise Violation("the API answers", f"GET billing during deliveries: {got.text[:200]}")
 
     if not w.on("subscription_events_concurrent"):
         subs = [e for e in events if e["type"].startswith("customer.subscription.")]
@@ -909,17 +1005,16 @@ async def finance_delete_customer(w: World, rng: random.Random) -> str:
         names = [n for n in names if n != "t2"]  # t2's customer has no payment method
     team = w.teams[rng.choice(names)]
     old = team.customer
-    for sub in list(w.fake.subscriptions.values()):
-        if sub["customer"] == old and sub["status"] == "active":
-            w.fake.update_subscription(sub["id"], status="canceled", ended_at=w.fake.now)
-    w.fake.delete_customer(old)
+    w.fake.delete_customer(old)  # Stripe cancels its subscriptions with it
     team.customer = w.fake.add_customer()
     moved = await _move(w, rng, team)
     return f"finance deletes {team.name}'s customer {old}; {moved}"
 
 
 async def _tell_tokens(w: World, rng: random.Random, team: Team, plan: str, seats: int) -> str:
-    grant = Grant(w.now, CATALOG.plans[plan].free_tokens * seats, team.subscription)
+    w.happened += 1
+    grant = Grant(w.now, CATALOG.plans[plan].free_tokens * seats, team.subscription,
+                  order=w.happened)  # fmt: skip
     team.grants.append(grant)
     if rng.random() < 0.5:
         await w.ledger.set_team(
@@ -942,6 +1037,13 @@ async def app_seats(w: World, rng: random.Random) -> str:
 
 
 async def _move(w: World, rng: random.Random, team: Team) -> str:
+    # Stripe's `created` is in seconds, and a team follows the subscription created last
+    # (billing/webhooks.py `follows`): the app makes a team's next subscription at least a
+    # second after its last one, or no one could tell which is newer.
+    last = w.fake.subscriptions[team.subscription]["created"]
+    if last >= int(w.now.timestamp()):
+        w.now += timedelta(seconds=last + 1 - int(w.now.timestamp()))
+        w.fake.now = int(w.now.timestamp())
     plan = rng.choice(list(PRICES))
     seats = rng.randint(1, 3)
     sub = w.fake.add_subscription(
@@ -967,7 +1069,14 @@ async def app_old_subscription(w: World, rng: random.Random) -> str:
         return "app: no old subscription"
     team, sub = rng.choice(olds)
     if rng.random() < 0.5 and w.on("old_subscription_events"):
-        w.fake.update_subscription(sub, quantity=rng.randint(3, 6))
+        updated = w.fake.update_subscription(sub, quantity=rng.randint(3, 6))
+        if w._left(team.name, sub) is None:
+            item = updated["items"]["data"][0]
+            plan = CATALOG.plan_for_price(item["price"]["id"])
+            assert plan is not None
+            w.happened += 1
+            free = CATALOG.plans[plan].free_tokens * item["quantity"]
+            team.unseen_moves.append(Grant(w.now, free, sub, order=w.happened))
         return f"Stripe: {team.name}'s old {sub} updated while active"
     w.fake.update_subscription(sub, status="canceled", ended_at=int(w.now.timestamp()))
     return f"Stripe: {team.name}'s old {sub} canceled"

@@ -304,3 +304,89 @@ async def test_a_remainder_worth_under_half_a_cent_is_billed_by_a_zero_bill_neve
     section = await ledger.billing("acme", at=at("2026-01-20"))
     assert section.additional_billed == section.additional_spent == 4
     assert (await run(pool, clocked(pool, stripe_fake, "2026-02-16"), "2026-02-16")).bills == []
+
+
+@pytest.mark.parametrize(
+    ("first", "finance", "second", "final"),
+    [
+        ("invoice.payment_failed", "pay_in_dashboard", "invoice.paid", "paid"),
+        ("invoice.payment_failed", "void_invoice", "invoice.voided", "void"),
+        ("invoice.marked_uncollectible", "pay_in_dashboard", "invoice.paid", "paid"),
+    ],
+)
+async def test_a_webhook_reading_older_than_another_never_leaves_paid_or_void(
+    ledger: Ledger,
+    pool: asyncpg.Pool,
+    stripe_fake: StripeFake,
+    first: str,
+    finance: str,
+    second: str,
+    final: str,
+) -> None:
+    await teams_with_open_bills(ledger, stripe_fake, 1)
+    [invoice] = invoices_of(stripe_fake, "team0")
+    if first == "invoice.marked_uncollectible":
+        stripe_fake.mark_uncollectible(invoice["id"])
+
+    async def meanwhile() -> None:  # a second delivery reads later and is handled first
+        getattr(stripe_fake, finance)(invoice["id"])
+        assert await webhook(ledger, stripe_fake, second, invoice["id"]) == f"bill 1: {final}"
+
+    # The first delivery read the invoice (open, or uncollectible) before finance acted.
+    stripe_fake.after_next("retrieve_invoice", meanwhile)
+    await webhook(ledger, stripe_fake, first, invoice["id"])
+    assert stripe_fake.invoices[invoice["id"]]["status"] == final
+    assert await status(pool, "team0") == final
+    row = await pool.fetchrow("SELECT stripe_invoice_status, error_code FROM bills")
+    assert row is not None and row["stripe_invoice_status"] == final
+
+
+async def test_an_uncollectible_bill_whose_invoice_is_paid_later_becomes_paid(
+    ledger: Ledger, pool: asyncpg.Pool, stripe_fake: StripeFake
+) -> None:
+    await teams_with_open_bills(ledger, stripe_fake, 1)
+    [invoice] = invoices_of(stripe_fake, "team0")
+    stripe_fake.mark_uncollectible(invoice["id"])
+    await webhook(ledger, stripe_fake, "invoice.marked_uncollectible", invoice["id"])
+    assert await status(pool, "team0") == "uncollectible"
+    stripe_fake.pay_in_dashboard(invoice["id"])
+    assert await webhook(ledger, stripe_fake, "invoice.paid", invoice["id"]) == "bill 1: paid"
+    assert await status(pool, "team0") == "paid"
+
+
+@pytest.mark.parametrize("bills", [1, 3], ids=["read-alone", "read-by-the-listing"])
+async def test_a_sent_invoice_whose_customer_was_deleted_fails_its_bill(
+    ledger: Ledger, pool: asyncpg.Pool, stripe_fake: StripeFake, bills: int
+) -> None:
+    # Customers without a payment method: the invoices are sent, never paid by a run.
+    await teams_with_open_bills(ledger, stripe_fake, bills, payment_method=False)
+    customers = {i["customer"] for i in stripe_fake.invoices.values()}
+    for customer in customers:
+        stripe_fake.delete_customer(customer)
+    report = await run(pool, clocked(pool, stripe_fake, "2026-01-21T01:00:00", **SLOW), T0)
+    assert [(b.status, b.error_code) for b in report.bills] == [
+        ("failed", "customer_deleted")
+    ] * bills
+    assert report.failed == bills
+    # Stripe leaves the invoices open (nobody can pay them); the bills wait for a reissue.
+    assert {i["status"] for i in stripe_fake.invoices.values()} == {"open"}
+    assert stripe_fake.calls("pay") == []
+    again = await run(pool, clocked(pool, stripe_fake, "2026-01-22T01:00:00", **SLOW), T0)
+    assert again.bills == [] and again.failed == 0
+
+
+async def test_a_customer_deleted_after_the_last_decline_fails_the_bill(
+    ledger: Ledger, pool: asyncpg.Pool, stripe_fake: StripeFake
+) -> None:
+    await teams_with_open_bills(ledger, stripe_fake, 1, card_declines=True)
+    [invoice] = invoices_of(stripe_fake, "team0")
+    for hours in (3, 28, 53, 78):  # four declines a day apart: the reconciler stops paying
+        when = (at(T0) + timedelta(hours=hours)).isoformat().removesuffix("+00:00")
+        await run(pool, clocked(pool, stripe_fake, when, **SLOW), T0)
+    row = await pool.fetchrow("SELECT status, declines, next_pay_at FROM bills")
+    assert row is not None and tuple(row) == ("payment_failed", 4, None)
+    stripe_fake.delete_customer(invoice["customer"])
+    pays = len(stripe_fake.calls("pay"))
+    report = await run(pool, clocked(pool, stripe_fake, "2026-01-25T01:00:00", **SLOW), T0)
+    assert [(b.status, b.error_code) for b in report.bills] == [("failed", "customer_deleted")]
+    assert len(stripe_fake.calls("pay")) == pays and report.failed == 1

@@ -27,7 +27,7 @@ import os
 from collections.abc import AsyncIterator
 
 import pytest
-import redis.asyncio as aioredis
+from arq.connections import ArqRedis, RedisSettings, create_pool
 
 from testing.stripe_fake import StripeFake
 from tests.billing import interleave
@@ -38,14 +38,14 @@ CI_STEPS = 60
 
 
 @pytest.fixture
-async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.from_url(redis_url)
+async def redis_client(redis_url: str) -> AsyncIterator[ArqRedis]:
+    client = await create_pool(RedisSettings.from_dsn(redis_url))
     yield client
     await client.aclose()
 
 
 async def run_seed(
-    database_url: str, redis_client: aioredis.Redis, seed: int, steps: int, teams: int = 3
+    database_url: str, redis_client: ArqRedis, seed: int, steps: int, teams: int = 3
 ) -> World:
     skip = frozenset(
         int(s) for s in os.environ.get("TOKENS_INTERLEAVE_SKIP", "").split(",") if s.strip()
@@ -90,7 +90,7 @@ def _seeds() -> list[int]:
 
 @pytest.mark.parametrize("seed", _seeds())
 async def test_actors_interleaved_keep_the_invariants(
-    database_url: str, redis_client: aioredis.Redis, seed: int
+    database_url: str, redis_client: ArqRedis, seed: int
 ) -> None:
     steps = int(os.environ.get("TOKENS_INTERLEAVE_STEPS", CI_STEPS))
     world = await run_seed(database_url, redis_client, seed, steps)

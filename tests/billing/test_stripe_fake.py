@@ -374,6 +374,39 @@ async def test_deleted_customer(stripe_fake: StripeFake) -> None:
     assert exc.value.code == "resource_missing"
 
 
+async def test_deleting_a_customer_cancels_its_subscriptions_and_leaves_its_invoices(
+    stripe_fake: StripeFake,
+) -> None:
+    client = make_client(0)
+    cus = stripe_fake.add_customer(payment_method=False)
+    sub = stripe_fake.add_subscription(cus, team="acme", price="price_x")
+    inv = await client.v1.invoices.create_async({"customer": cus})
+    await client.v1.invoice_items.create_async(
+        {"customer": cus, "invoice": inv.id, "amount": 500, "currency": "usd"}
+    )
+    await client.v1.invoices.update_async(
+        inv.id, {"collection_method": "send_invoice", "days_until_due": 7}
+    )
+    await client.v1.invoices.finalize_invoice_async(inv.id)
+    stripe_fake.take_events()
+    await client.v1.customers.delete_async(cus)
+    assert [e["type"] for e in stripe_fake.take_events()] == [
+        "customer.subscription.deleted",
+        "customer.deleted",
+    ]
+    assert stripe_fake.subscriptions[sub["id"]]["status"] == "canceled"
+    got = await client.v1.invoices.retrieve_async(inv.id, {"expand": ["customer"]})
+    assert got.status == "open" and got.customer.to_dict() == {
+        "id": cus,
+        "object": "customer",
+        "deleted": True,
+    }
+    listed = await client.v1.invoices.list_async({"expand": ["data.customer"]})
+    assert [i.customer.deleted for i in listed.data] == [True]
+    with pytest.raises(stripe.InvalidRequestError):
+        await client.v1.invoices.list_async({"expand": ["customer"]})
+
+
 async def test_declined_card_is_a_card_error_on_pay(
     stripe_fake: StripeFake, client: stripe.StripeClient
 ) -> None:
