@@ -139,11 +139,11 @@ def bound(p: dict[str, Any], nproc: int) -> tuple[str, str]:
         return "the machine's commits", f"{commits}; {cost}"
     if cores <= ONE_CORE:
         return (
-            "one core's work per batch, its batches in a chain",
-            f"it kept {cores:.2f} of {nproc} cores busy (the machine {machine:.2f}): a batch "
-            f"of {p['items_per_commit']} operations per commit waits for the one before it, "
-            f"Postgres and the client working in turn, at {per_op:.3f} ms of CPU per "
-            f"operation ({1000 / per_op:,.0f}/s on one core); {commits}, so not the commits",
+            "the chain of its batches, one core's work at a time",
+            f"it kept {cores:.2f} of {nproc} cores busy (the machine {machine:.2f}): each "
+            f"commit carries {p['items_per_commit']} holds or captures and waits for the one "
+            f"before it, Postgres and the client working in turn, at {per_op:.3f} ms of CPU "
+            f"per operation ({1000 / per_op:,.0f}/s on one core); {commits}, so not the commits",
         )
     return (
         "waits: neither the cores nor the commits are full",
@@ -166,10 +166,11 @@ def bounds_verdict(result: dict[str, Any]) -> str:
         update = PROFILE_LOADS[lim["update"]].removeprefix("pgbench ")
         sentences.append(
             f"{SCENARIO_NAMES[scenario].capitalize()}: 3x the baseline {status} at {ratio}; "
-            f"{p['per_s']['median']:,.0f} hold+captures/s are "
-            f"{lim['over'][lim['update']]['ops']['median']:.2f}x pgbench's {update} at the same "
-            f"concurrency, the baseline {lim['baseline_over_update_1']['median']:.2f}x pgbench's "
-            f"UPDATE on its one row. Bound by {what}: {why}."
+            f"{p['per_s']['median']:,.0f} hold+captures/s, "
+            f"{lim['over'][lim['update']]['ops']['median']:.2f}x the transactions/s of "
+            f"pgbench's {update} at the same concurrency; the baseline ran at "
+            f"{lim['baseline_over_update_1']['median']:.2f}x pgbench's UPDATE of its one row. "
+            f"Bound by {what}: {why}."
         )
     if not sentences:
         return "Not measured in this run: pgbench runs beside the c32 point only."

@@ -336,10 +336,15 @@ def _verdict(**limits: Any) -> str:
 
 def test_the_verdict_says_met_or_missed_and_what_bounds_it_from_the_figures() -> None:
     chain = _verdict()
-    assert chain.startswith("One hot team: 3x the baseline met at 3.20x [0.00-9.00]; 3,000")
+    assert chain.startswith(
+        "One hot team: 3x the baseline met at 3.20x [0.00-9.00]; 3,000 hold+captures/s, "
+        "0.75x the transactions/s of pgbench's UPDATE, 1 row at the same concurrency; "
+        "the baseline ran at 0.25x"
+    )
     assert "1,000 teams: 3x the baseline missed at 2.00x [1.50-2.50]" in chain
     # 0.9 of 2 cores busy, commits far below pgbench's: the batches' chain.
-    assert "Bound by one core's work per batch, its batches in a chain: it kept 0.90" in chain
+    assert "Bound by the chain of its batches, one core's work at a time: it kept 0.90" in chain
+    assert "each commit carries 32.0 holds or captures" in chain
     own = _verdict(per_s=6000.0)
     assert "Bound by its own CPU: it kept 1.80 of 2 cores busy" in own
     assert "3x the baseline, 3,000/s, takes 0.90 cores at that cost" in own
