@@ -5,7 +5,8 @@
     python -m bench COMMAND [--help]      one benchmark alone, on its own servers
 
 Commands, each also part of the whole run:
-  hold-capture   hold+capture/s: group commit, one commit per call, a raw UPDATE
+  hold-capture   hold+capture/s: group commit, one commit per call, a raw UPDATE;
+                 at c32 beside pgbench, and what bounds it
   arq            the worker's metering overhead: metered against no-op jobs
   capacity       metered jobs/s per worker process, by provider latency and processes
   reconcile      one reconcile run over many teams against the Stripe fake

@@ -12,16 +12,23 @@ pool, round after round, the order reversed every round (A B C, C B A, ...):
 - `baseline`: one autocommit `UPDATE bench_counter SET n = n - 1 WHERE id = 1`
   per operation: what this machine's Postgres does for the cheapest durable write.
 
+At c32 each round also runs pgbench (bench/pgbench.py) on the same server with
+as many clients: its TPC-B-like transaction, and the counter UPDATE on one row
+and, for the 1,000 teams, on 1,000 rows. What a C client commits there is the
+machine's limit; beside it, each round's commits (pg_stat_database) and CPU
+(this process's, Postgres's and the whole machine's) per operation say what
+bounds group commit on these cores.
+
 On a shared VM the baseline alone moves by a factor of two from one run to the
 next, so a ratio is only taken between neighbours of one round, and reported as
-the median over rounds with its min and max. Each point also gives the client's
-and Postgres's CPU per operation, which say which side bounds it.
+the median over rounds with its min and max.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import itertools
 import json
 import time
@@ -33,8 +40,11 @@ from typing import Any
 
 import asyncpg
 
+from bench import pgbench
+from bench.pgbench import Pgbench
 from bench.servers import (
     fresh_servers,
+    machine_busy_s,
     percentile,
     postgres_cpu_s,
     postmaster_of,
@@ -52,6 +62,10 @@ MANY_TEAMS = 1_000
 HUGE_LIMIT = 10**11
 SEATS = 1_000
 LOADS = ("group_commit", "one_commit_each", "baseline")
+# The concurrency at which pgbench runs beside the loads, and the pgbench UPDATE
+# each scenario is held against (the rows its writes go to).
+LIMITS_AT = 32
+UPDATE_OF = {"hot_team": "update_1", "many_teams": "update_1000"}
 
 
 @dataclass(frozen=True)
@@ -77,18 +91,10 @@ async def setup_team(ledger: Ledger, team: str) -> None:
     await ledger.billing(team, at=AT)
 
 
-async def setup(dsn: str) -> list[str]:
-    """The baseline's counter row, the hot team and the 1,000 teams; their names."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(
-            "CREATE TABLE IF NOT EXISTS bench_counter (id int PRIMARY KEY, n bigint NOT NULL)"
-        )
-        await conn.execute(
-            "INSERT INTO bench_counter VALUES (1, 0) ON CONFLICT (id) DO UPDATE SET n = 0"
-        )
-    finally:
-        await conn.close()
+async def setup(dsn: str, pgbench_scale: int = pgbench.SCALE) -> list[str]:
+    """The counter rows of the baseline and pgbench, pgbench's tables, the hot team and
+    the 1,000 teams; their names."""
+    await pgbench.setup(dsn, pgbench_scale)
     many = [f"bench-team-{n:04d}" for n in range(MANY_TEAMS)]
     pool = await create_pool(dsn, min_size=2, max_size=16)
     try:
@@ -106,11 +112,41 @@ async def setup(dsn: str) -> list[str]:
     return many
 
 
-async def drive(op: Op, concurrency: int, seconds: float, postmaster: int) -> dict[str, Any]:
+async def commits_so_far(pool: asyncpg.Pool, size: int) -> int:
+    """The database's commits so far (pg_stat_database), every pool connection's in.
+
+    A backend hands its counts to the shared statistics when it goes idle, at
+    most once a second: a round's commits would show late, or in the next
+    round. So each of the pool's `size` connections is asked to flush
+    (pg_stat_force_next_flush: done before it answers), then one reads. Between
+    two readings that adds `size` + 1 commits: the flushes, and the last read.
+    """
+    conns = [await pool.acquire() for _ in range(size)]
+    try:
+        await asyncio.gather(*(c.execute("SELECT pg_stat_force_next_flush()") for c in conns))
+        return int(
+            await conns[0].fetchval(
+                "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+            )
+        )
+    finally:
+        for c in conns:
+            await pool.release(c)
+
+
+async def drive(
+    op: Op,
+    concurrency: int,
+    seconds: float,
+    postmaster: int,
+    pool: asyncpg.Pool | None = None,
+) -> dict[str, Any]:
     """`op` in `concurrency` callers for `seconds`: its latencies (ms), the elapsed
-    time, and the CPU seconds of this process and of the Postgres server."""
+    time, the CPU seconds of this process, of the Postgres server and of the whole
+    machine, and with the `pool` of `concurrency` connections it runs on, its commits."""
     latencies: list[float] = []
-    cpu0, pg0 = time.process_time(), postgres_cpu_s(postmaster)
+    commits0 = await commits_so_far(pool, concurrency) if pool is not None else 0
+    cpu0, pg0, busy0 = time.process_time(), postgres_cpu_s(postmaster), machine_busy_s()
     deadline = time.perf_counter() + seconds
 
     async def caller(w: int) -> None:
@@ -124,12 +160,17 @@ async def drive(op: Op, concurrency: int, seconds: float, postmaster: int) -> di
     start = time.perf_counter()
     await asyncio.gather(*(caller(w) for w in range(concurrency)))
     elapsed = time.perf_counter() - start
-    return {
+    measured = {
         "latencies": latencies,
         "per_s": len(latencies) / elapsed,
+        "elapsed": elapsed,
         "cpu_s": time.process_time() - cpu0,
         "pg_s": postgres_cpu_s(postmaster) - pg0,
+        "busy_s": machine_busy_s() - busy0,
     }
+    if pool is not None:
+        measured["commits"] = await commits_so_far(pool, concurrency) - commits0 - concurrency - 1
+    return measured
 
 
 def ledger_op(ledger: Ledger, teams: list[str], tag: str) -> Op:
@@ -152,11 +193,51 @@ def _per_op_ms(runs: list[dict[str, Any]], key: str) -> float:
     return round(1000 * float(sum(r[key] for r in runs)) / max(ops, 1), 4)
 
 
+def _round_profile(r: dict[str, Any]) -> dict[str, float]:
+    """What one round of a load cost: per second, per operation, and cores busy."""
+    ops = r.get("transactions", len(r.get("latencies", ())))
+    commits = r.get("commits", r.get("transactions"))
+    elapsed = r["elapsed"]
+    figures = {
+        "per_s": r["per_s"],
+        "client_cpu_ms": 1000 * r["cpu_s"] / max(ops, 1),
+        "postgres_cpu_ms": 1000 * r["pg_s"] / max(ops, 1),
+        # The load's own CPU (client and Postgres), and the whole machine's, over
+        # the round's seconds: below the cores the machine has, something waited.
+        "cores": (r["cpu_s"] + r["pg_s"]) / elapsed,
+        "machine_cores": r["busy_s"] / elapsed,
+    }
+    if commits is not None:
+        figures["commits_per_s"] = commits / elapsed if "commits" in r else r["per_s"]
+        figures["commits_per_op"] = commits / max(ops, 1)
+    return figures
+
+
+def _profile(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    rounds = [_round_profile(r) for r in runs]
+    return {
+        key: spread([f[key] for f in rounds], 1 if key.endswith("per_s") else 3)
+        for key in rounds[0]
+    }
+
+
+def _ratios(top: list[float], bottom: list[float]) -> dict[str, Any]:
+    return spread([t / b for t, b in zip(top, bottom, strict=True)])
+
+
 async def point(
-    dsn: str, teams: list[str], concurrency: int, rounds: int, round_s: float, tag: str
+    dsn: str,
+    teams: list[str],
+    concurrency: int,
+    rounds: int,
+    round_s: float,
+    tag: str,
+    limit: str | None = None,
 ) -> dict[str, Any]:
-    """One (scenario, concurrency) point: `rounds` rounds of the three loads."""
+    """One (scenario, concurrency) point: `rounds` rounds of the three loads and, with
+    `limit` (the pgbench UPDATE the scenario is held against), of pgbench's loads."""
     pool = await create_pool(dsn, min_size=concurrency, max_size=concurrency)
+    bench = Pgbench(dsn, pool, concurrency, round_s) if limit else None
     try:
         grouped = Ledger(pool, DEFAULT_CATALOG)
         single = Ledger(pool, DEFAULT_CATALOG, group_commit=False)
@@ -169,31 +250,38 @@ async def point(
             "one_commit_each": ledger_op(single, teams, f"{tag}s"),
             "baseline": baseline,
         }
+        # pgbench's loads first, the scenario's UPDATE next to group commit.
+        machine = [] if limit is None else ["tpcb", "update_1", limit]
+        order = [*dict.fromkeys(machine), *LOADS]
         postmaster = await postmaster_of(pool)
         # Unmeasured: a fresh connection's first calls compile the money functions
         # and plan their statements, a cost only the load that went first would pay.
         for op in ops.values():
             await drive(op, concurrency, min(0.5, round_s / 2), postmaster)
         batches0, items0 = grouped.group.batches, grouped.group.items
-        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in LOADS}
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in order}
+        loads: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {
+            name: functools.partial(drive, op, concurrency, round_s, postmaster, pool)
+            for name, op in ops.items()
+        }
+        if bench is not None:
+            loads |= {name: functools.partial(bench.run, name, postmaster) for name in machine}
         for r in range(rounds):
-            for name in LOADS if r % 2 == 0 else LOADS[::-1]:
-                runs[name].append(await drive(ops[name], concurrency, round_s, postmaster))
+            for name in order if r % 2 == 0 else order[::-1]:
+                runs[name].append(await loads[name]())
         batches = grouped.group.batches - batches0
         items = grouped.group.items - items0
     finally:
+        if bench is not None:
+            bench.close()
         await pool.close()
-    rate = {name: [r["per_s"] for r in runs[name]] for name in LOADS}
+    rate = {name: [r["per_s"] for r in runs[name]] for name in order}
     group_ms = [x for r in runs["group_commit"] for x in r["latencies"]]
     single_ms = [x for r in runs["one_commit_each"] for x in r["latencies"]]
-    return {
+    out = {
         # Each round's group commit rate over its neighbours' in the same round.
-        "ratio": spread(
-            [g / b for g, b in zip(rate["group_commit"], rate["baseline"], strict=True)]
-        ),
-        "vs_one_commit_each": spread(
-            [g / s for g, s in zip(rate["group_commit"], rate["one_commit_each"], strict=True)]
-        ),
+        "ratio": _ratios(rate["group_commit"], rate["baseline"]),
+        "vs_one_commit_each": _ratios(rate["group_commit"], rate["one_commit_each"]),
         "per_s": spread(rate["group_commit"], 1),
         "one_commit_each_per_s": spread(rate["one_commit_each"], 1),
         "baseline_per_s": spread(rate["baseline"], 1),
@@ -206,10 +294,32 @@ async def point(
         "postgres_cpu_ms": _per_op_ms(runs["group_commit"], "pg_s"),
         "one_commit_each_client_cpu_ms": _per_op_ms(runs["one_commit_each"], "cpu_s"),
         "one_commit_each_postgres_cpu_ms": _per_op_ms(runs["one_commit_each"], "pg_s"),
+        # Each load's figures round by round, pgbench's with them when it ran.
+        "profile": {name: _profile(runs[name]) for name in order},
         "ops": len(group_ms),
         "rounds": rounds,
         "round_s": round_s,
     }
+    if limit is not None and bench is not None:
+        commits = [_round_profile(r)["commits_per_s"] for r in runs["group_commit"]]
+        updates = [name for name in order if name.startswith("update_")]
+        out["limits"] = {
+            "update": limit,
+            "clients": concurrency,
+            "seconds": bench.seconds,
+            # Each round's figure over the same round's pgbench UPDATE.
+            "over": {
+                name: {
+                    "ops": _ratios(rate["group_commit"], rate[name]),
+                    "commits": _ratios(commits, rate[name]),
+                }
+                for name in updates
+            },
+            # The baseline is a single-row UPDATE from Python: how near it runs to
+            # the same UPDATE from C says what the 3x target is measured against.
+            "baseline_over_update_1": _ratios(rate["baseline"], rate["update_1"]),
+        }
+    return out
 
 
 async def run(
@@ -225,10 +335,17 @@ async def run(
     rounds = rounds or shape.rounds
     round_s = shape.round_s
     many = await setup(dsn)
-    out: dict[str, Any] = {"rounds": rounds, "round_s": round_s, "hot_team": {}, "many_teams": {}}
+    out: dict[str, Any] = {
+        "rounds": rounds,
+        "round_s": round_s,
+        "pgbench_scale": pgbench.SCALE,
+        "hot_team": {},
+        "many_teams": {},
+    }
     for scenario, teams in (("hot_team", [HOT_TEAM]), ("many_teams", many)):
         for c in concurrencies:
-            p = await point(dsn, teams, c, rounds, round_s, f"{scenario}-c{c}")
+            limit = UPDATE_OF[scenario] if c == LIMITS_AT else None
+            p = await point(dsn, teams, c, rounds, round_s, f"{scenario}-c{c}", limit)
             out[scenario][f"c{c}"] = p
             ratio, vs = p["ratio"], p["vs_one_commit_each"]
             print(
@@ -238,6 +355,20 @@ async def run(
                 f"cpu ms/op client {p['client_cpu_ms']:.3f} pg {p['postgres_cpu_ms']:.3f}",
                 flush=True,
             )
+            if "limits" in p:
+                prof, lim = p["profile"], p["limits"]
+                print(
+                    f"    pgbench c{c}: "
+                    + ", ".join(
+                        f"{name} {prof[name]['per_s']['median']:.0f} tps"
+                        for name in prof
+                        if name not in LOADS
+                    )
+                    + f"; commits/s {prof['group_commit']['commits_per_s']['median']:.0f}"
+                    f", ops over {lim['update']} {lim['over'][lim['update']]['ops']['median']:.2f}"
+                    f", commits over it {lim['over'][lim['update']]['commits']['median']:.3f}",
+                    flush=True,
+                )
     return out
 
 

@@ -36,6 +36,176 @@ def hold_capture_table(hc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+PROFILE_LOADS = {
+    "group_commit": "hold+capture, group commit",
+    "one_commit_each": "hold+capture, one commit each",
+    "baseline": "baseline UPDATE, 1 row (asyncpg)",
+    "update_1": "pgbench UPDATE, 1 row",
+    "update_1000": "pgbench UPDATE, 1 of 1,000 rows",
+    "tpcb": "pgbench TPC-B-like",
+}
+# The verdict's thresholds: a share of the machine's cores counted as full, and a
+# share of pgbench's commits/s counted as at the machine's commit limit.
+FULL_CORES = 0.8
+AT_COMMIT_LIMIT = 0.8
+# Up to this many cores busy, a load whose batches go one after another is bound by
+# that chain: the client and Postgres take turns, one core's work at a time.
+ONE_CORE = 1.25
+
+
+def _c32_limits(hc: dict[str, Any], scenario: str) -> dict[str, Any] | None:
+    p = hc[scenario].get("c32")
+    return p if p is not None and "limits" in p else None
+
+
+def bounds_table(hc: dict[str, Any]) -> str:
+    """Per scenario at c32: hold+capture's profile against pgbench's in the same rounds."""
+    lines = [
+        "| scenario | hold+capture/s | commits/s | Postgres CPU ms/op | client CPU ms/op "
+        "| cores busy: load, machine | pgbench UPDATE tps | ops/s over it | commits/s over it "
+        "| baseline over pgbench UPDATE, 1 row |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for scenario in SCENARIOS:
+        p = _c32_limits(hc, scenario)
+        if p is None:
+            continue
+        g, lim = p["profile"]["group_commit"], p["limits"]
+        update, over = lim["update"], lim["over"][lim["update"]]
+        lines.append(
+            f"| {SCENARIO_NAMES[scenario]} | {ranged(g['per_s'], ',.0f')} "
+            f"| {ranged(g['commits_per_s'], ',.0f')} | {ranged(g['postgres_cpu_ms'], '.3f')} "
+            f"| {ranged(g['client_cpu_ms'], '.3f')} "
+            f"| {g['cores']['median']:.2f}, {g['machine_cores']['median']:.2f} "
+            f"| {PROFILE_LOADS[update].removeprefix('pgbench UPDATE, ')}: "
+            f"{ranged(p['profile'][update]['per_s'], ',.0f')} "
+            f"| {ranged(over['ops'], unit='x')} | {ranged(over['commits'], '.3f', 'x')} "
+            f"| {ranged(lim['baseline_over_update_1'], unit='x')} |"
+        )
+    return "\n".join(lines)
+
+
+def loads_table(hc: dict[str, Any]) -> str:
+    """Every load of the c32 rounds, ours and pgbench's, on the same figures."""
+    lines = [
+        "| scenario | load | per s | commits/s | commits per op | client CPU ms/op "
+        "| Postgres CPU ms/op | cores busy: load, machine |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for scenario in SCENARIOS:
+        p = _c32_limits(hc, scenario)
+        if p is None:
+            continue
+        for name, label in PROFILE_LOADS.items():
+            f = p["profile"].get(name)
+            if f is None:
+                continue
+            lines.append(
+                f"| {SCENARIO_NAMES[scenario]} | {label} | {ranged(f['per_s'], ',.0f')} "
+                f"| {f['commits_per_s']['median']:,.0f} | {f['commits_per_op']['median']:.3f} "
+                f"| {f['client_cpu_ms']['median']:.3f} | {f['postgres_cpu_ms']['median']:.3f} "
+                f"| {f['cores']['median']:.2f}, {f['machine_cores']['median']:.2f} |"
+            )
+    return "\n".join(lines)
+
+
+def bound(p: dict[str, Any], nproc: int) -> tuple[str, str]:
+    """(what bounds hold+capture at this point, the figures that say so), from its
+    c32 profile against pgbench's: its own CPU, the machine's cores taken by other
+    work, the commits the machine can make, or the chain of its batches."""
+    g, lim = p["profile"]["group_commit"], p["limits"]
+    cores, machine = g["cores"]["median"], g["machine_cores"]["median"]
+    commits_over = lim["over"][lim["update"]]["commits"]["median"]
+    per_op = g["client_cpu_ms"]["median"] + g["postgres_cpu_ms"]["median"]
+    target = 3 * p["baseline_per_s"]["median"]
+    cost = (
+        f"Postgres {g['postgres_cpu_ms']['median']:.3f} ms and the client "
+        f"{g['client_cpu_ms']['median']:.3f} ms of CPU per operation; 3x the baseline, "
+        f"{target:,.0f}/s, takes {target * per_op / 1000:.2f} cores at that cost"
+    )
+    commits = (
+        f"{g['commits_per_s']['median']:,.0f} commits/s, {commits_over:.3f}x what pgbench's "
+        "UPDATE committed in the same rounds"
+    )
+    if cores >= FULL_CORES * nproc:
+        return "its own CPU", f"it kept {cores:.2f} of {nproc} cores busy; {cost}"
+    if machine >= FULL_CORES * nproc:
+        return (
+            "the shared machine's cores",
+            f"the machine was {machine:.2f} of {nproc} cores busy, {cores:.2f} of them this "
+            f"load's and the rest other work; {cost}",
+        )
+    if commits_over >= AT_COMMIT_LIMIT:
+        return "the machine's commits", f"{commits}; {cost}"
+    if cores <= ONE_CORE:
+        return (
+            "the chain of its batches, one core's work at a time",
+            f"it kept {cores:.2f} of {nproc} cores busy (the machine {machine:.2f}): each "
+            f"commit carries {p['items_per_commit']} holds or captures and waits for the one "
+            f"before it, Postgres and the client working in turn, at {per_op:.3f} ms of CPU "
+            f"per operation ({1000 / per_op:,.0f}/s on one core); {commits}, so not the commits",
+        )
+    return (
+        "waits: neither the cores nor the commits are full",
+        f"it kept {cores:.2f} of {nproc} cores busy (the machine {machine:.2f}); {commits}; {cost}",
+    )
+
+
+def bounds_verdict(result: dict[str, Any]) -> str:
+    """One paragraph: the c32 target per scenario, met or missed, and what bounds it."""
+    hc, nproc = result["hold_capture"], result["machine"]["nproc"]
+    sentences = []
+    for scenario in SCENARIOS:
+        p = _c32_limits(hc, scenario)
+        if p is None:
+            continue
+        lim = p["limits"]
+        ratio = ranged(p["ratio"], unit="x")
+        status = "met" if p["ratio"]["median"] >= 3 else "missed"
+        what, why = bound(p, nproc)
+        update = PROFILE_LOADS[lim["update"]].removeprefix("pgbench ")
+        sentences.append(
+            f"{SCENARIO_NAMES[scenario].capitalize()}: 3x the baseline {status} at {ratio}; "
+            f"{p['per_s']['median']:,.0f} hold+captures/s, "
+            f"{lim['over'][lim['update']]['ops']['median']:.2f}x the transactions/s of "
+            f"pgbench's {update} at the same concurrency; the baseline ran at "
+            f"{lim['baseline_over_update_1']['median']:.2f}x pgbench's UPDATE of its one row. "
+            f"Bound by {what}: {why}."
+        )
+    if not sentences:
+        return "Not measured in this run: pgbench runs beside the c32 point only."
+    return " ".join(sentences)
+
+
+def bounds_section(result: dict[str, Any]) -> str:
+    """The c32 profile against the machine's limit: its text, tables and verdict."""
+    hc = result["hold_capture"]
+    measured = [s for s in SCENARIOS if _c32_limits(hc, s) is not None]
+    if not measured:
+        return bounds_verdict(result)
+    p = hc[measured[0]]["c32"]["limits"]
+    return f"""In every round of the c32 points, beside the three loads above and
+alternating with them, the embedded Postgres's own pgbench (a C client, over
+the same Unix socket, {p["clients"]} clients, prepared statements, {p["seconds"]} s a
+round): its built-in TPC-B-like transaction ({hc.get("pgbench_scale", "?")} branches), and
+`UPDATE bench_counter SET n = n + 1` on one row (the hot-row limit) and, for
+the 1,000 teams, on one of 1,000 rows. Commits/s are pg_stat_database's
+`xact_commit` over the round (each pool connection made to report first);
+pgbench's are its transactions/s. CPU per operation is this process's
+(`time.process_time`; pgbench's own for pgbench) and the Postgres server's,
+over the operations (or pgbench's transactions) of the round. Cores busy: the
+load's CPU (client and Postgres) and the whole machine's (every process,
+/proc/stat) over the round's seconds, of {result["machine"]["nproc"]}. Ratios to pgbench
+are each round's over the same round's pgbench UPDATE (1,000 rows for the
+1,000 teams).
+
+{bounds_table(hc)}
+
+{loads_table(hc)}
+
+{bounds_verdict(result)}"""
+
+
 def arq_table(a: dict[str, Any]) -> str:
     lines = [
         "| scenario | pairs | **user-mode CPU over no-op** | total CPU over no-op "
@@ -241,6 +411,7 @@ def summary(result: dict[str, Any]) -> str:
         [
             "\n".join(rows),
             hold_capture_table(result["hold_capture"]),
+            bounds_verdict(result),
             arq_table(result["arq_overhead"]),
         ]
     )
@@ -342,6 +513,10 @@ A caller gets its answer once its batch has committed: durability is that of
 one commit per charge.
 {picture}
 {hold_capture_table(hc)}
+
+## What bounds hold+capture at c32
+
+{bounds_section(result)}
 
 ## The worker's metering overhead
 

@@ -83,6 +83,23 @@ def postgres_cpu_s(postmaster: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine has spent busy so far, on every core and for every
+    process (ours, Postgres and any other work): /proc/stat less idle and I/O wait.
+    Beside the CPU a load took itself, it says whether the cores were full."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    # user nice system idle iowait irq softirq steal (guest time is inside user)
+    busy = sum(int(f) for f in fields[:8]) - int(fields[3]) - int(fields[4])
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_s() -> float:
+    """CPU seconds of this process's child processes that have exited and been waited
+    for: a client run as a program (pgbench) measured like this process is."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _parent(pid: int) -> int:
     stat = Path(f"/proc/{pid}/stat").read_text()
     return int(stat[stat.rindex(")") + 2 :].split()[1])

@@ -11,8 +11,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from bench import hold_capture, report
-from bench.servers import spread
+from bench import hold_capture, pgbench, report
+from bench.servers import postmaster_of, spread
 from bench.sql_ab import function_statements, install, sql_files_in_tree
 from db.pool import create_pool
 from ledger.catalog import DEFAULT_CATALOG
@@ -41,6 +41,62 @@ def _point(ratio: float, vs_single: float, lo: float = 0.0, hi: float = 9.0) -> 
         "client_cpu_ms": 0.07,
         "postgres_cpu_ms": 0.09,
     }
+
+
+def _load(per_s: float, commits_per_s: float, client_ms: float, pg_ms: float) -> dict:
+    return {
+        "per_s": _s(per_s, per_s * 0.9, per_s * 1.1),
+        "commits_per_s": _s(commits_per_s),
+        "commits_per_op": _s(commits_per_s / per_s),
+        "client_cpu_ms": _s(client_ms),
+        "postgres_cpu_ms": _s(pg_ms),
+        "cores": _s(per_s * (client_ms + pg_ms) / 1000),
+        "machine_cores": _s(per_s * (client_ms + pg_ms) / 1000 + 0.1),
+    }
+
+
+def _with_limits(
+    point: dict[str, Any],
+    *,
+    per_s: float = 3000.0,
+    client_ms: float = 0.05,
+    pg_ms: float = 0.25,
+    machine_cores: float | None = None,
+    update_tps: float = 4000.0,
+    update: str = "update_1",
+) -> dict[str, Any]:
+    """A c32 point as a run with pgbench beside it reports it."""
+    commits = per_s * 2 / point["items_per_commit"]
+    group = _load(per_s, commits, client_ms, pg_ms)
+    if machine_cores is not None:
+        group["machine_cores"] = _s(machine_cores)
+    point["per_s"] = _s(per_s)
+    point["profile"] = {
+        "tpcb": _load(3000.0, 3000.0, 0.08, 0.3),
+        "update_1": _load(update_tps, update_tps, 0.03, 0.4),
+        "update_1000": _load(16000.0, 16000.0, 0.01, 0.05),
+        "group_commit": group,
+        "one_commit_each": _load(500.0, 1000.0, 0.5, 2.0),
+        "baseline": _load(1000.0, 1000.0, 0.1, 0.4),
+    }
+    if update == "update_1":
+        del point["profile"]["update_1000"]
+    over = {
+        name: {
+            "ops": _s(per_s / point["profile"][name]["per_s"]["median"]),
+            "commits": _s(commits / point["profile"][name]["per_s"]["median"]),
+        }
+        for name in ("update_1", "update_1000")
+        if name in point["profile"]
+    }
+    point["limits"] = {
+        "update": update,
+        "clients": 32,
+        "seconds": 2,
+        "over": over,
+        "baseline_over_update_1": _s(1000.0 / update_tps, 0.2, 0.3),
+    }
+    return point
 
 
 def _arq(user: float, total: float) -> dict[str, Any]:
@@ -91,6 +147,10 @@ def _billing_point(over_one_process: float, added_ms: float) -> dict[str, Any]:
 
 def _result(concurrencies: tuple[int, ...] = (1, 8, 32, 64)) -> dict[str, Any]:
     points = {f"c{c}": _point(3.2 if c == 32 else 1.5, 1.1) for c in concurrencies}
+    many = copy.deepcopy(points)
+    if "c32" in points:
+        _with_limits(points["c32"])
+        _with_limits(many["c32"], update="update_1000", update_tps=16000.0)
     reconcile_run = {
         "teams": 1_000,
         "charges_per_team": 1,
@@ -115,8 +175,9 @@ def _result(concurrencies: tuple[int, ...] = (1, 8, 32, 64)) -> dict[str, Any]:
         "hold_capture": {
             "rounds": 7,
             "round_s": 2.0,
+            "pgbench_scale": 10,
             "hot_team": points,
-            "many_teams": copy.deepcopy(points),
+            "many_teams": many,
         },
         "arq_overhead": _arq(12.0, 10.0),
         "capacity": {"workers_per_pg_core": 4.0, "per_process": [], "scaling": []},
@@ -240,6 +301,7 @@ def test_the_docs_are_this_run_only_with_the_decisions_linked_and_no_stale_plot(
     assert headings == [
         "## Targets",
         "## hold + capture",
+        "## What bounds hold+capture at c32",
         "## The worker's metering overhead",
         "## How many workers",
         "## Reconcile",
@@ -249,6 +311,88 @@ def test_the_docs_are_this_run_only_with_the_decisions_linked_and_no_stale_plot(
     ]
     # One concurrency makes no plot; the old one must not sit beside new figures.
     assert not stale.exists() and "benchmarks.png" not in text
+
+
+def test_the_bounds_table_holds_each_scenario_against_pgbench_in_the_same_rounds() -> None:
+    table = report.bounds_table(_result((32,))["hold_capture"])
+    # hold+capture/s, commits/s (2 commits of 32 operations), CPU per operation, cores.
+    assert "| one hot team | 3,000 [2,700-3,300] | 188 [188-188] | 0.250 [0.250-0.250] " in table
+    assert "| 1 row: 4,000 [3,600-4,400] | 0.75x [0.75-0.75] | 0.047x [0.047-0.047] " in table
+    assert "| 1 of 1,000 rows: 16,000 [14,400-17,600] | 0.19x [0.19-0.19] " in table
+    assert "| 0.25x [0.20-0.30] |" in table  # the baseline over pgbench's one-row UPDATE
+    loads = report.loads_table(_result((32,))["hold_capture"])
+    assert "| 1,000 teams | pgbench UPDATE, 1 of 1,000 rows | 16,000 [14,400-17,600] |" in loads
+    assert "| one hot team | pgbench TPC-B-like | 3,000 [2,700-3,300] | 3,000 | 1.000 |" in loads
+    assert "1 of 1,000 rows" not in loads.split("| 1,000 teams |")[0]
+
+
+def _verdict(**limits: Any) -> str:
+    result = _result((32,))
+    hc = result["hold_capture"]
+    hc["hot_team"]["c32"] = _with_limits(_point(3.2, 1.1), **limits)
+    hc["many_teams"]["c32"]["ratio"] = _s(2.0, 1.5, 2.5)
+    return report.bounds_verdict(result)
+
+
+def test_the_verdict_says_met_or_missed_and_what_bounds_it_from_the_figures() -> None:
+    chain = _verdict()
+    assert chain.startswith(
+        "One hot team: 3x the baseline met at 3.20x [0.00-9.00]; 3,000 hold+captures/s, "
+        "0.75x the transactions/s of pgbench's UPDATE, 1 row at the same concurrency; "
+        "the baseline ran at 0.25x"
+    )
+    assert "1,000 teams: 3x the baseline missed at 2.00x [1.50-2.50]" in chain
+    # 0.9 of 2 cores busy, commits far below pgbench's: the batches' chain.
+    assert "Bound by the chain of its batches, one core's work at a time: it kept 0.90" in chain
+    assert "each commit carries 32.0 holds or captures" in chain
+    own = _verdict(per_s=6000.0)
+    assert "Bound by its own CPU: it kept 1.80 of 2 cores busy" in own
+    assert "3x the baseline, 3,000/s, takes 0.90 cores at that cost" in own
+    shared = _verdict(machine_cores=1.9)
+    assert "Bound by the shared machine's cores: the machine was 1.90 of 2 cores busy" in shared
+    commits = _verdict(update_tps=200.0)
+    assert "Bound by the machine's commits: 188 commits/s, 0.938x what pgbench's" in commits
+    waits = _verdict(per_s=4500.0)
+    assert "Bound by waits: neither the cores nor the commits are full: it kept 1.35" in waits
+
+
+def test_a_run_without_pgbench_beside_it_says_the_bound_was_not_measured(
+    tmp_path: Path,
+) -> None:
+    result = _result((32,))
+    for scenario in report.SCENARIOS:
+        del result["hold_capture"][scenario]["c32"]["limits"]
+    docs = tmp_path / "benchmarks.md"
+    report.write_docs(result, docs)
+    section = docs.read_text().split("## What bounds hold+capture at c32")[1]
+    assert section.split("##")[0].strip() == (
+        "Not measured in this run: pgbench runs beside the c32 point only."
+    )
+
+
+PGBENCH_REPORT = """pgbench (18.6)
+transaction type: <builtin: TPC-B (sort of)>
+scaling factor: 1
+query mode: prepared
+number of clients: 4
+number of threads: 2
+maximum number of tries: 1
+duration: 1 s
+number of transactions actually processed: 1685
+number of failed transactions: 0 (0.000%)
+latency average = 2.376 ms
+initial connection time = 5.961 ms
+tps = 1683.368816 (without initial connection time)
+"""
+
+
+def test_pgbench_report_gives_tps_and_transactions_and_refuses_failures() -> None:
+    assert pgbench.parse(PGBENCH_REPORT) == (1683.368816, 1685)
+    failed = PGBENCH_REPORT.replace("failed transactions: 0", "failed transactions: 3")
+    with pytest.raises(pgbench.PgbenchError, match="3 failed transactions"):
+        pgbench.parse(failed)
+    with pytest.raises(pgbench.PgbenchError, match="no tps"):
+        pgbench.parse("pgbench (18.6)\n")
 
 
 def test_the_plot_is_drawn_from_two_concurrencies(tmp_path: Path) -> None:
@@ -341,3 +485,51 @@ async def _count(dsn: str, sql: str) -> int:
         return int(await conn.fetchval(sql))
     finally:
         await conn.close()
+
+
+async def test_a_c32_point_runs_pgbench_in_its_rounds_and_counts_every_commit(
+    database_url: str,
+) -> None:
+    await pgbench.setup(database_url, scale=1)
+    pool = await create_pool(database_url, max_size=2)
+    try:
+        ledger = Ledger(pool, DEFAULT_CATALOG)
+        await ledger.sync_catalog()
+        await hold_capture.setup_team(ledger, hold_capture.HOT_TEAM)
+    finally:
+        await pool.close()
+    p = await hold_capture.point(
+        database_url, [hold_capture.HOT_TEAM], 2, 2, 0.2, "t", limit="update_1000"
+    )
+    json.dumps(p)
+    prof = p["profile"]
+    assert set(prof) == {*pgbench.LOADS, *hold_capture.LOADS}
+    for name in pgbench.LOADS:
+        assert prof[name]["per_s"]["rounds"] == 2 and prof[name]["per_s"]["min"] > 0
+        assert prof[name]["commits_per_op"]["median"] == 1
+    # pg_stat_database's commits, every connection made to report: one per UPDATE,
+    # two per hold+capture made one by one, fewer when batched.
+    assert 0.95 <= prof["baseline"]["commits_per_op"]["median"] <= 1.1
+    assert 1.9 <= prof["one_commit_each"]["commits_per_op"]["median"] <= 2.2
+    assert 0 < prof["group_commit"]["commits_per_op"]["median"] <= 2.2
+    assert prof["group_commit"]["postgres_cpu_ms"]["median"] > 0
+    limits = p["limits"]
+    assert limits["update"] == "update_1000" and set(limits["over"]) == set(pgbench.SCRIPTS)
+    assert limits["over"]["update_1000"]["ops"]["rounds"] == 2
+    # pgbench wrote where its scripts say, and its backends are gone.
+    assert await _count(database_url, "SELECT sum(n) FROM bench_counter WHERE id > 1") > 0
+    assert await _count(database_url, "SELECT count(*) FROM pgbench_history") > 0
+    gone = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgbench'"
+    assert await _count(database_url, gone) == 0
+
+
+async def test_a_failing_pgbench_run_is_a_clear_error(database_url: str) -> None:
+    pool = await create_pool(database_url, max_size=1)
+    bench = pgbench.Pgbench(database_url, pool, 1, 1.0)
+    try:
+        postmaster = await postmaster_of(pool)
+        with pytest.raises(pgbench.PgbenchError, match='relation "bench_counter" does not exist'):
+            await bench.run("update_1", postmaster)
+    finally:
+        bench.close()
+        await pool.close()
