@@ -323,18 +323,6 @@ BEGIN
              WHERE ch.id = ANY (settling)
             RETURNING ch.id, ch.team_id, ch.period_start, ch.free_tokens, ch.additional_tokens,
                       ch.state, ch.member, ch.tokens
-        ), members AS (
-            UPDATE member_months mm
-               SET held = mm.held - d.held,
-                   spent = mm.spent + d.spent
-              FROM (SELECT done.team_id, done.period_start, done.member,
-                           sum(done.tokens) AS held,
-                           coalesce(sum(done.tokens) FILTER (WHERE done.state = 'captured'), 0)
-                               AS spent
-                      FROM done WHERE done.member IS NOT NULL
-                     GROUP BY 1, 2, 3) d
-             WHERE mm.team_id = d.team_id AND mm.period_start = d.period_start
-               AND mm.member = d.member
         ), months AS (
             UPDATE billing_months b
                SET free_held = b.free_held - d.free_held,
@@ -353,7 +341,21 @@ BEGIN
              WHERE b.team_id = d.team_id AND b.period_start = d.period_start
                AND b.team_id = ANY (settling_team)
         )
-        SELECT count(*) INTO i FROM done;
+        SELECT count(*) FILTER (WHERE done.member IS NOT NULL) INTO i FROM done;
+        IF i > 0 THEN  -- capped members' totals, where their rows exist
+            UPDATE member_months mm
+               SET held = mm.held - d.held,
+                   spent = mm.spent + d.spent
+              FROM (SELECT ch.team_id, ch.period_start, ch.member,
+                           sum(ch.tokens) AS held,
+                           coalesce(sum(ch.tokens) FILTER (WHERE ch.state = 'captured'), 0)
+                               AS spent
+                      FROM charges ch
+                     WHERE ch.id = ANY (settling) AND ch.member IS NOT NULL
+                     GROUP BY 1, 2, 3) d
+             WHERE mm.team_id = d.team_id AND mm.period_start = d.period_start
+               AND mm.member = d.member;
+        END IF;
     END IF;
 
     -- 5. Answer each settlement (the holds below change no column it reads).
@@ -422,33 +424,36 @@ BEGIN
     --    A capped member's room: their month's row of member_months, made from
     --    their charges when the cap first applies in that month (the month lock
     --    is held, so no other transaction changes those charges meanwhile).
-    FOR k IN
-        SELECT d.items, d.t, d.ms, d.mem, mc.cap
-          FROM (SELECT hold_team[j] AS t, hold_month[j] AS ms, hold_member[j] AS mem,
-                       array_agg(j::integer) AS items
-                  FROM generate_subscripts(hold_member, 1) j
-                 WHERE hold_month[j] IS NOT NULL AND hold_member[j] IS NOT NULL
-                 GROUP BY 1, 2, 3) d
-          JOIN LATERAL (SELECT c1.cap FROM member_caps c1
-                         WHERE c1.team_id = d.t AND c1.member = d.mem OFFSET 0) mc ON true
-    LOOP
-        INSERT INTO member_months (team_id, period_start, member, held, spent)
-        SELECT k.t, k.ms, k.mem,
-               coalesce(sum(ch.tokens) FILTER (WHERE ch.state = 'held'), 0),
-               coalesce(sum(ch.tokens) FILTER (WHERE ch.state = 'captured'), 0)
-          FROM charges ch
-         WHERE ch.team_id = k.t AND ch.period_start = k.ms AND ch.member = k.mem
-        ON CONFLICT DO NOTHING;
-        member_no := coalesce(member_no, 0) + 1;
-        member_left[member_no] := (SELECT greatest(k.cap - mm.held - mm.spent, 0)
-                                     FROM member_months mm
-                                    WHERE mm.team_id = k.t AND mm.period_start = k.ms
-                                      AND mm.member = k.mem);
-        FOREACH i IN ARRAY k.items LOOP
-            hold_member_no[i] := member_no;
+    --    Holds of no member skip it.
+    IF cardinality(array_remove(hold_member, NULL)) > 0 THEN
+        FOR k IN
+            SELECT d.items, d.t, d.ms, d.mem, mc.cap
+              FROM (SELECT hold_team[j] AS t, hold_month[j] AS ms, hold_member[j] AS mem,
+                           array_agg(j::integer) AS items
+                      FROM generate_subscripts(hold_member, 1) j
+                     WHERE hold_month[j] IS NOT NULL AND hold_member[j] IS NOT NULL
+                     GROUP BY 1, 2, 3) d
+              JOIN LATERAL (SELECT c1.cap FROM member_caps c1
+                             WHERE c1.team_id = d.t AND c1.member = d.mem OFFSET 0) mc ON true
+        LOOP
+            INSERT INTO member_months (team_id, period_start, member, held, spent)
+            SELECT k.t, k.ms, k.mem,
+                   coalesce(sum(ch.tokens) FILTER (WHERE ch.state = 'held'), 0),
+                   coalesce(sum(ch.tokens) FILTER (WHERE ch.state = 'captured'), 0)
+              FROM charges ch
+             WHERE ch.team_id = k.t AND ch.period_start = k.ms AND ch.member = k.mem
+            ON CONFLICT DO NOTHING;
+            member_no := coalesce(member_no, 0) + 1;
+            member_left[member_no] := (SELECT greatest(k.cap - mm.held - mm.spent, 0)
+                                         FROM member_months mm
+                                        WHERE mm.team_id = k.t AND mm.period_start = k.ms
+                                          AND mm.member = k.mem);
+            FOREACH i IN ARRAY k.items LOOP
+                hold_member_no[i] := member_no;
+            END LOOP;
+            capped_members := member_no;
         END LOOP;
-        capped_members := member_no;
-    END LOOP;
+    END IF;
 
     FOR i IN 1..hold_count LOOP
         month_no := hold_month_no[i];
