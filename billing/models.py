@@ -81,6 +81,11 @@ class Bill(SQLModel, table=True):
             postgresql_where=text("reissue_of IS NOT NULL"),
         ),
         Index("bills_team_idx", "team_id", "id"),
+        Index(
+            "bills_invoice_idx",
+            "stripe_invoice_id",
+            postgresql_where=text("stripe_invoice_id IS NOT NULL"),
+        ),
     )
 
     id: int | None = Field(
