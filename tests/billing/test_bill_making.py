@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 import asyncpg
+import pytest
 
 from ledger.service import Ledger
 
@@ -118,3 +120,30 @@ async def test_a_second_bill_of_a_month_links_only_the_charges_not_billed_yet(
     assert set(by_bill) == {first[0]["id"], second[0]["id"]}
     assert by_bill[second[0]["id"]] == ["late"]
     assert sorted(by_bill[first[0]["id"]]) == sorted(f"k{c}" for c in range(1, CHARGES + 1))
+
+
+async def test_month_end_bill_making_has_its_own_deadline(
+    ledger: Ledger, database_url: str
+) -> None:
+    """Bill-making over every team may outlast a request's statement deadline (many teams,
+    or a month row another session holds): it runs under its own, longer one."""
+    from billing.reconcile import create_bills
+    from db.pool import create_pool
+    from tests.faults import MonthLock
+
+    short = await create_pool(database_url, max_size=4, statement_timeout=0.3)
+    try:
+        await _ended_months(short)
+        lock = MonthLock(short, "bm-1")
+        await lock.take()
+        lock.later(lambda: asyncio.sleep(1.0), lock.commit)  # held past the 0.3 s deadline
+        try:
+            bills = await create_bills(short, team=None, at=AFTER)
+        finally:
+            await lock.close()
+        assert len(bills) == TEAMS
+        # A request's statement on the same pool still has the short deadline.
+        with pytest.raises(asyncpg.QueryCanceledError):
+            await short.execute("SELECT pg_sleep(1)")
+    finally:
+        await short.close()
