@@ -3,7 +3,7 @@
 Every team has one ended billing month with unbilled additional tokens, so the
 run makes one `month_end` bill per team and sends it, through the real
 `StripeSender` and stripe-python, to the stateful Stripe fake of the tests
-(`testing/stripe_fake.py`, on respx: no sockets), with zero latency or with a
+(`testing/stripe/`, on respx: no sockets), with zero latency or with a
 fixed latency per request. Teams, months and captured charges are written with
 bulk SQL (`generate_series`), consistent with each other, so `Ledger.drift()`
 stays empty; the timed part is the reconcile run alone.
@@ -50,7 +50,7 @@ from billing.stripe_client import build_client
 from db.pool import create_pool
 from ledger.catalog import DEFAULT_CATALOG
 from ledger.service import Ledger
-from testing.stripe_fake import DEFAULT_API_KEY, DEFAULT_BASE, StripeFake
+from testing.stripe import DEFAULT_API_KEY, DEFAULT_BASE, StripeFake
 
 DEFAULT_CONCURRENCY = 8  # billing.reconcile.reconcile's default
 LATENCY_MS = 100.0

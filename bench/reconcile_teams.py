@@ -16,7 +16,7 @@ import asyncpg
 
 from ledger.catalog import DEFAULT_CATALOG
 from ledger.service import Ledger
-from testing.stripe_fake import StripeFake
+from testing.stripe import StripeFake
 
 # A billing month long past, so that no team of the other benchmarks (2025) is
 # due in these runs, and these teams are due in no other run.

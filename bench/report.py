@@ -550,7 +550,7 @@ process), and R times the Postgres CPU per job of Postgres CPU per second.
 `python -m bench reconcile` (bench/reconcile.py): N teams, each with one
 ended month of unbilled additional tokens, billed and sent in one `reconcile`
 run through the real `StripeSender` and stripe-python to the Stripe fake of
-the tests (testing/stripe_fake.py, in process). Each run is checked: one bill
+the tests (testing/stripe/, in process). Each run is checked: one bill
 and one paid invoice per team, no other invoice, no drift. {ci["teams"]:,} teams
 with {ci["charges_per_team"][0]} and with {ci["charges_per_team"][1]} charges each (same tokens):
 time ratio {ci["ratio"]:.2f}, CPU ratio {ci["cpu_ratio"]:.2f}. Against Stripe's 25 requests/s per

@@ -23,7 +23,7 @@ from db.migrate import migrate
 from db.pool import create_pool
 from ledger.catalog import DEFAULT_CATALOG
 from ledger.service import Ledger
-from testing.stripe_fake import StripeFake
+from testing.stripe import StripeFake
 from tests.cli_helpers import Cli
 
 # One template per test process: with `pytest -n`, workers may share a configured server.

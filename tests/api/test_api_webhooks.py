@@ -23,7 +23,7 @@ from billing.sender import StripeSender
 from ledger.catalog import DEFAULT_CATALOG, Catalog, Plan
 from ledger.errors import UnknownTeam
 from ledger.service import Ledger
-from testing.stripe_fake import StripeFake
+from testing.stripe import StripeFake
 from tests.api_helpers import WEBHOOK_SECRET, arq_redis, bearer, services_for, settings_for
 from tests.clock import FrozenClock, at, epoch
 from tests.factories import make_team

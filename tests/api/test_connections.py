@@ -15,7 +15,7 @@ from arq.connections import ArqRedis
 from api.app import create_app
 from db.pool import create_pool
 from ledger.service import Ledger
-from testing.stripe_fake import StripeFake
+from testing.stripe import StripeFake
 from tests.api.test_api_webhooks import CATALOG, MAR_1, deliver, event
 from tests.api_helpers import NOW, arq_redis, bearer, services_for, settings_for
 from tests.clock import FrozenClock, at

@@ -57,7 +57,7 @@ from db.pool import PooledConnection, create_pool
 from ledger.catalog import DEFAULT_CATALOG, Catalog, Plan
 from ledger.service import Ledger
 from runtime.config import Settings
-from testing.stripe_fake import StripeFake
+from testing.stripe import StripeFake
 from tests.api_helpers import SECRET, WEBHOOK_SECRET, bearer
 from worker.memo import JOB_KEY_TTL_S, RedisSearchMemo
 from worker.metering import OutageRetry, metered

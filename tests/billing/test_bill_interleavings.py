@@ -14,7 +14,7 @@ from stripe._http_client import HTTPClient
 from billing.bills import ReissueRefused, reissue_bill
 from billing.webhooks import WebhookHandler
 from ledger.service import Ledger
-from testing.stripe_fake import StripeFake
+from testing.stripe import StripeFake
 from tests.billing.test_reconcile import billed_team, clocked, invoices_of, run, spend
 from tests.clock import at
 

@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator
 import pytest
 from arq.connections import ArqRedis, RedisSettings, create_pool
 
-from testing.stripe_fake import StripeFake
+from testing.stripe import StripeFake
 from tests.billing import interleave
 from tests.billing.interleave import Violation, World
 

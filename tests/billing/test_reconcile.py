@@ -13,7 +13,7 @@ import pytest
 from billing.reconcile import ReconcileReport, bill_status, reconcile, team_bills
 from billing.sender import StripeSender
 from ledger.service import Ledger
-from testing.stripe_fake import StripeFake
+from testing.stripe import StripeFake
 from tests.clock import at
 from tests.factories import make_team
 

@@ -10,7 +10,7 @@ import pytest
 import stripe
 from stripe._http_client import HTTPClient
 
-from testing.stripe_fake import StripeFake, parse_form
+from testing.stripe import StripeFake, parse_form
 
 BASE = "https://api.stripe.test"
 KEY = "sk_test_fake"

@@ -20,7 +20,7 @@ from billing.reconcile import create_bills, reconcile
 from billing.sender import StripeSender
 from billing.stripe_client import Pacer, build_client, endpoint_of
 from ledger.service import Ledger
-from testing.stripe_fake import DEFAULT_API_KEY, DEFAULT_BASE, StripeFake
+from testing.stripe import DEFAULT_API_KEY, DEFAULT_BASE, StripeFake
 from tests.billing.test_reconcile import billed_team, clocked, invoices_of, run, sender_for, spend
 from tests.clock import at
 

@@ -13,7 +13,7 @@ import pytest
 
 from billing.reconcile import create_bills
 from ledger.service import Ledger
-from testing.stripe_fake import StripeFake
+from testing.stripe import StripeFake
 from tests.billing.test_reconcile import billed_team, run, sender_for, spend
 from tests.clock import at
 from tests.process.test_demo_and_crash import ROOT, TOKENS, env_for
